@@ -1,0 +1,126 @@
+"""The attn1 replace patches: Save records, Use blends, and a failing patch carries errors to the user.
+
+A host calls ``patch(q, k, v, extra_options)`` for every self-attention layer with projected, un-split q/k/v
+(``[rows, tokens, heads * dim_head]``) and expects the attention output before ``to_out``. ``attention`` is the
+host's own attention function (same kernel and precision as a plain generation), ``inner`` the attention
+this layer would compute without RefDrop (the host's, or another extension's patch that was there first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .errors import RefDropError
+from .keys import (
+    OccurrenceCounter,
+    block_group,
+    block_label,
+    chunk_names,
+    current_sigma,
+    entry_name,
+    layer_id,
+    rows_per_chunk,
+)
+from .reader import ReferenceReader
+from .recorder import Recorder
+from .rfg import expand_reference, rfg_blend
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+Patch = Attention
+
+
+@dataclass(frozen=True)
+class UsePlan:
+    """Which layers and sigmas RefDrop applies to, and how strongly (resolved from the settings)."""
+
+    rfg: float
+    disabled_layers: frozenset[str]     # layer ids of the reference that stay plain
+    sigma_max: float = float("inf")     # RFG runs for sigma_min <= sigma <= sigma_max
+    sigma_min: float = 0.0
+
+    def applies(self, lid: str, sigma: float) -> bool:
+        return lid not in self.disabled_layers and self.sigma_min <= sigma <= self.sigma_max
+
+
+def plan_use(manifest: dict, settings, sigma_window: tuple[float, float]) -> UsePlan:
+    """Resolve block/group names and the step window against the reference's layers."""
+    layers = list(manifest["layers"])
+    first_up = min((block_label(lid) for lid in layers if block_group(lid) == "output"), default=None,
+                   key=lambda label: int(label[3:]))
+    disabled_blocks = set(settings.disabled_blocks)
+    if settings.skip_first_up and first_up:
+        disabled_blocks.add(first_up)
+    disabled = frozenset(
+        lid for lid in layers if block_group(lid) in settings.disabled_groups or block_label(lid) in disabled_blocks
+    )
+    return UsePlan(rfg=settings.rfg, disabled_layers=disabled, sigma_max=sigma_window[0], sigma_min=sigma_window[1])
+
+
+def resolve_chunk(chunk: str, saved: list[str]) -> str:
+    """The saved chunk a Use chunk attends to: itself, else the first cond (a reference saved at CFG 1 has no
+    uncond; AND sub-prompts beyond the saved ones use the first)."""
+    if chunk in saved:
+        return chunk
+    return "cond0" if "cond0" in saved else saved[0]
+
+
+def make_save_patch(recorder: Recorder, inner: Attention) -> Patch:
+    def refdrop_save(q, k, v, extra_options):
+        out = inner(q, k, v, extra_options)
+        recorder.record(k, v, extra_options)
+        return out
+
+    return refdrop_save
+
+
+def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention, inner: Attention) -> Patch:
+    layers = reader.manifest["layers"]
+    saved_chunks = list(reader.manifest["chunks"])
+    counter = OccurrenceCounter()  # one per sampling pass: the patch is rebuilt for every pass
+
+    def refdrop_use(q, k, v, extra_options):
+        own = inner(q, k, v, extra_options)
+        lid = layer_id(extra_options)
+        sigma = current_sigma(extra_options)
+        if not plan.applies(lid, sigma):
+            return own
+        check_layer(reader.name, lid, layers, q.shape[-1])
+        cond_or_uncond = extra_options["cond_or_uncond"]
+        rows = rows_per_chunk(q.shape[0], cond_or_uncond)
+        ref_k, ref_v = [], []
+        for chunk in chunk_names(cond_or_uncond):
+            slot = reader.sigma_map.lookup(sigma, counter.next(lid, chunk, sigma))
+            tensors = reader.tensors(slot, q.device, q.dtype)
+            source = resolve_chunk(chunk, saved_chunks)
+            ref_k.append(tensors[entry_name(lid, source, "k")])
+            ref_v.append(tensors[entry_name(lid, source, "v")])
+        ref = attention(q, expand_reference(ref_k, rows), expand_reference(ref_v, rows), extra_options)
+        return rfg_blend(own, ref, plan.rfg)
+
+    return refdrop_use
+
+
+def check_layer(name: str, lid: str, layers: dict, width: int) -> None:
+    saved = layers.get(lid)
+    if saved is None:
+        raise RefDropError(
+            f"RefDrop: reference '{name}' has no layer {lid}: it was saved with a model of another architecture"
+        )
+    if saved["n_heads"] * saved["dim_head"] != width:
+        raise RefDropError(
+            f"RefDrop: reference '{name}' layer {lid} is {saved['n_heads'] * saved['dim_head']} wide, the current "
+            f"model's is {width}: it was saved with a model of another architecture"
+        )
+
+
+def make_failing_patch(message: str) -> Patch:
+    """Hosts swallow exceptions raised in script hooks but abort the generation with the message of one raised
+    inside a patch, so a problem found while planning is raised here, at the first attn1 call."""
+
+    def refdrop_error(q, k, v, extra_options):
+        raise RefDropError(message)
+
+    return refdrop_error

@@ -1,0 +1,118 @@
+"""RefDrop's part in one generation: from validated settings to the patch of each sampling pass.
+
+The host wiring (``scripts/refdrop.py``) creates one ``RefDropRun`` per generation and asks it for a patch
+before every sampling pass; everything host-specific reaches it as plain values and callables, so this module
+is driven directly by the tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import families
+from .engine import Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
+from .errors import RefDropError
+from .names import automatic_name
+from .profiles import get_profile
+from .reader import ReferenceReader
+from .recorder import Recorder
+from .settings import RefDropSettings
+from .store import ReferenceStore
+from .writer import ReferenceWriter, pending_write
+
+WAIT_FOR_PENDING_SAVE_S = 300.0
+_unfinished: set[ReferenceWriter] = set()  # Save writers whose generation has not reached postprocess
+_unfinished_lock = threading.Lock()
+
+
+@dataclass
+class PassContext:
+    """What the host tells RefDrop about one sampling pass."""
+
+    family: str
+    is_hr_pass: bool
+    percent_to_sigma: Callable[[float], float]
+    attention: Callable            # the host attention function (q, k, v, extra_options) -> out
+    inner: Callable                # what attn1 computes without RefDrop (host attention or an earlier patch)
+    seed: int | None = None
+
+
+class RefDropRun:
+    def __init__(self, settings: RefDropSettings, store: ReferenceStore, default_profile: str = ""):
+        self.settings = settings
+        self.store = store
+        self.default_profile = default_profile
+        self.recorder: Recorder | None = None
+        self.writer: ReferenceWriter | None = None
+        self.save_name: str | None = None
+        self.family = "unknown"
+
+    def patch_for_pass(self, ctx: PassContext) -> Patch | None:
+        """The attn1 patch for this pass, None to leave it plain. Problems become a failing patch."""
+        try:
+            if self.settings.saving:
+                return self._save_patch(ctx)
+            if self.settings.using:
+                return self._use_patch(ctx)
+        except RefDropError as exc:
+            return make_failing_patch(str(exc))
+        return None
+
+    def _save_patch(self, ctx: PassContext) -> Patch | None:
+        if ctx.is_hr_pass or self.writer is not None:
+            return None  # the reference is the first pass of the first batch
+        self.save_name = self.settings.save_name or automatic_name(ctx.seed)
+        profile = get_profile(self.settings.profile or self.default_profile)
+        self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite)
+        with _unfinished_lock:
+            _unfinished.add(self.writer)
+        self.recorder = Recorder(self.writer, profile)
+        self.family = ctx.family
+        return make_save_patch(self.recorder, ctx.inner)
+
+    def _use_patch(self, ctx: PassContext) -> Patch | None:
+        if ctx.is_hr_pass and not self.settings.apply_hires:
+            return None
+        name = self.settings.reference
+        if not name:
+            raise RefDropError("RefDrop: Use is on but no reference is selected")
+        writer = pending_write(name)
+        if writer is not None and not writer.wait(WAIT_FOR_PENDING_SAVE_S):
+            raise RefDropError(f"RefDrop: reference '{name}' is still being written; try again when it is saved")
+        if not self.store.exists(name):
+            raise RefDropError(self.store.missing_message(name))
+        manifest = self.store.manifest(name)
+        problem = families.mismatch(name, manifest["family"], ctx.family)
+        if problem:
+            raise RefDropError(problem)
+        if self.settings.rfg == 0:
+            return None  # c = 0 is a plain generation, exactly
+        window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
+        plan = plan_use(manifest, self.settings, window)
+        reader = ReferenceReader(self.store, name, manifest)
+        return make_use_patch(reader, plan, ctx.attention, ctx.inner)
+
+    def finish_save(self, generation: dict, preview) -> str:
+        """End of the generation: hand the rest of the recording and the manifest to the writer."""
+        if self.writer is None:
+            return ""
+        with _unfinished_lock:
+            _unfinished.discard(self.writer)
+        self.recorder.flush()
+        if not self.recorder.recorded_anything:
+            self.writer.abort("no self-attention layer was called")
+        else:
+            manifest = {"family": self.family, "generation": generation, **self.recorder.manifest_fields()}
+            self.writer.finish(manifest, preview)
+        return f"RefDrop: saving reference '{self.save_name}' in the background"
+
+
+def abandon_unfinished_saves() -> None:
+    """A generation that failed or was interrupted never reaches postprocess; drop its half reference."""
+    with _unfinished_lock:
+        orphans = list(_unfinished)
+        _unfinished.clear()
+    for writer in orphans:
+        writer.abort("the generation did not finish")

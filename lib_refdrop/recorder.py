@@ -1,0 +1,96 @@
+"""Save: collects the attn1 K/V of a generation, one model evaluation ("slot") at a time.
+
+Only the first image of a batch is recorded (the reference is one image); every chunk (uncond, cond and each
+AND sub-prompt) is kept apart so that Use can pair cond with cond and uncond with uncond.
+A slot is handed to the background writer as soon as the sampler moves on to the next one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .keys import OccurrenceCounter, Slot, chunk_names, current_sigma, entry_name, layer_id, rows_per_chunk
+from .profiles import Profile
+from .staging import ToHost
+from .writer import ReferenceWriter
+
+
+class _OpenSlot:
+    def __init__(self, slot: Slot, arena):
+        self.slot = slot
+        self.arena = arena
+        self.tensors: dict[str, torch.Tensor] = {}
+
+
+class Recorder:
+    def __init__(self, writer: ReferenceWriter, profile: Profile):
+        self.writer = writer
+        self.profile = profile
+        self.layers: dict[str, dict] = {}
+        self.chunks: list[str] = []
+        self.dtype: str | None = None
+        self._counter = OccurrenceCounter()
+        self._slots: dict[tuple[float, int], Slot] = {}
+        self._open: dict[int, _OpenSlot] = {}
+        self._parts: dict[int, int] = {}
+        self._to_host: ToHost | None = None
+
+    def record(self, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> None:
+        lid = layer_id(extra_options)
+        sigma = current_sigma(extra_options)
+        names = chunk_names(extra_options["cond_or_uncond"])
+        rows = rows_per_chunk(k.shape[0], extra_options["cond_or_uncond"])
+        if self._to_host is None:
+            self._to_host = ToHost(k.device)
+            self.dtype = str(k.dtype).removeprefix("torch.")
+        self.layers.setdefault(lid, {
+            "n_heads": int(extra_options["n_heads"]),
+            "dim_head": int(extra_options["dim_head"]),
+            "tokens": int(k.shape[1]),
+        })
+        for i, chunk in enumerate(names):
+            if chunk not in self.chunks:
+                self.chunks.append(chunk)
+            slot = self._slot(sigma, self._counter.next(lid, chunk, sigma))
+            if not self.profile.keeps(chunk):
+                continue
+            open_slot = self._open_slot(slot)
+            for tensor_name, tensor in (("k", k[i * rows]), ("v", v[i * rows])):
+                for suffix, stored in self.profile.encode(tensor).items():
+                    key = entry_name(lid, chunk, tensor_name) + suffix
+                    open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
+
+    def _slot(self, sigma: float, occurrence: int) -> Slot:
+        slot = self._slots.get((sigma, occurrence))
+        if slot is None:
+            self.flush()  # the sampler moved on: every open slot is complete
+            slot = Slot(index=len(self._slots), sigma=sigma, occurrence=occurrence)
+            self._slots[(sigma, occurrence)] = slot
+        return slot
+
+    def _open_slot(self, slot: Slot) -> _OpenSlot:
+        if slot.index not in self._open:
+            self._open[slot.index] = _OpenSlot(slot, self._to_host.new_arena())
+        return self._open[slot.index]
+
+    def flush(self) -> None:
+        for open_slot in self._open.values():
+            part = self._parts.get(open_slot.slot.index, 0)
+            self._parts[open_slot.slot.index] = part + 1
+            release = open_slot.arena.release if open_slot.arena is not None else None
+            self.writer.put_slot(open_slot.slot, part, open_slot.tensors, self._to_host.fence(), release)
+        self._open = {}
+
+    def manifest_fields(self) -> dict:
+        """What the recording adds to the manifest (after ``flush``)."""
+        return {
+            "layers": self.layers,
+            "chunks": [c for c in self.chunks if self.profile.keeps(c)],
+            "dtype": self.dtype,
+            "profile": self.profile.name,
+            "slot_list": sorted(self._slots.values(), key=lambda s: s.index),
+        }
+
+    @property
+    def recorded_anything(self) -> bool:
+        return bool(self._slots)

@@ -1,0 +1,181 @@
+"""Writes a reference in the background while sampling goes on.
+
+The sampling thread hands over one completed model evaluation ("slot") at a time; a writer thread waits for
+its device->host copies, serialises it to safetensors, checksums it and writes it into a staging folder.
+``finish`` adds the preview and the manifest and renames the folder into the store: the reference appears
+complete or not at all. A failure (disk full, permissions) is kept in ``status`` and the staging folder is
+removed; sampling is never interrupted by it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+
+from .keys import Slot
+from .store import FORMAT_VERSION, MANIFEST, PREVIEW, ReferenceStore, sha256_bytes, write_json_atomic
+
+_active: dict[str, ReferenceWriter] = {}
+_active_lock = threading.Lock()
+QUEUE_SLOTS = 3  # slots waiting for the disk before the sampler is made to wait (bounds host RAM)
+
+
+def active_staging_folders() -> set[Path]:
+    with _active_lock:
+        return {w.staging for w in _active.values()}
+
+
+def pending_write(name: str) -> ReferenceWriter | None:
+    """The writer still working on ``name``, if any."""
+    with _active_lock:
+        return _active.get(name)
+
+
+@dataclass
+class SaveStatus:
+    name: str
+    state: str = "writing"  # writing | saved | failed
+    message: str = ""
+    bytes: int = 0
+
+
+class ReferenceWriter:
+    def __init__(self, store: ReferenceStore, name: str, overwrite: bool):
+        self.store = store
+        self.overwrite = overwrite
+        self.staging = store.begin(name, overwrite)
+        self.status = SaveStatus(name=name)
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SLOTS)
+        self._slot_files: dict[int, list[dict]] = {}
+        self._done = threading.Event()
+        with _active_lock:
+            _active[name] = self
+        self._thread = threading.Thread(target=self._run, name=f"refdrop-writer-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def name(self) -> str:
+        return self.status.name
+
+    # -- called from the sampling thread ------------------------------------------------------------------
+
+    def put_slot(self, slot: Slot, part: int, tensors: dict, ready, release=None) -> None:
+        """Queue one slot's tensors; ``ready()`` waits for their copies, ``release()`` frees their buffers."""
+        if self.status.state == "failed":
+            if release:
+                release()
+            return
+        self._queue.put(("slot", (slot, part, tensors, ready, release)))
+
+    def finish(self, manifest: dict, preview=None) -> None:
+        """Queue the end of the reference; ``preview`` is PNG bytes or a PIL image (encoded off this thread)."""
+        self._queue.put(("finish", (manifest, preview)))
+
+    def abort(self, reason: str) -> None:
+        self._queue.put(("abort", reason))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    # -- the writer thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                kind, payload = self._queue.get()
+                if kind == "slot":
+                    self._write_slot(*payload)
+                elif kind == "finish":
+                    self._finish(*payload)
+                    return
+                else:
+                    raise OSError(f"save cancelled: {payload}")
+        except Exception as exc:  # noqa: BLE001 - any failure must end as a clear status, never a half reference
+            self.status.state = "failed"
+            self.status.message = f"RefDrop: reference '{self.name}' was not saved: {exc}"
+            self.store.discard(self.staging)
+            self._drain()
+        finally:
+            with _active_lock:
+                if _active.get(self.name) is self:
+                    del _active[self.name]
+            self._done.set()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                kind, payload = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "slot" and payload[4]:
+                payload[4]()
+
+    def _write_slot(self, slot: Slot, part: int, tensors: dict, ready, release) -> None:
+        try:
+            ready()
+            metadata = {"sigma": repr(slot.sigma), "occurrence": str(slot.occurrence)}
+            data = safetensors.torch.save(tensors, metadata=metadata)
+        finally:
+            if release:
+                release()
+        file = f"slot_{slot.index:04d}_{part}.safetensors"
+        _write_file(self.staging / file, data)
+        self._slot_files.setdefault(slot.index, []).append(
+            {"file": file, "bytes": len(data), "sha256": sha256_bytes(data)}
+        )
+        self.status.bytes += len(data)
+
+    def _finish(self, manifest: dict, preview) -> None:
+        slots = []
+        for slot in manifest.pop("slot_list"):
+            files = self._slot_files.get(slot.index)
+            if files:
+                slots.append({"index": slot.index, "sigma": slot.sigma, "occurrence": slot.occurrence, "files": files})
+        if not slots:
+            raise OSError("nothing was recorded (did the generation run any self-attention layer?)")
+        if preview is not None:
+            png = _png_bytes(preview)
+            _write_file(self.staging / PREVIEW, png)
+            self.status.bytes += len(png)
+        manifest.update(
+            format_version=FORMAT_VERSION,
+            name=self.name,
+            slots=slots,
+            bytes=self.status.bytes,
+            created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        )
+        write_json_atomic(self.staging / MANIFEST, manifest)
+        self.store.commit(self.staging, self.name, self.overwrite)
+        self.status.state = "saved"
+        self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _png_bytes(preview) -> bytes:
+    if isinstance(preview, bytes):
+        return preview
+    import io
+
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
