@@ -91,13 +91,19 @@ def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention,
         cond_or_uncond = extra_options["cond_or_uncond"]
         rows = rows_per_chunk(q.shape[0], cond_or_uncond)
         ref_k, ref_v = [], []
-        for chunk in chunk_names(cond_or_uncond):
-            slot = reader.sigma_map.lookup(sigma, counter.next(lid, chunk, sigma))
-            tensors = reader.tensors(slot, q.device, q.dtype)
-            source = resolve_chunk(chunk, saved_chunks)
-            ref_k.append(tensors[entry_name(lid, source, "k")])
-            ref_v.append(tensors[entry_name(lid, source, "v")])
-        ref = attention(q, expand_reference(ref_k, rows), expand_reference(ref_v, rows), extra_options)
+        try:
+            for chunk in chunk_names(cond_or_uncond):
+                slot = reader.sigma_map.lookup(sigma, counter.next(lid, chunk, sigma))
+                tensors = reader.tensors(slot, q.device, q.dtype)
+                source = resolve_chunk(chunk, saved_chunks)
+                ref_k.append(tensors[entry_name(lid, source, "k")])
+                ref_v.append(tensors[entry_name(lid, source, "v")])
+            ref = attention(q, expand_reference(ref_k, rows), expand_reference(ref_v, rows), extra_options)
+        except torch.OutOfMemoryError:
+            raise RefDropError(
+                f"RefDrop: out of GPU memory while using reference '{reader.name}'; lower the resolution or "
+                "batch size, or save the reference with a smaller storage profile"
+            ) from None
         return rfg_blend(own, ref, plan.rfg)
 
     return refdrop_use

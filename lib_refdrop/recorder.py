@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .keys import OccurrenceCounter, Slot, chunk_names, current_sigma, entry_name, layer_id, rows_per_chunk
-from .profiles import Profile
+from .profiles import Profile, token_grid
 from .staging import ToHost
 from .writer import ReferenceWriter
 
@@ -31,6 +31,7 @@ class Recorder:
         self.dtype: str | None = None
         self._counter = OccurrenceCounter()
         self._slots: dict[tuple[float, int], Slot] = {}
+        self._sigma_ordinals: dict[float, int] = {}
         self._open: dict[int, _OpenSlot] = {}
         self._parts: dict[int, int] = {}
         self._to_host: ToHost | None = None
@@ -48,6 +49,12 @@ class Recorder:
             "dim_head": int(extra_options["dim_head"]),
             "tokens": int(k.shape[1]),
         })
+        if sigma not in self._sigma_ordinals:
+            self._sigma_ordinals[sigma] = len(self._sigma_ordinals)
+        if not self.profile.keeps_sigma(self._sigma_ordinals[sigma]):
+            return
+        shape = extra_options.get("original_shape")
+        grid = token_grid(k.shape[1], tuple(shape[-2:])) if shape is not None else None
         for i, chunk in enumerate(names):
             if chunk not in self.chunks:
                 self.chunks.append(chunk)
@@ -56,7 +63,7 @@ class Recorder:
                 continue
             open_slot = self._open_slot(slot)
             for tensor_name, tensor in (("k", k[i * rows]), ("v", v[i * rows])):
-                for suffix, stored in self.profile.encode(tensor).items():
+                for suffix, stored in self.profile.encode(tensor, grid).items():
                     key = entry_name(lid, chunk, tensor_name) + suffix
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
 

@@ -74,7 +74,7 @@ def make_unet(arch: str = "sd15", width: str = "tiny", seed: int = 0, in_channel
         cfg["sample_size"] = sample_size
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**cfg)
-    return unet.to(torch.float32).eval().requires_grad_(False)
+    return unet.float().eval().requires_grad_(False)  # .float(): ModelMixin.to() warns about fp32 modules
 
 
 def unet_arch(unet: UNet2DConditionModel) -> str:
