@@ -10,6 +10,7 @@ removed; sampling is never interrupted by it.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import queue
 import threading
@@ -19,22 +20,24 @@ from pathlib import Path
 import safetensors.torch
 
 from .keys import Slot
-from .store import FORMAT_VERSION, MANIFEST, PREVIEW, ReferenceStore, sha256_bytes, write_json_atomic
+from .names import validate_name
+from .store import FORMAT_VERSION, MANIFEST, PREVIEW, ReferenceStore, seal_manifest, sha256_bytes, write_json_atomic
 
-_active: dict[str, ReferenceWriter] = {}
+_active: dict[str, list[ReferenceWriter]] = {}  # name -> writers still working on it (two clients may race)
 _active_lock = threading.Lock()
 QUEUE_SLOTS = 3  # slots waiting for the disk before the sampler is made to wait (bounds host RAM)
 
 
 def active_staging_folders() -> set[Path]:
     with _active_lock:
-        return {w.staging for w in _active.values()}
+        return {w.staging for writers in _active.values() for w in writers if w.staging is not None}
 
 
 def pending_write(name: str) -> ReferenceWriter | None:
-    """The writer still working on ``name``, if any."""
+    """The writer still working on ``name``, if any (the most recent one)."""
     with _active_lock:
-        return _active.get(name)
+        writers = _active.get(name)
+        return writers[-1] if writers else None
 
 
 @dataclass
@@ -45,17 +48,34 @@ class SaveStatus:
     bytes: int = 0
 
 
+def failure_reason(exc: BaseException) -> str:
+    """Why a save failed, in words a user can act on."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"the disk is full ({exc.strerror or 'No space left on device'}); free some space and save again"
+    if isinstance(exc, OSError) and exc.errno == errno.EDQUOT:
+        return "the disk quota is exhausted; free some space and save again"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"the reference folder cannot be written ({exc.strerror}: {exc.filename or ''})"
+    return str(exc).removeprefix("RefDrop: ")
+
+
 class ReferenceWriter:
     def __init__(self, store: ReferenceStore, name: str, overwrite: bool):
         self.store = store
         self.overwrite = overwrite
-        self.staging = store.begin(name, overwrite)
-        self.status = SaveStatus(name=name)
+        self.status = SaveStatus(name=validate_name(name))
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SLOTS)
         self._slot_files: dict[int, list[dict]] = {}
         self._done = threading.Event()
+        self.staging: Path | None = None
+        try:
+            self.staging = store.begin(self.name, overwrite)  # RefDropError (name taken) goes to the caller
+        except OSError as exc:  # the store cannot be written: the generation goes on, the status says why
+            self._fail(exc)
+            self._done.set()
+            return
         with _active_lock:
-            _active[name] = self
+            _active.setdefault(self.name, []).append(self)
         self._thread = threading.Thread(target=self._run, name=f"refdrop-writer-{name}", daemon=True)
         self._thread.start()
 
@@ -72,13 +92,17 @@ class ReferenceWriter:
                 release()
             return
         self._queue.put(("slot", (slot, part, tensors, ready, release)))
+        if self.status.state == "failed":  # failed while we waited: nobody else will free these buffers
+            self._drain()
 
     def finish(self, manifest: dict, preview=None) -> None:
         """Queue the end of the reference; ``preview`` is PNG bytes or a PIL image (encoded off this thread)."""
-        self._queue.put(("finish", (manifest, preview)))
+        if not self._done.is_set():
+            self._queue.put(("finish", (manifest, preview)))
 
     def abort(self, reason: str) -> None:
-        self._queue.put(("abort", reason))
+        if not self._done.is_set():
+            self._queue.put(("abort", reason))
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -97,15 +121,21 @@ class ReferenceWriter:
                 else:
                     raise OSError(f"save cancelled: {payload}")
         except Exception as exc:  # noqa: BLE001 - any failure must end as a clear status, never a half reference
-            self.status.state = "failed"
-            self.status.message = f"RefDrop: reference '{self.name}' was not saved: {exc}"
+            self._fail(exc)
             self.store.discard(self.staging)
             self._drain()
         finally:
             with _active_lock:
-                if _active.get(self.name) is self:
-                    del _active[self.name]
+                writers = _active.get(self.name, [])
+                if self in writers:
+                    writers.remove(self)
+                if not writers:
+                    _active.pop(self.name, None)
             self._done.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.status.message = f"RefDrop: reference '{self.name}' was not saved: {failure_reason(exc)}"
+        self.status.state = "failed"
 
     def _drain(self) -> None:
         while True:
@@ -150,7 +180,7 @@ class ReferenceWriter:
             bytes=self.status.bytes,
             created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         )
-        write_json_atomic(self.staging / MANIFEST, manifest)
+        write_json_atomic(self.staging / MANIFEST, seal_manifest(manifest))
         self.store.commit(self.staging, self.name, self.overwrite)
         self.status.state = "saved"
         self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})"

@@ -1,0 +1,134 @@
+"""Helpers for the fault tests: tiny references written through the real writer, snapshots, store invariants."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from lib_refdrop.keys import Slot, entry_name
+from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
+from lib_refdrop.writer import ReferenceWriter
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+LAYERS = {"input1.0": (2, 4, 16), "middle0.0": (2, 8, 4), "output3.0": (2, 4, 16)}  # heads, dim_head, tokens
+CHUNKS = ("uncond0", "cond0")
+SIGMAS = (14.6, 7.0, 3.1, 1.2, 0.4)
+PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png, the store does not decode it"
+
+
+def slot_tensors(seed: int, index: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed * 1000 + index)
+    out = {}
+    for lid, (heads, dim, tokens) in LAYERS.items():
+        for chunk in CHUNKS:
+            for t in ("k", "v"):
+                out[entry_name(lid, chunk, t)] = torch.randn(tokens, heads * dim, generator=g)
+    return out
+
+
+def manifest_fields(sigmas=SIGMAS, family: str = "sd15") -> dict:
+    return {
+        "family": family,
+        "generation": {"seed": 1, "prompt": "a test"},
+        "layers": {lid: {"n_heads": h, "dim_head": d, "tokens": n} for lid, (h, d, n) in LAYERS.items()},
+        "chunks": list(CHUNKS),
+        "dtype": "float32",
+        "profile": "exact",
+        "slot_list": [Slot(i, s, 0) for i, s in enumerate(sigmas)],
+    }
+
+
+def start_reference(store: ReferenceStore, name: str, seed: int = 0, overwrite: bool = False,
+                    sigmas=SIGMAS, family: str = "sd15") -> ReferenceWriter:
+    """Hand a whole tiny reference to a writer (two parts per slot, like a split cond/uncond pass)."""
+    writer = ReferenceWriter(store, name, overwrite)
+    for i, sigma in enumerate(sigmas):
+        tensors = slot_tensors(seed, i)
+        keys = sorted(tensors)
+        half = len(keys) // 2
+        for part, chosen in enumerate((keys[:half], keys[half:])):
+            writer.put_slot(Slot(i, sigma, 0), part, {k: tensors[k] for k in chosen}, lambda: None)
+    writer.finish(manifest_fields(sigmas, family), PNG)
+    return writer
+
+
+def make_reference(store: ReferenceStore, name: str, seed: int = 0, overwrite: bool = False, **kw) -> dict:
+    writer = start_reference(store, name, seed, overwrite, **kw)
+    assert writer.wait(30), "the writer did not finish"
+    assert writer.status.state == "saved", writer.status.message
+    return store.manifest(name)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file; of the tensors for safetensors (its header order varies from one save to the next)."""
+    data = path.read_bytes()
+    if path.suffix != ".safetensors":
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    for key, tensor in sorted(safetensors.torch.load(data).items()):
+        digest.update(key.encode() + str(tuple(tensor.shape)).encode() + tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def snapshot(folder: Path, with_manifest: bool = False) -> dict[str, str]:
+    """File name -> content hash of a reference folder (the manifest holds a date, so it is optional)."""
+    return {p.name: content_hash(p) for p in sorted(folder.iterdir()) if with_manifest or p.name != MANIFEST}
+
+
+def leftovers(root: Path) -> list[str]:
+    """Anything in the store's private folders."""
+    found = []
+    for private in (INCOMING, TRASH):
+        folder = Path(root) / private
+        if folder.is_dir():
+            found += [f"{private}/{p.name}" for p in folder.iterdir()]
+    return found
+
+
+def all_files(root: Path) -> set[Path]:
+    return {p for p in Path(root).rglob("*")}
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# -- a Save or Use driven with the calls a real host made (recorded trace), without a U-Net --------------------
+
+
+def attention(q, k, v, extra_options):
+    heads = extra_options["n_heads"]
+    b, _, c = q.shape
+    split = [t.view(t.shape[0], -1, heads, c // heads).transpose(1, 2) for t in (q, k, v)]
+    return torch.nn.functional.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, -1, c)
+
+
+def trace_calls(case: str = "t2i_basic", limit: int | None = 24, seed: int = 0, host: str = "reforge"):
+    """(q, k, v, extra_options) of the recorded attn1 calls of one case, with random q/k/v of the recorded shapes."""
+    trace = load_json(SHARED / "host-traces" / host / f"{case}.json")
+    g = torch.Generator().manual_seed(seed)
+    for call in trace["calls"][:limit]:
+        eo = {k: v for k, v in call.items() if k not in ("q", "k", "v", "dtype", "pass")}
+        eo["sigmas"] = torch.tensor(call["sigmas"]["values"])
+        q, k, v = (torch.randn(call[t], generator=g) for t in ("q", "k", "v"))
+        yield q, k, v, eo
+
+
+def pass_context(family: str = "sd15", seed: int = 1):
+    from lib_refdrop.generation import PassContext
+
+    def percent_to_sigma(p):
+        return 1e9 if p <= 0 else (0.0 if p >= 1 else 1.0)
+
+    return PassContext(family=family, is_hr_pass=False, percent_to_sigma=percent_to_sigma,
+                       attention=attention, inner=attention, seed=seed)
+
+
+def run_generation(run, calls) -> list:
+    """What the host's sampler does with the patch: one call per attn1 layer per model evaluation."""
+    patch = run.patch_for_pass(pass_context())
+    return [(patch or attention)(q, k, v, eo) for q, k, v, eo in calls]

@@ -1,0 +1,113 @@
+"""Concurrency: list, read, delete and rename while a Save is writing; two clients saving the same name at once.
+No crash, no torn reference, nothing half-written ever listed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import faultkit
+import pytest
+
+from lib_refdrop import writer as writer_module
+from lib_refdrop.errors import RefDropError
+from lib_refdrop.store import ReferenceStore
+from lib_refdrop.writer import pending_write
+
+
+@pytest.fixture
+def slow_disk(monkeypatch):
+    real = writer_module._write_file
+
+    def slow(path, data):
+        time.sleep(0.01)
+        real(path, data)
+
+    monkeypatch.setattr(writer_module, "_write_file", slow)
+
+
+def test_list_read_delete_rename_while_a_save_is_writing(tmp_path, slow_disk):
+    store = ReferenceStore(tmp_path)
+    faultkit.make_reference(store, "a", seed=1)
+    faultkit.make_reference(store, "b", seed=2)
+    contents = {1: faultkit.snapshot(store.path("a")), 2: faultkit.snapshot(store.path("b"))}
+    writer = faultkit.start_reference(store, "busy", seed=3)
+    errors, seen_busy = [], []
+
+    def browse():  # the UI refreshing its dropdown and an API client reading details, in a loop
+        while not writer.wait(0):
+            try:
+                viewer = ReferenceStore(tmp_path)  # e.g. another API request opening the store
+                for name in viewer.names():
+                    if name == "busy":
+                        seen_busy.append(viewer.verify(name))  # listed means complete
+                    else:
+                        viewer.manifest(name)
+            except RefDropError as exc:  # a reference renamed/deleted between list and read: fine, with a message
+                if "not found" not in str(exc) and "deleted or renamed while" not in str(exc):
+                    errors.append(exc)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    def edit():  # another client renaming and deleting other references meanwhile
+        n = 0
+        while not writer.wait(0):
+            try:
+                store.rename("a" if n % 2 == 0 else "a2", "a2" if n % 2 == 0 else "a")
+                n += 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        store.delete("b")
+
+    threads = [threading.Thread(target=browse), threading.Thread(target=browse), threading.Thread(target=edit)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert writer.status.state == "saved", writer.status.message
+    final = ReferenceStore(tmp_path)
+    assert set(final.names()) in ({"a", "busy"}, {"a2", "busy"})
+    for name in final.names():
+        final.verify(name)
+    survivor = "a" if "a" in final.names() else "a2"
+    assert faultkit.snapshot(final.path(survivor)) == contents[1]
+    assert faultkit.leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_clients_save_the_same_name_at_once(tmp_path, slow_disk, overwrite):
+    store = ReferenceStore(tmp_path)
+    writers = [faultkit.start_reference(store, "same", seed=s, overwrite=overwrite) for s in (10, 11)]
+    assert pending_write("same") in writers
+    for w in writers:
+        assert w.wait(60)
+    states = sorted(w.status.state for w in writers)
+    if overwrite:
+        assert states == ["saved", "saved"]  # the later one replaces the earlier one, whole
+    else:
+        assert states == ["failed", "saved"]
+        failed = next(w for w in writers if w.status.state == "failed")
+        assert "appeared while saving" in failed.status.message
+    assert store.names() == ["same"]
+    store.verify("same")
+    options = []
+    for seed in (10, 11):
+        other = ReferenceStore(tmp_path / f"expect{seed}")
+        faultkit.make_reference(other, "x", seed=seed)
+        options.append(faultkit.snapshot(other.path("x")))
+    assert faultkit.snapshot(store.path("same")) in options
+    assert pending_write("same") is None
+    assert faultkit.leftovers(tmp_path) == []
+
+
+def test_use_waits_for_a_reference_that_is_still_being_written(tmp_path, slow_disk):
+    from lib_refdrop.generation import RefDropRun
+    from lib_refdrop.settings import build
+
+    store = ReferenceStore(tmp_path)
+    writer = faultkit.start_reference(store, "fresh", seed=4)
+    run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "fresh", "rfg": 0.3}), store)
+    patch = run.patch_for_pass(faultkit.pass_context())  # returns once the save is complete
+    assert writer.status.state == "saved"
+    assert patch.__name__ == "refdrop_use"

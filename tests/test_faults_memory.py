@@ -1,0 +1,93 @@
+"""Memory: a RAM budget smaller than one reference step streams from disk and never grows past the budget;
+an out-of-memory error during Use stops the generation with a clear message."""
+
+from __future__ import annotations
+
+import faultkit
+import pytest
+import torch
+
+from lib_refdrop import reader as reader_module
+from lib_refdrop.errors import RefDropError
+from lib_refdrop.generation import RefDropRun
+from lib_refdrop.reader import RamCache, ReferenceReader, slots_of
+from lib_refdrop.settings import build
+from lib_refdrop.store import ReferenceStore
+
+
+class _WatchedCache(RamCache):
+    def __init__(self, budget):
+        super().__init__(budget)
+        self.peak = 0
+
+    def put(self, key, value, nbytes):
+        super().put(key, value, nbytes)
+        self.peak = max(self.peak, self.used)
+
+
+def _slot_bytes(reader, index):
+    return sum(t.numel() * t.element_size() for t in reader.host_tensors(index).values())
+
+
+@pytest.mark.parametrize("budget_slots", [0.5, 1.5, 3.5])
+def test_ram_budget_is_never_exceeded_and_reads_stream_from_disk(tmp_path, monkeypatch, budget_slots):
+    store = ReferenceStore(tmp_path)
+    manifest = faultkit.make_reference(store, "r")
+    slot_bytes = _slot_bytes(ReferenceReader(store, "r", manifest, cache=RamCache(0)), 0)
+    cache = _WatchedCache(int(slot_bytes * budget_slots))
+    reads = []
+    real_read = store.read_file
+    monkeypatch.setattr(store, "read_file", lambda name, entry: reads.append(entry["file"]) or real_read(name, entry))
+    slots = slots_of(manifest)
+    for _ in range(3):  # three generations with the same reference
+        reader = ReferenceReader(store, "r", manifest, cache=cache)
+        for slot in slots:
+            got = reader.tensors(slot, torch.device("cpu"), torch.float32)
+            assert torch.equal(got["middle0.0/cond0/v"], faultkit.slot_tensors(0, slot.index)["middle0.0/cond0/v"])
+            assert cache.used <= cache.budget
+    assert cache.peak <= cache.budget
+    files_per_pass = sum(len(s["files"]) for s in manifest["slots"])
+    if budget_slots < 1:
+        assert cache.used == 0 and len(reads) == 3 * files_per_pass  # nothing fits: every step streams from disk
+    else:
+        assert len(reads) > files_per_pass  # only part fits: the rest is read again
+
+
+def test_use_with_a_tiny_ram_budget_gives_the_same_image(tmp_path, monkeypatch):
+    store = ReferenceStore(tmp_path)
+    calls = list(faultkit.trace_calls(limit=16))
+    save = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": "r"}), store)
+    plain = faultkit.run_generation(save, calls)
+    save.finish_save({}, None)
+    assert save.writer.wait(30)
+    budget_before = reader_module.RAM_CACHE.budget
+    reader_module.RAM_CACHE.set_budget(1024)  # far smaller than one step of this reference
+    try:
+        reader_module.RAM_CACHE.clear()
+        use = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "r", "rfg": 0.7}), store)
+        out = faultkit.run_generation(use, calls)
+        assert reader_module.RAM_CACHE.used == 0
+    finally:
+        reader_module.RAM_CACHE.set_budget(budget_before)
+    assert all(torch.equal(a, b) for a, b in zip(out, plain, strict=True))
+
+
+def _oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def _use_with_oom(tmp_path, monkeypatch):
+    store = ReferenceStore(tmp_path)
+    faultkit.make_reference(store, "big")
+    monkeypatch.setattr(ReferenceReader, "_load", _oom)
+    run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "big", "rfg": 0.5}), store)
+    patch = run.patch_for_pass(faultkit.pass_context())
+    q = torch.randn(2, 16, 8)
+    eo = {"block": ["input", 1], "block_index": 0, "n_heads": 2, "dim_head": 4, "cond_or_uncond": [1, 0],
+          "sigmas": torch.tensor([14.6])}
+    patch(q, q, q, eo)
+
+
+def test_gpu_out_of_memory_during_use_names_the_reference_and_what_to_do(tmp_path, monkeypatch):
+    with pytest.raises(RefDropError, match=r"out of GPU memory while using reference 'big'"):
+        _use_with_oom(tmp_path, monkeypatch)
