@@ -1,0 +1,23 @@
+"""Forge family (lllyasviel/stable-diffusion-webui-forge, reForge ``main-old`` and ``newmain_newforge``)."""
+
+from __future__ import annotations
+
+NAME = "forge"
+
+
+def available() -> bool:
+    try:
+        import backend.attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attention():
+    """The host kernel as ``(q, k, v, extra_options) -> out`` (looked up once: the host picks it at import)."""
+    from backend.attention import attention_function
+
+    def forge_attention(q, k, v, extra_options):
+        return attention_function(q, k, v, extra_options["n_heads"])
+
+    return forge_attention

@@ -1,0 +1,24 @@
+"""reForge main family (Panchovix/stable-diffusion-webui-reForge ``main``, ``dev``, ``dev2``, ...: ``ldm_patched``)."""
+
+from __future__ import annotations
+
+NAME = "reforge"
+
+
+def available() -> bool:
+    try:
+        import ldm_patched.ldm.modules.attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attention():
+    """The host kernel as ``(q, k, v, extra_options) -> out``, with the layer's attention precision."""
+    from ldm_patched.ldm.modules.attention import optimized_attention
+
+    def reforge_attention(q, k, v, extra_options):
+        precision = extra_options.get("attn_precision")
+        return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=precision)
+
+    return reforge_attention

@@ -1,0 +1,268 @@
+"""The RefDrop panel: one always-visible accordion, built gradio-3 style (reForge runs gradio 3.41.2, Forge 4.40
+with a shim that accepts gradio-3 code).
+
+``build`` only creates components and wires their events: no registration, no globals, so the host can call it
+once per tab and the API once more to read the defaults. The reference-library callbacks are plain functions of
+a ``ReferenceStore`` (``refresh``, ``describe``, ``delete``, ``rename``) so they are tested on a temporary store.
+Tooltips live in ``javascript/refdrop.js``, keyed by the item ids below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from . import families
+from .errors import RefDropError
+from .profiles import PROFILES
+from .settings import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES
+from .writer import format_bytes
+
+SD15_BLOCKS = ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12)))
+SDXL_BLOCKS = ("IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6)))
+BLOCK_CHOICES = ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(12)))
+BLOCKS_INFO = (
+    "Blocks that keep their own attention. SD1.5 has IN01 IN02 IN04 IN05 IN07 IN08 M00 OUT03-OUT11; "
+    "SDXL has IN04 IN05 IN07 IN08 M00 OUT00-OUT05. A block the model lacks is ignored."
+)
+SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
+ITEM_IDS = (
+    "enabled", "mode", "rfg", "reference", "refresh", "preview", "info", "delete", "delete_confirm",
+    "delete_cancel", "rename_to", "rename", "save_name", "status", "advanced", "disabled_groups",
+    "disabled_blocks", "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile",
+)
+
+
+@dataclass
+class Controls:
+    """The panel's components: ``inputs`` by argument name, everything else (buttons, preview) in ``extras``."""
+
+    inputs: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def args(self) -> list:
+        """The input components in ``settings.ARG_NAMES`` order: what ``Script.ui`` returns."""
+        return [self.inputs[name] for name in ARG_NAMES]
+
+
+# -- the reference library, as plain functions of a store -------------------------------------------------
+
+def reference_choices(store) -> list[str]:
+    return list(store.names())
+
+
+def refresh(store, current: str | None) -> tuple[list[str], str]:
+    """Fresh dropdown choices; the current value is kept even if it is gone (``describe`` then says so)."""
+    return reference_choices(store), current or ""
+
+
+def describe(store, name: str | None) -> tuple[str | None, str]:
+    """(preview image path or None, one info line) for the reference ``name``."""
+    if not name:
+        return None, "No reference selected. Generate one in **Save** mode, then press 🔄."
+    try:
+        if not store.exists(name):
+            return None, f"⚠️ Reference **{name}** does not exist (deleted or renamed?). Pick another one; 🔄 refreshes."
+        manifest = store.manifest(name)
+    except RefDropError as exc:
+        return None, f"⚠️ {exc}"
+    preview = store.preview_path(name)
+    return (str(preview) if preview else None), info_line(manifest)
+
+
+def info_line(manifest: dict) -> str:
+    gen = manifest.get("generation") or {}
+    parts = [families.label(manifest.get("family", "unknown"))]
+    if gen.get("width") and gen.get("height"):
+        parts.append(f"{gen['width']}×{gen['height']}")
+    if gen.get("steps"):
+        parts.append(f"{gen['steps']} steps")
+    sampler = gen.get("sampler_name")
+    if sampler:
+        scheduler = gen.get("scheduler")
+        parts.append(f"{sampler} ({scheduler})" if scheduler and scheduler != "Automatic" else str(sampler))
+    if gen.get("seed") is not None:
+        parts.append(f"seed {gen['seed']}")
+    prompt = str(gen.get("prompt") or "").replace("\n", " ").strip()
+    if prompt:
+        parts.append(f"“{prompt[:60]}{'…' if len(prompt) > 60 else ''}”")
+    if isinstance(manifest.get("bytes"), int):
+        parts.append(format_bytes(manifest["bytes"]))
+    if manifest.get("profile"):
+        parts.append(f"profile {manifest['profile']}")
+    created = manifest.get("created")
+    if created:
+        try:
+            parts.append(datetime.datetime.fromisoformat(created).strftime("%Y-%m-%d %H:%M"))
+        except ValueError:
+            parts.append(str(created))
+    return " · ".join(parts)
+
+
+def delete(store, name: str | None) -> tuple[str, list[str], str]:
+    """(message, new choices, new value). The UI asks for confirmation before calling this."""
+    if not name:
+        return "Select a reference to delete.", reference_choices(store), ""
+    try:
+        store.delete(name)
+    except RefDropError as exc:
+        return str(exc), reference_choices(store), name
+    return f"Deleted reference **{name}**.", reference_choices(store), ""
+
+
+def rename(store, old: str | None, new: str | None) -> tuple[str, list[str], str]:
+    """(message, new choices, new value)."""
+    if not old:
+        return "Select a reference to rename.", reference_choices(store), ""
+    try:
+        name = store.rename(old, new or "")
+    except RefDropError as exc:
+        return str(exc), reference_choices(store), old
+    return f"Renamed **{old}** to **{name}**.", reference_choices(store), name
+
+
+def mode_visibility(mode: str) -> tuple[bool, bool]:
+    """(Use-only controls visible, Save-only controls visible)."""
+    return mode != "Save", mode == "Save"
+
+
+# -- building the panel -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _enabled_section(input_accordion, label: str, elem_id: str):
+    """The host's ``InputAccordion`` (its value is "enabled"); else an accordion with an Enable checkbox."""
+    if input_accordion is not None:
+        with input_accordion(False, label=label, elem_id=elem_id) as enabled:
+            yield enabled
+        return
+    with gr.Accordion(label, open=False, elem_id=f"{elem_id}_accordion"):
+        yield gr.Checkbox(False, label="Enable RefDrop", elem_id=elem_id)
+
+
+def _safe_choices(get_store) -> tuple[list[str], str]:
+    try:
+        return reference_choices(get_store()), ""
+    except (OSError, RefDropError) as exc:
+        return [], f"⚠️ RefDrop cannot open its reference folder: {exc}"
+
+
+def build(
+    elem_id: Callable[[str], str] = lambda item: f"refdrop_{item}",
+    get_store: Callable | None = None,
+    input_accordion=None,
+    default_rfg: float = DEFAULT_RFG,
+    default_overwrite: bool = False,
+    get_status: Callable[[], str] | None = None,
+    label: str = "RefDrop",
+) -> Controls:
+    """Create the panel inside the current gradio Blocks context; return its components."""
+    get_status = get_status or (lambda: "")
+    choices, store_problem = _safe_choices(get_store) if get_store else ([], "")
+    use_visible, save_visible = mode_visibility("Use")
+    c = Controls()
+    i, x = c.inputs, c.extras
+
+    with _enabled_section(input_accordion, label, elem_id("enabled")) as enabled:
+        i["enabled"] = enabled
+        i["mode"] = gr.Radio(list(MODES), value="Use", label="Mode", elem_id=elem_id("mode"))
+        with gr.Column(visible=use_visible) as x["use_box"]:
+            i["rfg"] = gr.Slider(minimum=-1.0, maximum=1.0, step=0.01, value=default_rfg,
+                                 label="RFG coefficient", elem_id=elem_id("rfg"))
+            with gr.Row():
+                i["reference"] = gr.Dropdown(choices=choices, value="", label="Reference", allow_custom_value=True,
+                                             elem_id=elem_id("reference"))
+                x["refresh"] = gr.Button("🔄", elem_id=elem_id("refresh"), scale=0, min_width=40)
+            with gr.Row():
+                x["preview"] = gr.Image(value=None, label="Reference preview", interactive=False, height=160,
+                                        elem_id=elem_id("preview"))
+                with gr.Column():
+                    x["info"] = gr.Markdown(describe(None, "")[1], elem_id=elem_id("info"))
+                    with gr.Row():
+                        x["rename_to"] = gr.Textbox(label="New name", placeholder="new name for this reference",
+                                                    elem_id=elem_id("rename_to"))
+                        x["rename"] = gr.Button("Rename", elem_id=elem_id("rename"), scale=0)
+                    with gr.Row():
+                        x["delete"] = gr.Button("Delete", elem_id=elem_id("delete"), scale=0)
+                        x["delete_confirm"] = gr.Button("Confirm delete", variant="stop", visible=False,
+                                                        elem_id=elem_id("delete_confirm"), scale=0)
+                        x["delete_cancel"] = gr.Button("Cancel", visible=False, elem_id=elem_id("delete_cancel"),
+                                                       scale=0)
+        with gr.Column(visible=save_visible) as x["save_box"]:
+            i["save_name"] = gr.Textbox(value="", label="Save as", placeholder=SAVE_NAME_PLACEHOLDER,
+                                        elem_id=elem_id("save_name"))
+        x["status"] = gr.Markdown(store_problem or get_status(), elem_id=elem_id("status"))
+        with gr.Accordion("Advanced", open=False, elem_id=elem_id("advanced")):
+            with gr.Column(visible=use_visible) as x["use_advanced"]:
+                i["disabled_groups"] = gr.CheckboxGroup(list(BLOCK_GROUPS), value=[], label="Disabled block groups",
+                                                        elem_id=elem_id("disabled_groups"))
+                i["disabled_blocks"] = gr.CheckboxGroup(list(BLOCK_CHOICES), value=[], label="Disabled blocks",
+                                                        info=BLOCKS_INFO, elem_id=elem_id("disabled_blocks"))
+                i["skip_first_up"] = gr.Checkbox(False, label="Skip first up-sampling block",
+                                                 elem_id=elem_id("skip_first_up"))
+                with gr.Row():
+                    i["step_start"] = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=0.0,
+                                                label="Start at (fraction of steps)", elem_id=elem_id("step_start"))
+                    i["step_end"] = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=1.0,
+                                              label="End at (fraction of steps)", elem_id=elem_id("step_end"))
+                i["apply_hires"] = gr.Checkbox(False, label="Apply in hires fix pass", elem_id=elem_id("apply_hires"))
+            with gr.Column(visible=save_visible) as x["save_advanced"]:
+                i["overwrite"] = gr.Checkbox(default_overwrite, label="Overwrite a reference of the same name",
+                                             elem_id=elem_id("overwrite"))
+                i["profile"] = gr.Dropdown(choices=list(PROFILES), value="", label="Storage profile",
+                                           info="Empty: the default from Settings → RefDrop",
+                                           allow_custom_value=True, elem_id=elem_id("profile"))
+
+    _wire(c, get_store, get_status)
+    return c
+
+
+def _wire(c: Controls, get_store, get_status) -> None:
+    i, x = c.inputs, c.extras
+
+    def on_mode(mode):
+        use, save = mode_visibility(mode)
+        return [gr.update(visible=use), gr.update(visible=save), gr.update(visible=use), gr.update(visible=save)]
+
+    i["mode"].change(on_mode, inputs=[i["mode"]],
+                     outputs=[x["use_box"], x["save_box"], x["use_advanced"], x["save_advanced"]], show_progress=False)
+    if get_store is None:
+        return
+
+    def on_refresh(current):
+        choices, value = refresh(get_store(), current)
+        return gr.update(choices=choices, value=value), get_status()
+
+    def on_select(name):
+        preview, text = describe(get_store(), name)
+        return preview, text
+
+    def library_outputs(message, choices, value):
+        hidden = gr.update(visible=False)
+        return gr.update(choices=choices, value=value), message, hidden, hidden
+
+    def on_delete(name):
+        return library_outputs(*delete(get_store(), name))
+
+    def on_rename(old, new):
+        return library_outputs(*rename(get_store(), old, new))
+
+    def ask_confirmation(name):
+        if not name:
+            return gr.update(visible=False), gr.update(visible=False), "Select a reference to delete."
+        return gr.update(visible=True), gr.update(visible=True), f"Delete **{name}** for good? Confirm or cancel."
+
+    confirm_outputs = [x["delete_confirm"], x["delete_cancel"]]
+    library = [i["reference"], x["status"], *confirm_outputs]
+    x["refresh"].click(on_refresh, inputs=[i["reference"]], outputs=[i["reference"], x["status"]], show_progress=False)
+    i["reference"].change(on_select, inputs=[i["reference"]], outputs=[x["preview"], x["info"]], show_progress=False)
+    x["delete"].click(ask_confirmation, inputs=[i["reference"]], outputs=[*confirm_outputs, x["status"]],
+                      show_progress=False)
+    x["delete_cancel"].click(lambda: (gr.update(visible=False), gr.update(visible=False), ""), inputs=[],
+                             outputs=[*confirm_outputs, x["status"]], show_progress=False)
+    x["delete_confirm"].click(on_delete, inputs=[i["reference"]], outputs=library, show_progress=False)
+    x["rename"].click(on_rename, inputs=[i["reference"], x["rename_to"]], outputs=library, show_progress=False)

@@ -1,0 +1,132 @@
+"""Infotext: written by a generation, parsed by the host's regex, pasted back into the controls."""
+
+from __future__ import annotations
+
+import fakehost
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib_refdrop import infotext
+from lib_refdrop.settings import ARG_NAMES, BLOCK_GROUPS, RefDropSettings, build, from_args, to_args
+
+with fakehost.activated("none"):  # the host's own quoting and parsing, copied into the fake host
+    from modules.infotext_utils import create_params_text, parse_params_line, paste_value
+
+DEFAULT_VALUES = dict(zip(ARG_NAMES, to_args(RefDropSettings()), strict=True))  # the controls before pasting
+
+
+def infotext_line(params: dict) -> str:
+    """The host's infotext: built-in keys first, then ``extra_generation_params``, like ``create_infotext``."""
+    return create_params_text({"Steps": 20, "Sampler": "Euler a", "Seed": 1, **params, "Version": "f2.0"})
+
+
+def paste(line: str, current: dict | None = None) -> dict:
+    """Fill the controls as the paste button does (parser, then ``type(component.value)(value)``)."""
+    current = dict(current or DEFAULT_VALUES)
+    parsed = parse_params_line(line)
+    for name, value in infotext.parse(parsed).items():
+        current[name] = paste_value(current[name], value)
+    return current
+
+
+def round_trip(values: dict) -> RefDropSettings:
+    params = {"Some other": "value"}
+    original = build(values)
+    infotext.write(params, original, saved_as=values.get("save_name") or None)
+    pasted = paste(infotext_line(params))
+    return from_args([pasted[name] for name in ARG_NAMES])
+
+
+def test_use_with_every_control_changed():
+    values = {"enabled": True, "mode": "Use", "rfg": -0.25, "reference": "my ref (2)", "disabled_groups": ["middle"],
+              "disabled_blocks": ["OUT00", "IN04", "M00"], "skip_first_up": True, "step_start": 0.1,
+              "step_end": 0.75, "apply_hires": True}
+    assert round_trip(values) == build(values)
+
+
+def test_use_defaults_and_single_block():
+    assert round_trip({"enabled": True, "reference": "a"}) == build({"enabled": True, "reference": "a"})
+    values = {"enabled": True, "reference": "a", "disabled_blocks": "OUT03"}
+    assert round_trip(values) == build(values)
+
+
+def test_save_pastes_the_saved_name_as_reference():
+    values = {"enabled": True, "mode": "Save", "save_name": "hero", "profile": "exact", "rfg": 0.5}
+    pasted = round_trip(values)
+    assert pasted == build({**values, "save_name": "", "reference": "hero"})
+
+
+def test_written_keys_are_snake_case_and_quoted_lists_survive():
+    params = {}
+    infotext.write(params, build({"enabled": True, "reference": "r", "disabled_groups": "input, output"}))
+    assert params == {"refdrop_enabled": True, "refdrop_mode": "Use", "refdrop_reference": "r", "refdrop_rfg": 0.3,
+                      "refdrop_disabled_groups": "input, output"}
+    assert 'refdrop_disabled_groups: "input, output"' in infotext_line(params)
+
+
+def test_booleans_are_parsed_not_cast():
+    line = "Steps: 20, refdrop_enabled: False, refdrop_mode: Use, refdrop_hires: False, refdrop_skip_first_up: True"
+    pasted = paste(line, {**DEFAULT_VALUES, "enabled": True, "apply_hires": True})
+    assert pasted["enabled"] is False and pasted["apply_hires"] is False and pasted["skip_first_up"] is True
+
+
+def test_infotext_without_refdrop_turns_it_off_and_keeps_the_rest():
+    current = {**DEFAULT_VALUES, "enabled": True, "rfg": 0.6, "reference": "kept"}
+    pasted = paste("Steps: 20, Sampler: Euler, Seed: 3", current)
+    assert pasted == {**current, "enabled": False}
+
+
+def test_bad_values_leave_controls_unchanged():
+    current = {**DEFAULT_VALUES, "rfg": 0.6, "disabled_blocks": ["M00"]}
+    line = "refdrop_enabled: True, refdrop_mode: Sideways, refdrop_rfg: 7, refdrop_disabled_blocks: X99"
+    pasted = paste(line, current)
+    assert pasted["enabled"] is True and pasted["mode"] == "Use" and pasted["rfg"] == 0.6
+    assert pasted["disabled_blocks"] == ["M00"]
+
+
+def test_missing_reference_is_pasted_for_the_info_line_to_report():
+    assert paste("refdrop_enabled: True, refdrop_reference: gone")["reference"] == "gone"
+
+
+def test_xyz_cells_sharing_one_dict_do_not_leak():
+    shared = {"Hires upscale": 2}
+    infotext.write(shared, build({"enabled": True, "reference": "r", "skip_first_up": True, "step_end": 0.5}))
+    infotext.write(shared, build({"enabled": True, "reference": "r"}))
+    assert "refdrop_skip_first_up" not in shared and "refdrop_step_end" not in shared
+    infotext.write(shared, RefDropSettings())
+    assert shared == {"Hires upscale": 2}
+
+
+def test_fields_pair_components_with_parsers():
+    components = {name: object() for name in ARG_NAMES}
+    pairs = infotext.fields(components)
+    assert [c for c, _ in pairs] == [components[name] for name in ARG_NAMES]
+    assert all(callable(parser) for _, parser in pairs)
+
+
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 _().+-]{0,20}[A-Za-z0-9)]", fullmatch=True).filter(
+    lambda s: ".." not in s)
+blocks = st.lists(st.sampled_from(["IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
+                                   *(f"OUT{i:02d}" for i in range(12))]), unique=True, max_size=5)
+fractions = st.integers(0, 100).map(lambda i: i / 100)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rfg=st.integers(-100, 100).map(lambda i: i / 100), reference=names, groups=st.lists(
+    st.sampled_from(BLOCK_GROUPS), unique=True), blocks=blocks, skip=st.booleans(), hires=st.booleans(),
+    window=st.tuples(fractions, fractions).filter(lambda w: w[0] < w[1]))
+def test_use_round_trip_property(rfg, reference, groups, blocks, skip, hires, window):
+    values = {"enabled": True, "mode": "Use", "rfg": rfg, "reference": reference, "disabled_groups": groups,
+              "disabled_blocks": blocks, "skip_first_up": skip, "step_start": window[0], "step_end": window[1],
+              "apply_hires": hires}
+    assert round_trip(values) == build(values)
+
+
+@pytest.mark.parametrize("text", ["True", "true", "1"])
+def test_enabled_spellings(text):
+    assert infotext.parse_enabled({"refdrop_enabled": text}) is True
+
+
+def test_positional_args_of_defaults_match_from_args():
+    assert from_args(list(DEFAULT_VALUES.values())) == RefDropSettings()

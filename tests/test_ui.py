@@ -1,0 +1,172 @@
+"""The RefDrop panel under gradio 3.41.2 (reForge's version), and its reference-library callbacks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import fakehost
+import gradio as gr
+import pytest
+from PIL import Image
+
+from lib_refdrop import ui
+from lib_refdrop.settings import ARG_NAMES, RefDropSettings, from_args
+from lib_refdrop.store import MANIFEST, PREVIEW, ReferenceStore
+from lib_refdrop.writer import format_bytes
+
+JS = Path(__file__).resolve().parents[1] / "javascript" / "refdrop.js"
+
+
+GENERATION = {"width": 512, "height": 768, "steps": 20, "sampler_name": "Euler a", "scheduler": "Karras",
+              "seed": 1234, "prompt": "a red fox in the snow, " * 5}
+
+
+def save_synthetic(store: ReferenceStore, name: str, preview) -> None:
+    """A real reference written by the engine's Save patch and writer, fed synthetic attn1 calls (no U-Net)."""
+    import torch
+
+    from lib_refdrop.generation import PassContext, RefDropRun
+    from lib_refdrop.settings import build
+
+    def attention(q, k, v, extra_options):
+        return q
+
+    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name}), store)
+    patch = run.patch_for_pass(PassContext(family="sd15", is_hr_pass=False, percent_to_sigma=lambda pct: 0.0,
+                                           attention=attention, inner=attention, seed=1234))
+    for sigma in (14.6, 1.0):
+        for block in (("input", 1), ("middle", 0), ("output", 11)):
+            q = k = v = torch.randn(2, 16, 8)
+            patch(q, k, v, {"block": block, "block_index": 0, "cond_or_uncond": [1, 0], "n_heads": 2, "dim_head": 4,
+                            "sigmas": torch.tensor([sigma])})
+    run.finish_save(GENERATION, preview)
+    run.writer.wait(60)
+    assert run.writer.status.state == "saved", run.writer.status.message
+
+
+@pytest.fixture(scope="module")
+def saved_library(tmp_path_factory):
+    """A library with references "fox" (with preview) and "Cat" (without); tests get copies."""
+    root = tmp_path_factory.mktemp("library") / "refs"
+    store = ReferenceStore(root)
+    save_synthetic(store, "fox", Image.new("RGB", (8, 8), "red"))
+    save_synthetic(store, "Cat", None)
+    return root
+
+
+def copy_reference(library: Path, store: ReferenceStore, name: str) -> None:
+    shutil.copytree(library / name, store.root / name)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ReferenceStore(tmp_path / "refs")
+
+
+def build_panel(store, input_accordion=None):
+    with gr.Blocks():
+        return ui.build(elem_id=lambda item: f"script_txt2img_refdrop_{item}", get_store=lambda: store,
+                        input_accordion=input_accordion)
+
+
+def input_accordion_factory():
+    with fakehost.activated("none"):
+        from modules.ui_components import InputAccordion
+    return InputAccordion
+
+
+@pytest.mark.parametrize("with_input_accordion", [True, False])
+def test_builds_twice_in_arg_order_with_default_settings(store, saved_library, with_input_accordion):
+    factory = input_accordion_factory() if with_input_accordion else None
+    copy_reference(saved_library, store, "fox")
+    for _ in range(2):  # the API calls ui() a second time to read the defaults
+        controls = build_panel(store, factory)
+        args = controls.args
+        assert len(args) == len(ARG_NAMES)
+        for name, component in zip(ARG_NAMES, args, strict=True):
+            assert component is controls.inputs[name]
+            assert component.elem_id.startswith(f"script_txt2img_refdrop_{name}")
+        assert from_args([c.value for c in args]) == RefDropSettings()
+        assert controls.inputs["reference"].choices == ["fox"]
+    if with_input_accordion:
+        assert args[0].accordion_id == "script_txt2img_refdrop_enabled"
+
+
+def test_block_choices_and_visibility(store):
+    controls = build_panel(store)
+    blocks = controls.inputs["disabled_blocks"]
+    assert set(ui.SD15_BLOCKS) | set(ui.SDXL_BLOCKS) == set(ui.BLOCK_CHOICES)
+    assert "SD1.5" in blocks.info and "SDXL" in blocks.info
+    assert controls.inputs["save_name"].placeholder == "automatic: ref-<seed>-<time>"
+    assert ui.mode_visibility("Save") == (False, True)
+    assert ui.mode_visibility("Use") == (True, False)
+    assert controls.extras["save_box"].visible is False and controls.extras["use_box"].visible is True
+    assert controls.extras["delete_confirm"].visible is False
+
+
+def test_every_item_has_a_unique_elem_id_and_a_tooltip(store):
+    controls = build_panel(store)
+    ids = [getattr(c, "elem_id", None) for c in [*controls.inputs.values(), *controls.extras.values()]]
+    named = [i for i in ids if i and i.startswith("script_txt2img_refdrop_")]
+    assert len(named) == len(set(named))
+    items = {i.removeprefix("script_txt2img_refdrop_") for i in named}
+    assert set(ui.ITEM_IDS) <= items | {"advanced"}
+    tooltips = set(re.findall(r"^\s+(\w+): \"", JS.read_text(encoding="utf-8"), flags=re.M))
+    assert set(ui.ITEM_IDS) == tooltips
+
+
+def test_unopenable_store_still_builds(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with gr.Blocks():
+        controls = ui.build(get_store=lambda: ReferenceStore(blocker / "refs"))
+    assert "cannot open" in controls.extras["status"].value
+
+
+def test_refresh_and_describe(store, saved_library):
+    assert ui.refresh(store, "") == ([], "")
+    copy_reference(saved_library, store, "fox")
+    copy_reference(saved_library, store, "Cat")
+    assert ui.refresh(store, "gone") == (["Cat", "fox"], "gone")
+
+    preview, text = ui.describe(store, "fox")
+    assert preview is not None and Path(preview).name == PREVIEW
+    for part in ("SD1.5", "512×768", "20 steps", "Euler a (Karras)", "seed 1234", "“a red fox in the snow", "…",
+                 format_bytes(store.manifest("fox")["bytes"]), "profile exact"):
+        assert part in text, part
+    assert ui.describe(store, "Cat")[0] is None and "seed 1234" in ui.describe(store, "Cat")[1]
+    assert "does not exist" in ui.describe(store, "gone")[1]
+    assert "No reference selected" in ui.describe(store, "")[1]
+
+
+def test_describe_broken_manifest(store, saved_library):
+    copy_reference(saved_library, store, "fox")
+    (store.root / "fox" / MANIFEST).write_text("{", encoding="utf-8")
+    preview, text = ui.describe(store, "fox")
+    assert preview is None and "corrupt manifest" in text
+
+
+def test_delete(store, saved_library):
+    copy_reference(saved_library, store, "fox")
+    copy_reference(saved_library, store, "Cat")
+    message, choices, value = ui.delete(store, "fox")
+    assert "Deleted" in message and choices == ["Cat"] and value == ""
+    assert not (store.root / "fox").exists()
+    message, choices, value = ui.delete(store, "fox")
+    assert "not found" in message and value == "fox"
+    assert "Select" in ui.delete(store, "")[0]
+
+
+def test_rename(store, saved_library):
+    copy_reference(saved_library, store, "fox")
+    copy_reference(saved_library, store, "Cat")
+    message, choices, value = ui.rename(store, "fox", "red fox")
+    assert "Renamed" in message and choices == ["Cat", "red fox"] and value == "red fox"
+    assert store.manifest("red fox")["name"] == "red fox"
+    message, choices, value = ui.rename(store, "Cat", "red fox")
+    assert "already exists" in message and value == "Cat"
+    message, _, value = ui.rename(store, "Cat", "../escape")
+    assert "may not contain" in message and value == "Cat" and store.exists("Cat")
+    assert "Select" in ui.rename(store, "", "x")[0]
