@@ -59,6 +59,8 @@ def _as_bool(name: str, value) -> bool:
 
 
 def _as_fraction(name: str, value) -> float:
+    if isinstance(value, bool):  # float(True) would pass as 1.0
+        raise RefDropError(f"RefDrop: '{name}' must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -172,14 +174,26 @@ def from_args(args) -> RefDropSettings:
     """Settings from script args: the positional UI order, or one dict of named arguments (API)."""
     args = list(args)
     if args and isinstance(args[0], dict):
-        # The host fills the positions after the dict with UI defaults: they are ignored.
-        named = {_ALIASES.get(k, k): v for k, v in args[0].items()}
-        if "mode" in named and isinstance(named["mode"], str) and "enabled" not in named:
-            named["enabled"] = True  # {"mode": "use", ...} clearly means "on"
-        return build(named)
+        # The host fills the positions after the dict with the panel's defaults (or values from the request's
+        # infotext): they are the values of the fields the dict does not name, as in the positional form.
+        defaults = dict(zip(ARG_NAMES[1:], args[1:], strict=False))
+        return build({**defaults, **_named(args[0])})
     if len(args) > len(ARG_NAMES):
         raise RefDropError(f"RefDrop: expected at most {len(ARG_NAMES)} arguments, got {len(args)}")
     return build(dict(zip(ARG_NAMES, args, strict=False)))  # the host may send fewer
+
+
+def _named(raw: dict) -> dict:
+    """The named API form: aliases resolved (each argument once), and a non-empty dict means "on"."""
+    named = {}
+    for key, value in raw.items():
+        name = _ALIASES.get(key, key)
+        if name in named:
+            raise RefDropError(f"RefDrop: argument '{name}' is given twice (as {key!r} and under another name)")
+        named[name] = value
+    if named and "enabled" not in named:
+        named["enabled"] = True  # {"reference": "x", "rfg": 0.4} clearly means "on"; {} stays off
+    return named
 
 
 def to_args(settings: RefDropSettings) -> list:
