@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .keys import OccurrenceCounter, Slot, chunk_names, current_sigma, entry_name, layer_id, rows_per_chunk
-from .profiles import Profile, token_grid
+from .profiles import Profile
 from .staging import ToHost
 from .writer import ReferenceWriter
 
@@ -53,8 +53,6 @@ class Recorder:
             self._sigma_ordinals[sigma] = len(self._sigma_ordinals)
         if not self.profile.keeps_sigma(self._sigma_ordinals[sigma]):
             return
-        shape = extra_options.get("original_shape")
-        grid = token_grid(k.shape[1], tuple(shape[-2:])) if shape is not None else None
         for i, chunk in enumerate(names):
             if chunk not in self.chunks:
                 self.chunks.append(chunk)
@@ -63,7 +61,7 @@ class Recorder:
                 continue
             open_slot = self._open_slot(slot)
             for tensor_name, tensor in (("k", k[i * rows]), ("v", v[i * rows])):
-                for suffix, stored in self.profile.encode(tensor, grid).items():
+                for suffix, stored in self.profile.encode(tensor).items():
                     key = entry_name(lid, chunk, tensor_name) + suffix
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
 
@@ -95,6 +93,7 @@ class Recorder:
             "chunks": [c for c in self.chunks if self.profile.keeps(c)],
             "dtype": self.dtype,
             "profile": self.profile.name,
+            "profile_claims": {k: str(v) for k, v in self.profile.claims.items()},  # JSON has no inf
             "slot_list": sorted(self._slots.values(), key=lambda s: s.index),
         }
 

@@ -1,0 +1,114 @@
+"""Shared pieces of the benchmarks: timing, memory peaks, a page-cache drop, and Save/Use runs."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from hostsim import DiscreteSchedule, sample, sdpa_attention
+
+from lib_refdrop.generation import PassContext, RefDropRun
+from lib_refdrop.settings import build
+
+SCHEDULE = DiscreteSchedule()
+
+
+def host_attention(q, k, v, extra_options):
+    return sdpa_attention(q, k, v, extra_options["n_heads"])
+
+
+def context(family: str) -> PassContext:
+    return PassContext(family=family, is_hr_pass=False, percent_to_sigma=SCHEDULE.percent_to_sigma,
+                       attention=host_attention, inner=host_attention, seed=1)
+
+
+class Peaks:
+    """Peak resident host memory (sampled every 5 ms) and peak GPU memory while the block runs."""
+
+    def __enter__(self):
+        self._process = psutil.Process()
+        self.host_peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.host_peak = max(self.host_peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn):
+    synchronize()
+    start = time.perf_counter()
+    out = fn()
+    synchronize()
+    return out, time.perf_counter() - start
+
+
+def drop_page_cache(folder: Path) -> None:
+    """Ask the kernel to forget the reference's file pages, so the next read comes from the disk."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def run_save(host, store, name, family, profile, sample_args):
+    """Sample with Save on; returns (latent, seconds sampling, seconds until the reference is complete)."""
+    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name, "profile": profile,
+                            "overwrite": True}), store)
+    host.patch = run.patch_for_pass(context(family))
+    try:
+        latent, seconds = timed(lambda: sample(host, **sample_args))
+    finally:
+        host.patch = None
+    start = time.perf_counter()
+    run.finish_save({}, None)
+    run.writer.wait()
+    if run.writer.status.state != "saved":
+        raise RuntimeError(run.writer.status.message)
+    return latent, seconds, time.perf_counter() - start
+
+
+def run_use(host, store, name, family, rfg, sample_args, settings=None):
+    values = {"enabled": True, "mode": "Use", "reference": name, "rfg": rfg, **(settings or {})}
+    run = RefDropRun(build(values), store)
+    host.patch = run.patch_for_pass(context(family))
+    try:
+        return timed(lambda: sample(host, **sample_args))
+    finally:
+        host.patch = None
+
+
+def run_plain(host, sample_args):
+    host.patch = None
+    return timed(lambda: sample(host, **sample_args))
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
