@@ -185,13 +185,13 @@ def build(
                     with gr.Row():
                         x["rename_to"] = gr.Textbox(label="New name", placeholder="new name for this reference",
                                                     elem_id=elem_id("rename_to"))
-                        x["rename"] = gr.Button("Rename", elem_id=elem_id("rename"), scale=0)
+                        x["rename"] = gr.Button("Rename", elem_id=elem_id("rename"), scale=0, size="sm")
                     with gr.Row():
-                        x["delete"] = gr.Button("Delete", elem_id=elem_id("delete"), scale=0)
+                        x["delete"] = gr.Button("Delete", elem_id=elem_id("delete"), scale=0, size="sm")
                         x["delete_confirm"] = gr.Button("Confirm delete", variant="stop", visible=False,
-                                                        elem_id=elem_id("delete_confirm"), scale=0)
+                                                        elem_id=elem_id("delete_confirm"), scale=0, size="sm")
                         x["delete_cancel"] = gr.Button("Cancel", visible=False, elem_id=elem_id("delete_cancel"),
-                                                       scale=0)
+                                                       scale=0, size="sm")
         with gr.Column(visible=save_visible) as x["save_box"]:
             i["save_name"] = gr.Textbox(value="", label="Save as", placeholder=SAVE_NAME_PLACEHOLDER,
                                         elem_id=elem_id("save_name"))
