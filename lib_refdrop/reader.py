@@ -39,7 +39,7 @@ class RamCache:
     def __init__(self, budget: int = DEFAULT_RAM_BUDGET):
         self.budget = int(budget)
         self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._stream = None  # the side stream for host -> device copies (CUDA only)
         self.used = 0
 
     def get(self, key):
@@ -98,7 +98,7 @@ class ReferenceReader:
         self._cache_key = (str(store.path(name)), manifest.get("created"), manifest.get("bytes"))
         self._on_device: OrderedDict[int, dict] = OrderedDict()
         self._pending: dict[int, Future] = {}
-        self._lock = threading.Lock()
+        self._stream = None  # the side stream for host -> device copies (CUDA only)
 
     def tensors(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """All tensors of ``slot`` on ``device``; starts loading the slot that follows it."""
@@ -107,7 +107,10 @@ class ReferenceReader:
             future = self._pending.pop(slot.index, None) or self._submit(slot, device, dtype)
             ready, event = future.result()
             if event is not None:
-                torch.cuda.current_stream(device).wait_event(event)
+                stream = torch.cuda.current_stream(device)
+                stream.wait_event(event)
+                for tensor in ready.values():  # made on the loader's stream, used (and freed) on this one
+                    tensor.record_stream(stream)
             self._on_device[slot.index] = ready
             while len(self._on_device) > self.DEVICE_SLOTS:
                 self._on_device.popitem(last=False)
@@ -149,7 +152,9 @@ class ReferenceReader:
         if device.type != "cuda":
             return {k: t.to(device=device, dtype=dtype) for k, t in host.items()}, None
         arena = Arena(_PINNED_POOL)
-        stream = torch.cuda.Stream(device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        stream = self._stream
         out = {}
         with torch.cuda.stream(stream):
             for key, tensor in host.items():
