@@ -39,7 +39,7 @@ class RamCache:
     def __init__(self, budget: int = DEFAULT_RAM_BUDGET):
         self.budget = int(budget)
         self._items: OrderedDict = OrderedDict()
-        self._stream = None  # the side stream for host -> device copies (CUDA only)
+        self._lock = threading.Lock()
         self.used = 0
 
     def get(self, key):
