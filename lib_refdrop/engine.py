@@ -93,11 +93,10 @@ def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention,
         ref_k, ref_v = [], []
         try:
             for chunk in chunk_names(cond_or_uncond):
-                slot = reader.sigma_map.lookup(sigma, counter.next(lid, chunk, sigma))
-                tensors = reader.tensors(slot, q.device, q.dtype)
+                parts = reader.sigma_map.blend(sigma, counter.next(lid, chunk, sigma))
                 source = resolve_chunk(chunk, saved_chunks)
-                ref_k.append(tensors[entry_name(lid, source, "k")])
-                ref_v.append(tensors[entry_name(lid, source, "v")])
+                ref_k.append(_interpolated(reader, parts, entry_name(lid, source, "k"), q))
+                ref_v.append(_interpolated(reader, parts, entry_name(lid, source, "v"), q))
             ref = attention(q, expand_reference(ref_k, rows), expand_reference(ref_v, rows), extra_options)
         except torch.OutOfMemoryError:
             raise RefDropError(
@@ -107,6 +106,16 @@ def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention,
         return rfg_blend(own, ref, plan.rfg)
 
     return refdrop_use
+
+
+def _interpolated(reader: ReferenceReader, parts, name: str, like: torch.Tensor) -> torch.Tensor:
+    """One reference row at the current sigma: a saved row, or two blended linearly in log-sigma."""
+    (first, _), *rest = parts
+    row = reader.tensors(first, like.device, like.dtype)[name]
+    if not rest:
+        return row
+    (second, weight), = rest
+    return torch.lerp(row, reader.tensors(second, like.device, like.dtype)[name], weight)
 
 
 def check_layer(name: str, lid: str, layers: dict, width: int) -> None:

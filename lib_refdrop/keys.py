@@ -101,9 +101,10 @@ class Slot:
 
 
 class SigmaMap:
-    """Maps the sigma of a Use evaluation to the nearest saved evaluation.
+    """Maps the sigma of a Use evaluation to saved evaluations: the nearest (``lookup``) or the two around it with
+    interpolation weights (``blend``).
 
-    Nearest is measured in log-sigma, the scale on which samplers space their steps. Sigmas outside the
+    Distances are measured in log-sigma, the scale on which samplers space their steps. Sigmas outside the
     saved range clamp to the nearest end. The n-th evaluation at one sigma maps to the n-th saved one,
     or to the last saved one when the reference has fewer.
     """
@@ -130,7 +131,25 @@ class SigmaMap:
         return self._sigmas[best]
 
     def lookup(self, sigma: float, occurrence: int = 0) -> Slot:
-        slots = self._by_sigma[self.nearest_sigma(sigma)]
+        return self._occurrence(self.nearest_sigma(sigma), occurrence)
+
+    def blend(self, sigma: float, occurrence: int = 0) -> list[tuple[Slot, float]]:
+        """The saved evaluations to use at ``sigma`` with their weights, interpolating linearly in log-sigma
+        between the two saved sigmas around it (a saved sigma itself, or one outside the range, gets weight 1).
+
+        Features change smoothly along the schedule, so interpolating keeps references with few saved sigmas
+        (compact profiles) and Use with another schedule much closer to the real features than the nearest.
+        """
+        x = math.log(max(sigma, 1e-12))
+        i = bisect.bisect_left(self._logs, x)
+        if i == len(self._logs) or self._logs[i] == x or i == 0:
+            return [(self.lookup(sigma, occurrence), 1.0)]
+        low, high = self._sigmas[i - 1], self._sigmas[i]
+        weight = (x - self._logs[i - 1]) / (self._logs[i] - self._logs[i - 1])
+        return [(self._occurrence(low, occurrence), 1.0 - weight), (self._occurrence(high, occurrence), weight)]
+
+    def _occurrence(self, sigma: float, occurrence: int) -> Slot:
+        slots = self._by_sigma[sigma]
         return slots[min(occurrence, len(slots) - 1)]
 
     def following(self, slot: Slot) -> Slot | None:

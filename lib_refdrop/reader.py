@@ -85,7 +85,7 @@ def slots_of(manifest: dict) -> list[Slot]:
 class ReferenceReader:
     """The tensors of one reference, by slot, on the device the U-Net runs on."""
 
-    DEVICE_SLOTS = 2  # the slot in use and the prefetched next one
+    DEVICE_SLOTS = 3  # the two slots around the current sigma and the prefetched next one
 
     def __init__(self, store: ReferenceStore, name: str, manifest: dict, cache: RamCache = RAM_CACHE):
         self.store = store

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lib_refdrop.keys import (
@@ -61,3 +63,13 @@ def test_sigma_map_picks_the_nearest_in_log_sigma_and_the_occurrence():
 def test_following_slot_is_the_next_evaluation_down_the_schedule():
     sigma_map = SigmaMap(SLOTS)
     assert [sigma_map.following(s) for s in SLOTS] == [SLOTS[1], SLOTS[2], SLOTS[3], SLOTS[4], None]
+
+
+def test_blend_interpolates_in_log_sigma_and_is_exact_on_saved_sigmas():
+    sigma_map = SigmaMap(SLOTS)
+    assert sigma_map.blend(1.6, 1) == [(SLOTS[2], 1.0)]
+    assert sigma_map.blend(50.0) == [(SLOTS[0], 1.0)] and sigma_map.blend(0.001, 1) == [(SLOTS[4], 1.0)]
+    (low, w_low), (high, w_high) = sigma_map.blend(4.0, 1)
+    assert (low, high) == (SLOTS[2], SLOTS[0])  # occurrence 1 where saved, else the last one
+    assert w_high == pytest.approx((math.log(4.0) - math.log(1.6)) / (math.log(14.6) - math.log(1.6)))
+    assert w_low + w_high == pytest.approx(1.0)
