@@ -3,7 +3,7 @@
 Bytes decide RefDrop's speed (a raw SDXL 1024² reference is ~16.8 GB of fp16 K/V), so a profile can
 - store values as 8-bit integers with one scale per channel (``int8``: half of fp16; per-channel absmax int8
   measured 3-5x more accurate than fp8 e4m3 on the same features, see README "Storage profiles"),
-- keep every n-th sampled sigma (``sigma_stride``; Use maps each sigma to the nearest kept one).
+- keep every n-th sampled sigma (``sigma_stride``; Use interpolates between the kept ones).
 ``exact`` keeps K and V as computed: Use at identical settings reproduces the Save image bit for bit.
 Fidelity of each profile is measured by ``python -m benchmarks.profiles`` (random weights) and
 ``python -m toymodel.measure`` (a trained model).
