@@ -17,145 +17,26 @@ every file and a checksum of itself, so a truncated or bit-flipped reference is 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
-import math
 import os
-import re
 import shutil
 import threading
 import uuid
 from pathlib import Path
 
 from .errors import RefDropError
+from .manifest import broken, check_manifest, file_entries, is_plain_file_entry, seal_manifest, sha256_bytes
 from .names import validate_name
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
 INCOMING = ".incoming"
 TRASH = ".trash"
 LOCK_SUFFIX = ".lock"
-SEAL = "manifest_sha256"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any real manifest; a planted huge file is not read
-REQUIRED_FIELDS = ("format_version", "name", "family", "layers", "chunks", "slots", "profile", "dtype")
-_LAYER_RE = re.compile(r"^(input|middle|output)\d{1,3}\.\d{1,3}$")
-_CHUNK_RE = re.compile(r"^(un)?cond\d{1,3}$")
 
 _lock = threading.RLock()  # list/delete/rename/commit are atomic with respect to each other in this process
 _held_locks: dict[Path, object] = {}  # staging folder -> open, locked lock file of a write in this process
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# -- the manifest ------------------------------------------------------------------------------------------------
-
-
-def _canonical(manifest: dict) -> bytes:
-    body = {k: v for k, v in manifest.items() if k != SEAL}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def seal_manifest(manifest: dict) -> dict:
-    """Add the checksum of the manifest's own content (any bit flip in manifest.json is then detected)."""
-    manifest[SEAL] = sha256_bytes(_canonical(manifest))
-    return manifest
-
-
-def _broken(name: str, why: str) -> RefDropError:
-    return RefDropError(f"RefDrop: reference '{name}' has a broken manifest ({why})")
-
-
-def _is_int(value, minimum: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def check_manifest(manifest, name: str) -> dict:
-    """Raise a ``RefDropError`` naming the reference if the manifest is not one this version can read.
-
-    Everything the reader and the engine take from a manifest is checked here, so that a damaged or hand-made
-    manifest fails with this message instead of a ``KeyError`` in the middle of a generation.
-    """
-    if not isinstance(manifest, dict):
-        raise _broken(name, "not a JSON object")
-    version = manifest.get("format_version")
-    if _is_int(version) and version > FORMAT_VERSION:
-        raise RefDropError(
-            f"RefDrop: reference '{name}' was written by a newer sd-refdrop (format {version}); "
-            f"this version reads format {FORMAT_VERSION}. Update the extension."
-        )
-    missing = [f for f in REQUIRED_FIELDS if f not in manifest]
-    if missing:
-        raise _broken(name, f"missing {', '.join(missing)}")
-    if version != FORMAT_VERSION:
-        raise _broken(name, f"unknown format_version {version!r}")
-    if SEAL not in manifest:
-        raise _broken(name, f"missing {SEAL}")
-    try:
-        seal_ok = manifest.get(SEAL) == sha256_bytes(_canonical(manifest))
-    except (TypeError, ValueError):
-        seal_ok = False
-    if not seal_ok:
-        raise RefDropError(f"RefDrop: reference '{name}' is corrupt: manifest.json does not match its checksum")
-    for field in ("family", "profile", "dtype"):
-        if not isinstance(manifest[field], str):
-            raise _broken(name, f"{field} is not text")
-    if not _is_int(manifest.get("bytes", 0)) or not isinstance(manifest.get("created", ""), str):
-        raise _broken(name, "bad size or date")
-    _check_layers(manifest["layers"], name)
-    chunks = manifest["chunks"]
-    if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) and _CHUNK_RE.match(c)
-                                                               for c in chunks):
-        raise _broken(name, "bad chunk list")
-    _check_slots(manifest["slots"], name)
-    return manifest
-
-
-def _check_layers(layers, name: str) -> None:
-    if not isinstance(layers, dict) or not layers:
-        raise _broken(name, "no layers")
-    for lid, layer in layers.items():
-        if not _LAYER_RE.match(lid) or not isinstance(layer, dict):
-            raise _broken(name, f"bad layer {lid!r}")
-        if not all(_is_int(layer.get(k), 1) for k in ("n_heads", "dim_head", "tokens")):
-            raise _broken(name, f"bad shape of layer {lid}")
-
-
-def _check_slots(slots, name: str) -> None:
-    if not isinstance(slots, list) or not slots:
-        raise _broken(name, "no saved steps")
-    seen = set()
-    for slot in slots:
-        if not isinstance(slot, dict):
-            raise _broken(name, "bad slot entry")
-        index, sigma, files = slot.get("index"), slot.get("sigma"), slot.get("files")
-        if not _is_int(index) or index in seen or not _is_int(slot.get("occurrence")):
-            raise _broken(name, "bad slot entry")
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-            raise _broken(name, f"bad sigma in slot {index}")
-        if not isinstance(files, list) or not files or not all(_is_plain_file_entry(f) for f in files):
-            raise _broken(name, f"bad file list in slot {index}")
-        seen.add(index)
-
-
-def _is_plain_file_entry(entry) -> bool:
-    """A tensor file entry: a plain ``*.safetensors`` name inside the reference folder, with size and checksum."""
-    if not isinstance(entry, dict):
-        return False
-    file = entry.get("file")
-    return (
-        isinstance(file, str)
-        and re.fullmatch(r"[A-Za-z0-9_\-]+\.safetensors", file) is not None
-        and _is_int(entry.get("bytes"))
-        and isinstance(entry.get("sha256"), str)
-        and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None
-    )
-
-
-def file_entries(manifest: dict) -> list[dict]:
-    return [entry for slot in manifest["slots"] for entry in slot["files"]]
 
 
 # -- staging locks -----------------------------------------------------------------------------------------------
@@ -290,7 +171,7 @@ class ReferenceStore:
         path = self.path(name) / MANIFEST
         try:
             if path.stat().st_size > MAX_MANIFEST_BYTES:
-                raise _broken(name, "manifest.json is implausibly large")
+                raise broken(name, "manifest.json is implausibly large")
             raw = path.read_bytes()
         except FileNotFoundError:
             raise RefDropError(self.missing_message(name)) from None
@@ -319,8 +200,8 @@ class ReferenceStore:
 
     def read_file(self, name: str, entry: dict) -> bytes:
         """Read one tensor file of a reference and check its size and checksum against the manifest."""
-        if not _is_plain_file_entry(entry):
-            raise _broken(name, "bad file entry")
+        if not is_plain_file_entry(entry):
+            raise broken(name, "bad file entry")
         path = self.path(name) / entry["file"]
         try:
             size = path.stat().st_size

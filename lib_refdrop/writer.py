@@ -20,8 +20,9 @@ from pathlib import Path
 import safetensors.torch
 
 from .keys import Slot
+from .manifest import FORMAT_VERSION, seal_manifest, sha256_bytes
 from .names import validate_name
-from .store import FORMAT_VERSION, MANIFEST, PREVIEW, ReferenceStore, seal_manifest, sha256_bytes, write_json_atomic
+from .store import MANIFEST, PREVIEW, ReferenceStore, write_json_atomic
 
 _active: dict[str, list[ReferenceWriter]] = {}  # name -> writers still working on it (two clients may race)
 _active_lock = threading.Lock()

@@ -12,8 +12,9 @@ import pytest
 
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.generation import RefDropRun
+from lib_refdrop.manifest import seal_manifest
 from lib_refdrop.settings import build
-from lib_refdrop.store import MANIFEST, ReferenceStore, seal_manifest
+from lib_refdrop.store import MANIFEST, ReferenceStore
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lib_refdrop.errors import RefDropError
+from lib_refdrop.manifest import check_manifest, seal_manifest
 from lib_refdrop.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, automatic_name, validate_name
-from lib_refdrop.store import MANIFEST, ReferenceStore, check_manifest, seal_manifest
+from lib_refdrop.store import MANIFEST, ReferenceStore
 
 
 @pytest.mark.parametrize("raw, canonical", [

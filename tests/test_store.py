@@ -14,8 +14,9 @@ import torch
 
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.generation import RefDropRun
+from lib_refdrop.manifest import seal_manifest
 from lib_refdrop.settings import build
-from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore, seal_manifest
+from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
 from lib_refdrop.writer import ReferenceWriter
 
 HOSTILE = ["../outside", "..", "a/../../b", "/tmp/abs", "C:\\evil", "a\x00b", ".incoming", ".trash", "", "CON",
