@@ -63,7 +63,7 @@ class RefDropRun:
     def _save_patch(self, ctx: PassContext) -> Patch | None:
         if ctx.is_hr_pass or self.writer is not None:
             return None  # the reference is the first pass of the first batch
-        self.save_name = self.settings.save_name or automatic_name(ctx.seed)
+        self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
         profile = get_profile(self.settings.profile or self.default_profile)
         self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite)
         with _unfinished_lock:
@@ -71,6 +71,15 @@ class RefDropRun:
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
         return make_save_patch(self.recorder, ctx.inner)
+
+    def _free_automatic_name(self, seed) -> str:
+        """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""
+        base = automatic_name(seed)
+        name, n = base, 1
+        while self.store.exists(name) or pending_write(name) is not None:
+            n += 1
+            name = f"{base}-{n}"
+        return name
 
     def _use_patch(self, ctx: PassContext) -> Patch | None:
         if ctx.is_hr_pass and not self.settings.apply_hires:

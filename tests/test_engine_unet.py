@@ -161,3 +161,24 @@ def test_sdxl_architecture_reproduces(store):
     assert torch.equal(use(sdxl, store, "xl", 0.5, family="sdxl", **settings), ref)
     other = {**settings, "seed": 5}
     assert (use(sdxl, store, "xl", 0.5, family="sdxl", **other) - plain(sdxl, **other)).abs().amax() > 1e-3
+
+
+
+def test_automatic_names_never_collide(tmp_path, monkeypatch):
+    """Saves without a name in the same second (X/Y/Z cells) get distinct automatic names."""
+    from refdrop_harness import context
+
+    from lib_refdrop import generation
+    from lib_refdrop.settings import build
+
+    monkeypatch.setattr(generation, "automatic_name", lambda seed: f"ref-{seed}-same-second")
+    store = ReferenceStore(tmp_path)
+    (store.root / "ref-42-same-second").mkdir()  # a finished Save of that name
+    (store.root / "ref-42-same-second" / "manifest.json").write_text("{}")
+    runs = [generation.RefDropRun(build({"enabled": True, "mode": "Save"}), store) for _ in range(2)]
+    for run in runs:
+        run.patch_for_pass(context(seed=42))  # the first one's write is still pending when the second starts
+    assert [run.save_name for run in runs] == ["ref-42-same-second-2", "ref-42-same-second-3"]
+    for run in runs:
+        run.writer.abort("test")
+        run.writer.wait(10)
