@@ -144,6 +144,13 @@ def _enabled_section(input_accordion, label: str, elem_id: str):
         yield gr.Checkbox(False, label="Enable RefDrop", elem_id=elem_id)
 
 
+# gradio 4 (Forge) selects the first choice of a dropdown whose value is empty when the page loads, without a
+# change event: the panel said "no reference selected" while sending the first one, and "exact" overrode the
+# default profile. A leading empty choice keeps "none" / "the default" what the page starts with; it stays first
+# after a refresh, because gradio 4 keeps the selected index (not value) when the choices change.
+_NONE_FIRST = [""] if int(gr.__version__.split(".")[0]) >= 4 else []
+
+
 def _safe_choices(get_store) -> tuple[list[str], str]:
     try:
         return reference_choices(get_store()), ""
@@ -174,8 +181,8 @@ def build(
             i["rfg"] = gr.Slider(minimum=-1.0, maximum=1.0, step=0.01, value=default_rfg,
                                  label="RFG coefficient", elem_id=elem_id("rfg"))
             with gr.Row():
-                i["reference"] = gr.Dropdown(choices=choices, value="", label="Reference", allow_custom_value=True,
-                                             elem_id=elem_id("reference"))
+                i["reference"] = gr.Dropdown(choices=_NONE_FIRST + choices, value="", label="Reference",
+                                             allow_custom_value=True, elem_id=elem_id("reference"))
                 x["refresh"] = gr.Button("🔄", elem_id=elem_id("refresh"), scale=0, min_width=40)
             with gr.Row():
                 x["preview"] = gr.Image(value=None, label="Reference preview", interactive=False, height=160,
@@ -213,7 +220,7 @@ def build(
             with gr.Column(visible=save_visible) as x["save_advanced"]:
                 i["overwrite"] = gr.Checkbox(default_overwrite, label="Overwrite a reference of the same name",
                                              elem_id=elem_id("overwrite"))
-                i["profile"] = gr.Dropdown(choices=list(PROFILES), value="", label="Storage profile",
+                i["profile"] = gr.Dropdown(choices=_NONE_FIRST + list(PROFILES), value="", label="Storage profile",
                                            info="Empty: the default from Settings → RefDrop",
                                            allow_custom_value=True, elem_id=elem_id("profile"))
 
@@ -235,7 +242,7 @@ def _wire(c: Controls, get_store, get_status) -> None:
 
     def on_refresh(current):
         choices, value = refresh(get_store(), current)
-        return gr.update(choices=choices, value=value), get_status()
+        return gr.update(choices=_NONE_FIRST + choices, value=value), get_status()
 
     def on_select(name):
         preview, text = describe(get_store(), name)
@@ -243,7 +250,7 @@ def _wire(c: Controls, get_store, get_status) -> None:
 
     def library_outputs(message, choices, value):
         hidden = gr.update(visible=False)
-        return gr.update(choices=choices, value=value), message, hidden, hidden
+        return gr.update(choices=_NONE_FIRST + choices, value=value), message, hidden, hidden
 
     def on_delete(name):
         return library_outputs(*delete(get_store(), name))
