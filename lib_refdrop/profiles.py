@@ -28,9 +28,6 @@ class Profile:
     # of Use against the Save image at the Save's settings, and the share of the RFG effect kept at other seeds.
     claims: dict = field(default_factory=dict, compare=False)
 
-    def keeps(self, chunk: str) -> bool:
-        return True
-
     def keeps_sigma(self, ordinal: int) -> bool:
         """Whether the ``ordinal``-th distinct sigma of a Save is stored."""
         return ordinal % self.sigma_stride == 0

@@ -57,8 +57,6 @@ class Recorder:
             if chunk not in self.chunks:
                 self.chunks.append(chunk)
             slot = self._slot(sigma, self._counter.next(lid, chunk, sigma))
-            if not self.profile.keeps(chunk):
-                continue
             open_slot = self._open_slot(slot)
             for tensor_name, tensor in (("k", k[i * rows]), ("v", v[i * rows])):
                 for suffix, stored in self.profile.encode(tensor).items():
@@ -90,7 +88,7 @@ class Recorder:
         """What the recording adds to the manifest (after ``flush``)."""
         return {
             "layers": self.layers,
-            "chunks": [c for c in self.chunks if self.profile.keeps(c)],
+            "chunks": list(self.chunks),
             "dtype": self.dtype,
             "profile": self.profile.name,
             "profile_claims": {k: str(v) for k, v in self.profile.claims.items()},  # JSON has no inf
