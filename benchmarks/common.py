@@ -9,21 +9,11 @@ from pathlib import Path
 
 import psutil
 import torch
-from hostsim import DiscreteSchedule, sample, sdpa_attention
+from hostsim import sample
+from refdrop_harness import context
 
-from lib_refdrop.generation import PassContext, RefDropRun
+from lib_refdrop.generation import RefDropRun
 from lib_refdrop.settings import build
-
-SCHEDULE = DiscreteSchedule()
-
-
-def host_attention(q, k, v, extra_options):
-    return sdpa_attention(q, k, v, extra_options["n_heads"])
-
-
-def context(family: str) -> PassContext:
-    return PassContext(family=family, is_hr_pass=False, percent_to_sigma=SCHEDULE.percent_to_sigma,
-                       attention=host_attention, inner=host_attention, seed=1)
 
 
 class Peaks:

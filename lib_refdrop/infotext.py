@@ -93,22 +93,22 @@ def parse_enabled(d: dict) -> bool:
     return _truthy(d.get("refdrop_enabled", False)) if _present(d) else False
 
 
-def parse_mode(d: dict):
+def _validated(d: dict, key: str, default, parse):
+    """``key`` checked by the settings' own parser; None (the control keeps its value) if absent or invalid."""
     if not _present(d):
         return None
     try:
-        return _parse_mode(d.get("refdrop_mode", _DEFAULTS.mode))
+        return parse(d.get(key, default))
     except RefDropError:
         return None
+
+
+def parse_mode(d: dict):
+    return _validated(d, "refdrop_mode", _DEFAULTS.mode, _parse_mode)
 
 
 def parse_rfg_field(d: dict):
-    if not _present(d):
-        return None
-    try:
-        return parse_rfg(d.get("refdrop_rfg", _DEFAULTS.rfg))
-    except RefDropError:
-        return None
+    return _validated(d, "refdrop_rfg", _DEFAULTS.rfg, parse_rfg)
 
 
 def parse_reference(d: dict):
@@ -122,21 +122,11 @@ def parse_save_name(d: dict):
 
 
 def parse_disabled_groups(d: dict):
-    if not _present(d):
-        return None
-    try:
-        return list(parse_groups(d.get("refdrop_disabled_groups", "")))
-    except RefDropError:
-        return None
+    return _validated(d, "refdrop_disabled_groups", "", lambda v: list(parse_groups(v)))
 
 
 def parse_disabled_blocks(d: dict):
-    if not _present(d):
-        return None
-    try:
-        return list(parse_blocks(d.get("refdrop_disabled_blocks", "")))
-    except RefDropError:
-        return None
+    return _validated(d, "refdrop_disabled_blocks", "", lambda v: list(parse_blocks(v)))
 
 
 def parse_skip_first_up(d: dict):

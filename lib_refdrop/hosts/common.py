@@ -8,9 +8,21 @@ would silently stop working; ``make_inner`` keeps calling it underneath RefDrop 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 
 Attention = Callable  # (q, k, v, extra_options) -> out
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` exists in this process (how an adapter recognises its host), without importing it."""
+    if module in sys.modules:  # also a stand-in module, whose __spec__ may be None
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package
+        return False
 
 
 def percent_to_sigma(unet, percent: float) -> float:

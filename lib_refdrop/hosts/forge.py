@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+from .common import importable
+
 NAME = "forge"
 
 
 def available() -> bool:
-    try:
-        import backend.attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("backend.attention")
 
 
 def attention():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+from .common import importable
+
 NAME = "reforge"
 
 
 def available() -> bool:
-    try:
-        import ldm_patched.ldm.modules.attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("ldm_patched.ldm.modules.attention")
 
 
 def attention():
