@@ -111,11 +111,11 @@ def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention,
 def _interpolated(reader: ReferenceReader, parts, name: str, like: torch.Tensor) -> torch.Tensor:
     """One reference row at the current sigma: a saved row, or two blended linearly in log-sigma."""
     (first, _), *rest = parts
-    row = reader.tensors(first, like.device, like.dtype)[name]
+    row = reader.tensor(first, name, like.device, like.dtype)
     if not rest:
         return row
     (second, weight), = rest
-    return torch.lerp(row, reader.tensors(second, like.device, like.dtype)[name], weight)
+    return torch.lerp(row, reader.tensor(second, name, like.device, like.dtype), weight)
 
 
 def check_layer(name: str, lid: str, layers: dict, width: int) -> None:

@@ -99,8 +99,8 @@ class RefDropRun:
         if self.settings.rfg == 0:
             return None  # c = 0 is a plain generation, exactly
         window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
-        plan = plan_use(manifest, self.settings, window)
-        reader = ReferenceReader(self.store, name, manifest)
+        reader = ReferenceReader(self.store.open(name))  # one version, whatever another client writes meanwhile
+        plan = plan_use(reader.manifest, self.settings, window)
         return make_use_patch(reader, plan, ctx.attention, ctx.inner)
 
     def finish_save(self, generation: dict, preview) -> str:

@@ -1,80 +1,32 @@
 """Use: reads a reference slot by slot, keeps recent slots in a byte-budgeted RAM cache, and prefetches.
 
 Sampling walks down the sigma schedule, so while the U-Net evaluates one slot the next one is read from disk
-(or the RAM cache), checked against its checksum, decoded and copied to the device on a side stream. The
-sampling thread only waits when the disk is slower than the model.
+(or the RAM cache), checked against its checksum and the manifest, decoded and copied to the device on a side
+stream. The sampling thread only waits when the disk is slower than the model. Each reader has its own loader
+thread, so a slow or stuck read of one reference (a network drive) never holds up another.
 """
 
 from __future__ import annotations
 
-import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import safetensors.torch
 import torch
 
+from .errors import RefDropError
 from .keys import SigmaMap, Slot
 from .profiles import get_profile
+from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
+from .slot_check import check_slot_tensors
 from .staging import Arena, PinnedSlabPool
-from .store import ReferenceStore
+from .store import OpenReference
 
-DEFAULT_RAM_BUDGET = 4 * 1024**3
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
+__all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "slots_of"]
 
-
-def _background() -> ThreadPoolExecutor:
-    """One shared loader thread: disk reads are sequential anyway, and no thread outlives the process."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refdrop-loader")
-        return _executor
-
-
-class RamCache:
-    """LRU of decoded slots, never holding more than ``budget`` bytes (a slot larger than it is not kept)."""
-
-    def __init__(self, budget: int = DEFAULT_RAM_BUDGET):
-        self.budget = int(budget)
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.used = 0
-
-    def get(self, key):
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def put(self, key, value, nbytes: int) -> None:
-        with self._lock:
-            if key in self._items or nbytes > self.budget:
-                return
-            self._items[key] = (value, nbytes)
-            self.used += nbytes
-            self._evict()
-
-    def set_budget(self, budget: int) -> None:
-        with self._lock:
-            self.budget = int(budget)
-            self._evict()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.used = 0
-
-    def _evict(self) -> None:
-        while self.used > self.budget and self._items:
-            _, (_, nbytes) = self._items.popitem(last=False)
-            self.used -= nbytes
-
-
-RAM_CACHE = RamCache()
+READ_TIMEOUT_S = 300.0  # one slot; a local disk needs well under a second, a stalled network drive forever
 _PINNED_POOL = PinnedSlabPool()
 
 
@@ -83,29 +35,41 @@ def slots_of(manifest: dict) -> list[Slot]:
 
 
 class ReferenceReader:
-    """The tensors of one reference, by slot, on the device the U-Net runs on."""
+    """The tensors of one opened reference, by slot, on the device the U-Net runs on."""
 
     DEVICE_SLOTS = 3  # the two slots around the current sigma and the prefetched next one
 
-    def __init__(self, store: ReferenceStore, name: str, manifest: dict, cache: RamCache = RAM_CACHE):
-        self.store = store
-        self.name = name
-        self.manifest = manifest
-        self.profile = get_profile(manifest["profile"])
-        self.sigma_map = SigmaMap(slots_of(manifest))
-        self._entries = {int(s["index"]): s["files"] for s in manifest["slots"]}
+    def __init__(self, opened: OpenReference, cache: RamCache = RAM_CACHE):
+        self.opened = opened
+        self.name = opened.name
+        self.manifest = opened.manifest
+        self.profile = get_profile(self.manifest["profile"])
+        self.sigma_map = SigmaMap(slots_of(self.manifest))
+        self._entries = {int(s["index"]): s["files"] for s in self.manifest["slots"]}
         self._cache = cache
-        self._cache_key = (str(store.path(name)), manifest.get("created"), manifest.get("bytes"))
         self._on_device: OrderedDict[int, dict] = OrderedDict()
         self._pending: dict[int, Future] = {}
         self._stream = None  # the side stream for host -> device copies (CUDA only)
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
+        weakref.finalize(self, self._loader.shutdown, wait=False, cancel_futures=True)
+
+    def tensor(self, slot: Slot, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """One stored row (e.g. ``input1.0/cond0/k``) of ``slot``; a clear error if the slot lacks it."""
+        tensors = self.tensors(slot, device, dtype)
+        try:
+            return tensors[name]
+        except KeyError:
+            files = ", ".join(entry["file"] for entry in self._entries[slot.index])
+            raise RefDropError(
+                f"RefDrop: reference '{self.name}' is corrupt: {name} is missing from {files}"
+            ) from None
 
     def tensors(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """All tensors of ``slot`` on ``device``; starts loading the slot that follows it."""
         ready = self._on_device.get(slot.index)
         if ready is None:
             future = self._pending.pop(slot.index, None) or self._submit(slot, device, dtype)
-            ready, event = future.result()
+            ready, event = self._wait(future, slot)
             if event is not None:
                 stream = torch.cuda.current_stream(device)
                 stream.wait_event(event)
@@ -119,22 +83,44 @@ class ReferenceReader:
                 self.prefetch(following, device, dtype)
         return ready
 
+    def _wait(self, future: Future, slot: Slot):
+        try:
+            return future.result(timeout=READ_TIMEOUT_S)
+        except FutureTimeout:
+            files = ", ".join(entry["file"] for entry in self._entries[slot.index])
+            raise RefDropError(
+                f"RefDrop: reading reference '{self.name}' ({files}) did not finish in {READ_TIMEOUT_S:.0f} s; "
+                "the disk or network drive holding the store is not answering"
+            ) from None
+
     def prefetch(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> None:
         if slot.index not in self._pending and slot.index not in self._on_device:
             self._pending[slot.index] = self._submit(slot, device, dtype)
 
     def host_tensors(self, index: int) -> dict[str, torch.Tensor]:
         """Decoded CPU tensors of one slot, from the RAM cache or the disk (checked against the manifest)."""
-        key = (*self._cache_key, index)
+        key = (self.opened.identity, index)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         stored: dict[str, torch.Tensor] = {}
         for entry in self._entries[index]:
-            stored.update(safetensors.torch.load(self.store.read_file(self.name, entry)))
+            tensors = self._load_file(entry)
+            check_slot_tensors(self.name, entry["file"], tensors, self.manifest, self.profile)
+            stored.update(tensors)
         decoded = self._decode(stored)
         self._cache.put(key, decoded, sum(t.numel() * t.element_size() for t in decoded.values()))
         return decoded
+
+    def _load_file(self, entry: dict) -> dict[str, torch.Tensor]:
+        data = self.opened.read(entry)
+        try:
+            return safetensors.torch.load(data)
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and friends: a damaged or hand-made file
+            raise RefDropError(
+                f"RefDrop: reference '{self.name}' is corrupt: {entry['file']} is not a valid safetensors file "
+                f"({exc})"
+            ) from None
 
     def _decode(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -145,7 +131,7 @@ class ReferenceReader:
         return {name: self.profile.decode(parts) for name, parts in grouped.items()}
 
     def _submit(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> Future:
-        return _background().submit(self._load, slot.index, device, dtype)
+        return self._loader.submit(self._load, slot.index, device, dtype)
 
     def _load(self, index: int, device: torch.device, dtype: torch.dtype):
         host = self.host_tensors(index)

@@ -12,6 +12,10 @@ A reference becomes visible only through the final rename, so a crash never leav
 list. When a store opens, staging folders whose lock is free (their writer died) are removed, and a reference
 displaced by an overwrite that never completed is put back. The manifest carries the size and SHA-256 of
 every file and a checksum of itself, so a truncated or bit-flipped reference is reported by name before use.
+
+A store may come from someone else, so nothing in it is trusted: ``.incoming`` and ``.trash`` are used only when
+they are real folders (anything else is moved aside, never followed), clean-up removes only entries named the
+way this module names them, and files are opened only when they are plain files (``safe_files``).
 """
 
 from __future__ import annotations
@@ -19,14 +23,19 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import threading
+import time
 import uuid
+import weakref
 from pathlib import Path
 
 from .errors import RefDropError
-from .manifest import broken, check_manifest, file_entries, is_plain_file_entry, seal_manifest, sha256_bytes
+from .manifest import SEAL, broken, check_manifest, file_entries, seal_manifest, sha256_bytes
 from .names import validate_name
+from .ramcache import RAM_CACHE, RamCache
+from .safe_files import FileTooLarge, NotRegularFile, is_real_dir, open_regular, read_at, read_regular, size_of
 
 MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
@@ -34,6 +43,12 @@ INCOMING = ".incoming"
 TRASH = ".trash"
 LOCK_SUFFIX = ".lock"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any real manifest; a planted huge file is not read
+MAX_PREVIEW_BYTES = 64 * 1024 * 1024   # a 4096² PNG is ~30 MB; a planted sparse 8 GB "preview" is refused
+OPEN_ATTEMPTS = 20                     # an overwrite in another process can change a reference while it is opened
+# What this module creates in its private folders; nothing else there is ever touched.
+_OWN_INCOMING = re.compile(r"^([0-9a-f]{32})(\.lock)?$")
+_OWN_INCOMING_TMP = re.compile(r"^\.([0-9a-f]{32}|manifest\.json\.[0-9a-f]{32})\.tmp$")
+_OWN_TRASH = re.compile(r"^(deleted|replaced)-([0-9a-f]{32})$")
 
 _lock = threading.RLock()  # list/delete/rename/commit are atomic with respect to each other in this process
 _held_locks: dict[Path, object] = {}  # staging folder -> open, locked lock file of a write in this process
@@ -62,19 +77,20 @@ def _lock_file(fh) -> bool:
 
 def _writer_alive(lock_path: Path) -> bool:
     try:
-        fh = open(lock_path, "r+b")
+        fd = open_regular(lock_path)  # a planted FIFO or link is no writer
     except FileNotFoundError:
+        return False
+    except NotRegularFile:
         return False
     except OSError:
         return True  # cannot tell: leave it alone
-    try:
+    with os.fdopen(fd, "rb") as fh:
         return not _lock_file(fh)
-    finally:
-        fh.close()
 
 
 def _remove_tree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
+    """Remove ``path``; a link is removed itself, never what it points to (``rmtree`` does not follow links)."""
+    if path.is_symlink() or not is_real_dir(path):
         try:
             path.unlink()
         except OSError:
@@ -99,49 +115,125 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _unusable(name: str, exc: NotRegularFile) -> RefDropError:
+    return RefDropError(
+        f"RefDrop: reference '{name}' cannot be used: {exc} (RefDrop reads only plain files inside a reference's "
+        "folder; replace it with the reference's real file)"
+    )
+
+
+class OpenReference:
+    """One consistent version of a reference: its manifest and an open descriptor of each of its files.
+
+    All files are opened together and the manifest is read again afterwards, so the descriptors belong to that
+    manifest. An open file stays readable after an overwrite, rename or delete moves or unlinks it (POSIX), so a
+    Use reads the version it started with, whatever another client does meanwhile."""
+
+    def __init__(self, name: str, manifest: dict, fds: dict[str, int]):
+        self.name = name
+        self.manifest = manifest
+        self.identity = manifest[SEAL]  # a checksum of everything: equal identity, equal content
+        self._fds = fds
+        self._closer = weakref.finalize(self, _close_all, list(fds.values()))
+
+    def read(self, entry: dict) -> bytes:
+        """One tensor file, checked against its size and checksum before anything uses it."""
+        fd = self._fds[entry["file"]]
+        data = read_at(fd, entry["bytes"] + 1)  # one byte more: a file that grew is caught too
+        if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:
+            raise RefDropError(
+                f"RefDrop: reference '{self.name}' is corrupt: {entry['file']} does not match its checksum"
+            )
+        return data
+
+    def close(self) -> None:
+        self._closer()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class ReferenceStore:
     """The library of saved references under one root folder."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, cache: RamCache = RAM_CACHE):
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.cache = cache  # decoded slots of references, keyed by content identity; dropped when one changes
         self.clean_leftovers()
 
-    # -- reading ---------------------------------------------------------------------------------------
+    # -- names and folders -----------------------------------------------------------------------------
+
+    def _folders_by_name(self) -> dict[str, list[Path]]:
+        """Every entry of the root that can hold a reference, by the canonical name it stands for.
+
+        A folder copied from macOS has an NFD name and one made by hand may end in a space: they are listed, used,
+        renamed and deleted under their canonical (NFC, trimmed) name."""
+        groups: dict[str, list[Path]] = {}
+        try:
+            entries = sorted(self.root.iterdir())
+        except OSError:
+            return groups
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                name = validate_name(entry.name)
+            except RefDropError:
+                continue
+            groups.setdefault(name, []).append(entry)
+        return groups
 
     def path(self, name: str) -> Path:
-        """The folder of a reference; the name is validated so that it cannot point anywhere else."""
-        folder = self.root / validate_name(name)
+        """The folder of reference ``name``: the existing one (whatever its on-disk spelling), else where a new one
+        goes. The name is validated, so it cannot point anywhere outside the store."""
+        name = validate_name(name)
+        folders = self._folders_by_name().get(name, [])
+        if len(folders) > 1:
+            spelled = ", ".join(repr(f.name) for f in folders)
+            raise RefDropError(
+                f"RefDrop: {len(folders)} folders in {self.root} are all the reference '{name}' ({spelled}: the same "
+                "name written with different unicode forms or spaces); rename or remove all but one of them on disk"
+            )
+        folder = folders[0] if folders else self.root / name
         if folder.parent != self.root:
             raise RefDropError(f"RefDrop: invalid reference name {name!r}")
         return folder
 
     def names(self) -> list[str]:
-        """Complete references, sorted case-insensitively. Broken ones are listed too (``manifest`` says why);
-        folders whose name is not a valid reference name are not references and are left out."""
+        """Complete references, sorted case-insensitively, each once. Broken ones are listed too (``manifest``
+        says why); folders whose name is not a valid reference name are not references and are left out."""
         found = []
         with _lock:
-            try:
-                entries = list(self.root.iterdir())
-            except OSError:
-                return []
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
+            for name, folders in self._folders_by_name().items():
                 try:
-                    name = validate_name(entry.name)
-                    if entry.is_dir() and (entry / MANIFEST).is_file():
+                    if any(folder.is_dir() and (folder / MANIFEST).is_file() for folder in folders):
                         found.append(name)
-                except (RefDropError, OSError):
+                except OSError:
                     continue
         return sorted(found, key=str.lower)
 
     def exists(self, name: str) -> bool:
         return (self.path(name) / MANIFEST).is_file()
 
+    def missing_message(self, name: str) -> str:
+        known = ", ".join(self.names()) or "none"
+        return f"RefDrop: reference '{name}' not found in {self.root} (saved references: {known})"
+
+    # -- reading ---------------------------------------------------------------------------------------
+
     def manifest(self, name: str) -> dict:
-        """The validated manifest; also checks that every tensor file is there with its recorded size, so a
-        truncated or missing file is reported now (by name) and not in the middle of a generation."""
+        """The validated manifest; also checks that every tensor file is there, a plain file, with its recorded
+        size, so a truncated or missing file is reported now (by name) and not in the middle of a generation."""
         with _lock:  # not torn by a rename/delete in this process between reading the manifest and the stats
             manifest = self._read_manifest(name)
             folder = self.path(name)
@@ -151,11 +243,21 @@ class ReferenceStore:
 
     def _check_size(self, name: str, folder: Path, entry: dict) -> None:
         try:
-            size = (folder / entry["file"]).stat().st_size
+            fd = open_regular(folder / entry["file"])
         except FileNotFoundError:
             raise self._missing_file(name, entry) from None
+        except NotRegularFile as exc:
+            raise _unusable(name, exc) from None
         except OSError as exc:
             raise RefDropError(f"RefDrop: reference '{name}' cannot be read: {exc}") from None
+        try:
+            size = size_of(fd)
+        finally:
+            os.close(fd)
+        self._check_bytes(name, entry, size)
+
+    @staticmethod
+    def _check_bytes(name: str, entry: dict, size: int) -> None:
         if size != entry["bytes"]:
             raise RefDropError(
                 f"RefDrop: reference '{name}' is corrupt: {entry['file']} has {size} bytes, "
@@ -170,11 +272,13 @@ class ReferenceStore:
     def _read_manifest(self, name: str) -> dict:
         path = self.path(name) / MANIFEST
         try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES:
-                raise broken(name, "manifest.json is implausibly large")
-            raw = path.read_bytes()
+            raw = read_regular(path, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             raise RefDropError(self.missing_message(name)) from None
+        except FileTooLarge:
+            raise broken(name, "manifest.json is implausibly large") from None
+        except NotRegularFile as exc:
+            raise _unusable(name, exc) from None
         except OSError as exc:
             raise RefDropError(f"RefDrop: reference '{name}' cannot be read: {exc}") from None
         try:
@@ -183,43 +287,97 @@ class ReferenceStore:
             raise RefDropError(f"RefDrop: reference '{name}' has a corrupt manifest (not valid JSON)") from None
         return check_manifest(manifest, name)
 
+    def _identity_on_disk(self, name: str) -> str | None:
+        try:
+            return self._read_manifest(name)[SEAL]
+        except RefDropError:
+            return None
+
+    def open(self, name: str) -> OpenReference:
+        """The reference as one consistent version (see ``OpenReference``), checked like ``manifest``.
+
+        If another client overwrites or renames it while it is being opened, opening starts again, so the files
+        always belong to the manifest; a reference is called corrupt only when it is."""
+        for _ in range(OPEN_ATTEMPTS):
+            with _lock:
+                manifest = self.manifest(name)
+                fds = self._open_files(name, manifest)
+                if fds is not None and self._identity_on_disk(name) == manifest[SEAL]:
+                    return OpenReference(name, manifest, fds)
+                _close_all(list((fds or {}).values()))
+            time.sleep(0.05)  # a write in another process is between two of its renames
+        raise RefDropError(f"RefDrop: reference '{name}' kept changing while it was opened; try again")
+
+    def _open_files(self, name: str, manifest: dict) -> dict[str, int] | None:
+        """Descriptors of every tensor file, or None when one vanished because the reference changed."""
+        folder = self.path(name)
+        fds: dict[str, int] = {}
+        try:
+            for entry in file_entries(manifest):
+                fd = fds[entry["file"]] = open_regular(folder / entry["file"])
+                self._check_bytes(name, entry, size_of(fd))
+        except FileNotFoundError:
+            _close_all(list(fds.values()))
+            if self._identity_on_disk(name) != manifest[SEAL]:
+                return None
+            raise self._missing_file(name, entry) from None
+        except NotRegularFile as exc:
+            _close_all(list(fds.values()))
+            raise _unusable(name, exc) from None
+        except BaseException:
+            _close_all(list(fds.values()))
+            raise
+        return fds
+
     def verify(self, name: str) -> dict:
         """Read every tensor file of a reference and check its checksum (slow: the whole reference)."""
-        manifest = self.manifest(name)
-        for entry in file_entries(manifest):
-            self.read_file(name, entry)
-        return manifest
-
-    def missing_message(self, name: str) -> str:
-        known = ", ".join(self.names()) or "none"
-        return f"RefDrop: reference '{name}' not found in {self.root} (saved references: {known})"
-
-    def preview_path(self, name: str) -> Path | None:
-        path = self.path(name) / PREVIEW
-        return path if path.is_file() else None
-
-    def read_file(self, name: str, entry: dict) -> bytes:
-        """Read one tensor file of a reference and check its size and checksum against the manifest."""
-        if not is_plain_file_entry(entry):
-            raise broken(name, "bad file entry")
-        path = self.path(name) / entry["file"]
+        opened = self.open(name)
         try:
-            size = path.stat().st_size
-            if size != entry["bytes"]:  # checked before reading: a planted huge file is never loaded
-                raise RefDropError(
-                    f"RefDrop: reference '{name}' is corrupt: {entry['file']} has {size} bytes, "
-                    f"{entry['bytes']} were saved"
-                )
-            data = path.read_bytes()
+            for entry in file_entries(opened.manifest):
+                opened.read(entry)
+        finally:
+            opened.close()
+        return opened.manifest
+
+    def read_preview(self, name: str) -> bytes | None:
+        """The preview PNG's bytes, None if the reference has none. A preview that is a link, a FIFO or larger
+        than ``MAX_PREVIEW_BYTES`` is refused with a message: nothing outside the reference is ever served."""
+        path = self.path(name) / PREVIEW
+        try:
+            return read_regular(path, MAX_PREVIEW_BYTES)
         except FileNotFoundError:
-            raise self._missing_file(name, entry) from None
+            return None
+        except NotRegularFile as exc:
+            raise _unusable(name, exc) from None
+        except FileTooLarge as exc:
+            raise RefDropError(
+                f"RefDrop: reference '{name}' has a preview of {exc.size} bytes, more than the "
+                f"{MAX_PREVIEW_BYTES // 2**20} MB a preview may have; it is not shown"
+            ) from None
         except OSError as exc:
             raise RefDropError(f"RefDrop: reference '{name}' cannot be read: {exc}") from None
-        if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:
-            raise RefDropError(
-                f"RefDrop: reference '{name}' is corrupt: {entry['file']} does not match its checksum"
-            )
-        return data
+
+    # -- private folders -------------------------------------------------------------------------------
+
+    def _private_dir(self, kind: str, create: bool = True) -> Path | None:
+        """``<root>/.incoming`` or ``.trash`` when it is a real folder. Anything else in its place (a link to
+        another folder, a file) is moved aside with a message and never followed."""
+        path = self.root / kind
+        if is_real_dir(path):
+            return path
+        if _exists(path):
+            aside = self.root / f"{kind}.set-aside-{uuid.uuid4().hex[:8]}"
+            os.replace(path, aside)  # renames a link itself, never its target
+            print(f"RefDrop: {path} was not a folder (a link or a file); moved it aside to {aside.name} untouched")
+        if not create:
+            return None
+        path.mkdir(exist_ok=True)
+        if not is_real_dir(path):
+            raise OSError(errno.EEXIST, f"{path} is not a folder")
+        return path
+
+    def _trash_path(self, kind: str) -> Path:
+        return self._private_dir(TRASH) / f"{kind}-{uuid.uuid4().hex}"
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -233,14 +391,13 @@ class ReferenceStore:
             raise RefDropError(
                 f"RefDrop: a reference named '{name}' already exists; choose another name or allow overwriting"
             )
-        incoming = self.root / INCOMING
-        incoming.mkdir(exist_ok=True)
+        incoming = self._private_dir(INCOMING)
         key = uuid.uuid4().hex
         staging = incoming / key
         # The lock file appears under its final name already locked (made under a temporary name first), so a
         # cleaner in another process can never mistake a starting write for a dead one.
         tmp_lock = incoming / f".{key}.tmp"
-        fh = open(tmp_lock, "w+b")
+        fh = open(tmp_lock, "x+b")
         try:
             if not _lock_file(fh):
                 raise OSError(errno.EAGAIN, "could not lock the staging folder")
@@ -259,24 +416,30 @@ class ReferenceStore:
 
         An overwritten reference is moved to ``.trash/replaced-<id>/`` first; if the process dies before the new
         one is in place, the next start puts the old one back."""
-        target = self.path(name)
-        displaced_dir = self.root / TRASH / f"replaced-{staging.name}"
+        name = validate_name(name)
+        target = self.root / name
         with _lock:
-            if target.exists() or target.is_symlink():
+            existing = self.path(name)
+            if _exists(existing):
                 if not overwrite:
                     raise RefDropError(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
-                displaced_dir.mkdir(parents=True, exist_ok=True)
-                os.replace(target, displaced_dir / target.name)
+                old_identity = self._identity_on_disk(name)
+                displaced_dir = self._private_dir(TRASH) / f"replaced-{staging.name}"
+                displaced_dir.mkdir(exist_ok=True)
+                os.replace(existing, displaced_dir / existing.name)
                 try:
                     os.replace(staging, target)
                 except OSError:
-                    os.replace(displaced_dir / target.name, target)  # put the old one back
+                    os.replace(displaced_dir / existing.name, existing)  # put the old one back
                     raise
+                self.cache.forget(old_identity)
             else:
+                displaced_dir = None
                 os.replace(staging, target)
             _fsync_dir(self.root)
         self._release(staging)
-        _remove_tree(displaced_dir)
+        if displaced_dir is not None:
+            _remove_tree(displaced_dir)
         return target
 
     def discard(self, staging: Path | None) -> None:
@@ -297,11 +460,13 @@ class ReferenceStore:
             folder = self.path(name)
             if not (folder.is_dir() or folder.is_symlink()):
                 raise RefDropError(self.missing_message(name))
-            doomed = self._trash_path("deleted")
+            identity = self._identity_on_disk(name)
             try:
+                doomed = self._trash_path("deleted")
                 os.replace(folder, doomed)  # atomic: the reference disappears from the list at once
             except OSError as exc:
                 raise RefDropError(f"RefDrop: reference '{name}' could not be deleted: {exc}") from None
+            self.cache.forget(identity)
         _remove_tree(doomed)
 
     def rename(self, old: str, new: str) -> str:
@@ -312,62 +477,78 @@ class ReferenceStore:
                 raise RefDropError(self.missing_message(old))
             if source.is_symlink():
                 raise RefDropError(f"RefDrop: reference '{old}' is a link to another folder; rename it on disk")
-            if (target.exists() or target.is_symlink()) and target != source:
+            if _exists(target) and not os.path.samefile(target, source):
                 raise RefDropError(f"RefDrop: a reference named '{new}' already exists")
             manifest = self.manifest(old)
+            identity = manifest[SEAL]
             manifest["name"] = new
             try:
-                (self.root / INCOMING).mkdir(exist_ok=True)
-                write_json_atomic(source / MANIFEST, seal_manifest(manifest), tmp_dir=self.root / INCOMING)
-                os.replace(source, target)
+                incoming = self._private_dir(INCOMING)
+                write_json_atomic(source / MANIFEST, seal_manifest(manifest), tmp_dir=incoming)
+                os.replace(source, self.root / new)
             except OSError as exc:
                 raise RefDropError(f"RefDrop: reference '{old}' could not be renamed: {exc}") from None
+            self.cache.forget(identity)
         return new
 
     def clean_leftovers(self) -> None:
         """Undo what writes that never finished left behind (a crash, a kill) and finish deletions.
 
-        Only staging folders whose lock is free are touched: a Save running in another process is left alone."""
+        Only entries this module creates are touched, and of staging folders only those whose lock is free:
+        a Save running in another process is left alone."""
         from .writer import active_staging_folders  # late import: writer imports store
 
         busy = active_staging_folders()
-        incoming, trash = self.root / INCOMING, self.root / TRASH
         with _lock:
-            if trash.is_dir():
-                for entry in trash.iterdir():
-                    key = entry.name.removeprefix("replaced-")
-                    if entry.name.startswith("replaced-"):
-                        if incoming / key in busy or _writer_alive(incoming / f"{key}{LOCK_SUFFIX}"):
-                            continue
-                        self._restore_displaced(entry)
+            trash = self._private_dir(TRASH, create=False)
+            incoming = self._private_dir(INCOMING, create=False)
+            if trash is not None:
+                self._clean_trash(trash, incoming or self.root / INCOMING, busy)
+            if incoming is not None:
+                self._clean_incoming(incoming, busy)
+
+    def _clean_trash(self, trash: Path, incoming: Path, busy: set[Path]) -> None:
+        for entry in trash.iterdir():
+            own = _OWN_TRASH.match(entry.name)
+            if own is None:
+                continue
+            kind, key = own.groups()
+            if kind == "replaced":
+                if incoming / key in busy or _writer_alive(incoming / f"{key}{LOCK_SUFFIX}"):
+                    continue
+                if is_real_dir(entry):
+                    self._restore_displaced(entry)
+            _remove_tree(entry)
+
+    def _clean_incoming(self, incoming: Path, busy: set[Path]) -> None:
+        for entry in incoming.iterdir():
+            if _OWN_INCOMING_TMP.match(entry.name):  # a lock file being created, or a manifest being replaced
+                if not _writer_alive(entry):
                     _remove_tree(entry)
-            if incoming.is_dir():
-                for entry in incoming.iterdir():
-                    if entry.name.startswith("."):  # a lock file being created: ours in a moment, or stale
-                        if entry.name.endswith(".tmp") and not _writer_alive(entry):
-                            _remove_tree(entry)
-                        continue
-                    key = entry.name.removesuffix(LOCK_SUFFIX)
-                    lock_path = incoming / f"{key}{LOCK_SUFFIX}"
-                    if incoming / key in busy or _writer_alive(lock_path):
-                        continue
-                    _remove_tree(incoming / key)
-                    _remove_tree(lock_path)
+                continue
+            own = _OWN_INCOMING.match(entry.name)
+            if own is None:
+                continue
+            key = own.group(1)
+            lock_path = incoming / f"{key}{LOCK_SUFFIX}"
+            if incoming / key in busy or _writer_alive(lock_path):
+                continue
+            _remove_tree(incoming / key)
+            _remove_tree(lock_path)
 
     def _restore_displaced(self, displaced_dir: Path) -> None:
         """An overwriting Save died between moving the old reference away and moving the new one in."""
         for old in displaced_dir.iterdir():
+            try:
+                validate_name(old.name)
+            except RefDropError:
+                continue  # not a reference: not something this module put there
             target = self.root / old.name
-            if not (target.exists() or target.is_symlink()):
+            if not _exists(target):
                 try:
                     os.replace(old, target)
                 except OSError:
                     pass
-
-    def _trash_path(self, kind: str) -> Path:
-        trash = self.root / TRASH
-        trash.mkdir(exist_ok=True)
-        return trash / f"{kind}-{uuid.uuid4().hex}"
 
 
 def _no_constant(value: str):
@@ -379,7 +560,7 @@ def write_json_atomic(path: Path, data: dict, tmp_dir: Path | None = None) -> No
     the temporary file out of a visible folder, where a crash would leave it."""
     tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, ensure_ascii=False, allow_nan=False)
             fh.flush()
             os.fsync(fh.fileno())

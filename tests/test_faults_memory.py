@@ -12,7 +12,7 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.generation import RefDropRun
 from lib_refdrop.reader import RamCache, ReferenceReader, slots_of
 from lib_refdrop.settings import build
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.store import OpenReference, ReferenceStore
 
 
 class _WatchedCache(RamCache):
@@ -33,14 +33,14 @@ def _slot_bytes(reader, index):
 def test_ram_budget_is_never_exceeded_and_reads_stream_from_disk(tmp_path, monkeypatch, budget_slots):
     store = ReferenceStore(tmp_path)
     manifest = faultkit.make_reference(store, "r")
-    slot_bytes = _slot_bytes(ReferenceReader(store, "r", manifest, cache=RamCache(0)), 0)
+    slot_bytes = _slot_bytes(ReferenceReader(store.open("r"), cache=RamCache(0)), 0)
     cache = _WatchedCache(int(slot_bytes * budget_slots))
     reads = []
-    real_read = store.read_file
-    monkeypatch.setattr(store, "read_file", lambda name, entry: reads.append(entry["file"]) or real_read(name, entry))
+    real_read = OpenReference.read
+    monkeypatch.setattr(OpenReference, "read", lambda ref, entry: reads.append(entry["file"]) or real_read(ref, entry))
     slots = slots_of(manifest)
     for _ in range(3):  # three generations with the same reference
-        reader = ReferenceReader(store, "r", manifest, cache=cache)
+        reader = ReferenceReader(store.open("r"), cache=cache)
         for slot in slots:
             got = reader.tensors(slot, torch.device("cpu"), torch.float32)
             assert torch.equal(got["middle0.0/cond0/v"], faultkit.slot_tensors(0, slot.index)["middle0.0/cond0/v"])

@@ -71,6 +71,6 @@ def test_sigmas_outside_the_saved_range_clamp_to_the_nearest_end(tmp_path):
     assert sigma_map.lookup(0.01).sigma == 1.0
     assert sigma_map.lookup(0.0).sigma == 1.0
     assert sigma_map.lookup(3.3).sigma == 5.0  # nearest in log-sigma (linearly, 2.0 would be nearer)
-    reader = ReferenceReader(store, "narrow", manifest)
+    reader = ReferenceReader(store.open("narrow"))
     top = reader.tensors(sigma_map.lookup(1000.0), torch.device("cpu"), torch.float32)
     assert torch.equal(top["input1.0/cond0/k"], faultkit.slot_tensors(0, 0)["input1.0/cond0/k"])
