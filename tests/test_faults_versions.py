@@ -1,0 +1,112 @@
+"""Overwrite, rename and delete while references are cached or in use: a Use sees exactly one version of a
+reference (the one it opened), never the old tensors after an overwrite, and "corrupt" only for corrupt files."""
+
+from __future__ import annotations
+
+import faultkit
+import pytest
+import torch
+
+from lib_refdrop import reader as reader_module
+from lib_refdrop.generation import RefDropRun
+from lib_refdrop.settings import build
+from lib_refdrop.store import ReferenceStore
+
+CALLS = 16  # recorded attn1 calls of a real host: one model evaluation of an SD1.5 U-Net
+
+
+def _calls(seed: int):
+    return list(faultkit.trace_calls(limit=CALLS, seed=seed))
+
+
+def _save(store, name: str, seed: int, overwrite: bool = False) -> None:
+    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name, "overwrite": overwrite}), store)
+    faultkit.run_generation(run, _calls(seed))
+    run.finish_save({}, None)
+    assert run.writer.wait(30) and run.writer.status.state == "saved", run.writer.status.message
+
+
+def _use_run(store, name: str) -> RefDropRun:
+    return RefDropRun(build({"enabled": True, "mode": "Use", "reference": name, "rfg": 1.0}), store)
+
+
+def _use(store, name: str) -> list[torch.Tensor]:
+    return faultkit.run_generation(_use_run(store, name), _calls(99))
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture
+def cache():
+    reader_module.RAM_CACHE.clear()
+    yield reader_module.RAM_CACHE
+    reader_module.RAM_CACHE.clear()
+
+
+def test_an_overwrite_within_the_same_second_is_never_answered_from_the_cache(tmp_path, cache):
+    store = ReferenceStore(tmp_path)
+    _save(store, "r", seed=1)
+    first = _use(store, "r")  # now cached
+    _save(store, "r", seed=2, overwrite=True)  # same layers, same size, same second
+    after = _use(store, "r")
+    cache.clear()
+    fresh = _use(store, "r")
+    assert _same(after, fresh)
+    assert not _same(after, first)
+
+
+@pytest.mark.parametrize("change", ["delete", "rename", "overwrite"])
+def test_a_changed_reference_leaves_nothing_in_the_cache(tmp_path, cache, change):
+    store = ReferenceStore(tmp_path)
+    _save(store, "r", seed=1)
+    _save(store, "keep", seed=3)
+    _use(store, "keep")
+    kept = cache.used
+    _use(store, "r")
+    assert cache.used > kept
+    if change == "delete":
+        store.delete("r")
+    elif change == "rename":
+        store.rename("r", "r2")
+    else:
+        _save(store, "r", seed=2, overwrite=True)
+    assert cache.used == kept
+
+
+def test_a_use_that_opened_a_reference_reads_that_version_through_an_overwrite(tmp_path, cache):
+    store = ReferenceStore(tmp_path)
+    _save(store, "r", seed=1)
+    expected_old = _use(store, "r")
+    cache.clear()
+    run = _use_run(store, "r")
+    patch = run.patch_for_pass(faultkit.pass_context())  # the generation has started: the reference is open
+    _save(store, "r", seed=2, overwrite=True)  # another client overwrites it meanwhile
+    cache.clear()
+    out = [patch(q, k, v, eo) for q, k, v, eo in _calls(99)]
+    assert _same(out, expected_old)
+    cache.clear()
+    assert not _same(_use(store, "r"), expected_old)  # a Use that starts now gets the new version
+
+
+def test_a_reference_overwritten_while_it_is_opened_is_opened_again(tmp_path, cache, monkeypatch):
+    """The overwrite lands between reading the manifest and opening the files: the files then belong to the new
+    manifest, so opening starts again instead of pairing new files with the old manifest."""
+    store = ReferenceStore(tmp_path)
+    _save(store, "r", seed=1)
+    _save(store, "new", seed=2)
+    expected_new = _use(store, "new")
+    real_open_files = store._open_files
+    raced = []
+
+    def racing_open_files(name, manifest):
+        if not raced:
+            raced.append(True)
+            store.delete("r")
+            store.rename("new", "r")
+        return real_open_files(name, manifest)
+
+    monkeypatch.setattr(store, "_open_files", racing_open_files)
+    cache.clear()
+    assert _same(_use(store, "r"), expected_new) and raced
