@@ -27,6 +27,7 @@ import re
 import shutil
 import threading
 import time
+import unicodedata
 import uuid
 import weakref
 from pathlib import Path
@@ -179,32 +180,42 @@ class ReferenceStore:
         A folder copied from macOS has an NFD name and one made by hand may end in a space: they are listed, used,
         renamed and deleted under their canonical (NFC, trimmed) name."""
         groups: dict[str, list[Path]] = {}
-        try:
-            entries = sorted(self.root.iterdir())
-        except OSError:
-            return groups
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
+        for entry in self._entries():
             try:
-                name = validate_name(entry.name)
+                groups.setdefault(validate_name(entry), []).append(self.root / entry)
             except RefDropError:
                 continue
-            groups.setdefault(name, []).append(entry)
         return groups
+
+    def _entries(self, only_non_canonical: bool = False) -> list[str]:
+        try:
+            entries = sorted(os.listdir(self.root))
+        except OSError:
+            return []
+        entries = [e for e in entries if not e.startswith(".")]
+        if only_non_canonical:  # cheap: almost every name is canonical, and those need no validation here
+            entries = [e for e in entries if e != e.strip() or not unicodedata.is_normalized("NFC", e)]
+        return entries
 
     def path(self, name: str) -> Path:
         """The folder of reference ``name``: the existing one (whatever its on-disk spelling), else where a new one
         goes. The name is validated, so it cannot point anywhere outside the store."""
         name = validate_name(name)
-        folders = self._folders_by_name().get(name, [])
+        canonical = self.root / name
+        folders = [canonical] if _exists(canonical) else []
+        for entry in self._entries(only_non_canonical=True):
+            try:
+                if validate_name(entry) == name:
+                    folders.append(self.root / entry)
+            except RefDropError:
+                continue
         if len(folders) > 1:
             spelled = ", ".join(repr(f.name) for f in folders)
             raise RefDropError(
                 f"RefDrop: {len(folders)} folders in {self.root} are all the reference '{name}' ({spelled}: the same "
                 "name written with different unicode forms or spaces); rename or remove all but one of them on disk"
             )
-        folder = folders[0] if folders else self.root / name
+        folder = folders[0] if folders else canonical
         if folder.parent != self.root:
             raise RefDropError(f"RefDrop: invalid reference name {name!r}")
         return folder
