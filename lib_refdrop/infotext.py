@@ -13,7 +13,7 @@ A Save image's ``refdrop_saved_as`` goes into the reference dropdown, and the sa
 from __future__ import annotations
 
 from .errors import RefDropError
-from .settings import RefDropSettings, parse_blocks, parse_groups, parse_rfg
+from .settings import RefDropSettings, as_bool, as_fraction, parse_blocks, parse_groups, parse_rfg
 from .settings import parse_mode as _parse_mode
 
 PREFIX = "refdrop_"
@@ -64,33 +64,15 @@ def write(params: dict, settings: RefDropSettings, saved_as: str | None = None, 
 
 
 # -- reading back -----------------------------------------------------------------------------------------
+# The host calls these while pasting, with whatever the infotext (or another extension) put in the dict: each
+# returns a valid value or None and never raises, since an exception would stop the whole paste.
 
 def _present(d: dict) -> bool:
-    return "refdrop_enabled" in d or "refdrop_mode" in d
+    return isinstance(d, dict) and ("refdrop_enabled" in d or "refdrop_mode" in d)
 
 
-def _truthy(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
-
-
-def _fraction(d: dict, key: str, default: float):
-    if not _present(d):
-        return None
-    try:
-        value = float(d.get(key, default))
-    except (TypeError, ValueError):
-        return None
-    return value if 0.0 <= value <= 1.0 else None
-
-
-def _flag(d: dict, key: str):
-    return _truthy(d.get(key, False)) if _present(d) else None
-
-
-def parse_enabled(d: dict) -> bool:
-    return _truthy(d.get("refdrop_enabled", False)) if _present(d) else False
+def _text(value):
+    return value.strip() if isinstance(value, str) else None
 
 
 def _validated(d: dict, key: str, default, parse):
@@ -101,6 +83,15 @@ def _validated(d: dict, key: str, default, parse):
         return parse(d.get(key, default))
     except RefDropError:
         return None
+
+
+def parse_enabled(d: dict) -> bool:
+    if not _present(d):
+        return False
+    try:
+        return as_bool("refdrop_enabled", d.get("refdrop_enabled", False))
+    except RefDropError:
+        return False
 
 
 def parse_mode(d: dict):
@@ -114,7 +105,7 @@ def parse_rfg_field(d: dict):
 def parse_reference(d: dict):
     if not _present(d):
         return None
-    return str(d.get("refdrop_reference") or d.get("refdrop_saved_as") or "").strip()
+    return _text(d.get("refdrop_reference") or d.get("refdrop_saved_as") or "")
 
 
 def parse_save_name(d: dict):
@@ -127,6 +118,14 @@ def parse_disabled_groups(d: dict):
 
 def parse_disabled_blocks(d: dict):
     return _validated(d, "refdrop_disabled_blocks", "", lambda v: list(parse_blocks(v)))
+
+
+def _flag(d: dict, key: str):
+    return _validated(d, key, False, lambda v: as_bool(key, v))
+
+
+def _fraction(d: dict, key: str, default: float):
+    return _validated(d, key, default, lambda v: as_fraction(key, v))
 
 
 def parse_skip_first_up(d: dict):
@@ -152,7 +151,7 @@ def parse_overwrite(d: dict):
 def parse_profile(d: dict):
     if not _present(d):
         return None
-    return str(d.get("refdrop_profile", "")).strip()
+    return _text(d.get("refdrop_profile", ""))
 
 
 PARSERS = {

@@ -13,7 +13,7 @@ from lib_refdrop.store import ReferenceStore
 
 
 @pytest.mark.parametrize("value", [1.0001, -1.5, 2, 100, float("nan"), float("inf"), "-inf", "abc", None, True,
-                                   [0.3], {"c": 1}])
+                                   [0.3], {"c": 1}, 10**400, -(10**400), b"0.3", "٠.٣"])
 def test_rfg_outside_range_or_of_the_wrong_type(value):
     with pytest.raises(RefDropError, match="RFG coefficient"):
         from_args([{"mode": "Use", "rfg": value}])
@@ -41,6 +41,9 @@ def test_rfg_limits_are_accepted(value):
     ({"save_name": ["a"]}, "'save_name' must be text"),
     ({"rfg_coeff": 0.3}, "unknown argument"),
     ({"overwrite": "sometimes"}, "'overwrite' must be true or false"),
+    ({"step_end": 10**400}, r"'step_end' must lie in \[0, 1\]"),  # beyond float range: float() overflows
+    ({"disabled_blocks": "OUT٠١"}, "unknown block 'OUT٠١' in 'disabled_blocks'"),  # not ASCII
+    ({"coefficient": 7}, "'coefficient'"),  # the alias the client used
 ])
 def test_named_api_arguments_give_clear_errors(args, message):
     with pytest.raises(RefDropError, match=message):
