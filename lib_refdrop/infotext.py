@@ -4,10 +4,15 @@ Written into ``p.extra_generation_params`` (snake_case, prefixed like the built-
 converts a pasted string with ``type(component.value)(text)``, which turns "False" into True and a list into
 characters, so every control is filled by a function of the parsed params (host-api.md §1.4) instead of a key.
 
-Paste rules: an infotext without RefDrop keys turns RefDrop off and leaves the other controls alone; one with
-RefDrop keys sets every control (keys left out because they were at their defaults give the default back).
-A Save image's ``refdrop_saved_as`` goes into the reference dropdown, and the save name is left empty
-(automatic), so pasting and generating again does not collide with the reference that image created.
+A Save writes only what applies to a Save (mode, the name it saved as, the profile); a Use writes the Use values.
+
+Paste rules: an infotext without RefDrop keys turns RefDrop off and leaves the other controls alone. A Use
+infotext sets every control (keys left out because they were at their defaults give the default back). A Save
+infotext sets the mode and the reference dropdown (to its ``refdrop_saved_as``) and leaves the Use-only controls
+(RFG, groups, blocks, skip, step window, hires) as they are: they did not apply to that image, so the user's own
+Use values survive; a ``refdrop_rfg`` in an older Save infotext is ignored for the same reason. The save name is
+left empty (automatic), so pasting and generating again does not collide with the reference that image created.
+A bad value leaves its control unchanged.
 """
 
 from __future__ import annotations
@@ -44,8 +49,7 @@ def write(params: dict, settings: RefDropSettings, saved_as: str | None = None, 
             params["refdrop_saved_as"] = name
         if profile or settings.profile:
             params["refdrop_profile"] = profile or settings.profile
-        params["refdrop_rfg"] = settings.rfg
-        return
+        return  # the Use-only values (RFG, blocks, window...) have no effect on a Save
     if settings.reference:  # an empty value would not survive the host's infotext parser
         params["refdrop_reference"] = settings.reference
     params["refdrop_rfg"] = settings.rfg
@@ -71,6 +75,11 @@ def _present(d: dict) -> bool:
     return isinstance(d, dict) and ("refdrop_enabled" in d or "refdrop_mode" in d)
 
 
+def _sets_use_controls(d: dict) -> bool:
+    """A Use infotext sets every Use-only control; a Save one leaves them alone, since none of them applied."""
+    return _present(d) and parse_mode(d) != "Save"
+
+
 def _text(value):
     return value.strip() if isinstance(value, str) else None
 
@@ -83,6 +92,10 @@ def _validated(d: dict, key: str, default, parse):
         return parse(d.get(key, default))
     except RefDropError:
         return None
+
+
+def _use_only(d: dict, key: str, default, parse):
+    return _validated(d, key, default, parse) if _sets_use_controls(d) else None
 
 
 def parse_enabled(d: dict) -> bool:
@@ -99,7 +112,7 @@ def parse_mode(d: dict):
 
 
 def parse_rfg_field(d: dict):
-    return _validated(d, "refdrop_rfg", _DEFAULTS.rfg, parse_rfg)
+    return _use_only(d, "refdrop_rfg", _DEFAULTS.rfg, parse_rfg)
 
 
 def parse_reference(d: dict):
@@ -113,19 +126,19 @@ def parse_save_name(d: dict):
 
 
 def parse_disabled_groups(d: dict):
-    return _validated(d, "refdrop_disabled_groups", "", lambda v: list(parse_groups(v)))
+    return _use_only(d, "refdrop_disabled_groups", "", lambda v: list(parse_groups(v)))
 
 
 def parse_disabled_blocks(d: dict):
-    return _validated(d, "refdrop_disabled_blocks", "", lambda v: list(parse_blocks(v)))
+    return _use_only(d, "refdrop_disabled_blocks", "", lambda v: list(parse_blocks(v)))
 
 
 def _flag(d: dict, key: str):
-    return _validated(d, key, False, lambda v: as_bool(key, v))
+    return _use_only(d, key, False, lambda v: as_bool(key, v))
 
 
 def _fraction(d: dict, key: str, default: float):
-    return _validated(d, key, default, lambda v: as_fraction(key, v))
+    return _use_only(d, key, default, lambda v: as_fraction(key, v))
 
 
 def parse_skip_first_up(d: dict):

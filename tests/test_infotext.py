@@ -54,7 +54,49 @@ def test_use_defaults_and_single_block():
 def test_save_pastes_the_saved_name_as_reference():
     values = {"enabled": True, "mode": "Save", "save_name": "hero", "profile": "exact", "rfg": 0.5}
     pasted = round_trip(values)
-    assert pasted == build({**values, "save_name": "", "reference": "hero"})
+    assert pasted == build({**values, "rfg": DEFAULT_VALUES["rfg"], "save_name": "", "reference": "hero"})
+
+
+def save_infotext_params(**values) -> dict:
+    params = {}
+    infotext.write(params, build({"enabled": True, "mode": "Save", **values}), saved_as="hero", profile="exact")
+    return params
+
+
+def test_save_writes_only_what_applies_to_a_save():
+    """RFG, blocks, groups, the step window and hires have no effect on a Save, so its infotext leaves them out."""
+    params = save_infotext_params(rfg=0.7, disabled_blocks="OUT01", skip_first_up=True, step_end=0.5,
+                                  apply_hires=True)
+    assert params == {"refdrop_enabled": True, "refdrop_mode": "Save", "refdrop_saved_as": "hero",
+                      "refdrop_profile": "exact"}
+
+
+USE_TUNING = {"rfg": -0.4, "disabled_groups": ["middle"], "disabled_blocks": ["OUT01"], "skip_first_up": True,
+              "step_start": 0.2, "step_end": 0.8, "apply_hires": True}
+
+
+def test_pasting_a_save_keeps_the_users_use_controls():
+    """A user who pastes a Save image then switches to Use finds their own RFG and blocks, not defaults that the
+    image never used; the Save's own controls (mode, reference, save name, profile, overwrite) are set."""
+    current = {**DEFAULT_VALUES, **USE_TUNING, "save_name": "typed", "overwrite": True, "profile": "compact"}
+    pasted = paste(infotext_line(save_infotext_params(rfg=0.9)), current)
+    assert pasted == {**current, "enabled": True, "mode": "Save", "reference": "hero", "save_name": "",
+                      "overwrite": False, "profile": "exact"}
+
+
+def test_old_save_infotext_with_rfg_still_pastes_and_its_rfg_is_ignored():
+    """Infotexts written before the Save stopped writing ``refdrop_rfg``: the rest pastes as before."""
+    line = "Steps: 20, refdrop_enabled: True, refdrop_mode: Save, refdrop_saved_as: hero, refdrop_rfg: 0.5"
+    pasted = paste(line, {**DEFAULT_VALUES, "rfg": -0.4})
+    assert pasted == {**DEFAULT_VALUES, "enabled": True, "mode": "Save", "reference": "hero", "rfg": -0.4}
+    assert from_args([pasted[name] for name in ARG_NAMES]).saving
+
+
+def test_pasting_a_use_still_sets_every_use_control():
+    params = {}
+    infotext.write(params, build({"enabled": True, "mode": "Use", "reference": "hero"}))
+    pasted = paste(infotext_line(params), {**DEFAULT_VALUES, **USE_TUNING})
+    assert pasted == {**DEFAULT_VALUES, "enabled": True, "reference": "hero"}
 
 
 def test_written_keys_are_snake_case_and_quoted_lists_survive():
