@@ -1,22 +1,26 @@
 """The "RefDrop" section of the WebUI Settings page, and reading it with fallbacks outside a host.
 
 Every reader works without the host (tests, API helpers) and with a host whose ``shared.opts`` lacks the key
-(an old config, the settings callback not run yet): it then returns the documented default.
+(an old config, the settings callback not run yet): it then returns the documented default. A value that cannot
+be used (out of range, of the wrong type) is clamped or replaced by the default, with a message printed once.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
 
+from .errors import RefDropError
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .reader import RAM_CACHE
-from .settings import DEFAULT_RFG
+from .settings import DEFAULT_RFG, as_bool, as_number, parse_rfg, shown
 from .store import ReferenceStore
 
 SECTION = ("refdrop", "RefDrop")
 DEFAULT_RAM_MB = 4096
+MAX_RAM_MB = 65536  # the Settings slider's maximum
 
 # key -> (default, label); the default of the folder is computed (models_path) and stored as "".
 OPTIONS = {
@@ -36,7 +40,8 @@ def register(shared, gr) -> None:
         shared.opts.add_option(key, info)
 
     add("refdrop_store_folder", gr.Textbox, onchange=forget_store)
-    add("refdrop_ram_budget_mb", gr.Slider, {"minimum": 0, "maximum": 65536, "step": 256}, onchange=apply_ram_budget)
+    add("refdrop_ram_budget_mb", gr.Slider, {"minimum": 0, "maximum": MAX_RAM_MB, "step": 256},
+        onchange=apply_ram_budget)
     add("refdrop_default_rfg", gr.Slider, {"minimum": -1.0, "maximum": 1.0, "step": 0.01})
     add("refdrop_default_profile", gr.Dropdown, {"choices": list(PROFILES)})
     add("refdrop_overwrite_default", gr.Checkbox)
@@ -66,34 +71,80 @@ def models_path() -> str:
     return path
 
 
+# A hand-edited config.json can hold anything JSON allows (``Infinity``, lists, null...). Each reader returns a
+# usable value whatever it finds, and says once per value what it used instead, so the extension always loads.
+_reported: set[tuple[str, str]] = set()
+
+
+def _instead(key: str, value, problem: str, used):
+    """Report (once per key and value) that a setting is unusable; return what is used in its place."""
+    token = (key, shown(value))
+    if token not in _reported:
+        _reported.add(token)
+        print(f"RefDrop: the setting {key} = {shown(value)} {problem}; using {used!r} instead")
+    return used
+
+
+def default_store_folder() -> str:
+    return os.path.join(models_path(), "RefDrop")
+
+
 def store_folder() -> str:
-    folder = str(_get("refdrop_store_folder") or "").strip()
-    return os.path.expanduser(folder) if folder else os.path.join(models_path(), "RefDrop")
+    key = "refdrop_store_folder"
+    value = _get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default_store_folder()
+    if not isinstance(value, str):
+        return _instead(key, value, "is not a folder path", default_store_folder())
+    folder = value.strip()
+    try:
+        os.fsencode(folder)  # a lone surrogate cannot name a file here
+    except UnicodeError:
+        return _instead(key, value, "is not a valid folder path", default_store_folder())
+    if "\x00" in folder:
+        return _instead(key, value, "contains a NUL character", default_store_folder())
+    return os.path.expanduser(folder)
 
 
 def ram_budget_mb() -> int:
-    try:
-        return max(0, int(float(_get("refdrop_ram_budget_mb"))))
-    except (TypeError, ValueError):
-        return DEFAULT_RAM_MB
+    key = "refdrop_ram_budget_mb"
+    value = _get(key)
+    number = as_number(value)
+    if number is None or math.isnan(number):
+        return _instead(key, value, "is not a number of MB", DEFAULT_RAM_MB)
+    if number < 0:
+        return _instead(key, value, "is below 0", 0)
+    if number > MAX_RAM_MB:
+        return _instead(key, value, f"is above the most allowed ({MAX_RAM_MB})", MAX_RAM_MB)
+    return int(number)
 
 
 def default_rfg() -> float:
+    key = "refdrop_default_rfg"
+    value = _get(key)
     try:
-        value = float(_get("refdrop_default_rfg"))
-    except (TypeError, ValueError):
-        return DEFAULT_RFG
-    return value if -1.0 <= value <= 1.0 else DEFAULT_RFG
+        return parse_rfg(value, key)
+    except RefDropError:
+        return _instead(key, value, "is not an RFG coefficient in [-1, 1]", DEFAULT_RFG)
 
 
 def default_profile() -> str:
-    value = _get("refdrop_default_profile")
-    return value if value in PROFILES else DEFAULT_PROFILE
+    key = "refdrop_default_profile"
+    value = _get(key)
+    if isinstance(value, str) and value.strip() in PROFILES:
+        return value.strip()
+    if value is None or value == "":
+        return DEFAULT_PROFILE
+    return _instead(key, value, f"is not a storage profile ({', '.join(PROFILES)})", DEFAULT_PROFILE)
 
 
 def overwrite_default() -> bool:
-    value = _get("refdrop_overwrite_default")
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+    key = "refdrop_overwrite_default"
+    value = _get(key)
+    try:
+        return as_bool(key, value)
+    except RefDropError:
+        return _instead(key, value, "is not true or false", False)
 
 
 def apply_ram_budget() -> None:
