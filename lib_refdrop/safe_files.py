@@ -62,6 +62,14 @@ def open_regular(path: Path) -> int:
     return fd
 
 
+def regular_size(path: Path) -> int:
+    """The size of the regular file ``path`` without opening it; ``NotRegularFile`` for anything else."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(path, _kind(st.st_mode))
+    return st.st_size
+
+
 def size_of(fd: int) -> int:
     return os.fstat(fd).st_size
 

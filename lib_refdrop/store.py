@@ -36,7 +36,17 @@ from .errors import RefDropError
 from .manifest import SEAL, broken, check_manifest, file_entries, seal_manifest, sha256_bytes
 from .names import validate_name
 from .ramcache import RAM_CACHE, RamCache
-from .safe_files import FileTooLarge, NotRegularFile, is_real_dir, open_regular, read_at, read_regular, size_of
+from .safe_files import (
+    FileTooLarge,
+    NotRegularFile,
+    describe,
+    is_real_dir,
+    open_regular,
+    read_at,
+    read_regular,
+    regular_size,
+    size_of,
+)
 
 MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
@@ -254,17 +264,13 @@ class ReferenceStore:
 
     def _check_size(self, name: str, folder: Path, entry: dict) -> None:
         try:
-            fd = open_regular(folder / entry["file"])
+            size = regular_size(folder / entry["file"])  # lstat only: opening happens in ``open``
         except FileNotFoundError:
             raise self._missing_file(name, entry) from None
         except NotRegularFile as exc:
             raise _unusable(name, exc) from None
         except OSError as exc:
             raise RefDropError(f"RefDrop: reference '{name}' cannot be read: {exc}") from None
-        try:
-            size = size_of(fd)
-        finally:
-            os.close(fd)
         self._check_bytes(name, entry, size)
 
     @staticmethod
@@ -377,9 +383,10 @@ class ReferenceStore:
         if is_real_dir(path):
             return path
         if _exists(path):
+            what = describe(path)
             aside = self.root / f"{kind}.set-aside-{uuid.uuid4().hex[:8]}"
             os.replace(path, aside)  # renames a link itself, never its target
-            print(f"RefDrop: {path} was not a folder (a link or a file); moved it aside to {aside.name} untouched")
+            print(f"RefDrop: {path} was {what}, not a folder; moved it aside to {aside.name}, untouched")
         if not create:
             return None
         path.mkdir(exist_ok=True)

@@ -55,7 +55,8 @@ def _store_with(tmp_path, *names) -> ReferenceStore:
 
 
 @pytest.mark.parametrize("private", [TRASH, INCOMING])
-def test_opening_a_store_with_a_linked_private_folder_deletes_nothing_it_points_to(tmp_path, outside, private):
+def test_opening_a_store_with_a_linked_private_folder_deletes_nothing_it_points_to(tmp_path, outside, private,
+                                                                                  capsys):
     store = _store_with(tmp_path, "a")
     before = _tree(outside)
     _plant_link(store.root / private, outside)
@@ -63,6 +64,7 @@ def test_opening_a_store_with_a_linked_private_folder_deletes_nothing_it_points_
     assert _tree(outside) == before
     assert not (reopened.root / private).is_symlink()
     assert [p.name for p in reopened.root.glob(f"{private}.set-aside-*")]  # the link, kept for the user to see
+    assert f"{private} was a link, not a folder; moved it aside" in capsys.readouterr().out
     assert reopened.names() == ["a"]
 
 
