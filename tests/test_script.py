@@ -121,7 +121,7 @@ def test_save_then_use_through_the_hooks(host, diffusion_model):
     assert "saved reference 'hero'" in host.script_module.last_save_status()
     manifest = options.get_store().manifest("hero")
     assert manifest["family"] == "sd15" and manifest["generation"]["seed"] == 1234
-    assert manifest["generation"]["prompt"] == "a cat" and options.get_store().preview_path("hero")
+    assert manifest["generation"]["prompt"] == "a cat" and options.get_store().read_preview("hero")
 
     use_args = args_of(enabled=True, mode="Use", reference="hero", rfg=0.6)
     p2, unet2 = new_p(host, diffusion_model)
