@@ -7,7 +7,6 @@ is driven directly by the tests.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,11 +19,9 @@ from .reader import ReferenceReader
 from .recorder import Recorder
 from .settings import RefDropSettings
 from .store import ReferenceStore
-from .writer import ReferenceWriter, pending_write
+from .writer import ReferenceWriter, abandon_unfinished, pending_write
 
 WAIT_FOR_PENDING_SAVE_S = 300.0
-_unfinished: set[ReferenceWriter] = set()  # Save writers whose generation has not reached postprocess
-_unfinished_lock = threading.Lock()
 
 
 @dataclass
@@ -66,8 +63,6 @@ class RefDropRun:
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
         profile = get_profile(self.settings.profile or self.default_profile)
         self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite)
-        with _unfinished_lock:
-            _unfinished.add(self.writer)
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
         return make_save_patch(self.recorder, ctx.inner)
@@ -107,8 +102,6 @@ class RefDropRun:
         """End of the generation: hand the rest of the recording and the manifest to the writer."""
         if self.writer is None:
             return ""
-        with _unfinished_lock:
-            _unfinished.discard(self.writer)
         self.recorder.flush()
         if not self.recorder.recorded_anything:
             self.writer.abort("no self-attention layer was called")
@@ -120,8 +113,4 @@ class RefDropRun:
 
 def abandon_unfinished_saves() -> None:
     """A generation that failed or was interrupted never reaches postprocess; drop its half reference."""
-    with _unfinished_lock:
-        orphans = list(_unfinished)
-        _unfinished.clear()
-    for writer in orphans:
-        writer.abort("the generation did not finish")
+    abandon_unfinished()

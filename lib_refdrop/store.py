@@ -30,6 +30,7 @@ import time
 import unicodedata
 import uuid
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RefDropError
@@ -62,7 +63,45 @@ _OWN_INCOMING_TMP = re.compile(r"^\.([0-9a-f]{32}|manifest\.json\.[0-9a-f]{32})\
 _OWN_TRASH = re.compile(r"^(deleted|replaced)-([0-9a-f]{32})$")
 
 _lock = threading.RLock()  # list/delete/rename/commit are atomic with respect to each other in this process
-_held_locks: dict[Path, object] = {}  # staging folder -> open, locked lock file of a write in this process
+
+
+@dataclass(frozen=True)
+class StagingPaths:
+    """Every path of one write, spelled in one place: ``<incoming>/<key>/``, its lock, the lock's temporary name,
+    and where an overwrite parks the reference it displaces."""
+
+    incoming: Path
+    key: str
+
+    @property
+    def folder(self) -> Path:
+        return self.incoming / self.key
+
+    @property
+    def lock(self) -> Path:
+        return self.incoming / f"{self.key}{LOCK_SUFFIX}"
+
+    @property
+    def tmp_lock(self) -> Path:
+        return self.incoming / f".{self.key}.tmp"
+
+    def displaced(self, trash: Path) -> Path:
+        return trash / f"replaced-{self.key}"
+
+
+class Staging:
+    """A write in progress: its folder and the lock that tells other processes (and this one) it is alive."""
+
+    def __init__(self, paths: StagingPaths, lock_file):
+        self.paths = paths
+        self.folder = paths.folder
+        self._lock_file = lock_file
+
+    def release(self) -> None:
+        _remove_tree(self.paths.lock)  # unlinked while still held: nobody can take a lock on a live write
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
 
 # -- staging locks -----------------------------------------------------------------------------------------------
@@ -399,7 +438,7 @@ class ReferenceStore:
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def begin(self, name: str, overwrite: bool) -> Path:
+    def begin(self, name: str, overwrite: bool) -> Staging:
         """A fresh staging folder for a new reference; fails early if the name is taken.
 
         A ``RefDropError`` is a user problem (name taken or invalid); an ``OSError`` means the store cannot be
@@ -409,69 +448,58 @@ class ReferenceStore:
             raise RefDropError(
                 f"RefDrop: a reference named '{name}' already exists; choose another name or allow overwriting"
             )
-        incoming = self._private_dir(INCOMING)
-        key = uuid.uuid4().hex
-        staging = incoming / key
+        paths = StagingPaths(self._private_dir(INCOMING), uuid.uuid4().hex)
         # The lock file appears under its final name already locked (made under a temporary name first), so a
         # cleaner in another process can never mistake a starting write for a dead one.
-        tmp_lock = incoming / f".{key}.tmp"
-        fh = open(tmp_lock, "x+b")
+        fh = open(paths.tmp_lock, "x+b")
         try:
             if not _lock_file(fh):
                 raise OSError(errno.EAGAIN, "could not lock the staging folder")
-            os.replace(tmp_lock, incoming / f"{key}{LOCK_SUFFIX}")
-            staging.mkdir()
+            os.replace(paths.tmp_lock, paths.lock)
+            paths.folder.mkdir()
         except BaseException:
             fh.close()
-            _remove_tree(tmp_lock)
-            _remove_tree(incoming / f"{key}{LOCK_SUFFIX}")
+            _remove_tree(paths.tmp_lock)
+            _remove_tree(paths.lock)
             raise
-        _held_locks[staging] = fh
-        return staging
+        return Staging(paths, fh)
 
-    def commit(self, staging: Path, name: str, overwrite: bool) -> Path:
+    def commit(self, staging: Staging, name: str, overwrite: bool) -> Path:
         """Make a staged reference visible under ``name`` with one rename.
 
         An overwritten reference is moved to ``.trash/replaced-<id>/`` first; if the process dies before the new
         one is in place, the next start puts the old one back."""
         name = validate_name(name)
         target = self.root / name
+        displaced_dir = None
         with _lock:
             existing = self.path(name)
             if _exists(existing):
                 if not overwrite:
                     raise RefDropError(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
                 old_identity = self._identity_on_disk(name)
-                displaced_dir = self._private_dir(TRASH) / f"replaced-{staging.name}"
+                displaced_dir = staging.paths.displaced(self._private_dir(TRASH))
                 displaced_dir.mkdir(exist_ok=True)
                 os.replace(existing, displaced_dir / existing.name)
                 try:
-                    os.replace(staging, target)
+                    os.replace(staging.folder, target)
                 except OSError:
                     os.replace(displaced_dir / existing.name, existing)  # put the old one back
                     raise
                 self.cache.forget(old_identity)
             else:
-                displaced_dir = None
-                os.replace(staging, target)
+                os.replace(staging.folder, target)
             _fsync_dir(self.root)
-        self._release(staging)
+        staging.release()
         if displaced_dir is not None:
             _remove_tree(displaced_dir)
         return target
 
-    def discard(self, staging: Path | None) -> None:
+    def discard(self, staging: Staging | None) -> None:
         if staging is None:
             return
-        _remove_tree(staging)
-        self._release(staging)
-
-    def _release(self, staging: Path) -> None:
-        fh = _held_locks.pop(staging, None)
-        lock_path = staging.with_name(staging.name + LOCK_SUFFIX)
-        _remove_tree(lock_path)  # unlinked while still held: nobody can take a lock on a live write
-        if fh is not None:
-            fh.close()
+        _remove_tree(staging.folder)
+        staging.release()
 
     def delete(self, name: str) -> None:
         with _lock:
@@ -512,33 +540,31 @@ class ReferenceStore:
     def clean_leftovers(self) -> None:
         """Undo what writes that never finished left behind (a crash, a kill) and finish deletions.
 
-        Only entries this module creates are touched, and of staging folders only those whose lock is free:
-        a Save running in another process is left alone."""
-        from .writer import active_staging_folders  # late import: writer imports store
-
-        busy = active_staging_folders()
+        Only entries this module creates are touched, and of staging folders only those whose lock is free. A lock
+        cannot be taken through a second descriptor even in the process that holds it, so a Save running here or
+        in another process is left alone."""
         with _lock:
             trash = self._private_dir(TRASH, create=False)
             incoming = self._private_dir(INCOMING, create=False)
             if trash is not None:
-                self._clean_trash(trash, incoming or self.root / INCOMING, busy)
+                self._clean_trash(trash, incoming or self.root / INCOMING)
             if incoming is not None:
-                self._clean_incoming(incoming, busy)
+                self._clean_incoming(incoming)
 
-    def _clean_trash(self, trash: Path, incoming: Path, busy: set[Path]) -> None:
+    def _clean_trash(self, trash: Path, incoming: Path) -> None:
         for entry in trash.iterdir():
             own = _OWN_TRASH.match(entry.name)
             if own is None:
                 continue
             kind, key = own.groups()
             if kind == "replaced":
-                if incoming / key in busy or _writer_alive(incoming / f"{key}{LOCK_SUFFIX}"):
+                if _writer_alive(StagingPaths(incoming, key).lock):
                     continue
                 if is_real_dir(entry):
                     self._restore_displaced(entry)
             _remove_tree(entry)
 
-    def _clean_incoming(self, incoming: Path, busy: set[Path]) -> None:
+    def _clean_incoming(self, incoming: Path) -> None:
         for entry in incoming.iterdir():
             if _OWN_INCOMING_TMP.match(entry.name):  # a lock file being created, or a manifest being replaced
                 if not _writer_alive(entry):
@@ -547,12 +573,11 @@ class ReferenceStore:
             own = _OWN_INCOMING.match(entry.name)
             if own is None:
                 continue
-            key = own.group(1)
-            lock_path = incoming / f"{key}{LOCK_SUFFIX}"
-            if incoming / key in busy or _writer_alive(lock_path):
+            paths = StagingPaths(incoming, own.group(1))
+            if _writer_alive(paths.lock):
                 continue
-            _remove_tree(incoming / key)
-            _remove_tree(lock_path)
+            _remove_tree(paths.folder)
+            _remove_tree(paths.lock)
 
     def _restore_displaced(self, displaced_dir: Path) -> None:
         """An overwriting Save died between moving the old reference away and moving the new one in."""

@@ -22,16 +22,12 @@ import safetensors.torch
 from .keys import Slot
 from .manifest import FORMAT_VERSION, seal_manifest, sha256_bytes
 from .names import validate_name
-from .store import MANIFEST, PREVIEW, ReferenceStore, write_json_atomic
+from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
 
-_active: dict[str, list[ReferenceWriter]] = {}  # name -> writers still working on it (two clients may race)
+# The one registry of Saves in flight in this process: name -> writers still working on it (two clients may race).
+_active: dict[str, list[ReferenceWriter]] = {}
 _active_lock = threading.Lock()
 QUEUE_SLOTS = 3  # slots waiting for the disk before the sampler is made to wait (bounds host RAM)
-
-
-def active_staging_folders() -> set[Path]:
-    with _active_lock:
-        return {w.staging for writers in _active.values() for w in writers if w.staging is not None}
 
 
 def pending_write(name: str) -> ReferenceWriter | None:
@@ -39,6 +35,15 @@ def pending_write(name: str) -> ReferenceWriter | None:
     with _active_lock:
         writers = _active.get(name)
         return writers[-1] if writers else None
+
+
+def abandon_unfinished() -> None:
+    """Abort every write whose generation never said how it ended (it failed or was interrupted before
+    ``finish``); such a writer would otherwise wait for its last slot forever."""
+    with _active_lock:
+        orphans = [w for writers in _active.values() for w in writers if not w.ended]
+    for writer in orphans:
+        writer.abort("the generation did not finish")
 
 
 @dataclass
@@ -68,7 +73,8 @@ class ReferenceWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SLOTS)
         self._slot_files: dict[int, list[dict]] = {}
         self._done = threading.Event()
-        self.staging: Path | None = None
+        self.ended = False  # finish or abort was called: nothing more comes from the generation
+        self.staging: Staging | None = None
         try:
             self.staging = store.begin(self.name, overwrite)  # RefDropError (name taken) goes to the caller
         except OSError as exc:  # the store cannot be written: the generation goes on, the status says why
@@ -98,10 +104,12 @@ class ReferenceWriter:
 
     def finish(self, manifest: dict, preview=None) -> None:
         """Queue the end of the reference; ``preview`` is PNG bytes or a PIL image (encoded off this thread)."""
+        self.ended = True
         if not self._done.is_set():
             self._queue.put(("finish", (manifest, preview)))
 
     def abort(self, reason: str) -> None:
+        self.ended = True
         if not self._done.is_set():
             self._queue.put(("abort", reason))
 
@@ -156,7 +164,7 @@ class ReferenceWriter:
             if release:
                 release()
         file = f"slot_{slot.index:04d}_{part}.safetensors"
-        _write_file(self.staging / file, data)
+        _write_file(self.staging.folder / file, data)
         self._slot_files.setdefault(slot.index, []).append(
             {"file": file, "bytes": len(data), "sha256": sha256_bytes(data)}
         )
@@ -172,7 +180,7 @@ class ReferenceWriter:
             raise OSError("nothing was recorded (did the generation run any self-attention layer?)")
         if preview is not None:
             png = _png_bytes(preview)
-            _write_file(self.staging / PREVIEW, png)
+            _write_file(self.staging.folder / PREVIEW, png)
             self.status.bytes += len(png)
         manifest.update(
             format_version=FORMAT_VERSION,
@@ -181,7 +189,7 @@ class ReferenceWriter:
             bytes=self.status.bytes,
             created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         )
-        write_json_atomic(self.staging / MANIFEST, seal_manifest(manifest))
+        write_json_atomic(self.staging.folder / MANIFEST, seal_manifest(manifest))
         self.store.commit(self.staging, self.name, self.overwrite)
         self.status.state = "saved"
         self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})"

@@ -74,7 +74,7 @@ def test_save_delete_rename_overwrite_never_go_through_a_linked_private_folder(t
     before = _tree(outside)
     _plant_link(store.root / private, outside)  # planted while the WebUI runs
     staging = store.begin("x", overwrite=False)
-    assert Path(os.path.realpath(staging)).parent == store.root / INCOMING  # a Save is written inside the store
+    assert Path(os.path.realpath(staging.folder)).parent == store.root / INCOMING  # a Save is written inside the store
     store.discard(staging)
     faultkit.make_reference(store, "new", seed=7)
     faultkit.make_reference(store, "a", seed=8, overwrite=True)

@@ -161,7 +161,8 @@ def test_planted_pickle_payloads_are_ignored_or_rejected(tmp_path, no_unpickling
 def test_leftovers_of_dead_writes_are_removed_but_live_writes_are_kept(tmp_path):
     store = ReferenceStore(tmp_path)
     faultkit.make_reference(store, "a")
-    live = store.begin("live", overwrite=False)  # a write in progress (this process holds its lock)
+    staging = store.begin("live", overwrite=False)  # a write in progress (this process holds its lock)
+    live = staging.folder
     (live / "slot_0000_0.safetensors").write_bytes(b"partial")
     dead = tmp_path / INCOMING / ("deadbeef" * 4)  # names as the store makes them: a uuid4 in hex
     dead.mkdir()
@@ -175,7 +176,7 @@ def test_leftovers_of_dead_writes_are_removed_but_live_writes_are_kept(tmp_path)
     assert not dead.exists() and not (tmp_path / INCOMING / f"{'cafe' * 8}.lock").exists()
     assert not (tmp_path / TRASH / f"deleted-{'1' * 32}").exists()
     assert other.names() == ["a"]
-    store.discard(live)
+    store.discard(staging)
     ReferenceStore(tmp_path)
     assert faultkit.leftovers(tmp_path) == []
 
