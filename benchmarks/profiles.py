@@ -35,7 +35,7 @@ def reference_bytes(profile: Profile, arch: str, latent: int, steps: int = 20, c
     for level, width in _LAYERS[arch]:
         side = latent // 2**level
         row = torch.zeros(side * side, width, dtype=torch.float16)
-        stored = profile.encode(row)
+        stored = profile.encode_row("layer", "cond0", "k", row)
         per_step += sum(t.numel() * t.element_size() for t in stored.values())
     kept_steps = sum(profile.keeps_sigma(i) for i in range(steps))
     return per_step * 2 * chunks * kept_steps  # K and V

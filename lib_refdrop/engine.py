@@ -20,7 +20,6 @@ from .keys import (
     block_label,
     chunk_names,
     current_sigma,
-    entry_name,
     layer_id,
     rows_per_chunk,
 )
@@ -59,14 +58,6 @@ def plan_use(manifest: dict, settings, sigma_window: tuple[float, float]) -> Use
     return UsePlan(rfg=settings.rfg, disabled_layers=disabled, sigma_max=sigma_window[0], sigma_min=sigma_window[1])
 
 
-def resolve_chunk(chunk: str, saved: list[str]) -> str:
-    """The saved chunk a Use chunk attends to: itself, else the first cond (a reference saved at CFG 1 has no
-    uncond; AND sub-prompts beyond the saved ones use the first)."""
-    if chunk in saved:
-        return chunk
-    return "cond0" if "cond0" in saved else saved[0]
-
-
 def make_save_patch(recorder: Recorder, inner: Attention) -> Patch:
     def refdrop_save(q, k, v, extra_options):
         out = inner(q, k, v, extra_options)
@@ -77,8 +68,6 @@ def make_save_patch(recorder: Recorder, inner: Attention) -> Patch:
 
 
 def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention, inner: Attention) -> Patch:
-    layers = reader.manifest["layers"]
-    saved_chunks = list(reader.manifest["chunks"])
     counter = OccurrenceCounter()  # one per sampling pass: the patch is rebuilt for every pass
 
     def refdrop_use(q, k, v, extra_options):
@@ -87,16 +76,15 @@ def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention,
         sigma = current_sigma(extra_options)
         if not plan.applies(lid, sigma):
             return own
-        check_layer(reader.name, lid, layers, q.shape[-1])
+        reader.check_layer(lid, q.shape[-1])
         cond_or_uncond = extra_options["cond_or_uncond"]
         rows = rows_per_chunk(q.shape[0], cond_or_uncond)
         ref_k, ref_v = [], []
         try:
             for chunk in chunk_names(cond_or_uncond):
-                parts = reader.sigma_map.blend(sigma, counter.next(lid, chunk, sigma))
-                source = resolve_chunk(chunk, saved_chunks)
-                ref_k.append(_interpolated(reader, parts, entry_name(lid, source, "k"), q))
-                ref_v.append(_interpolated(reader, parts, entry_name(lid, source, "v"), q))
+                row_k, row_v = reader.rows(lid, chunk, sigma, counter.next(lid, chunk, sigma), q)
+                ref_k.append(row_k)
+                ref_v.append(row_v)
             ref = attention(q, expand_reference(ref_k, rows), expand_reference(ref_v, rows), extra_options)
         except torch.OutOfMemoryError:
             raise RefDropError(
@@ -106,29 +94,6 @@ def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention,
         return rfg_blend(own, ref, plan.rfg)
 
     return refdrop_use
-
-
-def _interpolated(reader: ReferenceReader, parts, name: str, like: torch.Tensor) -> torch.Tensor:
-    """One reference row at the current sigma: a saved row, or two blended linearly in log-sigma."""
-    (first, _), *rest = parts
-    row = reader.tensor(first, name, like.device, like.dtype)
-    if not rest:
-        return row
-    (second, weight), = rest
-    return torch.lerp(row, reader.tensor(second, name, like.device, like.dtype), weight)
-
-
-def check_layer(name: str, lid: str, layers: dict, width: int) -> None:
-    saved = layers.get(lid)
-    if saved is None:
-        raise RefDropError(
-            f"RefDrop: reference '{name}' has no layer {lid}: it was saved with a model of another architecture"
-        )
-    if saved["n_heads"] * saved["dim_head"] != width:
-        raise RefDropError(
-            f"RefDrop: reference '{name}' layer {lid} is {saved['n_heads'] * saved['dim_head']} wide, the current "
-            f"model's is {width}: it was saved with a model of another architecture"
-        )
 
 
 def make_failing_patch(message: str) -> Patch:

@@ -11,47 +11,64 @@ Fidelity of each profile is measured by ``python -m benchmarks.profiles`` (rando
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .errors import RefDropError
+from .keys import entry_name
+
+SCALE = "scale"  # the suffix of an int8 row's per-channel scales: ``input1.0/cond0/k.scale``
+
+
+def split_entry(key: str) -> tuple[str, str, str, str]:
+    """``"input1.0/cond0/k.scale"`` -> ``("input1.0", "cond0", "k", "scale")``; the inverse of the naming in
+    ``Profile.encode_row`` (the suffix is "" for the values themselves)."""
+    lid, _, rest = key.partition("/")
+    chunk, _, tail = rest.partition("/")
+    tensor, _, suffix = tail.partition(".")
+    return lid, chunk, tensor, suffix
 
 
 @dataclass(frozen=True)
 class Profile:
+    """How a Save stores each K/V row and how Use reads it back: ``encode_row`` and ``decode_slot`` are inverses
+    (``exact`` bit for bit), and ``stored_forms`` says what a valid stored row looks like."""
+
     name: str
-    description: str
     storage: str = "native"      # native | int8
     sigma_stride: int = 1        # keep every n-th distinct sigma
-    # Fidelity this profile promises (written into each manifest, checked by tests/test_profiles.py): latent PSNR
-    # of Use against the Save image at the Save's settings, and the share of the RFG effect kept at other seeds.
-    claims: dict = field(default_factory=dict, compare=False)
 
     def keeps_sigma(self, ordinal: int) -> bool:
         """Whether the ``ordinal``-th distinct sigma of a Save is stored."""
         return ordinal % self.sigma_stride == 0
 
-    def encode(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stored tensors for one K or V row ``[N, C]``, keyed by name suffix ("" = the values)."""
+    def encode_row(self, lid: str, chunk: str, tensor_name: str, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stored tensors of one K or V row ``[N, C]`` of one layer and chunk, by their names in a slot file."""
+        name = entry_name(lid, chunk, tensor_name)
         if self.storage == "int8":
-            scale = tensor.abs().amax(dim=0).float().clamp_min(1e-12) / 127.0
-            codes = (tensor.float() / scale).round_().clamp_(-127, 127).to(torch.int8)
-            return {"": codes, ".scale": scale}  # fp32: an fp16 scale would add up to 6% of a step
-        return {"": tensor.contiguous()}
+            scale = row.abs().amax(dim=0).float().clamp_min(1e-12) / 127.0
+            codes = (row.float() / scale).round_().clamp_(-127, 127).to(torch.int8)
+            return {name: codes, f"{name}.{SCALE}": scale}  # fp32: an fp16 scale would add up to 6% of a step
+        return {name: row.contiguous()}
 
-    def decode(self, stored: dict[str, torch.Tensor]) -> torch.Tensor:
-        if ".scale" in stored:
-            return stored[""].float() * stored[".scale"].float()
-        return stored[""]
+    def decode_slot(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rows by entry name (``input1.0/cond0/k``) from the stored tensors of one slot."""
+        if self.storage != "int8":
+            return dict(stored)
+        return {name: codes.float() * stored[f"{name}.{SCALE}"].float()
+                for name, codes in stored.items() if not name.endswith(f".{SCALE}")}
+
+    def stored_forms(self, width: int, tokens: int, compute_dtype: torch.dtype) -> dict[str, tuple]:
+        """Suffix -> (dtype, shape) of each stored tensor of one row of a layer ``tokens`` long, ``width`` wide."""
+        if self.storage == "int8":
+            return {"": (torch.int8, (tokens, width)), SCALE: (torch.float32, (width,))}
+        return {"": (compute_dtype, (tokens, width))}
 
 
-EXACT = Profile("exact", "K and V as computed: Use at identical settings reproduces the Save image bit for bit",
-                claims={"latent_psnr_db": float("inf"), "effect_kept": 1.0})
-BALANCED = Profile("balanced", "8-bit K/V, one scale per channel: 1/2 of raw fp16", storage="int8",
-                   claims={"latent_psnr_db": 60.0, "effect_kept": 0.9})
-COMPACT = Profile("compact", "8-bit K/V, every 5th sampled sigma: 1/10 of raw fp16", storage="int8", sigma_stride=5,
-                  claims={"latent_psnr_db": 50.0, "effect_kept": 0.7})
+EXACT = Profile("exact")                                               # K and V as computed: bit-exact Use
+BALANCED = Profile("balanced", storage="int8")                         # 1/2 of raw fp16
+COMPACT = Profile("compact", storage="int8", sigma_stride=5)           # 1/10 of raw fp16
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (EXACT, BALANCED, COMPACT)}
 DEFAULT_PROFILE = "exact"

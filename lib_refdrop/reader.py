@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 
 from .errors import RefDropError
-from .keys import SigmaMap, Slot
+from .keys import SigmaMap, Slot, entry_name
 from .profiles import get_profile
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
 from .slot_check import check_slot_tensors
@@ -50,8 +50,50 @@ class ReferenceReader:
         self._on_device: OrderedDict[int, dict] = OrderedDict()
         self._pending: dict[int, Future] = {}
         self._stream = None  # the side stream for host -> device copies (CUDA only)
+        self._checked_layers: set[str] = set()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
         weakref.finalize(self, self._loader.shutdown, wait=False, cancel_futures=True)
+
+    def check_layer(self, lid: str, width: int) -> None:
+        """A clear error when the current model's layer ``lid`` is not the reference's (checked once per layer)."""
+        if lid in self._checked_layers:
+            return
+        saved = self.manifest["layers"].get(lid)
+        if saved is None:
+            raise RefDropError(
+                f"RefDrop: reference '{self.name}' has no layer {lid}: it was saved with a model of another "
+                "architecture"
+            )
+        saved_width = saved["n_heads"] * saved["dim_head"]
+        if saved_width != width:
+            raise RefDropError(
+                f"RefDrop: reference '{self.name}' layer {lid} is {saved_width} wide, the current model's is "
+                f"{width}: it was saved with a model of another architecture"
+            )
+        self._checked_layers.add(lid)
+
+    def source_chunk(self, chunk: str) -> str:
+        """The saved chunk a Use chunk attends to: itself, else the first cond (a reference saved at CFG 1 has no
+        uncond; AND sub-prompts beyond the saved ones use the first)."""
+        saved = self.manifest["chunks"]
+        if chunk in saved:
+            return chunk
+        return "cond0" if "cond0" in saved else saved[0]
+
+    def rows(self, lid: str, chunk: str, sigma: float, occurrence: int, like: torch.Tensor):
+        """The reference's K and V rows of layer ``lid`` for a Use chunk at ``sigma``: a saved row, or the two
+        saved rows around ``sigma`` blended linearly in log-sigma (``SigmaMap.blend``)."""
+        parts = self.sigma_map.blend(sigma, occurrence)
+        source = self.source_chunk(chunk)
+        return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in ("k", "v"))
+
+    def _interpolated(self, parts, name: str, like: torch.Tensor) -> torch.Tensor:
+        (first, _), *rest = parts
+        row = self.tensor(first, name, like.device, like.dtype)
+        if not rest:
+            return row
+        (second, weight), = rest
+        return torch.lerp(row, self.tensor(second, name, like.device, like.dtype), weight)
 
     def tensor(self, slot: Slot, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """One stored row (e.g. ``input1.0/cond0/k``) of ``slot``; a clear error if the slot lacks it."""
@@ -123,12 +165,10 @@ class ReferenceReader:
             ) from None
 
     def _decode(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        grouped: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in stored.items():
-            base, _, tail = key.rpartition("/")
-            tensor_name, _, suffix = tail.partition(".")
-            grouped.setdefault(f"{base}/{tensor_name}", {})[f".{suffix}" if suffix else ""] = tensor
-        return {name: self.profile.decode(parts) for name, parts in grouped.items()}
+        try:
+            return self.profile.decode_slot(stored)
+        except KeyError as exc:  # an int8 row without its scales
+            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
 
     def _submit(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> Future:
         return self._loader.submit(self._load, slot.index, device, dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .keys import OccurrenceCounter, Slot, chunk_names, current_sigma, entry_name, layer_id, rows_per_chunk
+from .keys import OccurrenceCounter, Slot, chunk_names, current_sigma, layer_id, rows_per_chunk
 from .profiles import Profile
 from .staging import ToHost
 from .writer import ReferenceWriter
@@ -59,8 +59,7 @@ class Recorder:
             slot = self._slot(sigma, self._counter.next(lid, chunk, sigma))
             open_slot = self._open_slot(slot)
             for tensor_name, tensor in (("k", k[i * rows]), ("v", v[i * rows])):
-                for suffix, stored in self.profile.encode(tensor).items():
-                    key = entry_name(lid, chunk, tensor_name) + suffix
+                for key, stored in self.profile.encode_row(lid, chunk, tensor_name, tensor).items():
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
 
     def _slot(self, sigma: float, occurrence: int) -> Slot:
@@ -91,7 +90,6 @@ class Recorder:
             "chunks": list(self.chunks),
             "dtype": self.dtype,
             "profile": self.profile.name,
-            "profile_claims": {k: str(v) for k, v in self.profile.claims.items()},  # JSON has no inf
             "slot_list": sorted(self._slots.values(), key=lambda s: s.index),
         }
 

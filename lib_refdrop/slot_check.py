@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .errors import RefDropError
-from .profiles import Profile
+from .profiles import Profile, split_entry
 
 _TENSORS = ("k", "v")
 
@@ -29,17 +29,11 @@ def _compute_dtype(name: str, file: str, manifest: dict) -> torch.dtype:
 
 def expected_form(key: str, manifest: dict, profile: Profile, compute_dtype: torch.dtype):
     """(dtype, shape) a stored tensor named ``key`` must have, or None if no such tensor belongs in a slot."""
-    lid, _, rest = key.partition("/")
-    chunk, _, tail = rest.partition("/")
-    tensor, _, suffix = tail.partition(".")
+    lid, chunk, tensor, suffix = split_entry(key)
     layer = manifest["layers"].get(lid)
     if layer is None or chunk not in manifest["chunks"] or tensor not in _TENSORS:
         return None
-    width = layer["n_heads"] * layer["dim_head"]
-    if profile.storage == "int8":
-        forms = {"": (torch.int8, (layer["tokens"], width)), "scale": (torch.float32, (width,))}
-    else:
-        forms = {"": (compute_dtype, (layer["tokens"], width))}
+    forms = profile.stored_forms(layer["n_heads"] * layer["dim_head"], layer["tokens"], compute_dtype)
     return forms.get(suffix)
 
 
