@@ -3,7 +3,9 @@
 Hooks used (host-api.md §1.2): ``before_process`` (settings of this generation, X/Y/Z overrides),
 ``process_before_every_sampling`` (patch a clone of the U-Net, write the infotext) and ``postprocess`` (finish a
 Save). Hosts swallow exceptions raised in hooks, so a problem found here is turned into a patch that raises at the
-first self-attention call: the generation then stops with RefDrop's message instead of silently ignoring it.
+first self-attention call: the generation then stops with RefDrop's message instead of silently ignoring it. An
+API request stopped that way is answered by RefDrop's handler on the host's app (``lib_refdrop/hosts/reporting.py``):
+the host's 400 body and one console line instead of the host's traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lib_refdrop import settings as settings_module
 from lib_refdrop.engine import make_failing_patch
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.generation import PassContext, RefDropRun
+from lib_refdrop.hosts.reporting import make_internal_error_patch, register_error_handler
 
 try:
     from modules.ui_components import InputAccordion
@@ -142,11 +145,10 @@ class RefDropScript(scripts.Script):
                 seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
             )
             patch = run.patch_for_pass(ctx)
+        except RefDropError as exc:
+            patch = make_failing_patch(str(exc))
         except Exception as exc:  # noqa: BLE001 - anything here would be swallowed by the host: fail visibly
-            if not isinstance(exc, RefDropError):
-                traceback.print_exc()
-            message = str(exc) if isinstance(exc, RefDropError) else f"RefDrop: internal error: {exc!r}"
-            patch = make_failing_patch(message)
+            patch = make_internal_error_patch(exc)  # the host prints its traceback when the generation stops
         if patch is not None:
             forge_objects.unet = hosts.install(unet, patch)
         if run is not None:
@@ -213,8 +215,20 @@ def _register_routes(demo, app):
         print(f"RefDrop: REST routes not added ({exc})")
 
 
+def _register_error_reporting(app):
+    try:
+        register_error_handler(app, hosts.api_error_message_key())
+    except Exception as exc:  # noqa: BLE001 - without it user errors print the host's traceback; never break start-up
+        print(f"RefDrop: user errors will print the host's traceback ({exc!r})")
+
+
+def _on_app_started(demo, app):
+    _register_error_reporting(app)
+    _register_routes(demo, app)
+
+
 options.apply_ram_budget()
 script_callbacks.on_ui_settings(_on_ui_settings)
 _register_xyz()  # at import: API-only (--nowebui) builds the X/Y/Z axes before on_before_ui (host-api.md §3)
 script_callbacks.on_before_ui(_register_xyz)
-script_callbacks.on_app_started(_register_routes)
+script_callbacks.on_app_started(_on_app_started)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from .common import importable
 
 NAME = "forge"
+# webui.py _handle_exception, the app's handler for Exception, puts str(exc) under "message"
+API_ERROR_MESSAGE_KEY = "message"
 
 
 def available() -> bool:

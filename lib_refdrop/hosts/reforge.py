@@ -5,6 +5,8 @@ from __future__ import annotations
 from .common import importable
 
 NAME = "reforge"
+# modules/api/api.py handle_exception puts str(exc) under "errors"
+API_ERROR_MESSAGE_KEY = "errors"
 
 
 def available() -> bool:
