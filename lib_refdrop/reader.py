@@ -27,7 +27,6 @@ from .store import OpenReference
 __all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "slots_of"]
 
 READ_TIMEOUT_S = 300.0  # one slot; a local disk needs well under a second, a stalled network drive forever
-_PINNED_POOL = PinnedSlabPool()
 
 
 def slots_of(manifest: dict) -> list[Slot]:
@@ -50,6 +49,7 @@ class ReferenceReader:
         self._on_device: OrderedDict[int, dict] = OrderedDict()
         self._pending: dict[int, Future] = {}
         self._stream = None  # the side stream for host -> device copies (CUDA only)
+        self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._checked_layers: set[str] = set()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
         weakref.finalize(self, self._loader.shutdown, wait=False, cancel_futures=True)
@@ -177,7 +177,7 @@ class ReferenceReader:
         host = self.host_tensors(index)
         if device.type != "cuda":
             return {k: t.to(device=device, dtype=dtype) for k, t in host.items()}, None
-        arena = Arena(_PINNED_POOL)
+        arena = Arena(self._pinned)
         if self._stream is None:
             self._stream = torch.cuda.Stream(device)
         stream = self._stream

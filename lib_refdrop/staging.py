@@ -21,7 +21,6 @@ class PinnedSlabPool:
     def __init__(self):
         self._free: list[torch.Tensor] = []
         self._lock = threading.Lock()
-        self.allocated_bytes = 0
 
     def take(self, min_bytes: int) -> torch.Tensor:
         with self._lock:
@@ -29,7 +28,6 @@ class PinnedSlabPool:
                 if slab.numel() >= min_bytes:
                     return self._free.pop(i)
         size = max(SLAB_BYTES, min_bytes)
-        self.allocated_bytes += size
         return torch.empty(size, dtype=torch.uint8, pin_memory=True)
 
     def give_back(self, slabs: list[torch.Tensor]) -> None:
