@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
+from PIL import Image
 
 from . import families
 from .errors import RefDropError
@@ -30,6 +32,7 @@ BLOCKS_INFO = (
     "SDXL has IN04 IN05 IN07 IN08 M00 OUT00-OUT05. A block the model lacks is ignored."
 )
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
+MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)
 ITEM_IDS = (
     "enabled", "mode", "rfg", "reference", "refresh", "preview", "info", "delete", "delete_confirm",
     "delete_cancel", "rename_to", "rename", "save_name", "status", "advanced", "disabled_groups",
@@ -61,18 +64,38 @@ def refresh(store, current: str | None) -> tuple[list[str], str]:
     return reference_choices(store), current or ""
 
 
-def describe(store, name: str | None) -> tuple[str | None, str]:
-    """(preview image path or None, one info line) for the reference ``name``."""
+def describe(store, name: str | None) -> tuple[Image.Image | None, str]:
+    """(preview image or None, one info line) for the reference ``name``."""
     if not name:
         return None, "No reference selected. Generate one in **Save** mode, then press 🔄."
     try:
         if not store.exists(name):
             return None, f"⚠️ Reference **{name}** does not exist (deleted or renamed?). Pick another one; 🔄 refreshes."
         manifest = store.manifest(name)
+        preview = decode_preview(name, store.read_preview(name))
     except RefDropError as exc:
         return None, f"⚠️ {exc}"
-    preview = store.preview_path(name)
-    return (str(preview) if preview else None), info_line(manifest)
+    return preview, info_line(manifest)
+
+
+def decode_preview(name: str, data: bytes | None) -> Image.Image | None:
+    """The preview PNG as an image for gradio, decoded from the bytes the store read (given a path, gradio would
+    open whatever the path leads to)."""
+    if data is None:
+        return None
+    try:
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+        too_large = image.width * image.height > MAX_PREVIEW_PIXELS
+        if not too_large:
+            image.load()
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    except Exception as exc:  # noqa: BLE001 - a decoder fed untrusted bytes raises many kinds; none may escape
+        raise RefDropError(f"RefDrop: reference '{name}' has a preview that is not a readable PNG ({exc}); "
+                           "it is not shown") from None
+    if too_large:
+        raise RefDropError(f"RefDrop: reference '{name}' has a preview of {image.width}×{image.height} pixels, "
+                           "too large to show")
+    return image
 
 
 def info_line(manifest: dict) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import fakehost
@@ -132,7 +136,7 @@ def test_refresh_and_describe(store, saved_library):
     assert ui.refresh(store, "gone") == (["Cat", "fox"], "gone")
 
     preview, text = ui.describe(store, "fox")
-    assert preview is not None and Path(preview).name == PREVIEW
+    assert isinstance(preview, Image.Image) and preview.size == (8, 8) and preview.getpixel((0, 0)) == (255, 0, 0)
     for part in ("SD1.5", "512×768", "20 steps", "Euler a (Karras)", "seed 1234", "“a red fox in the snow", "…",
                  format_bytes(store.manifest("fox")["bytes"]), "profile exact"):
         assert part in text, part
@@ -170,3 +174,58 @@ def test_rename(store, saved_library):
     message, _, value = ui.rename(store, "Cat", "../escape")
     assert "may not contain" in message and value == "Cat" and store.exists("Cat")
     assert "Select" in ui.rename(store, "", "x")[0]
+
+
+def test_describe_does_not_follow_a_preview_link(store, saved_library, tmp_path):
+    copy_reference(saved_library, store, "fox")
+    elsewhere = tmp_path / "secret.png"
+    Image.new("RGB", (4, 4), "green").save(elsewhere)
+    (store.root / "fox" / PREVIEW).unlink()
+    try:
+        (store.root / "fox" / PREVIEW).symlink_to(elsewhere)
+    except OSError as exc:
+        pytest.skip(f"no symbolic links here: {exc}")
+    preview, text = ui.describe(store, "fox")
+    assert preview is None
+    assert text.startswith("⚠️ RefDrop: ") and "'fox'" in text
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_describe_does_not_hang_on_a_fifo_preview(store, saved_library):
+    copy_reference(saved_library, store, "fox")
+    (store.root / "fox" / PREVIEW).unlink()
+    os.mkfifo(store.root / "fox" / PREVIEW)
+    answer = []
+    worker = threading.Thread(target=lambda: answer.append(ui.describe(store, "fox")), daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # unblock the reader so the thread ends, then fail
+        with open(store.root / "fox" / PREVIEW, "wb"):
+            pass
+        pytest.fail("describe() blocked on a FIFO preview")
+    preview, text = answer[0]
+    assert preview is None and "'fox'" in text and text.startswith("⚠️ RefDrop: ")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels and holds almost none: decoders read the size first."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\nnot a png after all", "not a readable PNG"),
+    (png_header(8, 8), "not a readable PNG"),  # pixel data cut short
+    (b"GIF89a" + b"\x00" * 20, "not a readable PNG"),
+    (png_header(9000, 9000), "9000×9000 pixels, too large"),  # 81 M pixels, 243 MB decoded
+    (png_header(60_000, 60_000), "exceeds limit"),  # Pillow's own decompression-bomb check
+])
+def test_describe_a_preview_that_cannot_be_shown(store, saved_library, content, message):
+    copy_reference(saved_library, store, "fox")
+    (store.root / "fox" / PREVIEW).write_bytes(content)
+    preview, text = ui.describe(store, "fox")
+    assert preview is None and message in text and "'fox'" in text
