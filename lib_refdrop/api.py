@@ -7,36 +7,177 @@
     POST   /refdrop/v1/references/{name}/rename     {"new_name": "..."}
 
 Every failure is a JSON body ``{"error": <kind>, "detail": <message>}`` with a 4xx/5xx status, never a traceback.
-The routes use ``{name:path}`` so that a name with a ``/`` (also sent as ``%2F``) reaches the name check and is
-refused with 400, instead of being routed somewhere else. Generation itself goes through the host's own
-``/sdapi/v1/txt2img`` (see docs/api.md).
+The OpenAPI document declares every answer with its body (the models below) and the name's constraints
+(``name_schema``), and tests/test_api_schema.py holds the app to it with schemathesis.
+The routes take the name as any text (``{name:refdrop_any}``, which also matches ``/`` and newlines) so that a name
+with a ``/`` (also sent as ``%2F``) reaches the name check and is refused with 400, instead of being routed somewhere
+else. Generation itself goes through the host's own ``/sdapi/v1/txt2img`` (see docs/api.md).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import secrets
+import unicodedata
 from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
 from .errors import RefDropError
-from .names import validate_name
+from .names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
 from .store import ReferenceStore
 from .writer import pending_write
 
 API_PREFIX = "/refdrop/v1"
-SUMMARY_FIELDS = ("family", "width", "height", "steps", "sampler", "seed", "prompt", "bytes", "created", "profile")
-_GENERATION_FIELDS = {  # summary field -> keys tried in the manifest's "generation" dict
-    "width": ("width",),
-    "height": ("height",),
-    "steps": ("steps",),
-    "sampler": ("sampler", "sampler_name"),
-    "seed": ("seed",),
-    "prompt": ("prompt",),
+# summary field -> (keys tried in the manifest's "generation" dict, or None for a top-level field; the type shown)
+_SUMMARY_SOURCES: dict[str, tuple[tuple[str, ...] | None, type]] = {
+    "family": (None, str),
+    "width": (("width",), int),
+    "height": (("height",), int),
+    "steps": (("steps",), int),
+    "sampler": (("sampler", "sampler_name"), str),
+    "seed": (("seed",), int),
+    "prompt": (("prompt",), str),
+    "bytes": (None, int),
+    "created": (None, str),
+    "profile": (None, str),
 }
+SUMMARY_FIELDS = tuple(_SUMMARY_SOURCES)
+
+
+# -- what the OpenAPI document declares ------------------------------------------------------------------------
+
+
+# Windows device names (names._RESERVED) spelled in any case: ECMA-262 patterns have no ignore-case flag.
+_DEVICE_NAMES = r"[cC][oO][nN]|[pP][rR][nN]|[aA][uU][xX]|[nN][uU][lL]|(?:[cC][oO][mM]|[lL][pP][tT])[0-9¹²³]"
+# validate_name's rules as an ECMA-262 pattern (JSON Schema's dialect; \p{..} are Unicode general categories):
+# not a Windows device name before the first dot, no "..", first a letter, digit or "_", then also marks, spaces
+# and _ . ( ) + -, and no dot or space at the end. The exact test of this equivalence is tests/test_api_schema.py.
+NAME_PATTERN = (
+    rf"^(?!(?:{_DEVICE_NAMES}) *(?:\.|$))"
+    r"(?!.*\.\.)"
+    r"[\p{L}\p{N}_]"
+    r"(?:[\p{L}\p{N}\p{M}_ .()+\-]*[\p{L}\p{N}\p{M}_()+\-])?$"
+)
+NAME_DESCRIPTION = (
+    f"A reference name, as the list shows it: at most {MAX_NAME_LENGTH} characters; letters, digits, combining "
+    "marks, spaces and _ . ( ) + -; starting with a letter, digit or _; not ending with a dot or a space; no '..', "
+    "'/', '\\' or NUL; not a Windows device name (con, nul, com1...). What the schema cannot say: the name is "
+    f"also at most {MAX_NAME_BYTES} bytes in UTF-8; the server trims surrounding white space and applies Unicode "
+    "NFC before checking (so other spellings of the same name are accepted and the limits apply to the canonical "
+    f"form); letters, digits and marks are the Unicode categories L, N and M of Unicode {unicodedata.unidata_version}."
+    " A refused name is answered 400."
+)
+
+
+def name_schema() -> dict:
+    """The JSON Schema of a reference name (documentation only: validate_name answers a bad name with 400)."""
+    return {"maxLength": MAX_NAME_LENGTH, "minLength": 1, "pattern": NAME_PATTERN, "examples": ["cat"]}
+
+
+class ApiError(BaseModel):
+    """The body of every failure this API answers itself."""
+
+    error: str = Field(description="RefDropError (400), not_found (404), conflict or unusable (409), "
+                                   "method_not_allowed (405), OSError or an internal error's type (500)")
+    detail: str = Field(description="what went wrong, starting with 'RefDrop: '")
+
+
+class AuthError(BaseModel):
+    """The host's answer when ``--api-auth`` is on and the credentials are missing or wrong."""
+
+    model_config = ConfigDict(extra="allow")  # reForge adds its own fields
+    detail: str
+
+
+class Summary(BaseModel):
+    """What a reference was generated with; null where it does not record a value of that type."""
+
+    family: str | None = Field(None, description="model family: sd15, sdxl...")
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    prompt: str | None = None
+    bytes: int | None = Field(None, description="size of the saved features in bytes")
+    created: str | None = Field(None, description="when it was saved, ISO 8601")
+    profile: str | None = Field(None, description="storage profile (exact, compact...)")
+
+
+class ListEntry(Summary):
+    """One reference in the list; one that cannot be read has ``error`` and no summary fields."""
+
+    name: str
+    writing: bool = Field(description="a Save is overwriting it right now (the entry describes the old one)")
+    error: str | None = Field(None, description="why the reference cannot be read (only present then)")
+
+
+class ReferenceList(BaseModel):
+    references: list[ListEntry] = Field(description="sorted by name, case-insensitively")
+
+
+class ReferenceDetails(BaseModel):
+    name: str
+    writing: bool
+    summary: Summary
+    manifest: dict[str, Any] = Field(description="the full manifest.json")
+    preview: str | None = Field(description="the preview PNG, base64; null without one or when it is refused")
+    preview_error: str | None = Field(description="why the preview is not shown (a link, a special file, too big)")
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+class Renamed(BaseModel):
+    old_name: str
+    name: str
+
+
+def _answer(model: type[BaseModel], description: str) -> dict:
+    return {"model": model, "description": description}
+
+
+_SERVER_ERROR = {500: _answer(ApiError, "The library folder cannot be read or changed, or an internal error")}
+_BAD_REQUEST = {400: _answer(ApiError, "An invalid name (or rename body); the message says why")}
+_NOT_FOUND = {404: _answer(ApiError, "No reference of that name")}
+_CONFLICT = {409: _answer(ApiError, "error 'conflict': a Save is writing the reference, or the new name is taken; "
+                                    "error 'unusable': the reference on disk cannot be used as it is (unreadable "
+                                    "manifest, a preview that is a link or a special file...), the message says why")}
+_UNAUTHORIZED = {401: _answer(AuthError, "--api-auth is on and the credentials are missing or wrong")}
+_PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+# Declared by hand, not as FastAPI parameters: FastAPI would then answer a malformed body itself (422, or a bare 400
+# {"detail"}) and declare a 422 that the routes never send; here every failure has RefDrop's body and status.
+_NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "description": NAME_DESCRIPTION,
+                   "schema": {"type": "string", "title": "Name", **name_schema()}}
+_RENAME_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "title": "Rename", "type": "object", "properties": {"new_name": {"type": "string", **name_schema()}},
+    "required": ["new_name"], "additionalProperties": False}}}}
+
+
+class _AnyText(Convertor):
+    """A path parameter that takes any text: Starlette's ``path`` (``.*``) stops at a newline, and a name with one
+    would then match no route and get the host's bare 404 instead of RefDrop's 400."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("refdrop_any", _AnyText())  # a new name: the host's own routes are not affected
 
 
 class _NotFound(RefDropError):
@@ -45,6 +186,16 @@ class _NotFound(RefDropError):
 
 class _Conflict(RefDropError):
     pass
+
+
+class _Unusable(RefDropError):
+    pass
+
+
+class _WrongMethod(RefDropError):
+    def __init__(self, method: str, path_name: str):
+        super().__init__(f"RefDrop: {method} is not supported on this path")
+        self.method, self.path_name = method, path_name
 
 
 # -- host integration ------------------------------------------------------------------------------------------
@@ -80,29 +231,52 @@ def register_routes(app: FastAPI, get_store: Callable[[], ReferenceStore],
     """
     app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith(API_PREFIX + "/")]
     dependencies = [Depends(_basic_auth(credentials))] if credentials else []
+    auth = _UNAUTHORIZED if credentials else {}
     base = f"{API_PREFIX}/references"
 
     def list_references():
         return _guarded(lambda: _list(get_store()))
 
-    def reference_preview(name: str):
-        return _guarded(lambda: _preview_response(get_store(), name))
+    def reference_preview(request: Request):
+        return _guarded(lambda: _preview_response(get_store(), request.path_params["name"]))
 
-    def rename_reference(name: str, payload: dict = Body(...)):  # noqa: B008 - FastAPI's way to declare a body
-        return _guarded(lambda: _rename(get_store(), name, payload))
+    async def rename_reference(request: Request):
+        body = await request.body()  # the store's work then runs off the event loop, like the sync routes
+        name = request.path_params["name"]
+        return await run_in_threadpool(_guarded, lambda: _rename(get_store(), name, _json(body)))
 
-    def get_reference(name: str):
-        return _guarded(lambda: _details(get_store(), name))
+    def get_reference(request: Request):
+        return _guarded(lambda: _details(get_store(), _reference_name(request)))
 
-    def delete_reference(name: str):
-        return _guarded(lambda: _delete(get_store(), name))
+    def delete_reference(request: Request):
+        return _guarded(lambda: _delete(get_store(), _reference_name(request)))
 
+    def unsupported_method(request: Request):
+        return _method_not_allowed(request.method, request.path_params["name"])
+
+    def route(path: str, call: Callable, method: str, ok: dict, errors: dict, **options) -> None:
+        app.add_api_route(path, call, methods=[method], dependencies=dependencies, response_model=None,
+                          responses={200: ok, **errors, **auth, **_SERVER_ERROR}, tags=["RefDrop"], **options)
+
+    def on_a_reference(path: str, call: Callable, method: str, ok: dict, errors: dict, **options) -> None:
+        extra = {"parameters": [_NAME_PARAMETER], **options.pop("openapi_extra", {})}
+        route(path, call, method, ok, {**_BAD_REQUEST, **_NOT_FOUND, **_CONFLICT, **errors}, openapi_extra=extra,
+              **options)
+
+    one = base + "/{name:refdrop_any}"
     # Order matters: ".../{name}/preview" must be tried before ".../{name}", which would also match it.
-    app.add_api_route(base, list_references, methods=["GET"], dependencies=dependencies)
-    app.add_api_route(base + "/{name:path}/preview", reference_preview, methods=["GET"], dependencies=dependencies)
-    app.add_api_route(base + "/{name:path}/rename", rename_reference, methods=["POST"], dependencies=dependencies)
-    app.add_api_route(base + "/{name:path}", get_reference, methods=["GET"], dependencies=dependencies)
-    app.add_api_route(base + "/{name:path}", delete_reference, methods=["DELETE"], dependencies=dependencies)
+    route(base, list_references, "GET", _answer(ReferenceList, "Every reference"), {})
+    on_a_reference(one + "/preview", reference_preview, "GET", {"description": "The preview PNG", **_PNG},
+                   {404: _answer(ApiError, "No reference of that name, or it has no preview")},
+                   response_class=Response)
+    on_a_reference(one + "/rename", rename_reference, "POST", _answer(Renamed, "Renamed"), {},
+                   openapi_extra={"requestBody": _RENAME_BODY})
+    on_a_reference(one, get_reference, "GET", _answer(ReferenceDetails, "The reference"), {})
+    on_a_reference(one, delete_reference, "DELETE", _answer(Deleted, "Deleted"), {})
+    # Any other method on a reference's paths is a 405 naming the right ones (Starlette's own 405 would list only
+    # the methods of the first route whose path matches, e.g. GET without DELETE).
+    app.add_api_route(one, unsupported_method, methods=_OTHER_METHODS, dependencies=dependencies,
+                      include_in_schema=False)
 
 
 def _basic_auth(credentials: dict[str, str]):
@@ -119,21 +293,60 @@ def _basic_auth(credentials: dict[str, str]):
     return check
 
 
+_SUB_RESOURCES = {"/preview": "GET", "/rename": "POST"}  # path suffix -> the one method it has
+_OTHER_METHODS = ["POST", "PUT", "PATCH", "OPTIONS", "HEAD", "TRACE"]  # what no ".../{name}" route answers
+
+
+def _reference_name(request: Request) -> str:
+    """The name of ".../{name}"; GET .../cat/rename or DELETE .../cat/preview, which it also catches, are answered
+    405 (the path exists, the method does not), not 400 for the name 'cat/rename'."""
+    name = request.path_params["name"]
+    if _sub_resource(name):
+        raise _WrongMethod(request.method, name)
+    return name
+
+
+def _json(body: bytes):
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+        raise RefDropError('RefDrop: send the new name as JSON: {"new_name": "..."}') from None
+
+
+def _sub_resource(path_name: str) -> str | None:
+    """The suffix when ``{name:refdrop_any}`` caught ".../<name>/preview" or ".../<name>/rename" (a name has no '/')."""
+    return next((suffix for suffix in _SUB_RESOURCES if path_name.endswith(suffix)), None)
+
+
+def _method_not_allowed(method: str, path_name: str) -> JSONResponse:
+    suffix = _sub_resource(path_name)
+    allowed = _SUB_RESOURCES[suffix] if suffix else "GET, DELETE"
+    answer = _error(405, "method_not_allowed", f"RefDrop: {method} is not supported here; use {allowed}")
+    answer.headers["Allow"] = allowed
+    return answer
+
+
 # -- the calls ---------------------------------------------------------------------------------------------------
 
 
 def summary(manifest: dict) -> dict:
-    """The list view of one reference: what it was generated with, how big it is, when."""
+    """The list view of one reference: what it was generated with, how big it is, when.
+
+    The manifest may be hand-made, so a value of another type than ``Summary`` declares is shown as null."""
     generation = manifest.get("generation")
     generation = generation if isinstance(generation, dict) else {}
     out = {}
-    for field in SUMMARY_FIELDS:
-        keys = _GENERATION_FIELDS.get(field)
+    for field, (keys, kind) in _SUMMARY_SOURCES.items():
         if keys is None:
-            out[field] = manifest.get(field)
+            value = manifest.get(field)
         else:
-            out[field] = next((generation[k] for k in keys if k in generation), None)
+            value = next((generation[k] for k in keys if k in generation), None)
+        out[field] = value if _is_a(value, kind) else None
     return out
+
+
+def _is_a(value, kind: type) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)  # JSON true is no width
 
 
 def _list(store: ReferenceStore) -> dict:
@@ -152,10 +365,23 @@ def _list_entry(store: ReferenceStore, name: str) -> dict:
 def _existing(store: ReferenceStore, name: str) -> str:
     """The canonical name of an existing reference; 400 for an invalid name, 404 for an unknown one."""
     name = validate_name(name)
-    store.path(name)  # the store's own containment check
-    if not store.exists(name):
-        raise _NotFound(store.missing_message(name))
+    with _on_disk():
+        store.path(name)  # the store's own containment check
+        if not store.exists(name):
+            raise _NotFound(store.missing_message(name))
     return name
+
+
+@contextmanager
+def _on_disk():
+    """A store refusal (unreadable manifest, a preview that is a link, two folders for one name...) becomes a 409:
+    the request is well-formed, the reference on disk is not, so fixing or deleting it helps and retrying does not."""
+    try:
+        yield
+    except (_NotFound, _Conflict):
+        raise
+    except RefDropError as exc:
+        raise _Unusable(str(exc)) from None
 
 
 def _not_being_written(name: str, action: str) -> None:
@@ -165,29 +391,37 @@ def _not_being_written(name: str, action: str) -> None:
 
 def _details(store: ReferenceStore, name: str) -> dict:
     name = _existing(store, name)
-    manifest = store.manifest(name)
-    preview = store.preview_path(name)
+    with _on_disk():
+        manifest = store.manifest(name)
+    try:
+        preview, preview_error = store.read_preview(name), None
+    except RefDropError as exc:  # a planted or broken preview must not hide the rest of the reference
+        preview, preview_error = None, _message(exc)
     return {
         "name": name,
         "writing": pending_write(name) is not None,
         "summary": summary(manifest),
         "manifest": manifest,
-        "preview": base64.b64encode(preview.read_bytes()).decode("ascii") if preview else None,
+        "preview": base64.b64encode(preview).decode("ascii") if preview is not None else None,
+        "preview_error": preview_error,
     }
 
 
 def _preview_response(store: ReferenceStore, name: str) -> Response:
+    """The PNG, 404 without one, 409 with the store's message for one it refuses (a link, a FIFO, too big)."""
     name = _existing(store, name)
-    preview = store.preview_path(name)
+    with _on_disk():
+        preview = store.read_preview(name)
     if preview is None:
         raise _NotFound(f"RefDrop: reference '{name}' has no preview image")
-    return Response(content=preview.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+    return Response(content=preview, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 def _delete(store: ReferenceStore, name: str) -> dict:
     name = _existing(store, name)
     _not_being_written(name, "delete")
-    store.delete(name)
+    with _on_disk():
+        store.delete(name)
     return {"deleted": name}
 
 
@@ -202,9 +436,10 @@ def _rename(store: ReferenceStore, name: str, payload) -> dict:
     new_name = validate_name(new_name)
     _not_being_written(name, "rename")
     _not_being_written(new_name, "rename onto")
-    if new_name != name and store.exists(new_name):
-        raise _Conflict(f"RefDrop: a reference named '{new_name}' already exists")
-    return {"old_name": name, "name": store.rename(name, new_name)}
+    with _on_disk():
+        if new_name != name and store.exists(new_name):
+            raise _Conflict(f"RefDrop: a reference named '{new_name}' already exists")
+        return {"old_name": name, "name": store.rename(name, new_name)}
 
 
 # -- errors ------------------------------------------------------------------------------------------------------
@@ -214,10 +449,14 @@ def _guarded(call: Callable):
     """Run one call and turn every failure into a JSON answer (the host's handlers differ between Forge/reForge)."""
     try:
         return call()
+    except _WrongMethod as exc:
+        return _method_not_allowed(exc.method, exc.path_name)
     except _NotFound as exc:
         return _error(404, "not_found", exc)
     except _Conflict as exc:
         return _error(409, "conflict", exc)
+    except _Unusable as exc:
+        return _error(409, "unusable", exc)
     except RefDropError as exc:
         return _error(400, "RefDropError", exc)
     except OSError as exc:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 from fastapi import FastAPI
@@ -110,7 +114,8 @@ def test_a_broken_reference_is_listed_with_its_error(client, store):
     assert "newer sd-refdrop" in refs["newer"]["error"]
     assert "error" not in refs["cat"]
     answer = client.get(f"{REFS}/broken")
-    assert answer.status_code == 400 and "not valid JSON" in answer.json()["detail"]
+    assert answer.status_code == 409 and "not valid JSON" in answer.json()["detail"]
+    assert answer.json()["error"] == "unusable"
 
 
 def test_a_reference_being_written_is_not_listed_and_an_overwrite_is_flagged(client, store):
@@ -137,7 +142,7 @@ def test_get_returns_the_manifest_and_the_preview(client, store):
     assert cat["name"] == "cat" and cat["manifest"] == store.manifest("cat") and not cat["writing"]
     assert cat["summary"]["seed"] == 1
     png = base64.b64decode(cat["preview"])
-    assert png == store.preview_path("cat").read_bytes()
+    assert png == store.read_preview("cat")
     assert Image.open(io.BytesIO(png)).size == (16, 16)
     assert client.get(f"{REFS}/dog").json()["preview"] is None
 
@@ -145,9 +150,100 @@ def test_get_returns_the_manifest_and_the_preview(client, store):
 def test_preview_is_a_png(client, store):
     answer = client.get(f"{REFS}/cat/preview")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
-    assert answer.content == store.preview_path("cat").read_bytes()
+    assert answer.content == store.read_preview("cat")
     missing = client.get(f"{REFS}/dog/preview")
     assert missing.status_code == 404 and "no preview" in missing.json()["detail"]
+
+
+# -- planted previews: links, FIFOs, huge sparse files (the store is untrusted) -----------------------------------
+
+SECRET = "TOP-SECRET-7f3a"
+
+
+def answer_within(seconds: float, call):
+    """``call()`` in a daemon thread: a request that hangs (a FIFO read on old code) fails the test, not the run."""
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("answer", call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"no answer within {seconds} s"
+    return result["answer"]
+
+
+def plant_preview(store, make) -> Path:
+    preview = store.root / "cat" / "preview.png"
+    preview.unlink()
+    make(preview)
+    return preview
+
+
+def assert_refused_on_both_routes(client, words: str) -> None:
+    """The preview route answers 409 with the store's message; the details call still answers, without a preview.
+
+    Failure messages show statuses and the store's message only: a body that leaked a file must not reach the log."""
+    preview = answer_within(10, lambda: client.get(f"{REFS}/cat/preview"))
+    shown = f"{preview.status_code} {preview.headers.get('content-type')}"
+    assert preview.status_code == 409 and preview.headers["content-type"] == "application/json", shown
+    assert preview.json()["error"] == "unusable" and words in preview.json()["detail"], preview.json()["detail"]
+    details = answer_within(10, lambda: client.get(f"{REFS}/cat"))
+    assert details.status_code == 200, details.status_code
+    body = details.json()
+    assert body["preview"] is None, "the details call returned a preview"
+    assert words in body["preview_error"], body["preview_error"]
+    assert body["manifest"]["name"] == "cat"
+
+
+@pytest.mark.parametrize("target", ["secret file", "/proc/self/environ"])
+def test_a_preview_that_is_a_link_is_never_served(client, store, tmp_path, target):
+    if target == "secret file":
+        target = tmp_path / "secret.txt"
+        target.write_text(SECRET)
+    elif not Path(target).exists():
+        pytest.skip(f"{target} does not exist on this platform")
+    plant_preview(store, lambda preview: preview.symlink_to(target))
+    assert_refused_on_both_routes(client, "is a link")
+    for url in (f"{REFS}/cat/preview", f"{REFS}/cat"):
+        text = client.get(url).text
+        leaked = SECRET in text or base64.b64encode(SECRET.encode()).decode() in text
+        assert not leaked, f"{url} served the file the link points to"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_preview_that_is_a_fifo_is_answered_without_hanging(client, store):
+    fifo = plant_preview(store, os.mkfifo)
+    try:
+        assert_refused_on_both_routes(client, "is a FIFO")
+    finally:
+        _release_fifo_readers(fifo)
+
+
+def _release_fifo_readers(fifo: Path) -> None:
+    """Open the FIFO for writing and close it: a reader blocked in open() (old code) then sees EOF and ends."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader is waiting: nothing to release
+        pass
+
+
+def test_a_huge_sparse_preview_is_refused_without_reading_it(client, store):
+    preview = store.root / "cat" / "preview.png"
+    try:
+        os.truncate(preview, 8 * 2**30)  # 8 GB that take no disk space
+    except OSError as exc:
+        pytest.skip(f"this file system cannot hold an 8 GB sparse file: {exc}")
+    read_before = _bytes_read_by_this_process()
+    started = time.monotonic()
+    assert_refused_on_both_routes(client, "more than the 64 MB")
+    assert time.monotonic() - started < 5
+    if read_before is not None:
+        assert _bytes_read_by_this_process() - read_before < 2**20  # refused from its size, not after reading it
+
+
+def _bytes_read_by_this_process() -> int | None:
+    try:
+        return psutil.Process().io_counters().read_chars  # every read(), cached or not (Linux)
+    except (AttributeError, psutil.Error):
+        return None
 
 
 # -- delete / rename -----------------------------------------------------------------------------------------------
@@ -189,7 +285,9 @@ def test_rename_refusals_leave_the_disk_alone(client, store, tmp_path):
         answer = client.post(f"{REFS}/{old}/rename", json=body)
         assert answer.status_code == status, (old, body, answer.text)
         assert answer.json()["detail"].startswith("RefDrop:"), answer.text
-    assert client.post(f"{REFS}/cat/rename", content=b"not json").status_code == 422
+    for body in (b"not json", b"\xff", b"[" * 100_000, b"null", b"[]"):
+        answer = client.post(f"{REFS}/cat/rename", content=body)
+        assert answer.status_code == 400 and answer.json()["error"] == "RefDropError", (body[:10], answer.text)
     assert snapshot(tmp_path) == before
 
 
@@ -204,7 +302,8 @@ def test_unknown_name_is_404_with_a_message(client, method, suffix):
     assert body["error"] == "not_found" and "'lion' not found" in body["detail"] and "cat, dog" in body["detail"]
 
 
-BAD_NAMES = ["a/b", "..", "%2E%2E", "..%2Foutside", "%2E%2E%2Foutside", "a%2Fb", "%2F", "x%00y", "%00", "",
+BAD_NAMES = ["a/b", "..", "%2E%2E", "a%0Ab", "%0A", "%0D%0A",
+             "..%2Foutside", "%2E%2E%2Foutside", "a%2Fb", "%2F", "x%00y", "%00", "",
              "con", ".hidden", "cat%5C..%5C..", "../outside", "../../refs/cat"]
 
 
@@ -220,10 +319,22 @@ def test_invalid_names_are_refused_and_touch_nothing(client, tmp_path, method, s
 
 
 def test_encoded_separators_reach_the_name_check(client):
-    for bad in ("..%2Foutside", "a%2Fb", "%00", "%2E%2E"):
+    for bad in ("..%2Foutside", "a%2Fb", "%00", "%2E%2E", "a%0Ab", "%0A..%2Foutside"):
         answer = client.delete(f"{REFS}/{bad}")
         assert answer.status_code == 400, (bad, answer.text)
         assert answer.json()["error"] == "RefDropError"
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("DELETE", "cat/preview", "GET"), ("POST", "cat/preview", "GET"), ("GET", "cat/rename", "POST"),
+    ("DELETE", "cat/rename", "POST"), ("PUT", "cat/rename", "POST"), ("PUT", "cat", "GET, DELETE"),
+    ("PATCH", "cat", "GET, DELETE"), ("POST", "cat", "GET, DELETE"), ("OPTIONS", "cat", "GET, DELETE"),
+])
+def test_a_method_a_path_does_not_have_is_405_naming_the_ones_it_has(client, store, method, path, allowed):
+    answer = client.request(method, f"{REFS}/{path}")
+    assert answer.status_code == 405, answer.text
+    assert answer.headers["allow"] == allowed and answer.json()["error"] == "method_not_allowed"
+    assert store.exists("cat") and store.read_preview("cat")
 
 
 # -- auth ------------------------------------------------------------------------------------------------------------
@@ -259,7 +370,7 @@ def test_registering_again_replaces_the_routes(store):
     app = FastAPI()
     register_routes(app, lambda: store)
     register_routes(app, lambda: store, {"alice": "s3cret"})
-    assert sum(getattr(r, "path", "").startswith(API_PREFIX) for r in app.router.routes) == 5
+    assert sum(getattr(r, "path", "").startswith(API_PREFIX) for r in app.router.routes) == 6
     assert TestClient(app).get(REFS).status_code == 401
 
 

@@ -1,0 +1,236 @@
+"""The REST API keeps the promises of its own OpenAPI document (schemathesis), and the name schema is validate_name.
+
+schemathesis loads the document from a real FastAPI app with ``register_routes`` (in-process ASGI: no server, no
+network), generates requests from it, valid and invalid, and runs its default checks on every answer: no 5xx,
+only declared status codes, content types and headers, bodies that match their schema, invalid data refused,
+valid data accepted, auth enforced where declared. Every case runs on a fresh copy of a small store, so a DELETE
+or rename in one case cannot change what the next one sees (stateless runs, reproducible with ``derandomize``).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import shutil
+import unicodedata
+
+import jsonschema_rs
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from faultkit import make_reference
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lib_refdrop.api import name_schema, register_routes
+from lib_refdrop.errors import RefDropError
+from lib_refdrop.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
+from lib_refdrop.store import PREVIEW, ReferenceStore
+
+CREDENTIALS = {"alice": "s3cret"}
+ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
+# Bounded for CI (two cores): a few seconds per operation, the same cases on every run.
+SCHEMATHESIS_SETTINGS = settings(
+    max_examples=25, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+# One name per kind of answer: 200, no preview (404 from .../preview), unreadable manifest (400), planted preview
+# (details with preview_error, 400 from .../preview).
+EXAMPLE_NAMES = ["cat", "dog", "broken", "linked", "Tabby cat (v2)"]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A store with a reference for each of EXAMPLE_NAMES."""
+    folder = tmp_path_factory.mktemp("template")
+    root = folder / "refs"
+    store = ReferenceStore(root)
+    for seed, name in enumerate(("cat", "dog", "linked", "Tabby cat (v2)")):
+        make_reference(store, name, seed=seed)
+    (root / "dog" / PREVIEW).unlink()
+    (folder / "secret.txt").write_text("SECRET")
+    (root / "linked" / PREVIEW).unlink()
+    (root / "linked" / PREVIEW).symlink_to(folder / "secret.txt")
+    (root / "broken").mkdir()
+    (root / "broken" / "manifest.json").write_text("{not json")
+    return root
+
+
+class FreshStores:
+    """``get_store`` for the app; ``renew()`` puts a new copy of the template in place before each case."""
+
+    def __init__(self, template, folder):
+        self.template, self.folder, self.store = template, folder, None
+        self._counter = itertools.count()
+
+    def renew(self) -> None:
+        if self.store is not None:
+            shutil.rmtree(self.store.root, ignore_errors=True)
+        root = self.folder / f"case{next(self._counter)}"
+        shutil.copytree(self.template, root, symlinks=True)
+        self.store = ReferenceStore(root)
+
+    def __call__(self) -> ReferenceStore:
+        return self.store
+
+
+@pytest.fixture
+def stores(template, tmp_path):
+    return FreshStores(template, tmp_path)
+
+
+def _schema(stores, credentials=None):
+    """The app's own OpenAPI document as schemathesis loads it, with the test store's names as examples (examples
+    only steer generation toward existing references; every constraint is the served one)."""
+    app = FastAPI()
+    register_routes(app, stores, credentials)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    document = schema.raw_schema
+    for operation in document["paths"].values():
+        for call in operation.values():
+            for parameter in call.get("parameters", []):
+                if parameter["name"] == "name":
+                    parameter["schema"]["examples"] = EXAMPLE_NAMES
+    loaded = schemathesis.openapi.from_dict(document)
+    loaded.app = app  # requests go to the app in-process (ASGI), as from_asgi sets it up
+    return loaded
+
+
+@pytest.fixture
+def open_api(stores):
+    return _schema(stores)
+
+
+@pytest.fixture
+def api_under_auth(stores):
+    return _schema(stores, CREDENTIALS)
+
+
+open_schema = schemathesis.pytest.from_fixture("open_api")
+auth_schema = schemathesis.pytest.from_fixture("api_under_auth")
+
+
+@open_schema.parametrize()
+@SCHEMATHESIS_SETTINGS
+def test_the_api_answers_as_its_openapi_document_says(case, stores):
+    stores.renew()
+    case.call_and_validate()
+
+
+@auth_schema.parametrize()
+@SCHEMATHESIS_SETTINGS
+def test_the_api_under_auth_answers_as_its_openapi_document_says(case, stores):
+    stores.renew()
+    case.call_and_validate(headers=ALICE)
+
+
+# -- what the document declares -------------------------------------------------------------------------------
+
+
+def served_document(credentials=None) -> dict:
+    app = FastAPI()
+    register_routes(app, lambda: None, credentials)
+    return TestClient(app).get("/openapi.json").json()
+
+
+def operations(document: dict) -> dict[str, dict]:
+    return {f"{method.upper()} {path}": call for path, calls in document["paths"].items()
+            for method, call in calls.items()}
+
+
+ERROR_BODY = {"$ref": "#/components/schemas/ApiError"}
+
+
+def test_every_answer_is_declared_with_its_body():
+    document = served_document()
+    calls = operations(document)
+    assert set(calls) == {f"{method} /refdrop/v1/references{path}" for method, path in [
+        ("GET", ""), ("GET", "/{name}"), ("DELETE", "/{name}"), ("GET", "/{name}/preview"),
+        ("POST", "/{name}/rename")]}
+    for label, call in calls.items():
+        answers = call["responses"]
+        expected = {"200", "500"} if label.endswith("references") else {"200", "400", "404", "409", "500"}
+        assert set(answers) == expected, label  # no 422: the routes never send FastAPI's validation answer
+        for status in expected - {"200"}:
+            assert answers[status]["content"]["application/json"]["schema"] == ERROR_BODY, (label, status)
+        assert "security" not in call
+    error = document["components"]["schemas"]["ApiError"]
+    assert error["required"] == ["error", "detail"]
+    ok = {label: call["responses"]["200"]["content"] for label, call in calls.items()}
+    assert ok["GET /refdrop/v1/references/{name}/preview"] == {
+        "image/png": {"schema": {"type": "string", "format": "binary"}}}
+    assert ok["GET /refdrop/v1/references/{name}"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ReferenceDetails"}
+    assert ok["GET /refdrop/v1/references"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ReferenceList"}
+
+
+def test_under_auth_every_call_declares_basic_auth_and_401():
+    document = served_document(CREDENTIALS)
+    assert document["components"]["securitySchemes"] == {"HTTPBasic": {"type": "http", "scheme": "basic"}}
+    for label, call in operations(document).items():
+        assert call["security"] == [{"HTTPBasic": []}], label
+        assert call["responses"]["401"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/AuthError"}, label
+
+
+def test_the_name_is_declared_with_its_constraints():
+    calls = operations(served_document())
+    rename = calls["POST /refdrop/v1/references/{name}/rename"]
+    body = rename["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["new_name"] and body["additionalProperties"] is False
+    for label, call in calls.items():
+        if "{name}" not in label:
+            continue
+        (parameter,) = call["parameters"]
+        assert parameter["in"] == "path" and parameter["required"]
+        for schema in (parameter["schema"], body["properties"]["new_name"]):
+            assert schema["type"] == "string" and schema["maxLength"] == MAX_NAME_LENGTH
+            assert schema["pattern"] == name_schema()["pattern"]
+        assert f"{MAX_NAME_BYTES} bytes" in parameter["description"] and "NFC" in parameter["description"]
+
+
+# -- the name's JSON Schema is validate_name (for canonical names) -----------------------------------------------
+
+NAME_VALIDATOR = jsonschema_rs.validator_for({"type": "string", **name_schema()})
+# Characters Python's unicodedata knows (the schema's \p{..} come from the validator's newer Unicode tables).
+KNOWN_CHARACTERS = st.characters(exclude_categories=["Cn", "Cs"])
+NAME_LIKE = st.text(st.sampled_from("aZ09_ .()+-/\\\x00é\u0301١猫ǅ²") | KNOWN_CHARACTERS, max_size=90)
+
+
+def accepted_by_validate_name(name: str) -> bool:
+    try:
+        return validate_name(name) == name
+    except RefDropError:
+        return False
+
+
+def canonical(text: str) -> str:
+    return unicodedata.normalize("NFC", text.strip())
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True, database=None)
+@given(NAME_LIKE.map(canonical).filter(lambda n: len(n.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES))
+def test_the_name_schema_accepts_exactly_the_canonical_names_validate_name_accepts(name):
+    assert NAME_VALIDATOR.is_valid(name) == accepted_by_validate_name(name), repr(name)
+
+
+@pytest.mark.parametrize("name", [
+    "cat", "Tabby cat (v2)", "猫", "١٢", "_x", "a.b", "ref-1-20260101-120000", "x" * 80, "é" * 80, "क्षि",
+    "conduct", "con (1)", "com10", "lpt", "a+b", "ǅemal",
+])
+def test_valid_names_match_the_schema(name):
+    assert accepted_by_validate_name(name)
+    assert NAME_VALIDATOR.is_valid(name)
+
+
+@pytest.mark.parametrize("name", [
+    "", " cat", "cat ", "cat.", "a..b", "..", "a/b", "a\\b", "x\x00y", "-x", ".hidden", "x" * 81, "con", "CON",
+    "Con.txt", "nul .x", "com1", "LPT²", "a:b", "a*b", "€", "a\u200bb", "\u0301a",
+])
+def test_invalid_names_do_not_match_the_schema(name):
+    assert not accepted_by_validate_name(name)
+    assert not NAME_VALIDATOR.is_valid(name)
