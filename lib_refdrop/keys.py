@@ -119,10 +119,6 @@ class SigmaMap:
         self._logs = [math.log(max(s, 1e-12)) for s in self._sigmas]
         self._by_sigma = {s: sorted(v, key=lambda x: x.occurrence) for s, v in by_sigma.items()}
 
-    @property
-    def sigma_range(self) -> tuple[float, float]:
-        return self._sigmas[0], self._sigmas[-1]
-
     def nearest_sigma(self, sigma: float) -> float:
         x = math.log(max(sigma, 1e-12))
         i = bisect.bisect_left(self._logs, x)

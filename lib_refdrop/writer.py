@@ -158,8 +158,7 @@ class ReferenceWriter:
     def _write_slot(self, slot: Slot, part: int, tensors: dict, ready, release) -> None:
         try:
             ready()
-            metadata = {"sigma": repr(slot.sigma), "occurrence": str(slot.occurrence)}
-            data = safetensors.torch.save(tensors, metadata=metadata)
+            data = safetensors.torch.save(tensors)  # sigma and occurrence are in the manifest
         finally:
             if release:
                 release()
@@ -213,8 +212,9 @@ def _png_bytes(preview) -> bytes:
 
 
 def format_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n} B"
+    for unit in ("KB", "MB", "GB"):
         n /= 1000
-    return f"{n} B"
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}"
