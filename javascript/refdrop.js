@@ -45,4 +45,80 @@
     }
 
     onUiLoaded(applyRefDropTooltips);
+
+    // -- the status line and reference list after a Save ----------------------------------------------------
+    // A Save is written in the background after the generation has returned, and the host tells scripts nothing
+    // when that ends. So when the log under a tab's images says RefDrop is saving, this clicks that panel's hidden
+    // poll button (lib_refdrop/ui.py answers with the status line and the reference list) until the status line
+    // no longer says so. Nothing is sent at any other time. The button's label counts the answers, which tells a
+    // slow answer from an answer that changed nothing.
+    const SAVING = "RefDrop: saving reference";  // lib_refdrop/ui.py SAVING
+    const TABS = ["txt2img", "img2img"];
+    const POLL_MS = 1000;
+    const SLOW_POLL_MS = 5000;  // after FAST_POLLS answers: a very large Save on a slow disk
+    const FAST_POLLS = 60;
+    const ANSWER_TIMEOUT_MS = 60 * 1000;
+    const GIVE_UP_MS = 30 * 60 * 1000;  // the status line then stays as it is; 🔄 still updates it
+    const seenLog = {};
+    const polling = new Set();
+
+    function panelElement(tab, item) {
+        return gradioApp().getElementById(`script_${tab}_refdrop_${item}`);
+    }
+
+    function pollUntilSaved(tab) {
+        if (polling.has(tab)) {
+            return;
+        }
+        polling.add(tab);
+        const started = Date.now();
+        let polls = 0;
+        let sentLabel = null;
+        let sentAt = 0;
+        const step = () => {
+            const button = panelElement(tab, "poll");
+            const status = panelElement(tab, "status");
+            const now = Date.now();
+            if (!button || !status || now - started > GIVE_UP_MS) {
+                return stopPolling(tab);
+            }
+            if (sentLabel !== null && button.textContent.trim() === sentLabel) {  // no answer yet
+                return now - sentAt > ANSWER_TIMEOUT_MS ? stopPolling(tab) : setTimeout(step, 200);
+            }
+            if (sentLabel !== null && !status.textContent.includes(SAVING)) {
+                return stopPolling(tab);
+            }
+            sentLabel = button.textContent.trim();
+            sentAt = now;
+            button.click();
+            polls += 1;
+            setTimeout(step, polls < FAST_POLLS ? POLL_MS : SLOW_POLL_MS);
+        };
+        step();
+    }
+
+    function stopPolling(tab) {
+        polling.delete(tab);
+        for (const other of TABS) {  // the other tab's panel lists the new reference too
+            const button = other !== tab && !polling.has(other) && panelElement(other, "poll");
+            if (button) {
+                button.click();
+            }
+        }
+    }
+
+    function watchGenerationLogs() {
+        for (const tab of TABS) {
+            const log = gradioApp().getElementById(`html_log_${tab}`);
+            const text = log ? log.textContent : "";
+            if (text !== seenLog[tab]) {
+                seenLog[tab] = text;
+                if (text.includes(SAVING)) {
+                    pollUntilSaved(tab);
+                }
+            }
+        }
+    }
+
+    onUiUpdate(watchGenerationLogs);
 })();

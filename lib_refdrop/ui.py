@@ -3,8 +3,9 @@ with a shim that accepts gradio-3 code).
 
 ``build`` only creates components and wires their events: no registration, no globals, so the host can call it
 once per tab and the API once more to read the defaults. The reference-library callbacks are plain functions of
-a ``ReferenceStore`` (``refresh``, ``describe``, ``delete``, ``rename``) so they are tested on a temporary store.
-Tooltips live in ``javascript/refdrop.js``, keyed by the item ids below.
+a ``ReferenceStore`` (``refresh``, ``describe``, ``delete``, ``rename``, ``poll``) so they are tested on a temporary
+store. Tooltips live in ``javascript/refdrop.js``, keyed by the item ids below; the same file clicks the hidden poll
+button while a Save is written in the background (the host gives scripts no event after a generation).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ BLOCKS_INFO = (
     "SDXL has IN04 IN05 IN07 IN08 M00 OUT00-OUT05. A block the model lacks is ignored."
 )
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
+# How the text under the images (generation.py) and the panel's status line (scripts/refdrop.py) begin while a
+# Save is still being written; javascript/refdrop.js polls while it sees them.
+SAVING = "RefDrop: saving reference"
 MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)
 ITEM_IDS = (
     "enabled", "mode", "rfg", "reference", "refresh", "preview", "info", "delete", "delete_confirm",
@@ -149,6 +153,19 @@ def rename(store, old: str | None, new: str | None) -> tuple[str, list[str], str
     return f"Renamed **{old}** to **{name}**.", reference_choices(store), name
 
 
+def poll(store, status: str, shown: dict) -> tuple[list[str] | None, str | None, dict]:
+    """What changed since the panel last showed ``shown`` (``{"choices", "status", "polls"}``): (new choices or
+    None, new status or None, what the panel shows now). ``polls`` counts the answers, so the page can tell an
+    answer from its absence even when nothing changed."""
+    choices = reference_choices(store)
+    now = {"choices": choices, "status": status, "polls": shown.get("polls", 0) + 1}
+    return (
+        None if choices == shown.get("choices") else choices,
+        None if status == shown.get("status") else status,
+        now,
+    )
+
+
 def mode_visibility(mode: str) -> tuple[bool, bool]:
     """(Use-only controls visible, Save-only controls visible)."""
     return mode != "Save", mode == "Save"
@@ -225,7 +242,11 @@ def build(
         with gr.Column(visible=save_visible) as x["save_box"]:
             i["save_name"] = gr.Textbox(value="", label="Save as", placeholder=SAVE_NAME_PLACEHOLDER,
                                         elem_id=elem_id("save_name"))
-        x["status"] = gr.Markdown(store_problem or get_status(), elem_id=elem_id("status"))
+        status = get_status()
+        x["status"] = gr.Markdown(store_problem or status, elem_id=elem_id("status"))
+        # Clicked by javascript/refdrop.js while a Save is written; its label counts the answers (see ``poll``).
+        x["poll"] = gr.Button("0", visible=False, elem_id=elem_id("poll"))
+        x["shown"] = gr.State({"choices": choices, "status": status, "polls": 0})
         with gr.Accordion("Advanced", open=False, elem_id=elem_id("advanced")):
             with gr.Column(visible=use_visible) as x["use_advanced"]:
                 i["disabled_groups"] = gr.CheckboxGroup(list(BLOCK_GROUPS), value=[], label="Disabled block groups",
@@ -263,23 +284,29 @@ def _wire(c: Controls, get_store, get_status) -> None:
     if get_store is None:
         return
 
-    def on_refresh(current):
+    def on_refresh(current, shown):
         choices, value = refresh(get_store(), current)
-        return gr.update(choices=_NONE_FIRST + choices, value=value), get_status()
+        status = get_status()
+        return gr.update(choices=_NONE_FIRST + choices, value=value), status, {**shown, "choices": choices,
+                                                                              "status": status}
 
     def on_select(name):
         preview, text = describe(get_store(), name)
         return preview, text
 
-    def library_outputs(message, choices, value):
+    def library_outputs(shown, message, choices, value):
         hidden = gr.update(visible=False)
-        return gr.update(choices=_NONE_FIRST + choices, value=value), message, hidden, hidden
+        return (gr.update(choices=_NONE_FIRST + choices, value=value), message, hidden, hidden,
+                {**shown, "choices": choices})
 
-    def on_delete(name):
-        return library_outputs(*delete(get_store(), name))
+    def on_delete(name, shown):
+        return library_outputs(shown, *delete(get_store(), name))
 
-    def on_rename(old, new):
-        return library_outputs(*rename(get_store(), old, new))
+    def on_rename(old, new, shown):
+        return library_outputs(shown, *rename(get_store(), old, new))
+
+    def on_poll(shown):
+        return poll_updates(get_store, get_status, shown)
 
     def ask_confirmation(name):
         if not name:
@@ -287,12 +314,35 @@ def _wire(c: Controls, get_store, get_status) -> None:
         return gr.update(visible=True), gr.update(visible=True), f"Delete **{name}** for good? Confirm or cancel."
 
     confirm_outputs = [x["delete_confirm"], x["delete_cancel"]]
-    library = [i["reference"], x["status"], *confirm_outputs]
-    x["refresh"].click(on_refresh, inputs=[i["reference"]], outputs=[i["reference"], x["status"]], show_progress=False)
+    shown = x["shown"]
+    library = [i["reference"], x["status"], *confirm_outputs, shown]
+    x["refresh"].click(on_refresh, inputs=[i["reference"], shown], outputs=[i["reference"], x["status"], shown],
+                       show_progress=False)
     i["reference"].change(on_select, inputs=[i["reference"]], outputs=[x["preview"], x["info"]], show_progress=False)
     x["delete"].click(ask_confirmation, inputs=[i["reference"]], outputs=[*confirm_outputs, x["status"]],
                       show_progress=False)
     x["delete_cancel"].click(lambda: (gr.update(visible=False), gr.update(visible=False), ""), inputs=[],
                              outputs=[*confirm_outputs, x["status"]], show_progress=False)
-    x["delete_confirm"].click(on_delete, inputs=[i["reference"]], outputs=library, show_progress=False)
-    x["rename"].click(on_rename, inputs=[i["reference"], x["rename_to"]], outputs=library, show_progress=False)
+    x["delete_confirm"].click(on_delete, inputs=[i["reference"], shown], outputs=library, show_progress=False)
+    x["rename"].click(on_rename, inputs=[i["reference"], x["rename_to"], shown], outputs=library,
+                      show_progress=False)
+    x["poll"].click(on_poll, inputs=[shown], outputs=[i["reference"], x["status"], x["poll"], shown],
+                    show_progress=False)
+
+
+def poll_updates(get_store, get_status, shown: dict) -> tuple:
+    """The poll button's answer: (reference dropdown, status line, poll button, shown), each ``gr.update()``
+    (no change) unless it changed. The dropdown gets new choices only: its value is left alone, so a pick made
+    while the answer travels is kept (and under gradio 4 a dropdown that allows custom values keeps its value
+    when its choices change)."""
+    try:
+        store = get_store()
+        choices, status, now = poll(store, get_status(), shown)
+    except (OSError, RefDropError):  # the folder went away: the status line keeps what it says
+        choices, status, now = None, None, {**shown, "polls": shown.get("polls", 0) + 1}
+    return (
+        gr.update() if choices is None else gr.update(choices=_NONE_FIRST + choices),
+        gr.update() if status is None else gr.update(value=status),
+        gr.update(value=str(now["polls"])),
+        now,
+    )
