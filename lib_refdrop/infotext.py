@@ -1,187 +1,114 @@
 """RefDrop's keys in the image infotext, and reading them back for the paste button and the API's ``infotext``.
 
-Written into ``p.extra_generation_params`` (snake_case, prefixed like the built-ins' ``kohya_hrfix_*``). The host
-converts a pasted string with ``type(component.value)(text)``, which turns "False" into True and a list into
-characters, so every control is filled by a function of the parsed params (host-api.md §1.4) instead of a key.
+Which keys there are, when each is written and how each is pasted is the ``FIELDS`` table in settings.py; this
+module applies it. Keys are snake_case and prefixed, like the built-ins' ``kohya_hrfix_*``.
 
-A Save writes only what applies to a Save (mode, the name it saved as, the profile); a Use writes the Use values.
+Writing (into ``p.extra_generation_params``): nothing when RefDrop is off. A Save writes only what applies to a
+Save (mode, the name it saved as, the profile); a Use writes the Use values.
 
-Paste rules: an infotext without RefDrop keys turns RefDrop off and leaves the other controls alone. A Use
-infotext sets every control (keys left out because they were at their defaults give the default back). A Save
-infotext sets the mode and the reference dropdown (to its ``refdrop_saved_as``) and leaves the Use-only controls
-(RFG, groups, blocks, skip, step window, hires) as they are: they did not apply to that image, so the user's own
-Use values survive; a ``refdrop_rfg`` in an older Save infotext is ignored for the same reason. The save name is
-left empty (automatic), so pasting and generating again does not collide with the reference that image created.
-A bad value leaves its control unchanged.
+Pasting: every control is filled by a function of the parsed params rather than by a plain key. The host gives a
+plain key's text to ``type(component.value)`` (``paste_value`` in tests/fakehost/host/modules/infotext_utils.py
+copies it), which would make a CheckboxGroup's list out of the text's characters; it would leave a control as it
+was when its key is missing, where a key left out at its default must give the default back; and it would paste a
+bad value as it is. Rules: an infotext without RefDrop keys turns RefDrop off and leaves the other controls alone.
+A Use infotext sets every control. A Save infotext sets the mode and the reference dropdown (to its
+``refdrop_saved_as``) and leaves the Use-only controls (RFG, groups, blocks, skip, step window, hires) as they are:
+they did not apply to that image, so the user's own Use values survive; a ``refdrop_rfg`` in an older Save
+infotext is ignored for the same reason. The save name is left empty (automatic), so pasting and generating again
+does not collide with the reference that image created. A bad value leaves its control unchanged.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 from .errors import RefDropError
-from .settings import RefDropSettings, as_bool, as_fraction, parse_blocks, parse_groups, parse_rfg
-from .settings import parse_mode as _parse_mode
+from .settings import (
+    ALWAYS,
+    FIELDS,
+    IN_SAVE_IF_SET,
+    IN_USE,
+    IN_USE_IF_SET,
+    NEVER,
+    RESET,
+    SWITCH,
+    USE_ONLY,
+    Field,
+    RefDropSettings,
+)
 
 PREFIX = "refdrop_"
-KEYS = (
-    "refdrop_enabled", "refdrop_mode", "refdrop_reference", "refdrop_saved_as", "refdrop_rfg",
-    "refdrop_disabled_groups", "refdrop_disabled_blocks", "refdrop_skip_first_up", "refdrop_step_start",
-    "refdrop_step_end", "refdrop_hires", "refdrop_profile",
-)
-_DEFAULTS = RefDropSettings()
+_MODE = next(f for f in FIELDS if f.arg == "mode")
+_WRITTEN = {  # (mode of the generation, value differs from the default) -> written?
+    ALWAYS: lambda mode, changed: True,
+    IN_USE: lambda mode, changed: mode == "Use",
+    IN_USE_IF_SET: lambda mode, changed: mode == "Use" and changed,
+    IN_SAVE_IF_SET: lambda mode, changed: mode == "Save" and changed,
+    NEVER: lambda mode, changed: False,
+}
 
 
 def clear(params: dict) -> None:
-    """Remove every RefDrop key: X/Y/Z cells share one ``extra_generation_params`` dict (host-api.md §1.3)."""
+    """Remove every RefDrop key: X/Y/Z cells share one ``extra_generation_params`` dict (``copy(p)`` is shallow)."""
     for key in [k for k in params if isinstance(k, str) and k.startswith(PREFIX)]:
         del params[key]
 
 
 def write(params: dict, settings: RefDropSettings, saved_as: str | None = None, profile: str | None = None) -> None:
-    """Describe ``settings`` in ``params`` (replacing earlier RefDrop keys); nothing when RefDrop is off."""
+    """Describe ``settings`` in ``params`` (replacing earlier RefDrop keys); nothing when RefDrop is off.
+
+    A Save describes the name it saved as and the profile it used, when the settings left them to be chosen.
+    """
     clear(params)
     if not settings.enabled:
         return
-    params["refdrop_enabled"] = True
-    params["refdrop_mode"] = settings.mode
-    if settings.saving:
-        name = saved_as or settings.save_name
-        if name:
-            params["refdrop_saved_as"] = name
-        if profile or settings.profile:
-            params["refdrop_profile"] = profile or settings.profile
-        return  # the Use-only values (RFG, blocks, window...) have no effect on a Save
-    if settings.reference:  # an empty value would not survive the host's infotext parser
-        params["refdrop_reference"] = settings.reference
-    params["refdrop_rfg"] = settings.rfg
-    if settings.disabled_groups:
-        params["refdrop_disabled_groups"] = ", ".join(settings.disabled_groups)
-    if settings.disabled_blocks:
-        params["refdrop_disabled_blocks"] = ", ".join(settings.disabled_blocks)
-    if settings.skip_first_up:
-        params["refdrop_skip_first_up"] = True
-    if settings.step_start != _DEFAULTS.step_start:
-        params["refdrop_step_start"] = settings.step_start
-    if settings.step_end != _DEFAULTS.step_end:
-        params["refdrop_step_end"] = settings.step_end
-    if settings.apply_hires:
-        params["refdrop_hires"] = True
+    settings = replace(settings, save_name=saved_as or settings.save_name, profile=profile or settings.profile)
+    for field in FIELDS:
+        value = getattr(settings, field.arg)
+        if _WRITTEN[field.written](settings.mode, value != field.default):
+            params[field.key] = ", ".join(value) if isinstance(value, tuple) else value
 
 
 # -- reading back -----------------------------------------------------------------------------------------
-# The host calls these while pasting, with whatever the infotext (or another extension) put in the dict: each
-# returns a valid value or None and never raises, since an exception would stop the whole paste.
+# The host calls the parsers while pasting, with whatever the infotext (or another extension) put in the dict:
+# each returns a valid value or None (the control keeps its value) and never raises, since an exception would
+# stop the whole paste.
 
-def _present(d: dict) -> bool:
-    return isinstance(d, dict) and ("refdrop_enabled" in d or "refdrop_mode" in d)
-
-
-def _sets_use_controls(d: dict) -> bool:
-    """A Use infotext sets every Use-only control; a Save one leaves them alone, since none of them applied."""
-    return _present(d) and parse_mode(d) != "Save"
+def _is_refdrop(d) -> bool:
+    return isinstance(d, dict) and any(f.key in d for f in FIELDS if f.written == ALWAYS)
 
 
-def _text(value):
-    return value.strip() if isinstance(value, str) else None
+def _raw(field: Field, d: dict):
+    """The infotext's value for ``field``: its own key, or the keys it also reads when that is empty."""
+    value = d.get(field.key, field.default)
+    for key in field.also_read:
+        value = value or d.get(key) or field.default
+    return value
 
 
-def _validated(d: dict, key: str, default, parse):
-    """``key`` checked by the settings' own parser; None (the control keeps its value) if absent or invalid."""
-    if not _present(d):
-        return None
+def _checked(field: Field, value):
+    """``value`` checked by the field's validator; None if invalid. Lists for the CheckboxGroups."""
     try:
-        return parse(d.get(key, default))
+        value = field.parse(value, field.key)
     except RefDropError:
         return None
+    return list(value) if isinstance(value, tuple) else value
 
 
-def _use_only(d: dict, key: str, default, parse):
-    return _validated(d, key, default, parse) if _sets_use_controls(d) else None
-
-
-def parse_enabled(d: dict) -> bool:
-    if not _present(d):
-        return False
-    try:
-        return as_bool("refdrop_enabled", d.get("refdrop_enabled", False))
-    except RefDropError:
-        return False
-
-
-def parse_mode(d: dict):
-    return _validated(d, "refdrop_mode", _DEFAULTS.mode, _parse_mode)
-
-
-def parse_rfg_field(d: dict):
-    return _use_only(d, "refdrop_rfg", _DEFAULTS.rfg, parse_rfg)
-
-
-def parse_reference(d: dict):
-    if not _present(d):
+def _pasted(field: Field, d: dict):
+    """The value pasted into the control of ``field`` from the parsed infotext ``d``, or None to leave it."""
+    if not _is_refdrop(d):
+        return False if field.pasted == SWITCH else None
+    if field.pasted == RESET:
+        return _checked(field, field.default)
+    if field.pasted == USE_ONLY and _checked(_MODE, _raw(_MODE, d)) == "Save":
         return None
-    return _text(d.get("refdrop_reference") or d.get("refdrop_saved_as") or "")
+    value = _checked(field, _raw(field, d))  # ANY, USE_ONLY and SWITCH
+    return value is True if field.pasted == SWITCH else value
 
 
-def parse_save_name(d: dict):
-    return "" if _present(d) else None
-
-
-def parse_disabled_groups(d: dict):
-    return _use_only(d, "refdrop_disabled_groups", "", lambda v: list(parse_groups(v)))
-
-
-def parse_disabled_blocks(d: dict):
-    return _use_only(d, "refdrop_disabled_blocks", "", lambda v: list(parse_blocks(v)))
-
-
-def _flag(d: dict, key: str):
-    return _use_only(d, key, False, lambda v: as_bool(key, v))
-
-
-def _fraction(d: dict, key: str, default: float):
-    return _use_only(d, key, default, lambda v: as_fraction(key, v))
-
-
-def parse_skip_first_up(d: dict):
-    return _flag(d, "refdrop_skip_first_up")
-
-
-def parse_step_start(d: dict):
-    return _fraction(d, "refdrop_step_start", _DEFAULTS.step_start)
-
-
-def parse_step_end(d: dict):
-    return _fraction(d, "refdrop_step_end", _DEFAULTS.step_end)
-
-
-def parse_apply_hires(d: dict):
-    return _flag(d, "refdrop_hires")
-
-
-def parse_overwrite(d: dict):
-    return False if _present(d) else None  # never carry "overwrite" over from another image
-
-
-def parse_profile(d: dict):
-    if not _present(d):
-        return None
-    return _text(d.get("refdrop_profile", ""))
-
-
-PARSERS = {
-    "enabled": parse_enabled,
-    "mode": parse_mode,
-    "rfg": parse_rfg_field,
-    "reference": parse_reference,
-    "save_name": parse_save_name,
-    "disabled_groups": parse_disabled_groups,
-    "disabled_blocks": parse_disabled_blocks,
-    "skip_first_up": parse_skip_first_up,
-    "step_start": parse_step_start,
-    "step_end": parse_step_end,
-    "apply_hires": parse_apply_hires,
-    "overwrite": parse_overwrite,
-    "profile": parse_profile,
-}
+PARSERS = {field.arg: partial(_pasted, field) for field in FIELDS}  # argument name -> paste target
 
 
 def parse(d: dict) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import RefDropError
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .reader import RAM_CACHE
-from .settings import DEFAULT_RFG, as_bool, as_number, parse_rfg, shown
+from .settings import DEFAULT_RFG, as_number, parse_bool, parse_rfg, shown
 from .store import ReferenceStore
 
 SECTION = ("refdrop", "RefDrop")
@@ -142,7 +142,7 @@ def overwrite_default() -> bool:
     key = "refdrop_overwrite_default"
     value = _get(key)
     try:
-        return as_bool(key, value)
+        return parse_bool(value, key)
     except RefDropError:
         return _instead(key, value, "is not true or false", False)
 

@@ -1,7 +1,9 @@
 """The validated settings of one generation, built from UI values, API arguments or infotext.
 
 Data flows one way: raw arguments -> ``RefDropSettings`` (validated here, once) -> a plan in the engine.
-The positional order of ``ARG_NAMES`` is the order of the controls returned by ``ui()`` and therefore the
+``FIELDS`` is the one table of the arguments: their names, defaults and validators, their infotext keys and when
+infotext.py writes and pastes each. ``RefDropSettings`` (one attribute per row) and ``ARG_NAMES`` are made from
+it. The positional order of ``ARG_NAMES`` is the order of the controls returned by ``ui()`` and therefore the
 order of ``alwayson_scripts["RefDrop"]["args"]``; it is part of the public API and only ever grows at the end.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, make_dataclass
 
 from .errors import RefDropError
 
@@ -22,34 +25,6 @@ _BLOCK_RE = re.compile(r"(IN|OUT)[0-9]{2}|M00", re.ASCII)
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 MAX_SHOWN_CHARS = 60  # of a bad value quoted in a message: values come from API clients and can be huge
 DEFAULT_RFG = 0.3  # the paper's App. C: 0.3-0.4 behaves like concatenated attention; 0.2 for simple subjects
-
-
-@dataclass(frozen=True)
-class RefDropSettings:
-    enabled: bool = False
-    mode: str = "Use"
-    rfg: float = DEFAULT_RFG
-    reference: str = ""          # Use: which saved reference
-    save_name: str = ""          # Save: name of the new reference ("" = automatic)
-    disabled_groups: tuple[str, ...] = ()   # subset of BLOCK_GROUPS
-    disabled_blocks: tuple[str, ...] = ()   # e.g. ("OUT00", "M00")
-    skip_first_up: bool = False  # the paper's Up1 ablation: less pose/background copying
-    step_start: float = 0.0      # fraction of the schedule where RFG starts
-    step_end: float = 1.0        # ... and ends
-    apply_hires: bool = False    # whether RFG also runs in the hires-fix pass
-    overwrite: bool = False      # Save: replace an existing reference of the same name
-    profile: str = ""            # Save: storage profile ("" = the default from settings)
-
-    @property
-    def saving(self) -> bool:
-        return self.enabled and self.mode == "Save"
-
-    @property
-    def using(self) -> bool:
-        return self.enabled and self.mode == "Use"
-
-
-ARG_NAMES = tuple(f.name for f in fields(RefDropSettings))
 _ALIASES = {"rfg_coefficient": "rfg", "coefficient": "rfg", "name": "save_name", "ref": "reference"}
 
 
@@ -62,7 +37,9 @@ def shown(value) -> str:
     return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."
 
 
-def as_bool(name: str, value) -> bool:
+# -- validators: (value, name) -> the valid value, or RefDropError naming ``name``; for any JSON value -------------
+
+def parse_bool(value, name: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, numbers.Real) and value in (0, 1):
@@ -88,25 +65,13 @@ def as_number(value) -> float | None:
         return None
 
 
-def as_fraction(name: str, value) -> float:
+def parse_fraction(value, name: str) -> float:
     number = as_number(value)
     if number is None:
         raise RefDropError(f"RefDrop: '{name}' must be a number, got {shown(value)}")
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
         raise RefDropError(f"RefDrop: '{name}' must lie in [0, 1], got {shown(value)}")
     return number
-
-
-def _as_list(name: str, value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, (list, tuple)):
-        if not all(isinstance(v, str) for v in value):
-            raise RefDropError(f"RefDrop: '{name}' must be a list of names, got {shown(value)}")
-        return [v.strip() for v in value if v.strip()]
-    raise RefDropError(f"RefDrop: '{name}' must be a list of names, got {shown(value)}")
 
 
 def parse_rfg(value, name: str = "rfg") -> float:
@@ -120,12 +85,36 @@ def parse_rfg(value, name: str = "rfg") -> float:
     return rfg
 
 
-def parse_mode(value) -> str:
+def parse_mode(value, name: str = "mode") -> str:
     if isinstance(value, str):
         for mode in MODES:
             if value.strip().lower() == mode.lower():
                 return mode
-    raise RefDropError(f"RefDrop: mode must be one of {', '.join(MODES)}, got {shown(value)}")
+    raise RefDropError(f"RefDrop: {name} must be one of {', '.join(MODES)}, got {shown(value)}")
+
+
+def parse_text(value, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RefDropError(f"RefDrop: '{name}' must be text, got {shown(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no file name or PNG text can hold it
+        raise RefDropError(f"RefDrop: '{name}' is not valid unicode text: {shown(value)}") from None
+    return value.strip()
+
+
+def _names_list(value, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise RefDropError(f"RefDrop: '{name}' must be a list of names, got {shown(value)}")
+        return [v.strip() for v in value if v.strip()]
+    raise RefDropError(f"RefDrop: '{name}' must be a list of names, got {shown(value)}")
 
 
 def _block_name(raw: str) -> str | None:
@@ -142,7 +131,7 @@ def _block_name(raw: str) -> str | None:
 
 def parse_blocks(value, name: str = "disabled_blocks") -> tuple[str, ...]:
     names = []
-    for raw in _as_list(name, value):
+    for raw in _names_list(value, name):
         block = _block_name(raw)
         if block is None:
             raise RefDropError(
@@ -162,7 +151,7 @@ def block_sort_key(name: str) -> tuple[int, int]:
 
 def parse_groups(value, name: str = "disabled_groups") -> tuple[str, ...]:
     groups = []
-    for raw in _as_list(name, value):
+    for raw in _names_list(value, name):
         group = raw.lower()
         if not raw.isascii() or group not in BLOCK_GROUPS:
             raise RefDropError(f"RefDrop: unknown block group {shown(raw)} in '{name}'; use {', '.join(BLOCK_GROUPS)}")
@@ -171,17 +160,81 @@ def parse_groups(value, name: str = "disabled_groups") -> tuple[str, ...]:
     return tuple(g for g in BLOCK_GROUPS if g in groups)
 
 
-def _as_text(name: str, value) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise RefDropError(f"RefDrop: '{name}' must be text, got {shown(value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no file name or PNG text can hold it
-        raise RefDropError(f"RefDrop: '{name}' is not valid unicode text: {shown(value)}") from None
-    return value.strip()
+# -- the table ------------------------------------------------------------------------------------------------
 
+# When infotext.write puts a field into the infotext of a generation with RefDrop on. "If set": unless at the
+# default, since an empty value would not survive the host's infotext parser and a key left out pastes as the default.
+ALWAYS = "always"                  # every RefDrop infotext (the keys that mark one)
+IN_USE = "in Use"                  # a Use's, at any value
+IN_USE_IF_SET = "in Use if set"
+IN_SAVE_IF_SET = "in Save if set"
+NEVER = "never"
+# How pasting an infotext (the paste button, the API's ``infotext``) sets the field's control; where a key is left
+# out, the default comes back:
+SWITCH = "switch"      # on only when the infotext says so: pasting an image made without RefDrop turns it off
+ANY = "any"            # from any RefDrop infotext
+USE_ONLY = "Use only"  # from a Use's; a Save's leaves the control as it is, since the value did not apply to it
+RESET = "reset"        # to the default from any RefDrop infotext: never carried over from another image
+
+
+@dataclass(frozen=True)
+class Field:
+    """One argument: its name and default, its validator, its infotext key and how that is written and pasted."""
+
+    arg: str                         # argument name: a RefDropSettings attribute and a place in ARG_NAMES
+    default: object
+    parse: Callable[[object, str], object]  # a validator above: any JSON value -> valid value or RefDropError
+    key: str | None                  # the infotext key (None: never in an infotext)
+    written: str                     # ALWAYS, IN_USE, IN_USE_IF_SET, IN_SAVE_IF_SET or NEVER
+    pasted: str                      # SWITCH, ANY, USE_ONLY or RESET
+    also_read: tuple[str, ...] = ()  # keys pasted into the control when its own key is missing or empty
+
+
+# The keys are those written since the first release, so that every infotext keeps pasting; two break the
+# ``refdrop_<arg>`` pattern (``refdrop_saved_as``, ``refdrop_hires``) and API clients read ``refdrop_saved_as``.
+FIELDS = (
+    Field("enabled", False, parse_bool, "refdrop_enabled", ALWAYS, SWITCH),
+    Field("mode", "Use", parse_mode, "refdrop_mode", ALWAYS, ANY),
+    Field("rfg", DEFAULT_RFG, parse_rfg, "refdrop_rfg", IN_USE, USE_ONLY),
+    # Use: which saved reference. A Save's name pastes into it, ready to use the reference that image made.
+    Field("reference", "", parse_text, "refdrop_reference", IN_USE_IF_SET, ANY, also_read=("refdrop_saved_as",)),
+    # Save: the name of the new reference ("" = automatic); the infotext holds the name it was saved as.
+    Field("save_name", "", parse_text, "refdrop_saved_as", IN_SAVE_IF_SET, RESET),
+    Field("disabled_groups", (), parse_groups, "refdrop_disabled_groups", IN_USE_IF_SET, USE_ONLY),  # of BLOCK_GROUPS
+    Field("disabled_blocks", (), parse_blocks, "refdrop_disabled_blocks", IN_USE_IF_SET, USE_ONLY),  # ("OUT00",...)
+    # The paper's Up1 ablation: less pose/background copying.
+    Field("skip_first_up", False, parse_bool, "refdrop_skip_first_up", IN_USE_IF_SET, USE_ONLY),
+    # The fractions of the schedule where RFG starts and ends.
+    Field("step_start", 0.0, parse_fraction, "refdrop_step_start", IN_USE_IF_SET, USE_ONLY),
+    Field("step_end", 1.0, parse_fraction, "refdrop_step_end", IN_USE_IF_SET, USE_ONLY),
+    Field("apply_hires", False, parse_bool, "refdrop_hires", IN_USE_IF_SET, USE_ONLY),  # RFG in the hires-fix pass
+    Field("overwrite", False, parse_bool, None, NEVER, RESET),  # Save: replace a reference of the same name
+    # Save: the storage profile ("" = the default from the Settings page).
+    Field("profile", "", parse_text, "refdrop_profile", IN_SAVE_IF_SET, ANY),
+)
+ARG_NAMES = tuple(f.arg for f in FIELDS)
+
+
+class _Settings:
+    """The validated values of one generation, one attribute per ``FIELDS`` row (made by ``build``)."""
+
+    @property
+    def saving(self) -> bool:
+        return self.enabled and self.mode == "Save"
+
+    @property
+    def using(self) -> bool:
+        return self.enabled and self.mode == "Use"
+
+
+RefDropSettings = make_dataclass(
+    "RefDropSettings", [(f.arg, type(f.default), field(default=f.default)) for f in FIELDS], bases=(_Settings,),
+    frozen=True, namespace={"__module__": __name__, "__doc__": _Settings.__doc__},
+)
+DEFAULTS = RefDropSettings()
+
+
+# -- building settings from raw arguments -----------------------------------------------------------------------
 
 def _listed(keys) -> str:
     """Argument names for a message: a few, each shown safely (a client may send any number, of any size)."""
@@ -191,7 +244,7 @@ def _listed(keys) -> str:
 
 
 def build(values: dict, spelled: dict | None = None) -> RefDropSettings:
-    """Validate a dict of named values (unknown names are an error) into settings.
+    """Validate a dict of named values (unknown names are an error; missing ones take the default) into settings.
 
     ``spelled`` maps an argument to the alias the caller used for it, so that a message names what the user wrote.
     """
@@ -199,50 +252,46 @@ def build(values: dict, spelled: dict | None = None) -> RefDropSettings:
     if unknown:
         raise RefDropError(f"RefDrop: unknown argument(s) {_listed(unknown)}; known: {', '.join(ARG_NAMES)}")
     spelled = spelled or {}
-
-    def label(name: str) -> str:
-        return spelled.get(name, name)
-
-    merged = {**asdict(RefDropSettings()), **values}
-    settings = RefDropSettings(
-        enabled=as_bool(label("enabled"), merged["enabled"]),
-        mode=parse_mode(merged["mode"]),
-        rfg=parse_rfg(merged["rfg"], label("rfg")),
-        reference=_as_text(label("reference"), merged["reference"]),
-        save_name=_as_text(label("save_name"), merged["save_name"]),
-        disabled_groups=parse_groups(merged["disabled_groups"], label("disabled_groups")),
-        disabled_blocks=parse_blocks(merged["disabled_blocks"], label("disabled_blocks")),
-        skip_first_up=as_bool(label("skip_first_up"), merged["skip_first_up"]),
-        step_start=as_fraction(label("step_start"), merged["step_start"]),
-        step_end=as_fraction(label("step_end"), merged["step_end"]),
-        apply_hires=as_bool(label("apply_hires"), merged["apply_hires"]),
-        overwrite=as_bool(label("overwrite"), merged["overwrite"]),
-        profile=_as_text(label("profile"), merged["profile"]),
-    )
+    settings = RefDropSettings(**{
+        f.arg: f.parse(values.get(f.arg, f.default), spelled.get(f.arg, f.arg)) for f in FIELDS
+    })
     if settings.step_start >= settings.step_end:
+        start, end = spelled.get("step_start", "step_start"), spelled.get("step_end", "step_end")
         raise RefDropError(
-            f"RefDrop: the step window is empty: '{label('step_start')}' ({settings.step_start}) must be below "
-            f"'{label('step_end')}' ({settings.step_end})"
+            f"RefDrop: the step window is empty: '{start}' ({settings.step_start}) must be below "
+            f"'{end}' ({settings.step_end})"
         )
     return settings
 
 
 def from_args(args) -> RefDropSettings:
     """Settings from script args: the positional UI order, or one dict of named arguments (API)."""
-    args = list(args)
+    values, spelled = _raw_values(list(args))
+    return build(values, spelled)
+
+
+def _raw_values(args: list) -> tuple[dict, dict]:
+    """The raw values of script args by argument name, and the alias used for each argument given under one."""
     if args and isinstance(args[0], dict):
         # The host fills the positions after the dict with the panel's defaults (or values from the request's
         # infotext): they are the values of the fields the dict does not name, as in the positional form.
         defaults = dict(zip(ARG_NAMES[1:], args[1:], strict=False))
         named, spelled = _named(args[0])
-        return build({**defaults, **named}, spelled)
+        return {**defaults, **named}, spelled
     if len(args) > len(ARG_NAMES):
         raise RefDropError(f"RefDrop: expected at most {len(ARG_NAMES)} arguments, got {len(args)}")
-    return build(dict(zip(ARG_NAMES, args, strict=False)))  # the host may send fewer
+    return dict(zip(ARG_NAMES, args, strict=False)), {}  # the host may send fewer
+
+
+def _raw_enabled(first):
+    """The raw "enabled" of the first script arg; a dict of named arguments that names anything means "on"."""
+    if isinstance(first, dict):
+        return first.get("enabled", bool(first))  # {"reference": "x", "rfg": 0.4} clearly means "on"; {} stays off
+    return first
 
 
 def _named(raw: dict) -> tuple[dict, dict]:
-    """The named API form: aliases resolved (each argument once), and a non-empty dict means "on".
+    """The named API form: aliases resolved (each argument once), and "enabled" as ``_raw_enabled`` reads it.
 
     Returns the values by argument name and, for arguments given under an alias, the alias used.
     """
@@ -256,16 +305,11 @@ def _named(raw: dict) -> tuple[dict, dict]:
         named[name] = value
         if name != key:
             spelled[name] = key
-    if named and "enabled" not in named:
-        named["enabled"] = True  # {"reference": "x", "rfg": 0.4} clearly means "on"; {} stays off
+    named["enabled"] = _raw_enabled(raw)
     return named, spelled
 
 
 def to_args(settings: RefDropSettings) -> list:
-    """The positional form, in UI order (inverse of ``from_args``)."""
-    values = asdict(settings)
-    out = []
-    for name in ARG_NAMES:
-        value = values[name]
-        out.append(list(value) if isinstance(value, tuple) else value)
-    return out
+    """The positional form, in UI order (inverse of ``from_args``): what the panel sends."""
+    values = (getattr(settings, name) for name in ARG_NAMES)
+    return [list(value) if isinstance(value, tuple) else value for value in values]

@@ -167,7 +167,7 @@ def test_use_round_trip_property(rfg, reference, groups, blocks, skip, hires, wi
 
 @pytest.mark.parametrize("text", ["True", "true", "1"])
 def test_enabled_spellings(text):
-    assert infotext.parse_enabled({"refdrop_enabled": text}) is True
+    assert infotext.PARSERS["enabled"]({"refdrop_enabled": text}) is True
 
 
 def test_positional_args_of_defaults_match_from_args():

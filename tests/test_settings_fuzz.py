@@ -17,6 +17,7 @@ from lib_refdrop.settings import (
     _ALIASES,
     ARG_NAMES,
     BLOCK_GROUPS,
+    FIELDS,
     MODES,
     RefDropSettings,
     from_args,
@@ -126,7 +127,8 @@ def test_values_that_used_to_escape_as_other_exceptions(args, label):
 
 # -- pasting ------------------------------------------------------------------------------------------------------
 
-PASTED_KEYS = st.sampled_from([*infotext.KEYS, "Steps", "refdrop_other"]) | st.text(max_size=8)
+INFOTEXT_KEYS = sorted({key for f in FIELDS for key in (f.key, *f.also_read) if key})
+PASTED_KEYS = st.sampled_from([*INFOTEXT_KEYS, "Steps", "refdrop_other"]) | st.text(max_size=8)
 PASTED_VALUES = JSON_VALUES | st.text(max_size=20)
 PASTED = st.dictionaries(PASTED_KEYS, PASTED_VALUES, max_size=8).map(
     lambda d: {"refdrop_enabled": "True", **d} if len(d) % 2 else d)  # half of them count as RefDrop infotexts

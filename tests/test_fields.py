@@ -1,0 +1,96 @@
+"""The FIELDS table drives the argument names, validation, the infotext keys and pasting."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_settings_fuzz import JSON_VALUES
+
+from lib_refdrop import infotext
+from lib_refdrop.errors import RefDropError
+from lib_refdrop.settings import (
+    ANY,
+    ARG_NAMES,
+    DEFAULTS,
+    FIELDS,
+    SWITCH,
+    USE_ONLY,
+    RefDropSettings,
+    from_args,
+    parse_bool,
+    to_args,
+)
+
+# The public positional order of alwayson_scripts["RefDrop"]["args"] (README "Web API"): it only grows at the end.
+PUBLIC_ORDER = ("enabled", "mode", "rfg", "reference", "save_name", "disabled_groups", "disabled_blocks",
+                "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile")
+# Every key an infotext written by 7431b38 can hold, with a value and what it pastes into.
+KEYS_OF_7431B38 = [
+    ("refdrop_enabled", "True", "enabled", True),
+    ("refdrop_mode", "Save", "mode", "Save"),
+    ("refdrop_reference", "cat", "reference", "cat"),
+    ("refdrop_saved_as", "hero", "reference", "hero"),
+    ("refdrop_rfg", "-0.4", "rfg", -0.4),
+    ("refdrop_disabled_groups", "input, output", "disabled_groups", ["input", "output"]),
+    ("refdrop_disabled_blocks", "OUT01, M00", "disabled_blocks", ["M00", "OUT01"]),
+    ("refdrop_skip_first_up", "True", "skip_first_up", True),
+    ("refdrop_step_start", "0.2", "step_start", 0.2),
+    ("refdrop_step_end", "0.8", "step_end", 0.8),
+    ("refdrop_hires", "True", "apply_hires", True),
+    ("refdrop_profile", "exact", "profile", "exact"),
+]
+
+
+def test_the_table_gives_the_public_argument_order_and_the_settings_attributes():
+    assert ARG_NAMES == PUBLIC_ORDER
+    assert tuple(vars(RefDropSettings())) == PUBLIC_ORDER
+    assert to_args(DEFAULTS) == [f.default if not isinstance(f.default, tuple) else [] for f in FIELDS]
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=lambda f: f.arg)
+def test_every_default_is_valid_for_its_own_validator(field):
+    assert field.parse(field.default, field.arg) == field.default
+
+
+@pytest.mark.parametrize("key, text, arg, pasted", KEYS_OF_7431B38)
+def test_keys_written_by_7431b38_keep_pasting(key, text, arg, pasted):
+    params = {"refdrop_enabled": "True", "refdrop_mode": "Use", key: text}
+    assert infotext.parse(params)[arg] == pasted
+
+
+def test_an_infotext_of_7431b38_pastes_whole():
+    line = {"refdrop_enabled": "True", "refdrop_mode": "Use", "refdrop_reference": "cat", "refdrop_rfg": "0.5",
+            "refdrop_disabled_blocks": "OUT03", "refdrop_hires": "True", "refdrop_step_end": "0.5"}
+    pasted = infotext.parse(line)
+    assert from_args([pasted[name] for name in ARG_NAMES]) == from_args([{
+        "reference": "cat", "rfg": 0.5, "disabled_blocks": "OUT03", "apply_hires": True, "step_end": 0.5}])
+
+
+PASTED_FIELDS = [f for f in FIELDS if f.key and f.pasted in (ANY, USE_ONLY, SWITCH)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(PASTED_FIELDS), value=JSON_VALUES | st.text(max_size=12))
+def test_pasting_accepts_exactly_what_the_settings_validator_accepts(field, value):
+    """The paste of one key gives the validator's value, or leaves the control alone where it refuses."""
+    assume(field.arg != "mode")  # the mode decides which controls a paste sets (tested in test_infotext.py)
+    assume(value or not field.also_read)  # an empty reference falls back to the Save's name
+    pasted = infotext.PARSERS[field.arg]({"refdrop_enabled": "True", "refdrop_mode": "Use", field.key: value})
+    try:
+        valid = field.parse(value, field.key)
+    except RefDropError:
+        valid = None
+    if field.pasted == SWITCH:
+        assert pasted is (valid is True)
+    else:
+        assert pasted == (list(valid) if isinstance(valid, tuple) else valid)
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("on", True), ("yes", True), ("1", True), (1, True),
+                                         ("False", False), ("off", False), ("no", False), (0, False)])
+def test_one_parse_bool_for_arguments_settings_and_pasting(text, value):
+    assert parse_bool(text, "x") is value
+    assert from_args([{"skip_first_up": text}]).skip_first_up is value
+    pasted = infotext.parse({"refdrop_enabled": text, "refdrop_mode": "Use", "refdrop_skip_first_up": text})
+    assert pasted["enabled"] is value and pasted["skip_first_up"] is value
