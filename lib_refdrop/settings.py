@@ -264,10 +264,42 @@ def build(values: dict, spelled: dict | None = None) -> RefDropSettings:
     return settings
 
 
-def from_args(args) -> RefDropSettings:
-    """Settings from script args: the positional UI order, or one dict of named arguments (API)."""
+def from_args(args, overrides: dict | None = None) -> RefDropSettings:
+    """Settings from script args: the positional UI order, or one dict of named arguments (API).
+
+    ``overrides`` (argument name -> raw value, e.g. an X/Y/Z cell's) replace the arguments' values before anything
+    is validated, so the values are validated once, together.
+    """
     values, spelled = _raw_values(list(args))
-    return build(values, spelled)
+    overrides = overrides or {}
+    spelled = {name: alias for name, alias in spelled.items() if name not in overrides}
+    return build({**values, **overrides}, spelled)
+
+
+def wants_refdrop(args) -> bool:
+    """Whether raw script args ask for RefDrop, valid or not: when they do, their errors are worth reporting.
+
+    An "enabled" that is neither true nor false asks for it too, so that its error is reported.
+    """
+    args = list(args)
+    try:
+        return parse_bool(_raw_enabled(args[0]) if args else False, "enabled")
+    except RefDropError:
+        return True
+
+
+def for_generation(args, overrides: dict | None = None) -> RefDropSettings:
+    """The settings of one generation from its script args and X/Y/Z ``overrides``, validated once.
+
+    Invalid arguments that do not ask for RefDrop (``wants_refdrop``) give RefDrop off: a request that does not use
+    RefDrop never fails because of it. RefDropError when they ask for it, or when a RefDrop axis set ``overrides``.
+    """
+    try:
+        return from_args(args, overrides)
+    except RefDropError:
+        if overrides or wants_refdrop(args):
+            raise
+        return DEFAULTS
 
 
 def _raw_values(args: list) -> tuple[dict, dict]:

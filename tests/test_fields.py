@@ -1,4 +1,5 @@
-"""The FIELDS table drives the argument names, validation, the infotext keys and pasting."""
+"""The FIELDS table drives the argument names, validation, the infotext keys and pasting; script args and X/Y/Z
+overrides are validated once, together; one rule says whether raw args ask for RefDrop."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 from test_settings_fuzz import JSON_VALUES
 
 from lib_refdrop import infotext
+from lib_refdrop import settings as settings_module
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.settings import (
     ANY,
@@ -17,9 +19,11 @@ from lib_refdrop.settings import (
     SWITCH,
     USE_ONLY,
     RefDropSettings,
+    for_generation,
     from_args,
     parse_bool,
     to_args,
+    wants_refdrop,
 )
 
 # The public positional order of alwayson_scripts["RefDrop"]["args"] (README "Web API"): it only grows at the end.
@@ -94,3 +98,53 @@ def test_one_parse_bool_for_arguments_settings_and_pasting(text, value):
     assert from_args([{"skip_first_up": text}]).skip_first_up is value
     pasted = infotext.parse({"refdrop_enabled": text, "refdrop_mode": "Use", "refdrop_skip_first_up": text})
     assert pasted["enabled"] is value and pasted["skip_first_up"] is value
+
+
+# -- one validation of args and X/Y/Z overrides ---------------------------------------------------------------
+
+def test_overrides_are_merged_before_validation():
+    """An X/Y/Z value replaces the panel's value of its cell, so a panel value it replaces is never validated."""
+    assert for_generation([{"coefficient": 7, "reference": "r"}], {"rfg": 0.5}).rfg == 0.5
+    assert for_generation([True, "Use", 7, "r"], {"rfg": -0.5}).rfg == -0.5
+    assert for_generation([True, "Save", 0.3, "", "x"], {"mode": "Use", "reference": "r"}).using
+
+
+def test_args_and_overrides_are_validated_once(monkeypatch):
+    calls = []
+    build = settings_module.build
+    monkeypatch.setattr(settings_module, "build", lambda *a, **k: calls.append(a) or build(*a, **k))
+    settings = for_generation([{"reference": "r", "rfg": 0.2}], {"step_end": 0.5, "rfg": 0.4})
+    assert (settings.rfg, settings.step_end, settings.reference) == (0.4, 0.5, "r")
+    assert len(calls) == 1
+
+
+def test_a_bad_override_is_reported_under_its_own_name():
+    with pytest.raises(RefDropError, match=r"RFG coefficient must lie in \[-1, 1\], got 7 \(argument 'rfg'\)"):
+        for_generation([{"coefficient": 0.3}], {"rfg": 7})
+    with pytest.raises(RefDropError, match="mode must be one of"):
+        for_generation([False], {"mode": "Sideways"})  # an axis was set, so its error matters even with RefDrop off
+
+
+@pytest.mark.parametrize("args", [
+    [1, "Use", 7], [{"enabled": 1, "rfg": 7}], ["on", "Use", 7], [{"enabled": "yes", "mode": "Blend"}],
+    [{"rfg": 7}],  # a dict that names anything means "on"
+    [{"enabled": "maybe"}], [2, "Use"], [[True]], [{"enabled": None, "rfg": 0.3}],  # no boolean: report it
+])
+def test_invalid_args_that_ask_for_refdrop_are_reported(args):
+    assert wants_refdrop(args)
+    with pytest.raises(RefDropError, match="^RefDrop: "):
+        for_generation(args)
+
+
+@pytest.mark.parametrize("args", [[False, "Use", 7], [{"enabled": False, "rfg": 7}], ["off", "Blend"],
+                                  [0, "Use", 0.3, 5], [{"enabled": "no", "nope": 1}]])
+def test_invalid_args_that_do_not_ask_for_refdrop_leave_it_off(args):
+    assert not wants_refdrop(args)
+    assert for_generation(args) == DEFAULTS
+
+
+@pytest.mark.parametrize("args, on", [([], False), ([{}], False), ([True], True), ([False, "Use", 0.5], False),
+                                      ([{"reference": "r"}], True), ([{"enabled": 0, "reference": "r"}], False)])
+def test_valid_args_give_their_settings(args, on):
+    assert wants_refdrop(args) is on
+    assert for_generation(args) == from_args(args) and for_generation(args).enabled is on
