@@ -4,3 +4,4 @@ Everything except the host wiring in ``scripts/refdrop.py`` lives here, one conc
 """
 
 __version__ = "0.1.0"
+TITLE = "RefDrop"  # the script's title: its panel label and its key in the API's ``alwayson_scripts``

@@ -5,20 +5,21 @@ An axis only overrides values of the RefDrop panel; it does not switch RefDrop o
 while the panel is off is refused with a message (otherwise every cell would silently look the same). Put 0 on
 the RFG axis to get a plain baseline cell (c = 0 is exactly a generation without RefDrop).
 
-The apply function stores the value on the per-cell copy of ``p`` (``p.refdrop_xyz``); the script merges it into
-the panel's values through ``settings.build``, so axis values are validated like any other input.
+The apply function stores the value on the per-cell copy of ``p`` (``p.refdrop_xyz``); the script hands it to
+``settings.for_generation`` with the panel's values, so axis values are validated with them, like any other input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import settings as settings_module
+from . import TITLE
 from .errors import RefDropError
+from .settings import MODES, build, parse_mode, parse_rfg, wants_refdrop
 
 PREFIX = "[RefDrop]"
 XYZ_MODULE_NAMES = ("xyz_grid.py", "xy_grid.py")
-SCRIPT_TITLE = "RefDrop"
+SCRIPT_TITLE = TITLE  # the old name, still read by scripts/refdrop.py
 
 
 def override(p, name: str, value) -> None:
@@ -38,13 +39,13 @@ def _apply(name: str) -> Callable:
 
 
 def panel_enabled(p) -> bool | None:
-    """Whether the RefDrop panel of this generation is on (None if that cannot be told)."""
+    """Whether the RefDrop panel of this generation asks for RefDrop (None if its values cannot be found)."""
     runner = getattr(p, "scripts", None)
     for script in getattr(runner, "alwayson_scripts", None) or []:
-        if script.title() == SCRIPT_TITLE:
+        if script.title() == TITLE:
             try:
-                return settings_module.from_args(p.script_args[script.args_from:script.args_to]).enabled
-            except (RefDropError, TypeError, AttributeError):
+                return wants_refdrop(p.script_args[script.args_from:script.args_to])
+            except (TypeError, AttributeError):
                 return None
     return None
 
@@ -78,15 +79,15 @@ def make_axes(axis_option_class, get_store: Callable) -> list:
             raise RefDropError(store.missing_message(name))
 
     def check_step_end(x):
-        settings_module.build({"step_end": x})
+        build({"step_end": x})
 
     return [
         axis_option_class(f"{PREFIX} RFG coefficient", float, _apply("rfg"),
-                          confirm=_confirm_each(settings_module.parse_rfg)),
+                          confirm=_confirm_each(parse_rfg)),
         axis_option_class(f"{PREFIX} Reference", str, _apply("reference"), confirm=_confirm_each(check_reference),
                           choices=lambda: list(get_store().names())),
-        axis_option_class(f"{PREFIX} Mode", str, _apply("mode"), confirm=_confirm_each(settings_module.parse_mode),
-                          choices=lambda: list(settings_module.MODES)),
+        axis_option_class(f"{PREFIX} Mode", str, _apply("mode"), confirm=_confirm_each(parse_mode),
+                          choices=lambda: list(MODES)),
         axis_option_class(f"{PREFIX} Step end", float, _apply("step_end"), confirm=_confirm_each(check_step_end)),
     ]
 

@@ -3,12 +3,15 @@ overrides are validated once, together; one rule says whether raw args ask for R
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_settings_fuzz import JSON_VALUES
 
-from lib_refdrop import infotext
+import lib_refdrop
+from lib_refdrop import infotext, xyz
 from lib_refdrop import settings as settings_module
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.settings import (
@@ -148,3 +151,48 @@ def test_invalid_args_that_do_not_ask_for_refdrop_leave_it_off(args):
 def test_valid_args_give_their_settings(args, on):
     assert wants_refdrop(args) is on
     assert for_generation(args) == from_args(args) and for_generation(args).enabled is on
+
+
+# -- X/Y/Z: the panel is read with the same rule ----------------------------------------------------------------
+
+def xyz_p(panel_args: list):
+    """A ``p`` whose script runner holds RefDrop's panel values after another script's."""
+    refdrop = SimpleNamespace(title=lambda: "RefDrop", args_from=2, args_to=2 + len(panel_args))
+    other = SimpleNamespace(title=lambda: "Other", args_from=0, args_to=2)
+    return SimpleNamespace(scripts=SimpleNamespace(alwayson_scripts=[other, refdrop]),
+                           script_args=["x", "y", *panel_args])
+
+
+def rfg_axis():
+    def axis_option(label, kind, apply, confirm=None, choices=None):
+        return SimpleNamespace(label=label, apply=apply, confirm=confirm, choices=choices)
+
+    axes = xyz.make_axes(axis_option, get_store=lambda: None)
+    return next(axis for axis in axes if axis.label == "[RefDrop] RFG coefficient")
+
+
+@pytest.mark.parametrize("panel, on", [
+    ([True, "Use", 0.3], True), ([False, "Use", 0.3], False), ([{"enabled": 1}], True), ([{"rfg": 0.5}], True),
+    ([{"enabled": "maybe"}], True), ([1, "Use", 7], True), ([False, "Use", 7], False), ([{}], False),
+])
+def test_panel_enabled_reads_the_panel_like_the_generation(panel, on):
+    assert xyz.panel_enabled(xyz_p(panel)) is on is wants_refdrop(panel)
+
+
+def test_a_grid_with_the_panel_off_and_an_invalid_panel_value_is_refused():
+    """The panel is off, so every cell would run without RefDrop; its invalid RFG used to hide that."""
+    with pytest.raises(RuntimeError, match="enable RefDrop in its panel first"):
+        rfg_axis().confirm(xyz_p([False, "Use", 7]), [0.2, 0.4])
+    rfg_axis().confirm(xyz_p([True, "Use", 7]), [0.2, 0.4])  # on: each cell's RFG replaces the invalid one
+
+
+def test_panel_enabled_without_refdrop_or_its_args():
+    assert xyz.panel_enabled(SimpleNamespace()) is None
+    p = xyz_p([True])
+    p.script_args = None
+    assert xyz.panel_enabled(p) is None
+
+
+def test_the_title_lives_with_the_package():
+    assert lib_refdrop.TITLE == "RefDrop"
+    assert xyz.SCRIPT_TITLE == lib_refdrop.TITLE
