@@ -27,7 +27,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import VERSION as PYDANTIC_VERSION
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -57,24 +58,30 @@ SUMMARY_FIELDS = tuple(_SUMMARY_SOURCES)
 
 
 # Windows device names (names._RESERVED) spelled in any case: ECMA-262 patterns have no ignore-case flag.
-_DEVICE_NAMES = r"[cC][oO][nN]|[pP][rR][nN]|[aA][uU][xX]|[nN][uU][lL]|(?:[cC][oO][mM]|[lL][pP][tT])[0-9¹²³]"
-# validate_name's rules as an ECMA-262 pattern (JSON Schema's dialect; \p{..} are Unicode general categories):
-# not a Windows device name before the first dot, no "..", first a letter, digit or "_", then also marks, spaces
-# and _ . ( ) + -, and no dot or space at the end. The exact test of this equivalence is tests/test_api_schema.py.
+_DEVICE_DIGITS = r"[0-9\u00b2\u00b3\u00b9]"  # ² ³ ¹ too
+_DEVICE_NAMES = rf"[cC][oO][nN]|[pP][rR][nN]|[aA][uU][xX]|[nN][uU][lL]|(?:[cC][oO][mM]|[lL][pP][tT]){_DEVICE_DIGITS}"
+# Characters as negated classes of the ASCII ones refused, so every non-ASCII character passes: a negated class
+# reads the same in ECMA-262 with and without the u flag (Swagger UI, which the hosts serve at /docs, tests a
+# pattern with a plain `new RegExp`), in Python's re and in Rust's regex, where \p{..} (the only way to tell a
+# letter from a symbol) is missing from some. Exact for ASCII; tests/test_api_schema.py checks it against
+# validate_name.
+_FIRST = r"[^\x00-\x2F:-@\[-\^`{-\x7F]"         # a letter, digit or _
+_MIDDLE = r"[^\x00-\x1F!-'*,/:-@\[-\^`{-\x7F]"  # also a space and . ( ) + -
+_LAST = r"[^\x00-\x27*,./:-@\[-\^`{-\x7F]"      # not a dot or a space
 NAME_PATTERN = (
-    rf"^(?!(?:{_DEVICE_NAMES}) *(?:\.|$))"
-    r"(?!.*\.\.)"
-    r"[\p{L}\p{N}_]"
-    r"(?:[\p{L}\p{N}\p{M}_ .()+\-]*[\p{L}\p{N}\p{M}_()+\-])?$"
+    rf"^(?!(?:{_DEVICE_NAMES}) *(?:\.|$))"  # not a Windows device name before the first dot
+    r"(?![\s\S]*\.\.)"                       # no ".."
+    rf"{_FIRST}(?:{_MIDDLE}*{_LAST})?$"
 )
 NAME_DESCRIPTION = (
     f"A reference name, as the list shows it: at most {MAX_NAME_LENGTH} characters; letters, digits, combining "
     "marks, spaces and _ . ( ) + -; starting with a letter, digit or _; not ending with a dot or a space; no '..', "
-    "'/', '\\' or NUL; not a Windows device name (con, nul, com1...). What the schema cannot say: the name is "
-    f"also at most {MAX_NAME_BYTES} bytes in UTF-8; the server trims surrounding white space and applies Unicode "
-    "NFC before checking (so other spellings of the same name are accepted and the limits apply to the canonical "
-    f"form); letters, digits and marks are the Unicode categories L, N and M of Unicode {unicodedata.unidata_version}."
-    " A refused name is answered 400."
+    "'/', '\\' or NUL; not a Windows device name (con, nul, com1...). What the schema cannot say: the pattern is "
+    "exact for ASCII but lets every other character through, while the server takes of those only letters, digits "
+    f"and marks (Unicode categories L, N, M, Unicode {unicodedata.unidata_version}; no symbols, spaces other than "
+    f"' ', invisible or control characters); the name is also at most {MAX_NAME_BYTES} bytes in UTF-8; and the "
+    "server trims surrounding white space and applies Unicode NFC before checking, so other spellings of the same "
+    "name are accepted and the limits apply to the canonical form. A refused name is answered 400 with the reason."
 )
 
 
@@ -92,25 +99,30 @@ class ApiError(BaseModel):
 
 
 class AuthError(BaseModel):
-    """The host's answer when ``--api-auth`` is on and the credentials are missing or wrong."""
+    """The host's answer when ``--api-auth`` is on and the credentials are missing or wrong (reForge adds fields of
+    its own, which the schema allows: it does not forbid additional properties)."""
 
-    model_config = ConfigDict(extra="allow")  # reForge adds its own fields
     detail: str
+
+
+def _or_null(default=None, **field):
+    """A field that may be null. Pydantic 1 (reForge's) writes OpenAPI 3.0, where only "nullable" lets null in."""
+    return Field(default, **field, **({"nullable": True} if PYDANTIC_VERSION.startswith("1.") else {}))
 
 
 class Summary(BaseModel):
     """What a reference was generated with; null where it does not record a value of that type."""
 
-    family: str | None = Field(None, description="model family: sd15, sdxl...")
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    sampler: str | None = None
-    seed: int | None = None
-    prompt: str | None = None
-    bytes: int | None = Field(None, description="size of the saved features in bytes")
-    created: str | None = Field(None, description="when it was saved, ISO 8601")
-    profile: str | None = Field(None, description="storage profile (exact, compact...)")
+    family: str | None = _or_null(description="model family: sd15, sdxl...")
+    width: int | None = _or_null()
+    height: int | None = _or_null()
+    steps: int | None = _or_null()
+    sampler: str | None = _or_null()
+    seed: int | None = _or_null()
+    prompt: str | None = _or_null()
+    bytes: int | None = _or_null(description="size of the saved features in bytes")
+    created: str | None = _or_null(description="when it was saved, ISO 8601")
+    profile: str | None = _or_null(description="storage profile (exact, compact...)")
 
 
 class ListEntry(Summary):
@@ -118,7 +130,7 @@ class ListEntry(Summary):
 
     name: str
     writing: bool = Field(description="a Save is overwriting it right now (the entry describes the old one)")
-    error: str | None = Field(None, description="why the reference cannot be read (only present then)")
+    error: str | None = _or_null(description="why the reference cannot be read (only present then)")
 
 
 class ReferenceList(BaseModel):
@@ -130,8 +142,8 @@ class ReferenceDetails(BaseModel):
     writing: bool
     summary: Summary
     manifest: dict[str, Any] = Field(description="the full manifest.json")
-    preview: str | None = Field(description="the preview PNG, base64; null without one or when it is refused")
-    preview_error: str | None = Field(description="why the preview is not shown (a link, a special file, too big)")
+    preview: str | None = _or_null(..., description="the preview PNG, base64; null without one or when refused")
+    preview_error: str | None = _or_null(..., description="why the preview is not shown (a link, a FIFO, too big)")
 
 
 class Deleted(BaseModel):
