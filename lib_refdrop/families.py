@@ -1,16 +1,11 @@
-"""Model families: a reference only fits models whose attn1 layers have the same addresses and widths."""
+"""Model families: a reference only fits models whose attn1 layers have the same addresses and widths.
+
+The host tells the family of its model (``hosts/host.py`` ``family_of``); these are their names and the check.
+"""
 
 from __future__ import annotations
 
 LABELS = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "unknown": "an unknown architecture"}
-
-
-def family_of(sd_model) -> str:
-    """The family of a WebUI model object from the flags both hosts set on ``p.sd_model``."""
-    for flag, family in (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is_sd1", "sd15")):
-        if getattr(sd_model, flag, False) is True:
-            return family
-    return "unknown"
 
 
 def label(family: str) -> str:

@@ -13,7 +13,7 @@ import fakehost
 import httpx
 import pytest
 from fakehost import webapp
-from test_script import SAMPLE, args_of, new_p, run_hook
+from test_script import BUG, SAMPLE, args_of, break_planning, new_p, run_hook
 
 MISSING = "RefDrop: reference 'missing' not found"
 FLAVOURS = ["reforge", "forge"]
@@ -105,15 +105,13 @@ def test_a_stack_built_before_refdrop_started_gets_the_handler_too(host, diffusi
 
 
 def test_an_internal_error_keeps_its_traceback_and_answers_500(host, diffusion_model, capfd, monkeypatch):
-    from lib_refdrop import hosts
-
-    monkeypatch.setattr(hosts, "ADAPTERS", ())  # no host attention can be found: a bug, not the user's doing
+    break_planning(monkeypatch)  # a bug, not the user's doing
     generate = generation(host, diffusion_model, args_of(enabled=True, mode="Save"))
     status, body, lines = request(start_app(host, generate, refdrop_started=True), capfd)
     text = "\n".join(lines)
     assert status == 500 and body["error"] == "RefDropInternalError"
     assert body[MESSAGE_KEY[host.flavour]].startswith("RefDrop: internal error: RuntimeError")
-    assert "Traceback" in text and "neither Forge (backend.attention) nor reForge" in text  # the cause is shown
+    assert "Traceback" in text and BUG in text  # the cause is shown
     assert len(lines) > 20
 
 

@@ -189,18 +189,30 @@ def test_errors_become_a_failing_patch(host, diffusion_model):
         sample_patched(p.sd_model.forge_objects.unet, **SAMPLE)
 
 
-def test_internal_errors_also_fail_visibly(host, diffusion_model, monkeypatch, capsys):
-    from lib_refdrop import hosts
+BUG = "the model flags cannot be read"
 
-    monkeypatch.setattr(hosts, "ADAPTERS", ())  # no host attention can be found
+
+def break_planning(monkeypatch) -> None:
+    """A bug while planning a pass: reading the model's family raises something that is not a RefDropError."""
+    from lib_refdrop.hosts import host as host_module
+
+    def broken(sd_model):
+        raise RuntimeError(BUG)
+
+    monkeypatch.setattr(host_module, "family_of", broken)
+
+
+@pytest.mark.parametrize("mode", ["Save", "Use"])
+def test_internal_errors_also_fail_visibly(host, diffusion_model, monkeypatch, capsys, mode):
+    break_planning(monkeypatch)
     script = host.script_module.RefDropScript()
     p, _ = new_p(host, diffusion_model)
-    run_hook(script, p, args_of(enabled=True, mode="Save"))
+    run_hook(script, p, args_of(enabled=True, mode=mode, reference="r"))
     assert capsys.readouterr().err == ""  # the host prints the traceback when the patch stops the generation
     with pytest.raises(RefDropInternalError, match="RefDrop: internal error: RuntimeError") as raised:
         sample_patched(p.sd_model.forge_objects.unet, **SAMPLE)
     assert not isinstance(raised.value, RefDropError)  # a bug: the hosts print its traceback and answer 500
-    assert "neither Forge" in str(raised.value.__cause__)  # ... which shows where it came from
+    assert BUG in str(raised.value.__cause__)  # ... which shows where it came from
 
 
 def test_chains_an_attn1_patch_registered_earlier(host, diffusion_model):
@@ -340,7 +352,7 @@ def test_reforge_adapter_passes_attn_precision(host, diffusion_model):
 
     from lib_refdrop import hosts
 
-    assert hosts.detect().NAME == "reforge"
+    assert hosts.detect().name == "reforge"
     script = host.script_module.RefDropScript()
     args = args_of(enabled=True, mode="Save", save_name="re")
     p, unet = new_p(host, diffusion_model)
@@ -349,6 +361,77 @@ def test_reforge_adapter_passes_attn_precision(host, diffusion_model):
     saved = sample_patched(p.sd_model.forge_objects.unet, host_flavour="reforge", **SAMPLE)
     torch.testing.assert_close(saved, plain, rtol=0, atol=0)
     assert CALLS["n"] > 0 and set(CALLS["attn_precision"]) == {None}
-    assert hosts.percent_to_sigma(unet, 0.0) > hosts.percent_to_sigma(unet, 0.5) > hosts.percent_to_sigma(unet, 1.0)
+    sigma = hosts.detect().percent_to_sigma
+    assert sigma(unet, 0.0) > sigma(unet, 0.5) > sigma(unet, 1.0)
     finish(script, p, args)
     p.refdrop_run.writer.wait(60)
+
+
+@pytest.mark.parametrize("host", ["forge", "reforge"], indirect=True)
+def test_the_host_is_detected_once(host, diffusion_model, monkeypatch):
+    import importlib.util
+
+    from lib_refdrop import hosts
+
+    script = host.script_module.RefDropScript()
+    args = args_of(enabled=True, mode="Use", reference="nothing-yet")
+    run_hook(script, new_p(host, diffusion_model)[0], args)  # the first pass detects the host
+    detected = hosts.detect()
+    assert detected.name == host.flavour
+    lookups = []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda *a, **k: lookups.append(a))
+    monkeypatch.setattr(hosts, "ADAPTERS", ())  # a second detection would find nothing
+    for _ in range(3):
+        p, unet = new_p(host, diffusion_model)
+        run_hook(script, p, args)
+        assert p.sd_model.forge_objects.unet is not unet
+    assert hosts.detect() is detected and lookups == []
+
+
+@pytest.mark.parametrize("host", ["forge", "reforge"], indirect=True)
+def test_each_adapter_reads_the_schedule_where_its_host_keeps_it(host, diffusion_model):
+    from fakehost.objects import make_model
+
+    from lib_refdrop import hosts
+
+    other = {"forge": "reforge", "reforge": "forge"}[host.flavour]
+    sigma = hosts.detect().percent_to_sigma
+    assert sigma(FakeUnetPatcher(make_model(host.flavour)), 0.0) > sigma(FakeUnetPatcher(make_model(host.flavour)), 1)
+    with pytest.raises(AttributeError):  # Forge's predictor, reForge's model_sampling: no guessing between them
+        sigma(FakeUnetPatcher(make_model(other)), 0.5)
+
+
+def test_a_pass_without_before_process_installs_nothing(host, diffusion_model):
+    """Every host path runs before_process first (process_images); a pass without it gets nothing to install."""
+    script = host.script_module.RefDropScript()
+    p, unet = new_p(host, diffusion_model)
+    p.extra_generation_params["refdrop_rfg"] = 0.3
+    script.process_before_every_sampling(p, *args_of(enabled=True, mode="Use", reference="r"))
+    assert p.sd_model.forge_objects.unet is unet and p.extra_generation_params == {}
+    assert getattr(p, "refdrop_run", None) is None
+
+
+def test_the_failing_patch_is_made_once_and_installed_on_every_pass(host, diffusion_model):
+    script = host.script_module.RefDropScript()
+    bad = [{"mode": "Use", "reference": "x", "rfg": 3}]
+    p, unet = new_p(host, diffusion_model, is_hr_pass=True)
+    script.before_process(p, *bad)
+    assert p.refdrop_run is None
+    installed = []
+    for _ in range(2):  # Forge's double call for the hires pass
+        p.sd_model.forge_objects.unet = unet
+        script.process_before_every_sampling(p, *bad)
+        installed.append(p.sd_model.forge_objects.unet)
+    patches = [set(map(id, u.attn1_patches().values())) for u in installed]
+    assert patches[0] == patches[1] and len(patches[0]) == 1 and unet.attn1_patches() == {}
+    with pytest.raises(RefDropError, match="RFG coefficient must lie in"):
+        sample_patched(installed[1], **SAMPLE)
+
+
+def test_the_preview_is_the_first_image_after_a_grid():
+    from lib_refdrop.hosts import first_image
+
+    grid, first, second = (Image.new("RGB", (8, 8), c) for c in ("white", "red", "green"))
+    assert first_image(SimpleNamespace(images=[grid, first, second], index_of_first_image=1)) is first
+    assert first_image(SimpleNamespace(images=[first], index_of_first_image=1)) is first
+    assert first_image(SimpleNamespace(images=[])) is None

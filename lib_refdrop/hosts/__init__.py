@@ -1,40 +1,25 @@
-"""Host adapters: the few places where Forge and reForge differ for RefDrop (attention kernel, sigma schedule,
-the API's error body).
+"""The WebUI hosts: one adapter per family (``forge``, ``reforge``) makes the ``Host`` value that does everything
+host-specific for the script (pass context, install, interruption, error reporting).
 
-Host modules are imported lazily inside functions, so ``lib_refdrop`` imports and tests run without a host.
+Host modules are imported lazily, when a host is detected, so ``lib_refdrop`` imports and tests run without a host.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+import functools
 
 from . import forge, reforge
-from .common import earlier_attn1_patches, install, make_inner, percent_to_sigma
-from .reporting import DEFAULT_MESSAGE_KEY
+from .host import Host, first_image, generation_info
 
-__all__ = ["api_error_message_key", "attention", "detect", "earlier_attn1_patches", "install", "make_inner",
-           "percent_to_sigma"]
+__all__ = ["ADAPTERS", "Host", "detect", "first_image", "generation_info"]
 
-ADAPTERS: tuple[ModuleType, ...] = (forge, reforge)  # Forge first: reForge newmain_newforge has backend/ too
+ADAPTERS = (forge, reforge)  # Forge first: reForge newmain_newforge has backend/ too
 
 
-def detect() -> ModuleType | None:
-    """The adapter of the running host, or None outside a host."""
+@functools.cache
+def detect() -> Host:
+    """The running host, detected at the first call and the same for the life of the process."""
     for adapter in ADAPTERS:
         if adapter.available():
-            return adapter
-    return None
-
-
-def attention():
-    """The running host's attention as ``(q, k, v, extra_options) -> out``."""
-    adapter = detect()
-    if adapter is None:
-        raise RuntimeError("RefDrop: neither Forge (backend.attention) nor reForge (ldm_patched) was found")
-    return adapter.attention()
-
-
-def api_error_message_key() -> str:
-    """Where the running host's API error body carries the exception's message (``errors`` or ``message``)."""
-    adapter = detect()
-    return getattr(adapter, "API_ERROR_MESSAGE_KEY", DEFAULT_MESSAGE_KEY)
+            return adapter.host()
+    raise RuntimeError("RefDrop: neither Forge (backend.attention) nor reForge (ldm_patched) was found")

@@ -1,9 +1,9 @@
-"""What every host adapter shares: the sigma schedule lookup and installing one attn1 patch with chaining.
+"""What the host adapters share: recognising a host, and chaining RefDrop's patch over an earlier one.
 
-Both hosts keep ComfyUI's ``model_options["transformer_options"]["patches_replace"]["attn1"]`` dict and look a
-layer up by ``(block_name, number, block_index)`` first, then ``(block_name, number)`` (host-api.md §2.4).
-``set_model_replace_all`` overwrites every 3-tuple key, so a patch another extension registered before RefDrop
-would silently stop working; ``make_inner`` keeps calling it underneath RefDrop instead.
+Both hosts look an attn1 replace patch up by ``(block_name, number, block_index)`` first, then by
+``(block_name, number)``, and ``set_model_replace_all`` overwrites every 3-tuple key (docs/hosts.md, "The attn1
+replace patch"): a patch another extension registered before RefDrop would silently stop working, so ``chain``
+keeps calling it underneath RefDrop instead.
 """
 
 from __future__ import annotations
@@ -25,27 +25,9 @@ def importable(module: str) -> bool:
         return False
 
 
-def percent_to_sigma(unet, percent: float) -> float:
-    """The sigma at ``percent`` of the schedule: Forge keeps it on ``model.predictor``, reForge on
-    ``model.model_sampling`` (duck-typed, so either host's object works here)."""
-    model = unet.model
-    sampling = getattr(model, "predictor", None)
-    if sampling is None:
-        sampling = getattr(model, "model_sampling", None)
-    if sampling is None or not hasattr(sampling, "percent_to_sigma"):
-        raise AttributeError("the U-Net has neither model.predictor nor model.model_sampling with percent_to_sigma")
-    return float(sampling.percent_to_sigma(float(percent)))
-
-
-def earlier_attn1_patches(unet) -> dict:
-    """A snapshot of the attn1 replace patches already registered on ``unet`` (by another extension)."""
-    options = getattr(unet, "model_options", None) or {}
-    replace = options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    return dict(replace)
-
-
-def make_inner(earlier: dict, attention: Attention) -> Attention:
-    """What attn1 computes without RefDrop: the earlier patch registered for this layer, else host attention."""
+def chain(earlier: dict, attention: Attention) -> Attention:
+    """What attn1 computes without RefDrop: the ``earlier`` patch registered for this layer (by the hosts' key
+    lookup), else ``attention``."""
     if not earlier:
         return attention
 
@@ -60,10 +42,3 @@ def make_inner(earlier: dict, attention: Attention) -> Attention:
         return patch(q, k, v, extra_options)
 
     return inner
-
-
-def install(unet, patch):
-    """A clone of ``unet`` with ``patch`` (one closure) on every attn1 layer; ``unet`` itself is unchanged."""
-    patched = unet.clone()
-    patched.set_model_replace_all(patch, "attn1")
-    return patched

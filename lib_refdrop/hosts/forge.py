@@ -1,23 +1,20 @@
-"""Forge family (lllyasviel/stable-diffusion-webui-forge, reForge ``main-old`` and ``newmain_newforge``)."""
+"""Forge family (lllyasviel/stable-diffusion-webui-forge, reForge ``newmain_newforge``): the ``backend`` package."""
 
 from __future__ import annotations
 
 from .common import importable
-
-NAME = "forge"
-# webui.py _handle_exception, the app's handler for Exception, puts str(exc) under "message"
-API_ERROR_MESSAGE_KEY = "message"
+from .host import Host
 
 
 def available() -> bool:
     return importable("backend.attention")
 
 
-def attention():
-    """The host kernel as ``(q, k, v, extra_options) -> out`` (looked up once: the host picks it at import)."""
-    from backend.attention import attention_function
+def host() -> Host:
+    from backend.attention import attention_function  # chosen once, when the host imports it
 
     def forge_attention(q, k, v, extra_options):
         return attention_function(q, k, v, extra_options["n_heads"])
 
-    return forge_attention
+    # KModel keeps the schedule on ``predictor``; webui.py _handle_exception puts str(exc) under "message"
+    return Host(name="forge", attention=forge_attention, schedule_attribute="predictor", error_message_key="message")

@@ -1,6 +1,6 @@
 """How RefDrop's errors reach the user through the host: one console line for a user error, a traceback for a bug.
 
-A problem found while planning a generation is raised from the first attn1 call (``scripts/refdrop.py`` says why).
+A problem found while planning a generation is raised from the first attn1 call (docs/hosts.md, "Errors", says why).
 Through the API the exception then leaves the host's ``/sdapi/v1/txt2img`` route and is answered by the host's
 FastAPI exception handling, which prints a full traceback for every exception it did not expect: reForge's
 ``modules/api/api.py`` (``api_middleware``: the ``exception_handling`` middleware and ``handle_exception``)

@@ -33,6 +33,7 @@ def activated(flavour: str = "forge", models_path: str | Path | None = None):
     if FLAVOUR_DIRS[flavour] is not None:
         paths.append(str(FLAVOUR_DIRS[flavour]))
     _forget_host_modules()
+    _forget_detected_host()
     sys.path[:0] = paths
     try:
         import modules.paths
@@ -44,9 +45,17 @@ def activated(flavour: str = "forge", models_path: str | Path | None = None):
         for path in paths:
             sys.path.remove(path)
         _forget_host_modules()
+        _forget_detected_host()
         from lib_refdrop import options
 
         options.forget_store()
+
+
+def _forget_detected_host() -> None:
+    """The library detects the host once per process; each activation is a new host process for it."""
+    from lib_refdrop import hosts
+
+    hosts.detect.cache_clear()
 
 
 def load_script():

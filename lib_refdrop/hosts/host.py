@@ -1,0 +1,114 @@
+"""The running WebUI as RefDrop sees it: one ``Host`` value, made by the adapter of its family (``forge.py`` or
+``reforge.py``) and detected once (``hosts.detect``).
+
+The fields hold what differs between the families (docs/hosts.md, "Where Forge and reForge differ"); the methods do
+what is the same on both, through the host objects every Forge-derived WebUI shares: ``p`` (its
+``sd_model.forge_objects.unet`` patcher, the model flags, the seeds and prompts), ``Processed`` and
+``modules.shared.state``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine import Patch
+from ..generation import PassContext, RefDropRun
+from .common import Attention, chain
+from .reporting import make_internal_error_patch, register_error_handler
+
+_FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is_sd1", "sd15"))
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str                 # "forge" or "reforge"
+    attention: Attention      # the host kernel as (q, k, v, extra_options) -> out, looked up once
+    schedule_attribute: str   # the attribute of ``unet.model`` that has ``percent_to_sigma``
+    error_message_key: str    # where the host's API error body puts ``str(exc)``
+
+    def percent_to_sigma(self, unet, percent: float) -> float:
+        """The sigma at ``percent`` (0..1) of the schedule of the model ``unet`` patches."""
+        schedule = getattr(unet.model, self.schedule_attribute)
+        return float(schedule.percent_to_sigma(float(percent)))
+
+    def pass_context(self, p) -> PassContext:
+        """What RefDrop needs to know about the sampling pass that is about to start on ``p``."""
+        unet = p.sd_model.forge_objects.unet
+        return PassContext(
+            family=family_of(p.sd_model),
+            is_hr_pass=bool(getattr(p, "is_hr_pass", False)),
+            percent_to_sigma=lambda percent: self.percent_to_sigma(unet, percent),
+            attention=self.attention,
+            inner=chain(earlier_attn1_patches(unet), self.attention),
+            seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
+        )
+
+    def patch_for(self, p, run: RefDropRun) -> Patch | None:
+        """The run's attn1 patch for this pass; a bug while planning gives a patch that stops the generation with
+        its traceback, since the host would swallow an exception raised in the hook (docs/hosts.md, "Errors")."""
+        try:
+            return run.patch_for_pass(self.pass_context(p))
+        except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed: fail visibly
+            return make_internal_error_patch(exc)
+
+    def install(self, p, patch: Patch) -> None:
+        """Put ``patch`` on every attn1 layer of a clone of this pass's U-Net; the patcher it came from is unchanged
+        (the host resets ``forge_objects`` before every pass, so nothing leaks into the next one)."""
+        forge_objects = p.sd_model.forge_objects
+        patched = forge_objects.unet.clone()
+        patched.set_model_replace_all(patch, "attn1")
+        forge_objects.unet = patched
+
+    def interrupted(self) -> bool:
+        """Whether the user interrupted the generation that is ending (postprocess still runs then)."""
+        from modules import shared
+
+        return bool(getattr(getattr(shared, "state", None), "interrupted", False))
+
+    def register_error_reporting(self, app) -> None:
+        """Answer a ``RefDropError`` that stops an API generation with the host's body and one console line."""
+        register_error_handler(app, self.error_message_key)
+
+
+def family_of(sd_model) -> str:
+    """The model family (``families.LABELS``) from the flags both hosts set on ``p.sd_model``."""
+    for flag, family in _FAMILY_FLAGS:
+        if getattr(sd_model, flag, False) is True:
+            return family
+    return "unknown"
+
+
+def earlier_attn1_patches(unet) -> dict:
+    """A snapshot of the attn1 replace patches already on ``unet`` (another extension's), by layer key."""
+    options = getattr(unet, "model_options", None) or {}
+    replace = options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    return dict(replace)
+
+
+def generation_info(p) -> dict:
+    """What a reference remembers about the generation that made it (the manifest's ``generation``)."""
+    seeds = getattr(p, "all_seeds", None) or [getattr(p, "seed", None)]
+    prompts = getattr(p, "all_prompts", None) or [getattr(p, "prompt", "")]
+    negatives = getattr(p, "all_negative_prompts", None) or [getattr(p, "negative_prompt", "")]
+    return {
+        "width": getattr(p, "width", None),
+        "height": getattr(p, "height", None),
+        "steps": getattr(p, "steps", None),
+        "sampler_name": getattr(p, "sampler_name", None),
+        "scheduler": getattr(p, "scheduler", None),
+        "seed": seeds[0],
+        "prompt": prompts[0],
+        "negative_prompt": negatives[0],
+        "cfg_scale": getattr(p, "cfg_scale", None),
+        "denoising_strength": getattr(p, "denoising_strength", None),
+        "model_name": getattr(p, "sd_model_name", None),
+        "model_hash": getattr(p, "sd_model_hash", None),
+    }
+
+
+def first_image(processed):
+    """The generation's first image, for the reference's preview (a batch's grid comes first when there is one)."""
+    images = getattr(processed, "images", None) or []
+    first = getattr(processed, "index_of_first_image", 0)
+    return images[first] if len(images) > first else (images[0] if images else None)
+
