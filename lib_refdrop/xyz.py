@@ -19,7 +19,6 @@ from .settings import MODES, build, parse_mode, parse_rfg, wants_refdrop
 
 PREFIX = "[RefDrop]"
 XYZ_MODULE_NAMES = ("xyz_grid.py", "xy_grid.py")
-SCRIPT_TITLE = TITLE  # the old name, still read by scripts/refdrop.py
 
 
 def override(p, name: str, value) -> None:
