@@ -296,10 +296,20 @@ class ReferenceStore:
         size, so a truncated or missing file is reported now (by name) and not in the middle of a generation."""
         with _lock:  # not torn by a rename/delete in this process between reading the manifest and the stats
             manifest = self._read_manifest(name)
-            folder = self.path(name)
+            folder = self._readable_folder(name)
             for entry in file_entries(manifest):
                 self._check_size(name, folder, entry)
         return manifest
+
+    def _readable_folder(self, name: str) -> Path:
+        """The folder of reference ``name`` for reading: never through a link, which could lead anywhere."""
+        folder = self.path(name)
+        if folder.is_symlink():
+            raise RefDropError(
+                f"RefDrop: reference '{name}' cannot be used: its folder is a link to {os.readlink(folder)!r}; RefDrop "
+                f"reads only folders inside {self.root} (move the reference's folder there)"
+            )
+        return folder
 
     def _check_size(self, name: str, folder: Path, entry: dict) -> None:
         try:
@@ -326,7 +336,7 @@ class ReferenceStore:
         return RefDropError(f"RefDrop: reference '{name}' is incomplete: {entry['file']} is missing")
 
     def _read_manifest(self, name: str) -> dict:
-        path = self.path(name) / MANIFEST
+        path = self._readable_folder(name) / MANIFEST
         try:
             raw = read_regular(path, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
@@ -366,7 +376,7 @@ class ReferenceStore:
 
     def _open_files(self, name: str, manifest: dict) -> dict[str, int] | None:
         """Descriptors of every tensor file, or None when one vanished because the reference changed."""
-        folder = self.path(name)
+        folder = self._readable_folder(name)
         fds: dict[str, int] = {}
         try:
             for entry in file_entries(manifest):
@@ -398,7 +408,7 @@ class ReferenceStore:
     def read_preview(self, name: str) -> bytes | None:
         """The preview PNG's bytes, None if the reference has none. A preview that is a link, a FIFO or larger
         than ``MAX_PREVIEW_BYTES`` is refused with a message: nothing outside the reference is ever served."""
-        path = self.path(name) / PREVIEW
+        path = self._readable_folder(name) / PREVIEW
         try:
             return read_regular(path, MAX_PREVIEW_BYTES)
         except FileNotFoundError:

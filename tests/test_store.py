@@ -60,13 +60,17 @@ def test_hostile_save_name_through_a_generation_is_a_clear_error(tmp_path):
     assert list(tmp_path.parent.glob("escape*")) == []
 
 
-def test_symlinked_reference_is_read_but_never_written_through(sandbox):
+def test_a_linked_reference_folder_is_listed_but_never_followed(sandbox):
+    """A link can lead anywhere (a folder of someone's own files with a forged manifest): it is not read."""
     outer, store = sandbox
     elsewhere = outer / "elsewhere"
     shutil.copytree(store.path("real"), elsewhere)
     (store.root / "linked").symlink_to(elsewhere, target_is_directory=True)
     before = _tree(elsewhere)
-    store.verify("linked")
+    assert "linked" in store.names()
+    for read in (store.verify, store.manifest, store.read_preview, store.open):
+        with pytest.raises(RefDropError, match="reference 'linked' cannot be used: its folder is a link"):
+            read("linked")
     with pytest.raises(RefDropError, match="is a link"):
         store.rename("linked", "other")
     store.delete("linked")  # removes the link, not what it points to
