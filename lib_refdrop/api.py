@@ -33,25 +33,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from .errors import RefDropError
+from .manifest import ReferenceInfo, reference_info
 from .names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
 from .store import ReferenceStore
 from .writer import pending_write
 
 API_PREFIX = "/refdrop/v1"
-# summary field -> (keys tried in the manifest's "generation" dict, or None for a top-level field; the type shown)
-_SUMMARY_SOURCES: dict[str, tuple[tuple[str, ...] | None, type]] = {
-    "family": (None, str),
-    "width": (("width",), int),
-    "height": (("height",), int),
-    "steps": (("steps",), int),
-    "sampler": (("sampler", "sampler_name"), str),
-    "seed": (("seed",), int),
-    "prompt": (("prompt",), str),
-    "bytes": (None, int),
-    "created": (None, str),
-    "profile": (None, str),
-}
-SUMMARY_FIELDS = tuple(_SUMMARY_SOURCES)
+SUMMARY_FIELDS = ("family", "width", "height", "steps", "sampler", "seed", "prompt", "bytes", "created", "profile")
 
 
 # -- what the OpenAPI document declares ------------------------------------------------------------------------
@@ -341,24 +329,9 @@ def _method_not_allowed(method: str, path_name: str) -> JSONResponse:
 # -- the calls ---------------------------------------------------------------------------------------------------
 
 
-def summary(manifest: dict) -> dict:
-    """The list view of one reference: what it was generated with, how big it is, when.
-
-    The manifest may be hand-made, so a value of another type than ``Summary`` declares is shown as null."""
-    generation = manifest.get("generation")
-    generation = generation if isinstance(generation, dict) else {}
-    out = {}
-    for field, (keys, kind) in _SUMMARY_SOURCES.items():
-        if keys is None:
-            value = manifest.get(field)
-        else:
-            value = next((generation[k] for k in keys if k in generation), None)
-        out[field] = value if _is_a(value, kind) else None
-    return out
-
-
-def _is_a(value, kind: type) -> bool:
-    return isinstance(value, kind) and not isinstance(value, bool)  # JSON true is no width
+def summary(info: ReferenceInfo) -> dict:
+    """The list view of one reference: what it was generated with, how big it is, when (None where unknown)."""
+    return {field: getattr(info, field) for field in SUMMARY_FIELDS}
 
 
 def _list(store: ReferenceStore) -> dict:
@@ -368,7 +341,7 @@ def _list(store: ReferenceStore) -> dict:
 def _list_entry(store: ReferenceStore, name: str) -> dict:
     entry = {"name": name, "writing": pending_write(name) is not None}
     try:
-        entry.update(summary(store.manifest(name)))
+        entry.update(summary(reference_info(store.manifest(name))))
     except (RefDropError, OSError) as exc:  # one broken reference must not take the list down
         entry["error"] = _message(exc)
     return entry
@@ -412,7 +385,7 @@ def _details(store: ReferenceStore, name: str) -> dict:
     return {
         "name": name,
         "writing": pending_write(name) is not None,
-        "summary": summary(manifest),
+        "summary": summary(reference_info(manifest)),
         "manifest": manifest,
         "preview": base64.b64encode(preview).decode("ascii") if preview is not None else None,
         "preview_error": preview_error,

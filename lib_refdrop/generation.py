@@ -106,8 +106,7 @@ class RefDropRun:
         if not self.recorder.recorded_anything:
             self.writer.abort("no self-attention layer was called")
         else:
-            manifest = {"family": self.family, "generation": generation, **self.recorder.manifest_fields()}
-            self.writer.finish(manifest, preview)
+            self.writer.finish(self.family, generation, self.recorder.recording(), preview)
         return f"RefDrop: saving reference '{self.save_name}' in the background"
 
 

@@ -1,4 +1,6 @@
-"""The manifest of a reference: its format, its self-checksum and the validation of everything read from it.
+"""The manifest of a reference: built by one function (``build_manifest``), sealed with a checksum of itself,
+validated when read (``check_manifest``) and read back as one typed value (``ReferenceInfo``) for the panel and the
+REST API.
 
 Everything the reader and the engine take from a manifest is checked here, so a damaged, hand-made or planted
 manifest fails with a message naming the reference instead of a ``KeyError`` in the middle of a generation.
@@ -6,18 +8,102 @@ manifest fails with a message naming the reference instead of a ``KeyError`` in 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass
 
 from .errors import RefDropError
+from .keys import Slot
 
 FORMAT_VERSION = 1
 SEAL = "manifest_sha256"
 REQUIRED_FIELDS = ("format_version", "name", "family", "layers", "chunks", "slots", "profile", "dtype")
 _LAYER_RE = re.compile(r"^(input|middle|output)\d{1,3}\.\d{1,3}$")
 _CHUNK_RE = re.compile(r"^(un)?cond\d{1,3}$")
+
+
+# What a manifest's "generation" records about the generation that made the reference, and the type of each.
+GENERATION_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "width": int, "height": int, "steps": int, "sampler_name": str, "scheduler": str, "seed": int,
+    "prompt": str, "negative_prompt": str, "cfg_scale": (int, float), "denoising_strength": (int, float),
+    "model_name": str, "model_hash": str,
+}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What a Save recorded, as the manifest describes it: layer shapes, chunks, compute dtype, profile, slots."""
+
+    layers: dict[str, dict]
+    chunks: list[str]
+    dtype: str
+    profile: str
+    slots: list[Slot]
+
+
+def build_manifest(name: str, family: str, generation: dict, recording: Recording,
+                   slot_files: dict[int, list[dict]], total_bytes: int) -> dict:
+    """The sealed manifest of a finished Save; ``slot_files`` are the files the writer wrote for each slot.
+
+    Slots without files (nothing reached the disk for them) are left out; it is validated like one read back."""
+    slots = [
+        {"index": slot.index, "sigma": slot.sigma, "occurrence": slot.occurrence, "files": slot_files[slot.index]}
+        for slot in sorted(recording.slots, key=lambda s: s.index) if slot_files.get(slot.index)
+    ]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "family": family,
+        "generation": {k: v for k, v in generation.items() if v is not None},
+        "layers": recording.layers,
+        "chunks": list(recording.chunks),
+        "dtype": recording.dtype,
+        "profile": recording.profile,
+        "slots": slots,
+        "bytes": total_bytes,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    return check_manifest(seal_manifest(manifest), name)
+
+
+@dataclass(frozen=True)
+class ReferenceInfo:
+    """What the panel and the REST API show of a reference. A hand-made manifest may hold values of other types:
+    those read as None."""
+
+    name: str
+    family: str
+    profile: str
+    bytes: int | None
+    created: str | None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    seed: int | None = None
+    prompt: str | None = None
+
+
+def reference_info(manifest: dict) -> ReferenceInfo:
+    """The typed view of a validated manifest."""
+    generation = manifest.get("generation")
+    generation = generation if isinstance(generation, dict) else {}
+
+    def typed(value, kind):
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None  # JSON true is no width
+
+    return ReferenceInfo(
+        name=manifest["name"], family=manifest["family"], profile=manifest["profile"],
+        bytes=typed(manifest.get("bytes"), int), created=typed(manifest.get("created"), str),
+        width=typed(generation.get("width"), int), height=typed(generation.get("height"), int),
+        steps=typed(generation.get("steps"), int), sampler=typed(generation.get("sampler_name"), str),
+        scheduler=typed(generation.get("scheduler"), str), seed=typed(generation.get("seed"), int),
+        prompt=typed(generation.get("prompt"), str),
+    )
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .keys import OccurrenceCounter, Slot, chunk_names, current_sigma, layer_id, rows_per_chunk
+from .manifest import Recording
 from .profiles import Profile
 from .staging import ToHost
 from .writer import ReferenceWriter
@@ -83,15 +84,10 @@ class Recorder:
             self.writer.put_slot(open_slot.slot, part, open_slot.tensors, self._to_host.fence(), release)
         self._open = {}
 
-    def manifest_fields(self) -> dict:
-        """What the recording adds to the manifest (after ``flush``)."""
-        return {
-            "layers": self.layers,
-            "chunks": list(self.chunks),
-            "dtype": self.dtype,
-            "profile": self.profile.name,
-            "slot_list": sorted(self._slots.values(), key=lambda s: s.index),
-        }
+    def recording(self) -> Recording:
+        """What was recorded, for the manifest (after ``flush``)."""
+        return Recording(layers=self.layers, chunks=list(self.chunks), dtype=self.dtype, profile=self.profile.name,
+                         slots=sorted(self._slots.values(), key=lambda s: s.index))
 
     @property
     def recorded_anything(self) -> bool:

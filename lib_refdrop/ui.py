@@ -21,6 +21,7 @@ from PIL import Image
 
 from . import families
 from .errors import RefDropError
+from .manifest import ReferenceInfo, reference_info
 from .profiles import PROFILES
 from .settings import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES
 from .writer import format_bytes
@@ -79,7 +80,7 @@ def describe(store, name: str | None) -> tuple[Image.Image | None, str]:
         preview = decode_preview(name, store.read_preview(name))
     except RefDropError as exc:
         return None, f"⚠️ {exc}"
-    return preview, info_line(manifest)
+    return preview, info_line(reference_info(manifest))
 
 
 def decode_preview(name: str, data: bytes | None) -> Image.Image | None:
@@ -102,32 +103,29 @@ def decode_preview(name: str, data: bytes | None) -> Image.Image | None:
     return image
 
 
-def info_line(manifest: dict) -> str:
-    gen = manifest.get("generation") or {}
-    parts = [families.label(manifest.get("family", "unknown"))]
-    if gen.get("width") and gen.get("height"):
-        parts.append(f"{gen['width']}×{gen['height']}")
-    if gen.get("steps"):
-        parts.append(f"{gen['steps']} steps")
-    sampler = gen.get("sampler_name")
-    if sampler:
-        scheduler = gen.get("scheduler")
-        parts.append(f"{sampler} ({scheduler})" if scheduler and scheduler != "Automatic" else str(sampler))
-    if gen.get("seed") is not None:
-        parts.append(f"seed {gen['seed']}")
-    prompt = str(gen.get("prompt") or "").replace("\n", " ").strip()
+def info_line(info: ReferenceInfo) -> str:
+    parts = [families.label(info.family)]
+    if info.width and info.height:
+        parts.append(f"{info.width}×{info.height}")
+    if info.steps:
+        parts.append(f"{info.steps} steps")
+    if info.sampler:
+        scheduler = info.scheduler
+        parts.append(f"{info.sampler} ({scheduler})" if scheduler and scheduler != "Automatic" else info.sampler)
+    if info.seed is not None:
+        parts.append(f"seed {info.seed}")
+    prompt = (info.prompt or "").replace("\n", " ").strip()
     if prompt:
         parts.append(f"“{prompt[:60]}{'…' if len(prompt) > 60 else ''}”")
-    if isinstance(manifest.get("bytes"), int):
-        parts.append(format_bytes(manifest["bytes"]))
-    if manifest.get("profile"):
-        parts.append(f"profile {manifest['profile']}")
-    created = manifest.get("created")
-    if created:
+    if info.bytes is not None:
+        parts.append(format_bytes(info.bytes))
+    if info.profile:
+        parts.append(f"profile {info.profile}")
+    if info.created:
         try:
-            parts.append(datetime.datetime.fromisoformat(created).strftime("%Y-%m-%d %H:%M"))
+            parts.append(datetime.datetime.fromisoformat(info.created).strftime("%Y-%m-%d %H:%M"))
         except ValueError:
-            parts.append(str(created))
+            parts.append(info.created)
     return " · ".join(parts)
 
 

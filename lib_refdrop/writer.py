@@ -9,7 +9,6 @@ removed; sampling is never interrupted by it.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import os
 import queue
@@ -20,7 +19,7 @@ from pathlib import Path
 import safetensors.torch
 
 from .keys import Slot
-from .manifest import FORMAT_VERSION, seal_manifest, sha256_bytes
+from .manifest import Recording, build_manifest, sha256_bytes
 from .names import validate_name
 from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
 
@@ -102,11 +101,11 @@ class ReferenceWriter:
         if self.status.state == "failed":  # failed while we waited: nobody else will free these buffers
             self._drain()
 
-    def finish(self, manifest: dict, preview=None) -> None:
+    def finish(self, family: str, generation: dict, recording: Recording, preview=None) -> None:
         """Queue the end of the reference; ``preview`` is PNG bytes or a PIL image (encoded off this thread)."""
         self.ended = True
         if not self._done.is_set():
-            self._queue.put(("finish", (manifest, preview)))
+            self._queue.put(("finish", (family, generation, recording, preview)))
 
     def abort(self, reason: str) -> None:
         self.ended = True
@@ -169,26 +168,15 @@ class ReferenceWriter:
         )
         self.status.bytes += len(data)
 
-    def _finish(self, manifest: dict, preview) -> None:
-        slots = []
-        for slot in manifest.pop("slot_list"):
-            files = self._slot_files.get(slot.index)
-            if files:
-                slots.append({"index": slot.index, "sigma": slot.sigma, "occurrence": slot.occurrence, "files": files})
-        if not slots:
+    def _finish(self, family: str, generation: dict, recording: Recording, preview) -> None:
+        if not self._slot_files:
             raise OSError("nothing was recorded (did the generation run any self-attention layer?)")
         if preview is not None:
             png = _png_bytes(preview)
             _write_file(self.staging.folder / PREVIEW, png)
             self.status.bytes += len(png)
-        manifest.update(
-            format_version=FORMAT_VERSION,
-            name=self.name,
-            slots=slots,
-            bytes=self.status.bytes,
-            created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        )
-        write_json_atomic(self.staging.folder / MANIFEST, seal_manifest(manifest))
+        manifest = build_manifest(self.name, family, generation, recording, self._slot_files, self.status.bytes)
+        write_json_atomic(self.staging.folder / MANIFEST, manifest)
         self.store.commit(self.staging, self.name, self.overwrite)
         self.status.state = "saved"
         self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})"

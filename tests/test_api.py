@@ -30,6 +30,7 @@ from lib_refdrop.engine import make_failing_patch
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.generation import RefDropRun
 from lib_refdrop.keys import Slot, entry_name
+from lib_refdrop.manifest import Recording
 from lib_refdrop.settings import RefDropSettings, from_args, to_args
 from lib_refdrop.store import ReferenceStore
 from lib_refdrop.writer import ReferenceWriter
@@ -45,9 +46,9 @@ def craft_reference(store, name, generation, preview):
     slot = Slot(index=0, sigma=14.6, occurrence=0)
     tensors = {entry_name("input1.0", chunk, t): torch.randn(4, 8) for chunk in ("uncond0", "cond0") for t in "kv"}
     writer.put_slot(slot, 0, tensors, ready=lambda: None)
-    writer.finish({"family": "sd15", "generation": generation, "chunks": ["uncond0", "cond0"], "dtype": "float32",
-                   "layers": {"input1.0": {"n_heads": 1, "dim_head": 8, "tokens": 4}}, "profile": "exact",
-                   "slot_list": [slot]}, preview)
+    recording = Recording(layers={"input1.0": {"n_heads": 1, "dim_head": 8, "tokens": 4}},
+                          chunks=["uncond0", "cond0"], dtype="float32", profile="exact", slots=[slot])
+    writer.finish("sd15", generation, recording, preview)
     writer.wait(30)
     assert writer.status.state == "saved", writer.status.message
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import fakehost
 import gradio as gr
 import pytest
-from faultkit import make_reference, manifest_fields, run_generation, slot_tensors, trace_calls
+from faultkit import GENERATION, make_reference, recording, run_generation, slot_tensors, trace_calls
 
 from lib_refdrop import options, ui
 from lib_refdrop.generation import RefDropRun
@@ -57,11 +57,11 @@ def held_writer(store, name: str) -> tuple[ReferenceWriter, threading.Event]:
     """A real writer whose first slot waits for ``release``: "saving" until the test lets it finish."""
     release = threading.Event()
     writer = ReferenceWriter(store, name, overwrite=False)
-    fields = manifest_fields(sigmas=(14.6, 1.2))  # few slots: the writer's queue (3) takes them while it waits
-    for slot in fields["slot_list"]:
+    recorded = recording(sigmas=(14.6, 1.2))  # few slots: the writer's queue (3) takes them while it waits
+    for slot in recorded.slots:
         ready = release.wait if slot.index == 0 else (lambda: None)
         writer.put_slot(Slot(slot.index, slot.sigma, 0), 0, slot_tensors(0, slot.index), ready)
-    writer.finish(fields, None)
+    writer.finish("sd15", GENERATION, recorded, None)
     return writer, release
 
 

@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 
 from lib_refdrop.keys import Slot, entry_name
+from lib_refdrop.manifest import Recording
 from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
 from lib_refdrop.writer import ReferenceWriter
 
@@ -30,16 +31,15 @@ def slot_tensors(seed: int, index: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def manifest_fields(sigmas=SIGMAS, family: str = "sd15") -> dict:
-    return {
-        "family": family,
-        "generation": {"seed": 1, "prompt": "a test"},
-        "layers": {lid: {"n_heads": h, "dim_head": d, "tokens": n} for lid, (h, d, n) in LAYERS.items()},
-        "chunks": list(CHUNKS),
-        "dtype": "float32",
-        "profile": "exact",
-        "slot_list": [Slot(i, s, 0) for i, s in enumerate(sigmas)],
-    }
+GENERATION = {"seed": 1, "prompt": "a test"}
+
+
+def recording(sigmas=SIGMAS) -> Recording:
+    """What a Save of the tiny test model would have recorded: the manifest's description of the slots."""
+    return Recording(
+        layers={lid: {"n_heads": h, "dim_head": d, "tokens": n} for lid, (h, d, n) in LAYERS.items()},
+        chunks=list(CHUNKS), dtype="float32", profile="exact", slots=[Slot(i, s, 0) for i, s in enumerate(sigmas)],
+    )
 
 
 def start_reference(store: ReferenceStore, name: str, seed: int = 0, overwrite: bool = False,
@@ -52,7 +52,7 @@ def start_reference(store: ReferenceStore, name: str, seed: int = 0, overwrite: 
         half = len(keys) // 2
         for part, chosen in enumerate((keys[:half], keys[half:])):
             writer.put_slot(Slot(i, sigma, 0), part, {k: tensors[k] for k in chosen}, lambda: None)
-    writer.finish(manifest_fields(sigmas, family), PNG)
+    writer.finish(family, GENERATION, recording(sigmas), PNG)
     return writer
 
 
