@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from .errors import RefDropError
+from .errors import RefDropError, ReferenceExists, ReferenceNotFound
 from .manifest import ReferenceInfo, reference_info
 from .names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
 from .store import ReferenceStore
@@ -180,11 +180,11 @@ class _AnyText(Convertor):
 register_url_convertor("refdrop_any", _AnyText())  # a new name: the host's own routes are not affected
 
 
-class _NotFound(RefDropError):
+class _NotFound(ReferenceNotFound):  # also "this reference has no preview"
     pass
 
 
-class _Conflict(RefDropError):
+class _Conflict(ReferenceExists):  # also "a Save is writing this name right now"
     pass
 
 
@@ -363,7 +363,7 @@ def _on_disk():
     the request is well-formed, the reference on disk is not, so fixing or deleting it helps and retrying does not."""
     try:
         yield
-    except (_NotFound, _Conflict):
+    except (ReferenceNotFound, ReferenceExists):
         raise
     except RefDropError as exc:
         raise _Unusable(str(exc)) from None
@@ -421,9 +421,7 @@ def _rename(store: ReferenceStore, name: str, payload) -> dict:
     new_name = validate_name(new_name)
     _not_being_written(name, "rename")
     _not_being_written(new_name, "rename onto")
-    with _on_disk():
-        if new_name != name and store.exists(new_name):
-            raise _Conflict(f"RefDrop: a reference named '{new_name}' already exists")
+    with _on_disk():  # the store says when new_name is taken (ReferenceExists: 409)
         return {"old_name": name, "name": store.rename(name, new_name)}
 
 
@@ -436,9 +434,9 @@ def _guarded(call: Callable):
         return call()
     except _WrongMethod as exc:
         return _method_not_allowed(exc.method, exc.path_name)
-    except _NotFound as exc:
+    except ReferenceNotFound as exc:
         return _error(404, "not_found", exc)
-    except _Conflict as exc:
+    except ReferenceExists as exc:
         return _error(409, "conflict", exc)
     except _Unusable as exc:
         return _error(409, "unusable", exc)

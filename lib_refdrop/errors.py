@@ -16,6 +16,14 @@ class RefDropError(ValueError):
         self.detail = message
 
 
+class ReferenceNotFound(RefDropError):
+    """No reference of that name is in the store (the REST API answers 404)."""
+
+
+class ReferenceExists(RefDropError):
+    """A reference of that name is already in the store, or appeared meanwhile (the REST API answers 409)."""
+
+
 class RefDropInternalError(RuntimeError):
     """A bug in RefDrop, not a problem the user can fix: deliberately not a ``RefDropError``, so the hosts print its
     traceback (with its cause) and the API answers 500, where a ``RefDropError`` prints one line and answers 400."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import families
 from .engine import Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
-from .errors import RefDropError
+from .errors import RefDropError, ReferenceNotFound
 from .names import automatic_name
 from .profiles import get_profile
 from .reader import ReferenceReader
@@ -86,7 +86,7 @@ class RefDropRun:
         if writer is not None and not writer.wait(WAIT_FOR_PENDING_SAVE_S):
             raise RefDropError(f"RefDrop: reference '{name}' is still being written; try again when it is saved")
         if not self.store.exists(name):
-            raise RefDropError(self.store.missing_message(name))
+            raise ReferenceNotFound(self.store.missing_message(name))
         manifest = self.store.manifest(name)
         problem = families.mismatch(name, manifest["family"], ctx.family)
         if problem:

@@ -33,7 +33,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RefDropError
+from .errors import RefDropError, ReferenceExists, ReferenceNotFound
 from .manifest import SEAL, broken, check_manifest, file_entries, seal_manifest, sha256_bytes
 from .names import validate_name
 from .ramcache import RAM_CACHE, RamCache
@@ -340,7 +340,7 @@ class ReferenceStore:
         try:
             raw = read_regular(path, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
-            raise RefDropError(self.missing_message(name)) from None
+            raise ReferenceNotFound(self.missing_message(name)) from None
         except FileTooLarge:
             raise broken(name, "manifest.json is implausibly large") from None
         except NotRegularFile as exc:
@@ -455,7 +455,7 @@ class ReferenceStore:
         written (full, read-only)."""
         name = validate_name(name)
         if self.exists(name) and not overwrite:
-            raise RefDropError(
+            raise ReferenceExists(
                 f"RefDrop: a reference named '{name}' already exists; choose another name or allow overwriting"
             )
         paths = StagingPaths(self._private_dir(INCOMING), uuid.uuid4().hex)
@@ -486,7 +486,7 @@ class ReferenceStore:
             existing = self.path(name)
             if _exists(existing):
                 if not overwrite:
-                    raise RefDropError(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
+                    raise ReferenceExists(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
                 old_identity = self._identity_on_disk(name)
                 displaced_dir = staging.paths.displaced(self._private_dir(TRASH))
                 displaced_dir.mkdir(exist_ok=True)
@@ -515,7 +515,7 @@ class ReferenceStore:
         with _lock:
             folder = self.path(name)
             if not (folder.is_dir() or folder.is_symlink()):
-                raise RefDropError(self.missing_message(name))
+                raise ReferenceNotFound(self.missing_message(name))
             identity = self._identity_on_disk(name)
             try:
                 doomed = self._trash_path("deleted")
@@ -530,11 +530,11 @@ class ReferenceStore:
         with _lock:
             source, target = self.path(old), self.path(new)
             if not source.is_dir():
-                raise RefDropError(self.missing_message(old))
+                raise ReferenceNotFound(self.missing_message(old))
             if source.is_symlink():
                 raise RefDropError(f"RefDrop: reference '{old}' is a link to another folder; rename it on disk")
             if _exists(target) and not os.path.samefile(target, source):
-                raise RefDropError(f"RefDrop: a reference named '{new}' already exists")
+                raise ReferenceExists(f"RefDrop: a reference named '{new}' already exists")
             manifest = self.manifest(old)
             identity = manifest[SEAL]
             manifest["name"] = new

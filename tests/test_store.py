@@ -201,3 +201,18 @@ def test_rename_and_delete(tmp_path):
     with pytest.raises(RefDropError, match="not found"):
         store.delete("b")
     assert store.names() == ["café"] and faultkit.leftovers(tmp_path) == []
+
+
+def test_missing_and_taken_names_have_their_own_error_types(tmp_path):
+    """The REST API answers 404 and 409 from these types, without checking first (which would race)."""
+    from lib_refdrop.errors import ReferenceExists, ReferenceNotFound
+
+    store = ReferenceStore(tmp_path)
+    faultkit.make_reference(store, "a")
+    faultkit.make_reference(store, "b", seed=2)
+    for missing in (lambda: store.manifest("nope"), lambda: store.delete("nope"), lambda: store.rename("nope", "c")):
+        with pytest.raises(ReferenceNotFound, match="'nope' not found"):
+            missing()
+    for taken in (lambda: store.rename("a", "b"), lambda: store.begin("a", overwrite=False)):
+        with pytest.raises(ReferenceExists, match="'b' already exists|'a' already exists"):
+            taken()
