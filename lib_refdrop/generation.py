@@ -47,14 +47,19 @@ class RefDropRun:
         self.family = "unknown"
 
     def patch_for_pass(self, ctx: PassContext) -> Patch | None:
-        """The attn1 patch for this pass, None to leave it plain. Problems become a failing patch."""
+        """``plan_patch`` for a host: a problem becomes a patch that fails at the first attn1 call, since the hosts
+        swallow exceptions raised in their hooks but stop the generation with one raised inside a patch."""
         try:
-            if self.settings.saving:
-                return self._save_patch(ctx)
-            if self.settings.using:
-                return self._use_patch(ctx)
+            return self.plan_patch(ctx)
         except RefDropError as exc:
             return make_failing_patch(str(exc))
+
+    def plan_patch(self, ctx: PassContext) -> Patch | None:
+        """The attn1 patch for this pass, None to leave it plain; RefDropError when it cannot be planned."""
+        if self.settings.saving:
+            return self._save_patch(ctx)
+        if self.settings.using:
+            return self._use_patch(ctx)
         return None
 
     def _save_patch(self, ctx: PassContext) -> Patch | None:

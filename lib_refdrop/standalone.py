@@ -1,0 +1,119 @@
+"""A Save and a Use outside the WebUI: the library's small public entry point.
+
+Any sampler that calls a self-attention (attn1) replace patch as ``patch(q, k, v, extra_options)``, the way Forge
+and reForge do (docs/hosts.md), can run RefDrop. The caller describes its sampling pass with ``context`` and
+installs the patch it is given on every attn1 layer for one generation::
+
+    ctx = context("sd15", attention, schedule.percent_to_sigma, seed=1)
+    with start_save(store, "fox", ctx) as save:
+        image = sample(attn1_patch=save.patch)
+        save.finish({"seed": 1}, image)          # returns once the reference is complete on disk
+
+    patch = use_patch(store, "fox", 0.3, context("sd15", attention, schedule.percent_to_sigma, seed=2))
+    image = sample(attn1_patch=patch)            # None: nothing to change (c = 0), sample plainly
+
+Problems raise RefDropError here, at once. The WebUI wiring drives the same ``RefDropRun`` through
+``patch_for_pass`` instead, which turns them into a patch that fails at the first attn1 call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .engine import Patch
+from .errors import RefDropError
+from .generation import PassContext, RefDropRun
+from .settings import build
+from .store import ReferenceStore
+from .writer import SaveStatus
+
+DEFAULT_SAVE_TIMEOUT_S = 300.0
+_SET_BY_USE_PATCH = ("enabled", "mode", "reference")
+
+__all__ = ["PassContext", "SaveSession", "context", "start_save", "use_patch"]
+
+
+def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,
+            *, is_hr_pass: bool = False) -> PassContext:
+    """One sampling pass of a caller with no earlier attn1 patch to chain: RefDrop wraps ``attention`` itself.
+
+    ``family``: the model family ("sd15", "sdxl", ...), kept in a Save and checked by a Use; ``attention``:
+    ``(q, k, v, extra_options) -> out``, what attn1 computes without RefDrop; ``percent_to_sigma``: the schedule's
+    sigma at a fraction of the steps (0 -> the highest sigma, 1 -> 0), for a Use's step window; ``seed``: names a
+    Save made without a name.
+    """
+    return PassContext(family=family, is_hr_pass=is_hr_pass, percent_to_sigma=percent_to_sigma,
+                       attention=attention, inner=attention, seed=seed)
+
+
+class SaveSession:
+    """One Save in progress: ``patch`` goes on every attn1 layer for one generation, then ``finish`` writes it.
+
+    As a context manager, a block left without ``finish`` (the generation failed) drops the half reference.
+    """
+
+    def __init__(self, run: RefDropRun, patch: Patch):
+        self._run = run
+        self.patch = patch
+
+    @property
+    def name(self) -> str:
+        """The reference's name: the one asked for, or the automatic ``ref-<seed>-<time>``."""
+        return self._run.save_name
+
+    def finish(self, generation: dict, preview=None, timeout: float = DEFAULT_SAVE_TIMEOUT_S) -> SaveStatus:
+        """The generation is done: write the rest and wait until the reference is complete on disk.
+
+        ``generation``: what the manifest keeps about the generation (JSON values: seed, prompt, ...); ``preview``:
+        PNG bytes or a PIL image. RefDropError, with the reason, when the reference was not saved or is still
+        being written after ``timeout`` seconds.
+        """
+        self._run.finish_save(generation, preview)
+        writer = self._run.writer
+        if not writer.wait(timeout):
+            raise RefDropError(f"RefDrop: reference '{self.name}' is still being written after {timeout:g} s")
+        if writer.status.state != "saved":
+            raise RefDropError(writer.status.message)
+        return writer.status
+
+    def abort(self, reason: str = "the generation did not finish") -> None:
+        """Drop the Save: nothing of it reaches the store."""
+        if not self._run.writer.ended:
+            self._run.writer.abort(reason)
+
+    def __enter__(self) -> SaveSession:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        reason = "the generation did not finish" if exc_type is None else f"the generation failed ({exc_type.__name__})"
+        self.abort(reason)
+
+
+def start_save(store: ReferenceStore, name: str, ctx: PassContext, profile: str = "",
+               overwrite: bool = False) -> SaveSession:
+    """Start saving reference ``name`` ("" = automatic) from the generation ``ctx`` describes.
+
+    ``profile``: the storage profile ("" = the default, exact); ``overwrite``: replace a reference of that name.
+    RefDropError for a bad name or profile, a name that is taken, or a hires pass (a reference is the first pass).
+    """
+    values = {"enabled": True, "mode": "Save", "save_name": name, "profile": profile, "overwrite": overwrite}
+    run = RefDropRun(build(values), store)
+    patch = run.plan_patch(ctx)
+    if patch is None:
+        raise RefDropError("RefDrop: a reference is saved from the first sampling pass, not from a hires pass")
+    return SaveSession(run, patch)
+
+
+def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **settings) -> Patch | None:
+    """The attn1 patch that guides the generation ``ctx`` describes by reference ``name`` at strength ``rfg``.
+
+    ``settings``: the other Use arguments by their names in lib_refdrop/settings.py (``step_start``,
+    ``disabled_blocks``, ``apply_hires``, ...). None when RefDrop changes nothing (``rfg`` 0, a hires pass without
+    ``apply_hires``). Waits for a Save of ``name`` that this process is still writing. RefDropError for bad
+    settings, a missing reference or one saved with another model family.
+    """
+    fixed = sorted(set(settings) & set(_SET_BY_USE_PATCH))
+    if fixed:
+        raise RefDropError(f"RefDrop: use_patch sets {', '.join(fixed)} itself; pass only the other Use arguments")
+    values = {**settings, "enabled": True, "mode": "Use", "reference": name, "rfg": rfg}
+    return RefDropRun(build(values), store).plan_patch(ctx)
