@@ -72,7 +72,7 @@ def refresh(store, current: str | None) -> tuple[list[str], str]:
 def describe(store, name: str | None) -> tuple[Image.Image | None, str]:
     """(preview image or None, one info line) for the reference ``name``."""
     if not name:
-        return None, "No reference selected. Generate one in **Save** mode, then press 🔄."
+        return None, "No reference selected. Generate one in **Save** mode: it is listed here once written."
     try:
         if not store.exists(name):
             return None, f"⚠️ Reference **{name}** does not exist (deleted or renamed?). Pick another one; 🔄 refreshes."
