@@ -9,11 +9,9 @@ from pathlib import Path
 
 import psutil
 import torch
-from hostsim import sample
-from refdrop_harness import context
+from refdrop_harness import context, sample_with
 
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.settings import build
+from lib_refdrop import standalone
 
 
 class Peaks:
@@ -66,34 +64,21 @@ def drop_page_cache(folder: Path) -> None:
 
 def run_save(host, store, name, family, profile, sample_args):
     """Sample with Save on; returns (latent, seconds sampling, seconds until the reference is complete)."""
-    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name, "profile": profile,
-                            "overwrite": True}), store)
-    host.patch = run.patch_for_pass(context(family))
-    try:
-        latent, seconds = timed(lambda: sample(host, **sample_args))
-    finally:
-        host.patch = None
-    start = time.perf_counter()
-    run.finish_save({}, None)
-    run.writer.wait()
-    if run.writer.status.state != "saved":
-        raise RuntimeError(run.writer.status.message)
+    with standalone.start_save(store, name, context(family), profile=profile, overwrite=True) as save:
+        latent, seconds = timed(lambda: sample_with(host, save.patch, **sample_args))
+        start = time.perf_counter()
+        save.finish({})
     return latent, seconds, time.perf_counter() - start
 
 
 def run_use(host, store, name, family, rfg, sample_args, settings=None):
-    values = {"enabled": True, "mode": "Use", "reference": name, "rfg": rfg, **(settings or {})}
-    run = RefDropRun(build(values), store)
-    host.patch = run.patch_for_pass(context(family))
-    try:
-        return timed(lambda: sample(host, **sample_args))
-    finally:
-        host.patch = None
+    """Sample with Use; returns (latent, seconds sampling), the reference opened before the clock starts."""
+    patch = standalone.use_patch(store, name, rfg, context(family), **(settings or {}))
+    return timed(lambda: sample_with(host, patch, **sample_args))
 
 
 def run_plain(host, sample_args):
-    host.patch = None
-    return timed(lambda: sample(host, **sample_args))
+    return timed(lambda: sample_with(host, None, **sample_args))
 
 
 def folder_bytes(folder: Path) -> int:

@@ -125,10 +125,7 @@ def test_use_of_a_corrupt_reference_fails_with_its_name_and_others_still_work(tm
     call (hosts show errors raised in patches); the next generation with another reference is unaffected."""
     store = ReferenceStore(tmp_path)
     calls = list(faultkit.trace_calls(limit=16))
-    save = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": "good"}), store)
-    plain = faultkit.run_generation(save, calls)
-    save.finish_save({}, None)
-    assert save.writer.wait(30) and save.writer.status.state == "saved"
+    plain = faultkit.save_generation(store, "good", calls)
     shutil.copytree(store.path("good"), store.path("bad"))
     path = _first_file(store, "bad")
     data = bytearray(path.read_bytes())

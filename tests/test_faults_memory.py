@@ -56,16 +56,12 @@ def test_ram_budget_is_never_exceeded_and_reads_stream_from_disk(tmp_path, monke
 def test_use_with_a_tiny_ram_budget_gives_the_same_image(tmp_path, monkeypatch):
     store = ReferenceStore(tmp_path)
     calls = list(faultkit.trace_calls(limit=16))
-    save = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": "r"}), store)
-    plain = faultkit.run_generation(save, calls)
-    save.finish_save({}, None)
-    assert save.writer.wait(30)
+    plain = faultkit.save_generation(store, "r", calls)
     budget_before = reader_module.RAM_CACHE.budget
     reader_module.RAM_CACHE.set_budget(1024)  # far smaller than one step of this reference
     try:
         reader_module.RAM_CACHE.clear()
-        use = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "r", "rfg": 0.7}), store)
-        out = faultkit.run_generation(use, calls)
+        out = faultkit.use_generation(store, "r", 0.7, calls)
         assert reader_module.RAM_CACHE.used == 0
     finally:
         reader_module.RAM_CACHE.set_budget(budget_before)

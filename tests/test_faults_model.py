@@ -7,10 +7,8 @@ import pytest
 import torch
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
 from lib_refdrop.keys import SigmaMap
 from lib_refdrop.reader import ReferenceReader, slots_of
-from lib_refdrop.settings import build
 from lib_refdrop.store import ReferenceStore
 
 
@@ -18,17 +16,12 @@ from lib_refdrop.store import ReferenceStore
 def saved(tmp_path_factory):
     store = ReferenceStore(tmp_path_factory.mktemp("model"))
     calls = list(faultkit.trace_calls(limit=16))
-    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": "sd15-ref"}), store)
-    plain = faultkit.run_generation(run, calls)
-    run.finish_save({}, None)
-    assert run.writer.wait(30) and run.writer.status.state == "saved"
+    plain = faultkit.save_generation(store, "sd15-ref", calls)
     return store, calls, plain
 
 
 def _use(store, calls, family="sd15", rfg=0.5):
-    run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "sd15-ref", "rfg": rfg}), store)
-    patch = run.patch_for_pass(faultkit.pass_context(family))
-    return [patch(q, k, v, eo) for q, k, v, eo in calls]
+    return faultkit.use_generation(store, "sd15-ref", rfg, calls, family=family)
 
 
 @pytest.mark.parametrize("family, label", [("sdxl", "SDXL"), ("sd2", "SD2"), ("sd3", "SD3")])

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from lib_refdrop import reader as reader_module
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.settings import build
+from lib_refdrop import standalone
 from lib_refdrop.store import ReferenceStore
 
 CALLS = 16  # recorded attn1 calls of a real host: one model evaluation of an SD1.5 U-Net
@@ -20,18 +19,11 @@ def _calls(seed: int):
 
 
 def _save(store, name: str, seed: int, overwrite: bool = False) -> None:
-    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name, "overwrite": overwrite}), store)
-    faultkit.run_generation(run, _calls(seed))
-    run.finish_save({}, None)
-    assert run.writer.wait(30) and run.writer.status.state == "saved", run.writer.status.message
-
-
-def _use_run(store, name: str) -> RefDropRun:
-    return RefDropRun(build({"enabled": True, "mode": "Use", "reference": name, "rfg": 1.0}), store)
+    faultkit.save_generation(store, name, _calls(seed), overwrite=overwrite)
 
 
 def _use(store, name: str) -> list[torch.Tensor]:
-    return faultkit.run_generation(_use_run(store, name), _calls(99))
+    return faultkit.use_generation(store, name, 1.0, _calls(99))
 
 
 def _same(a, b) -> bool:
@@ -80,8 +72,7 @@ def test_a_use_that_opened_a_reference_reads_that_version_through_an_overwrite(t
     _save(store, "r", seed=1)
     expected_old = _use(store, "r")
     cache.clear()
-    run = _use_run(store, "r")
-    patch = run.patch_for_pass(faultkit.pass_context())  # the generation has started: the reference is open
+    patch = standalone.use_patch(store, "r", 1.0, faultkit.pass_context())  # the generation started: "r" is open
     _save(store, "r", seed=2, overwrite=True)  # another client overwrites it meanwhile
     cache.clear()
     out = [patch(q, k, v, eo) for q, k, v, eo in _calls(99)]

@@ -17,6 +17,7 @@ from pathlib import Path
 import faultkit
 import pytest
 import torch
+from hostsim import host_attention
 
 from lib_refdrop import standalone
 from lib_refdrop import writer as writer_module
@@ -27,12 +28,8 @@ from lib_refdrop.writer import pending_write
 REPO = Path(__file__).resolve().parents[1]
 
 
-def percent_to_sigma(percent: float) -> float:
-    return 1e9 if percent <= 0 else (0.0 if percent >= 1 else 1.0)
-
-
 def ctx(family: str = "sd15", seed: int = 1, is_hr_pass: bool = False):
-    return standalone.context(family, faultkit.attention, percent_to_sigma, seed=seed, is_hr_pass=is_hr_pass)
+    return standalone.context(family, host_attention, faultkit.percent_to_sigma, seed=seed, is_hr_pass=is_hr_pass)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +37,9 @@ def calls():
     return list(faultkit.trace_calls(limit=16))
 
 
-def _run(patch, calls):
-    return [(patch or faultkit.attention)(q, k, v, eo) for q, k, v, eo in calls]
-
-
 def _save(store, name, calls, **kw):
     with standalone.start_save(store, name, ctx(), **kw) as save:
-        outputs = _run(save.patch, calls)
+        outputs = faultkit.generate(save.patch, calls)
         status = save.finish({"seed": 1, "prompt": "a cat"}, faultkit.PNG)
     return outputs, status
 
@@ -59,17 +52,17 @@ def _settled(name: str) -> None:
 
 def test_a_save_is_complete_on_disk_when_finish_returns_and_a_use_reproduces_it(tmp_path, calls):
     store = ReferenceStore(tmp_path)
-    plain = _run(None, calls)
+    plain = faultkit.generate(None, calls)
     saved, status = _save(store, "cat", calls)
     assert status.state == "saved" and status.message.startswith("RefDrop: saved reference 'cat'")
     assert all(torch.equal(a, b) for a, b in zip(saved, plain, strict=True))  # a Save does not change the image
     assert store.manifest("cat")["generation"] == {"seed": 1, "prompt": "a cat"}
     assert store.read_preview("cat") == faultkit.PNG
-    used = _run(standalone.use_patch(store, "cat", 0.5, ctx()), calls)
+    used = faultkit.generate(standalone.use_patch(store, "cat", 0.5, ctx()), calls)
     assert all(torch.equal(a, b) for a, b in zip(used, saved, strict=True))  # same inputs: the Save reproduces
     other = list(faultkit.trace_calls(limit=16, seed=5))
-    changed = _run(standalone.use_patch(store, "cat", 0.5, ctx()), other)
-    assert any(not torch.equal(a, b) for a, b in zip(changed, _run(None, other), strict=True))
+    changed = faultkit.generate(standalone.use_patch(store, "cat", 0.5, ctx()), other)
+    assert any(not torch.equal(a, b) for a, b in zip(changed, faultkit.generate(None, other), strict=True))
 
 
 def test_use_patch_is_none_when_it_changes_nothing(tmp_path, calls):
@@ -83,7 +76,7 @@ def test_use_patch_is_none_when_it_changes_nothing(tmp_path, calls):
 def test_an_automatic_name_is_made_from_the_seed(tmp_path, calls):
     store = ReferenceStore(tmp_path)
     with standalone.start_save(store, "", ctx(seed=42)) as save:
-        _run(save.patch, calls)
+        faultkit.generate(save.patch, calls)
         save.finish({})
     assert save.name.startswith("ref-42-") and store.names() == [save.name]
 
@@ -118,7 +111,7 @@ def test_finish_gives_up_waiting_after_its_timeout(tmp_path, calls, monkeypatch)
 
     monkeypatch.setattr(writer_module, "_write_file", slow)
     with standalone.start_save(store, "cat", ctx()) as save:
-        _run(save.patch, calls)
+        faultkit.generate(save.patch, calls)
         with pytest.raises(RefDropError, match="'cat' is still being written after 0.05 s"):
             save.finish({}, timeout=0.05)
     disk.set()
@@ -131,7 +124,7 @@ def test_a_save_left_without_finish_leaves_nothing(tmp_path, calls, failed):
     store = ReferenceStore(tmp_path)
     with pytest.raises(RuntimeError) if failed else contextlib.nullcontext():
         with standalone.start_save(store, "cat", ctx()) as save:
-            _run(save.patch, calls[:8])
+            faultkit.generate(save.patch, calls[:8])
             if failed:
                 raise RuntimeError("the sampler broke")
     _settled("cat")

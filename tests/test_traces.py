@@ -12,8 +12,7 @@ import torch
 from hostsim import load_trace, replay_calls, traces_dir
 from refdrop_harness import context
 
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.settings import build
+from lib_refdrop import standalone
 from lib_refdrop.store import ReferenceStore
 
 HOSTS = ("forge", "reforge")
@@ -24,28 +23,29 @@ if traces_dir() is None:  # CI always has ../shared; say so loudly rather than s
     pytest.fail("shared/host-traces not found beside the repository", pytrace=False)
 
 
-def replay(run, trace, family="sd15", seed=0):
-    """Replay like the host: a new patch from ``run`` for every sampling pass (recorded ``pass`` > 1 = hires)."""
+def replay(patch_for, trace, family="sd15", seed=0):
+    """Replay like the host: a new patch ``patch_for(ctx)`` for every sampling pass (recorded ``pass`` > 1 = hires;
+    ``patch_for`` None or returning None: plain)."""
     patches, outs = {}, []
     for call, (q, k, v, eo) in zip(trace["calls"], replay_calls(trace, seed), strict=True):
         if call["pass"] not in patches:
             ctx = context(family, is_hr_pass=call["pass"] > 1)
-            patches[call["pass"]] = (run.patch_for_pass(ctx) if run else None) or ctx.attention
+            patches[call["pass"]] = (patch_for(ctx) if patch_for else None) or ctx.attention
         outs.append(patches[call["pass"]](q, k, v, eo))
     return outs
 
 
 def save_trace(store, name, trace, family):
-    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name}), store)
-    outs = replay(run, trace, family)
-    run.finish_save({}, None)
-    run.writer.wait(60)
-    assert run.writer.status.state == "saved", run.writer.status.message
+    """Save from the first pass (a reference is the first pass: the later ones replay plain)."""
+    with standalone.start_save(store, name, context(family)) as save:
+        outs = replay(lambda ctx: None if ctx.is_hr_pass else save.patch, trace, family)
+        save.finish({})
     return outs
 
 
-def use_run(store, name, rfg, **settings):
-    return RefDropRun(build({"enabled": True, "mode": "Use", "reference": name, "rfg": rfg, **settings}), store)
+def use_passes(store, name, rfg, **settings):
+    """The patch of each pass of a Use."""
+    return lambda ctx: standalone.use_patch(store, name, rfg, ctx, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_each_case_replays_itself_exactly(store, host, case):
     manifest = store.manifest(name)
     sigmas = {round(float(c["sigmas"]["values"][0]), 4) for c in trace["calls"] if c["pass"] == 1}
     assert {round(s["sigma"], 4) for s in manifest["slots"]} == sigmas  # only the first pass is the reference
-    again = replay(use_run(store, name, 0.5), trace, family)  # RFG is off in a hires pass by default
+    again = replay(use_passes(store, name, 0.5), trace, family)  # RFG is off in a hires pass by default
     for call, a, b in zip(trace["calls"], again, plain, strict=True):
         # the reference is the first image of the batch: its rows reproduce, the other images' rows changed
         chunks = len(call["cond_or_uncond"])
@@ -79,7 +79,7 @@ def test_every_call_of_every_case_is_matched(store, host, case):
     trace = load_trace(host, case)
     plain = replay(None, trace, seed=1)  # other features than the reference's (seed 0)
     # apply_hires: the hires pass (another resolution, cond-only at the default hires CFG) gets the reference too
-    used = replay(use_run(store, f"{host}-basic-ref", 0.5, apply_hires=True), trace, seed=1)
+    used = replay(use_passes(store, f"{host}-basic-ref", 0.5, apply_hires=True), trace, seed=1)
     unmatched = [i for i, (a, b) in enumerate(zip(used, plain, strict=True)) if torch.equal(a, b)]
     assert not unmatched, f"{len(unmatched)} of {len(plain)} calls got no reference"
     assert all(a.shape == b.shape for a, b in zip(used, plain, strict=True))

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from hostsim import host_attention, load_trace
 
+from lib_refdrop import standalone
+from lib_refdrop.generation import PassContext
 from lib_refdrop.keys import Slot, entry_name
 from lib_refdrop.manifest import Recording
 from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
 from lib_refdrop.writer import ReferenceWriter
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LAYERS = {"input1.0": (2, 4, 16), "middle0.0": (2, 8, 4), "output3.0": (2, 4, 16)}  # heads, dim_head, tokens
 CHUNKS = ("uncond0", "cond0")
 SIGMAS = (14.6, 7.0, 3.1, 1.2, 0.4)
@@ -97,19 +99,12 @@ def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-# -- a Save or Use driven with the calls a real host made (recorded trace), without a U-Net --------------------
-
-
-def attention(q, k, v, extra_options):
-    heads = extra_options["n_heads"]
-    b, _, c = q.shape
-    split = [t.view(t.shape[0], -1, heads, c // heads).transpose(1, 2) for t in (q, k, v)]
-    return torch.nn.functional.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, -1, c)
+# -- generations driven with the calls a real host made (recorded trace), without a U-Net --------------------------
 
 
 def trace_calls(case: str = "t2i_basic", limit: int | None = 24, seed: int = 0, host: str = "reforge"):
     """(q, k, v, extra_options) of the recorded attn1 calls of one case, with random q/k/v of the recorded shapes."""
-    trace = load_json(SHARED / "host-traces" / host / f"{case}.json")
+    trace = load_trace(host, case)
     g = torch.Generator().manual_seed(seed)
     for call in trace["calls"][:limit]:
         eo = {k: v for k, v in call.items() if k not in ("q", "k", "v", "dtype", "pass")}
@@ -118,17 +113,33 @@ def trace_calls(case: str = "t2i_basic", limit: int | None = 24, seed: int = 0, 
         yield q, k, v, eo
 
 
-def pass_context(family: str = "sd15", seed: int = 1):
-    from lib_refdrop.generation import PassContext
+def percent_to_sigma(p):
+    """The ends of the step window only: 0 and 1 (the defaults) are all that these generations use."""
+    return 1e9 if p <= 0 else (0.0 if p >= 1 else 1.0)
 
-    def percent_to_sigma(p):
-        return 1e9 if p <= 0 else (0.0 if p >= 1 else 1.0)
 
-    return PassContext(family=family, is_hr_pass=False, percent_to_sigma=percent_to_sigma,
-                       attention=attention, inner=attention, seed=seed)
+def pass_context(family: str = "sd15", seed: int = 1) -> PassContext:
+    return standalone.context(family, host_attention, percent_to_sigma, seed=seed)
+
+
+def generate(patch, calls) -> list:
+    """What the host's sampler does with an attn1 patch (None: plain): one call per attn1 layer per evaluation."""
+    return [(patch or host_attention)(q, k, v, eo) for q, k, v, eo in calls]
+
+
+def save_generation(store: ReferenceStore, name: str, calls, overwrite: bool = False) -> list:
+    """A generation of ``calls`` with Save on, through the library's entry point; its outputs, once saved."""
+    with standalone.start_save(store, name, pass_context(), overwrite=overwrite) as save:
+        outputs = generate(save.patch, calls)
+        save.finish({}, timeout=30)
+    return outputs
+
+
+def use_generation(store: ReferenceStore, name: str, rfg: float, calls, family: str = "sd15", **settings) -> list:
+    """A generation of ``calls`` with Use of ``name`` at ``rfg``, through the library's entry point."""
+    return generate(standalone.use_patch(store, name, rfg, pass_context(family), **settings), calls)
 
 
 def run_generation(run, calls) -> list:
-    """What the host's sampler does with the patch: one call per attn1 layer per model evaluation."""
-    patch = run.patch_for_pass(pass_context())
-    return [(patch or attention)(q, k, v, eo) for q, k, v, eo in calls]
+    """A generation the way the WebUI wiring drives a ``RefDropRun``: a problem is a patch that fails when called."""
+    return generate(run.patch_for_pass(pass_context()), calls)

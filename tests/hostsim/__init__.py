@@ -3,14 +3,14 @@
 See tests/test_hostsim.py for the checks against the recorded host traces (shared/host-traces).
 """
 
-from .host import AttnHost, RecordingPatch, sdpa_attention, tome_groups
+from .host import AttnHost, RecordingPatch, host_attention, sdpa_attention, tome_groups
 from .sampling import SAMPLERS, make_conds, sample
 from .schedule import DiscreteSchedule
 from .traces import extra_options_of, load_trace, replay_calls, split_forwards, traces_dir
 from .unet import LayerInfo, layer_map, make_unet, unet_arch
 
 __all__ = [
-    "AttnHost", "DiscreteSchedule", "LayerInfo", "RecordingPatch", "SAMPLERS", "extra_options_of", "layer_map",
-    "load_trace", "make_conds", "make_unet", "replay_calls", "sample", "sdpa_attention", "split_forwards",
+    "AttnHost", "DiscreteSchedule", "LayerInfo", "RecordingPatch", "SAMPLERS", "extra_options_of", "host_attention",
+    "layer_map", "load_trace", "make_conds", "make_unet", "replay_calls", "sample", "sdpa_attention", "split_forwards",
     "tome_groups", "traces_dir", "unet_arch",
 ]

@@ -16,7 +16,7 @@ from diffusers import UNet2DConditionModel
 
 from .unet import LayerInfo, layer_map
 
-__all__ = ["AttnHost", "RecordingPatch", "sdpa_attention", "tome_groups"]
+__all__ = ["AttnHost", "RecordingPatch", "host_attention", "sdpa_attention", "tome_groups"]
 
 Patch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 FLAVOURS = (None, "forge", "reforge")
@@ -40,6 +40,12 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: i
     if skip_output_reshape:
         return out
     return out.transpose(1, 2).reshape(b, -1, n_heads * dim_head)
+
+
+def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    """``sdpa_attention`` in the form of an attn1 patch, ``(q, k, v, extra_options) -> out``: what attn1 computes
+    without RefDrop, for ``PassContext.attention`` (lib_refdrop/generation.py)."""
+    return sdpa_attention(q, k, v, extra_options["n_heads"])
 
 
 def tome_groups(tokens: int, ratio: float) -> tuple[torch.Tensor, int]:
