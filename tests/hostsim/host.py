@@ -1,4 +1,4 @@
-"""Emulation of how Forge / reForge call an attn1 *replace patch* (see shared/research/host-api.md §2.4).
+"""Emulation of how Forge / reForge call an attn1 *replace patch* (docs/hosts.md, "The attn1 replace patch").
 
 :class:`AttnHost` wraps a diffusers U-Net and puts a custom processor on every self-attention (``attn1``) module.
 Per call it does what the hosts' ``BasicTransformerBlock`` does: ``q = to_q(n)``, ``k = to_k(n)``, ``v = to_v(n)``
