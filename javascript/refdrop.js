@@ -62,6 +62,19 @@
     const seenLog = {};
     const polling = new Set();
 
+    // While an answer is pending gradio dims a Markdown to 20 % and stretches it to its loading height: once a
+    // second during a Save, the status line would blink and push the panel below it up and down.
+    const STEADY_STATUS_CSS =
+        '[id^="script_"][id$="_refdrop_status"] .min, [id^="script_"][id$="_refdrop_status"].min ' +
+        "{ min-height: 0 !important; } " +
+        '[id^="script_"][id$="_refdrop_status"] .pending { opacity: 1 !important; }';
+
+    function addSteadyStatusStyle() {
+        const style = document.createElement("style");
+        style.textContent = STEADY_STATUS_CSS;
+        document.head.appendChild(style);
+    }
+
     function panelElement(tab, item) {
         return gradioApp().getElementById(`script_${tab}_refdrop_${item}`);
     }
@@ -120,5 +133,6 @@
         }
     }
 
+    onUiLoaded(addSteadyStatusStyle);
     onUiUpdate(watchGenerationLogs);
 })();

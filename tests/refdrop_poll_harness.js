@@ -63,9 +63,12 @@ for (const tab of ["txt2img", "img2img"]) {
 }
 
 const updateCallbacks = [];
+const loadedCallbacks = [];
+const styles = [];
 const context = {
     gradioApp: () => ({getElementById: (id) => elements[id] || null}),
-    onUiLoaded: () => {},
+    document: {createElement: () => ({textContent: ""}), head: {appendChild: (e) => styles.push(e.textContent)}},
+    onUiLoaded: (fn) => loadedCallbacks.push(fn),
     onUiUpdate: (fn) => updateCallbacks.push(fn),
     onAfterUiUpdate: () => {},
     setTimeout: setTimeoutFake,
@@ -79,7 +82,10 @@ function domChanged() {  // what the host's MutationObserver does on every chang
     }
 }
 
-const result = {callbacks: updateCallbacks.length};
+for (const fn of loadedCallbacks) {  // the page has loaded (the tooltips find no titles to set here)
+    fn();
+}
+const result = {callbacks: updateCallbacks.length, styles};
 for (let i = 0; i < 20; i++) {  // an idle page: the page changes, no Save
     domChanged();
     advance(1000);

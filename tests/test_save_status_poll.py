@@ -150,6 +150,9 @@ def test_js_sends_nothing_on_an_idle_page_and_one_poll_after_a_quick_save():
     assert result["img2img_clicks"] == 1  # the other tab's list is refreshed once
     assert result["txt2img_status"].startswith("RefDrop: saved reference")
     assert result["clicks_after_same_log"] == 0
+    # a pending answer neither dims the status line nor stretches it to gradio's loading height
+    assert len(result["styles"]) == 1 and "_refdrop_status" in result["styles"][0]
+    assert "min-height: 0 !important" in result["styles"][0] and "opacity: 1 !important" in result["styles"][0]
 
 
 def test_js_polls_each_second_while_saving_and_stops_when_saved():
