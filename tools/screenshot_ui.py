@@ -167,7 +167,8 @@ def make_page(store: ReferenceStore, last_status: str) -> gr.Blocks:
 
 class Browser:
     def __init__(self):
-        self.profile = tempfile.TemporaryDirectory(prefix="refdrop-shot-chromium-")
+        # Chromium may still write its cache while it exits: a leftover file must not fail the run
+        self.profile = tempfile.TemporaryDirectory(prefix="refdrop-shot-chromium-", ignore_cleanup_errors=True)
         self.process = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
