@@ -9,5 +9,5 @@ def status_line(writer) -> str:
         return ""
     status = writer.status
     if status.state == "writing":
-        return f"RefDrop: saving reference '{status.name}'… ({status.bytes // 1_000_000} MB so far; 🔄 to update)"
+        return f"RefDrop: saving reference '{status.name}'… ({status.bytes // 1_000_000} MB so far)"
     return status.message
