@@ -1,10 +1,13 @@
-"""Save and Use through the library's entry point (lib_refdrop/standalone.py) on a hostsim U-Net."""
+"""Save and Use through the library's entry point (lib_refdrop/standalone.py): on a hostsim U-Net, or a Save fed
+synthetic attn1 calls."""
 
 from __future__ import annotations
 
+import torch
 from hostsim import DiscreteSchedule, host_attention, sample
 
 from lib_refdrop import standalone
+from lib_refdrop.writer import SaveStatus
 
 SCHEDULE = DiscreteSchedule()
 
@@ -39,3 +42,20 @@ def use(host, store, name: str, rfg: float, family: str = "sd15", settings: dict
 
 def plain(host, **sample_args):
     return sample_with(host, None, **sample_args)
+
+
+def save_synthetic(store, name: str, generation: dict, preview=None) -> SaveStatus:
+    """A real reference written by the Save patch and the writer from synthetic attn1 calls, without a U-Net: three
+    layers (input, middle, output) at two sigmas, with CFG. For a library to show (the panel's tests, screenshots)."""
+
+    def attention(q, k, v, extra_options):  # the image does not matter here, only what the Save records
+        return q
+
+    ctx = standalone.context("sd15", attention, lambda percent: 0.0, seed=generation.get("seed"))
+    with standalone.start_save(store, name, ctx) as save:
+        for sigma in (14.6, 1.0):
+            for block in (("input", 1), ("middle", 0), ("output", 11)):
+                q = k = v = torch.randn(2, 16, 8)
+                save.patch(q, k, v, {"block": block, "block_index": 0, "cond_or_uncond": [1, 0], "n_heads": 2,
+                                     "dim_head": 4, "sigmas": torch.tensor([sigma])})
+        return save.finish(generation, preview)

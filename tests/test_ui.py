@@ -14,6 +14,7 @@ import fakehost
 import gradio as gr
 import pytest
 from PIL import Image
+from refdrop_harness import save_synthetic
 
 from lib_refdrop import ui
 from lib_refdrop.settings import ARG_NAMES, RefDropSettings, from_args
@@ -27,36 +28,13 @@ GENERATION = {"width": 512, "height": 768, "steps": 20, "sampler_name": "Euler a
               "seed": 1234, "prompt": "a red fox in the snow, " * 5}
 
 
-def save_synthetic(store: ReferenceStore, name: str, preview) -> None:
-    """A real reference written by the engine's Save patch and writer, fed synthetic attn1 calls (no U-Net)."""
-    import torch
-
-    from lib_refdrop.generation import PassContext, RefDropRun
-    from lib_refdrop.settings import build
-
-    def attention(q, k, v, extra_options):
-        return q
-
-    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name}), store)
-    patch = run.patch_for_pass(PassContext(family="sd15", is_hr_pass=False, percent_to_sigma=lambda pct: 0.0,
-                                           attention=attention, inner=attention, seed=1234))
-    for sigma in (14.6, 1.0):
-        for block in (("input", 1), ("middle", 0), ("output", 11)):
-            q = k = v = torch.randn(2, 16, 8)
-            patch(q, k, v, {"block": block, "block_index": 0, "cond_or_uncond": [1, 0], "n_heads": 2, "dim_head": 4,
-                            "sigmas": torch.tensor([sigma])})
-    run.finish_save(GENERATION, preview)
-    run.writer.wait(60)
-    assert run.writer.status.state == "saved", run.writer.status.message
-
-
 @pytest.fixture(scope="module")
 def saved_library(tmp_path_factory):
     """A library with references "fox" (with preview) and "Cat" (without); tests get copies."""
     root = tmp_path_factory.mktemp("library") / "refs"
     store = ReferenceStore(root)
-    save_synthetic(store, "fox", Image.new("RGB", (8, 8), "red"))
-    save_synthetic(store, "Cat", None)
+    save_synthetic(store, "fox", GENERATION, Image.new("RGB", (8, 8), "red"))
+    save_synthetic(store, "Cat", GENERATION, None)
     return root
 
 

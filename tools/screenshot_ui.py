@@ -122,27 +122,9 @@ def draw_fox(size=(256, 384)) -> Image.Image:
 
 def save_reference(store: ReferenceStore, name: str, generation: dict, preview) -> str:
     """A real reference written by the engine's Save patch and writer, fed synthetic attn1 calls (no U-Net)."""
-    import torch
+    from refdrop_harness import save_synthetic
 
-    from lib_refdrop.generation import PassContext, RefDropRun
-    from lib_refdrop.settings import build
-
-    def attention(q, k, v, extra_options):
-        return q
-
-    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": name}), store)
-    patch = run.patch_for_pass(PassContext(family="sd15", is_hr_pass=False, percent_to_sigma=lambda pct: 0.0,
-                                           attention=attention, inner=attention, seed=generation["seed"]))
-    for sigma in (14.6, 1.0):
-        for block in (("input", 1), ("middle", 0), ("output", 11)):
-            q = k = v = torch.randn(2, 16, 8)
-            patch(q, k, v, {"block": block, "block_index": 0, "cond_or_uncond": [1, 0], "n_heads": 2, "dim_head": 4,
-                            "sigmas": torch.tensor([sigma])})
-    run.finish_save(generation, preview)
-    run.writer.wait(60)
-    if run.writer.status.state != "saved":
-        raise RuntimeError(run.writer.status.message)
-    return run.writer.status.message
+    return save_synthetic(store, name, generation, preview).message
 
 
 # -- the page -----------------------------------------------------------------------------------------------
