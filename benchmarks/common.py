@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psutil
 import torch
-from refdrop_harness import context, sample_with
 
 from lib_refdrop import standalone
+from tests.support.refdrop_harness import context, sample_with
 
 
 class Peaks:

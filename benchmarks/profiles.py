@@ -15,10 +15,10 @@ import math
 import tempfile
 
 import torch
-from hostsim import AttnHost, layer_map, make_unet
 
 from lib_refdrop.profiles import PROFILES, Profile
 from lib_refdrop.store import ReferenceStore
+from tests.support.hostsim import AttnHost, layer_map, make_unet
 
 from .common import gb, run_plain, run_save, run_use
 

@@ -21,9 +21,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
-from hostsim import AttnHost, make_unet, sample
 from PIL import Image
-from refdrop_harness import context
 
 from lib_refdrop.api import API_PREFIX, api_enabled, credentials_from_cmd_opts, register_routes
 from lib_refdrop.engine import make_failing_patch
@@ -34,6 +32,8 @@ from lib_refdrop.manifest import Recording
 from lib_refdrop.settings import RefDropSettings, from_args, to_args
 from lib_refdrop.store import ReferenceStore
 from lib_refdrop.writer import ReferenceWriter
+from tests.support.hostsim import AttnHost, make_unet, sample
+from tests.support.refdrop_harness import context
 
 BASE = {"steps": 2, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": 16, "width": 16}
 REFS = f"{API_PREFIX}/references"

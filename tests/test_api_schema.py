@@ -22,7 +22,6 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from faultkit import make_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +29,7 @@ from lib_refdrop.api import name_schema, register_routes
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
 from lib_refdrop.store import PREVIEW, ReferenceStore
+from tests.support.faultkit import make_reference
 
 CREDENTIALS = {"alice": "s3cret"}
 ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}

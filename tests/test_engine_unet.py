@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hostsim import AttnHost, make_unet
-from refdrop_harness import plain, save, use
 
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.store import ReferenceStore
+from tests.support.hostsim import AttnHost, make_unet
+from tests.support.refdrop_harness import plain, save, use
 
 BASE = {"steps": 4, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": 16, "width": 16}
 
@@ -166,10 +166,9 @@ def test_sdxl_architecture_reproduces(store):
 
 def test_automatic_names_never_collide(tmp_path, monkeypatch):
     """Saves without a name in the same second (X/Y/Z cells) get distinct automatic names."""
-    from refdrop_harness import context
-
     from lib_refdrop import generation
     from lib_refdrop.settings import build
+    from tests.support.refdrop_harness import context
 
     monkeypatch.setattr(generation, "automatic_name", lambda seed: f"ref-{seed}-same-second")
     store = ReferenceStore(tmp_path)

@@ -2,18 +2,19 @@
 a bug keeps the host's traceback (and answers 500).
 
 The generation runs the script's hooks on a fake ``p`` and samples a tiny hostsim U-Net through the patches they
-installed, inside the ``/sdapi/v1/txt2img`` route of a host-like FastAPI app (``tests/fakehost/webapp.py``, one
+installed, inside the ``/sdapi/v1/txt2img`` route of a host-like FastAPI app (``tests/support/fakehost/webapp.py``, one
 per host family) served by a real uvicorn; RefDrop's handler is registered by firing the script's ``app_started``
 callbacks, as the hosts do.
 """
 
 from __future__ import annotations
 
-import fakehost
 import httpx
 import pytest
-from fakehost import webapp
 from test_script import BUG, SAMPLE, args_of, break_planning, new_p, run_hook
+
+from tests.support import fakehost
+from tests.support.fakehost import webapp
 
 MISSING = "RefDrop: reference 'missing' not found"
 FLAVOURS = ["reforge", "forge"]
@@ -22,7 +23,7 @@ MESSAGE_KEY = {"reforge": "errors", "forge": "message"}
 
 @pytest.fixture(scope="module")
 def diffusion_model():
-    from hostsim import make_unet
+    from tests.support.hostsim import make_unet
 
     return make_unet("sd15", "tiny")
 
@@ -37,7 +38,7 @@ def host(request, tmp_path):
 
 def generation(host, diffusion_model, args):
     """What the host's txt2img does with these RefDrop arguments: hooks, then sampling."""
-    from fakehost.objects import sample_patched
+    from tests.support.fakehost.objects import sample_patched
 
     def generate():
         script = host.script_module.RefDropScript()

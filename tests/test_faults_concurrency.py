@@ -6,13 +6,13 @@ from __future__ import annotations
 import threading
 import time
 
-import faultkit
 import pytest
 
 from lib_refdrop import writer as writer_module
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.store import ReferenceStore
 from lib_refdrop.writer import pending_write
+from tests.support import faultkit
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import random
 import shutil
 
-import faultkit
 import pytest
 
 from lib_refdrop.errors import RefDropError
@@ -15,6 +14,7 @@ from lib_refdrop.generation import RefDropRun
 from lib_refdrop.manifest import seal_manifest
 from lib_refdrop.settings import build
 from lib_refdrop.store import MANIFEST, ReferenceStore
+from tests.support import faultkit
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import multiprocessing
 import random
 import shutil
 
-import faultkit
 import pytest
-from faultkit import killable
 
 from lib_refdrop.store import ReferenceStore
+from tests.support import faultkit
+from tests.support.faultkit import killable
 
 pytestmark = pytest.mark.skipif(not hasattr(multiprocessing, "get_context") or
                                 "forkserver" not in multiprocessing.get_all_start_methods(),
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not hasattr(multiprocessing, "get_context") or
 @pytest.fixture(scope="module")
 def mp():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["faultkit", "faultkit.killable", "lib_refdrop.writer"])
+    ctx.set_forkserver_preload(["tests.support.faultkit", "tests.support.faultkit.killable", "lib_refdrop.writer"])
     return ctx
 
 

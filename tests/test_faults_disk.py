@@ -8,15 +8,15 @@ import os
 import subprocess
 import uuid
 
-import faultkit
 import pytest
 import torch
-from hostsim import host_attention
 
 from lib_refdrop import writer as writer_module
 from lib_refdrop.generation import RefDropRun
 from lib_refdrop.settings import build
 from lib_refdrop.store import ReferenceStore
+from tests.support import faultkit
+from tests.support.hostsim import host_attention
 
 
 def _save_run(store, name="cat"):

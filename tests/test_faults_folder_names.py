@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import unicodedata
 
-import faultkit
 import pytest
 
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.store import ReferenceStore
+from tests.support import faultkit
 
 NFC = unicodedata.normalize("NFC", "café")
 NFD = unicodedata.normalize("NFD", "café")

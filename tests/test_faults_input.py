@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faultkit
 import pytest
 
 from lib_refdrop import infotext
@@ -10,6 +9,7 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.generation import RefDropRun
 from lib_refdrop.settings import ARG_NAMES, build, from_args
 from lib_refdrop.store import ReferenceStore
+from tests.support import faultkit
 
 
 @pytest.mark.parametrize("value", [1.0001, -1.5, 2, 100, float("nan"), float("inf"), "-inf", "abc", None, True,

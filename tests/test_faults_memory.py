@@ -3,7 +3,6 @@ an out-of-memory error during Use stops the generation with a clear message."""
 
 from __future__ import annotations
 
-import faultkit
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from lib_refdrop.generation import RefDropRun
 from lib_refdrop.reader import RamCache, ReferenceReader, slots_of
 from lib_refdrop.settings import build
 from lib_refdrop.store import OpenReference, ReferenceStore
+from tests.support import faultkit
 
 
 class _WatchedCache(RamCache):

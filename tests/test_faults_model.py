@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faultkit
 import pytest
 import torch
 
@@ -10,6 +9,7 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.keys import SigmaMap
 from lib_refdrop.reader import ReferenceReader, slots_of
 from lib_refdrop.store import ReferenceStore
+from tests.support import faultkit
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import os
 import threading
 from pathlib import Path
 
-import faultkit
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from lib_refdrop.generation import RefDropRun
 from lib_refdrop.manifest import seal_manifest
 from lib_refdrop.settings import build
 from lib_refdrop.store import INCOMING, MANIFEST, PREVIEW, TRASH, ReferenceStore
+from tests.support import faultkit
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="this platform has no FIFOs")
 SECRET = "the contents of a file outside the store"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import faultkit
 import pytest
 import safetensors.torch
 import torch
@@ -16,6 +15,7 @@ from lib_refdrop.generation import RefDropRun
 from lib_refdrop.manifest import seal_manifest
 from lib_refdrop.settings import build
 from lib_refdrop.store import MANIFEST, ReferenceStore
+from tests.support import faultkit
 
 KEY = "input1.0/cond0/k"  # a row of the first slot file (faultkit splits each slot into two files)
 

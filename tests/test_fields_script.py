@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import test_script
-from fakehost.objects import sample_patched
 from test_script import SAMPLE, new_p, run_hook
 
 from lib_refdrop import xyz
 from lib_refdrop.errors import RefDropError
+from tests.support.fakehost.objects import sample_patched
 
 host, diffusion_model = test_script.host, test_script.diffusion_model  # the fixtures of test_script.py
 

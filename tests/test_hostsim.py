@@ -1,10 +1,11 @@
-"""Checks that tests/hostsim drives an attn1 patch the way the recorded Forge/reForge hosts do."""
+"""Checks that tests/support/hostsim drives an attn1 patch the way the recorded Forge/reForge hosts do."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hostsim import (
+
+from tests.support.hostsim import (
     AttnHost,
     RecordingPatch,
     extra_options_of,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import fakehost
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib_refdrop import infotext
 from lib_refdrop.settings import ARG_NAMES, BLOCK_GROUPS, RefDropSettings, build, from_args, to_args
+from tests.support import fakehost
 
 with fakehost.activated("none"):  # the host's own quoting and parsing, copied into the fake host
     from modules.infotext_utils import create_params_text, parse_params_line, paste_value

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 
-import faultkit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +14,7 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.manifest import check_manifest, seal_manifest
 from lib_refdrop.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, automatic_name, validate_name
 from lib_refdrop.store import MANIFEST, ReferenceStore
+from tests.support import faultkit
 
 
 @pytest.mark.parametrize("raw, canonical", [

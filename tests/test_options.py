@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 
-import fakehost
 import pytest
 
 from lib_refdrop import options
 from lib_refdrop.reader import RAM_CACHE
+from tests.support import fakehost
 
 SLIDER_MAX_MB = 65536  # the RAM budget slider's maximum on the Settings page
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from hostsim import AttnHost, make_unet
-from refdrop_harness import plain, save, use
 
 from lib_refdrop.profiles import BALANCED, PROFILES
 from lib_refdrop.store import ReferenceStore
+from tests.support.hostsim import AttnHost, make_unet
+from tests.support.refdrop_harness import plain, save, use
 
 BASE = {"steps": 8, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": 16, "width": 16}
 REPO = Path(__file__).resolve().parents[1]
@@ -85,8 +85,8 @@ def test_every_profile_round_trips_through_a_fresh_process(host, saved, tmp_path
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
         import safetensors.torch, torch
         torch.set_num_threads(1)
-        from hostsim import AttnHost, make_unet
-        from refdrop_harness import use
+        from tests.support.hostsim import AttnHost, make_unet
+        from tests.support.refdrop_harness import use
         from lib_refdrop.store import ReferenceStore
         store = ReferenceStore({str(store.root)!r})
         host = AttnHost(make_unet("sd15", "tiny", seed=0))

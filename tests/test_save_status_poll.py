@@ -14,16 +14,16 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-import fakehost
 import gradio as gr
 import pytest
-from faultkit import GENERATION, make_reference, recording, run_generation, slot_tensors, trace_calls
 
 from lib_refdrop import options, ui
 from lib_refdrop.generation import RefDropRun
 from lib_refdrop.keys import Slot
 from lib_refdrop.settings import build
 from lib_refdrop.writer import ReferenceWriter
+from tests.support import fakehost
+from tests.support.faultkit import GENERATION, make_reference, recording, run_generation, slot_tensors, trace_calls
 
 REPO = Path(__file__).resolve().parents[1]
 JS = REPO / "javascript" / "refdrop.js"

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import fakehost
 import pytest
 import torch
-from fakehost.objects import FakeUnetPatcher, make_model, make_p, sample_patched
 from PIL import Image
 
 from lib_refdrop import generation, infotext, options, xyz
 from lib_refdrop.errors import RefDropError, RefDropInternalError
 from lib_refdrop.settings import RefDropSettings, build, to_args
+from tests.support import fakehost
+from tests.support.fakehost.objects import FakeUnetPatcher, make_model, make_p, sample_patched
 
 SAMPLE = {"steps": 1, "height": 8, "width": 8, "seed": 1234}
 
 
 @pytest.fixture(scope="module")
 def diffusion_model():
-    from hostsim import make_unet
+    from tests.support.hostsim import make_unet
 
     return make_unet("sd15", "tiny")
 
@@ -216,7 +216,7 @@ def test_internal_errors_also_fail_visibly(host, diffusion_model, monkeypatch, c
 
 
 def test_chains_an_attn1_patch_registered_earlier(host, diffusion_model):
-    from hostsim import sdpa_attention
+    from tests.support.hostsim import sdpa_attention
 
     calls = []
 
@@ -390,9 +390,8 @@ def test_the_host_is_detected_once(host, diffusion_model, monkeypatch):
 
 @pytest.mark.parametrize("host", ["forge", "reforge"], indirect=True)
 def test_each_adapter_reads_the_schedule_where_its_host_keeps_it(host, diffusion_model):
-    from fakehost.objects import make_model
-
     from lib_refdrop import hosts
+    from tests.support.fakehost.objects import make_model
 
     other = {"forge": "reforge", "reforge": "forge"}[host.flavour]
     sigma = hosts.detect().percent_to_sigma

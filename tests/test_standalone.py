@@ -14,16 +14,16 @@ import sys
 import threading
 from pathlib import Path
 
-import faultkit
 import pytest
 import torch
-from hostsim import host_attention
 
 from lib_refdrop import standalone
 from lib_refdrop import writer as writer_module
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.store import ReferenceStore
 from lib_refdrop.writer import pending_write
+from tests.support import faultkit
+from tests.support.hostsim import host_attention
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,6 @@ import json
 import pickle
 import shutil
 
-import faultkit
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from lib_refdrop.manifest import seal_manifest
 from lib_refdrop.settings import build
 from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
 from lib_refdrop.writer import ReferenceWriter
+from tests.support import faultkit
 
 HOSTILE = ["../outside", "..", "a/../../b", "/tmp/abs", "C:\\evil", "a\x00b", ".incoming", ".trash", "", "CON",
            "x" * 300, "\U00020000" * 70, "sub/dir"]

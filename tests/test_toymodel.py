@@ -1,6 +1,6 @@
 """RefDrop's effect on a trained model (toymodel/): direction, diversity and prompt following, measured from pixels.
 
-Random-weight U-Nets (tests/hostsim) prove exactness; only a model whose attention means something shows the
+Random-weight U-Nets (tests/support/hostsim) prove exactness; only a model whose attention means something shows the
 effect users want. The test measures one block of seeds (0..N_SEEDS-1, against N_REFS references) and compares
 paired shares (same seeds across c) with thresholds set, before looking at this block, from the spread over
 disjoint calibration blocks of the same size: threshold = mean - 3 sd of the block gaps (mean + 3 sd for gaps

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hostsim import load_trace, replay_calls, traces_dir
-from refdrop_harness import context
 
 from lib_refdrop import standalone
 from lib_refdrop.store import ReferenceStore
+from tests.support.hostsim import load_trace, replay_calls, traces_dir
+from tests.support.refdrop_harness import context
 
 HOSTS = ("forge", "reforge")
 SD15_CASES = ("t2i_basic", "t2i_batch2", "t2i_batch3_cfg", "t2i_cfg1", "t2i_and", "t2i_split", "t2i_heun",

@@ -10,16 +10,16 @@ import threading
 import zlib
 from pathlib import Path
 
-import fakehost
 import gradio as gr
 import pytest
 from PIL import Image
-from refdrop_harness import save_synthetic
 
 from lib_refdrop import ui
 from lib_refdrop.settings import ARG_NAMES, RefDropSettings, from_args
 from lib_refdrop.store import MANIFEST, PREVIEW, ReferenceStore
 from lib_refdrop.writer import format_bytes
+from tests.support import fakehost
+from tests.support.refdrop_harness import save_synthetic
 
 JS = Path(__file__).resolve().parents[1] / "javascript" / "refdrop.js"
 

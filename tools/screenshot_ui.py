@@ -3,9 +3,10 @@
 How they are made (say so wherever they are shown): this is NOT a full WebUI host. It is a standalone gradio 3.41.2
 (reForge's gradio version, default theme) render of ``lib_refdrop.ui.build`` inside one ``gr.Blocks()``, built the
 way ``scripts/refdrop.py`` builds it: host-style element ids (``script_txt2img_refdrop_<item>``) and the host's
-``InputAccordion`` (the copy in tests/fakehost, which reproduces both hosts' gradio-3 class). The checkbox the hosts
-draw in that accordion's header comes from their ``inputAccordion.js``; a few lines below (``HEADER_CHECKBOX_JS``)
-imitate it. Not present: the host's style.css, its other scripts and tabs, and RefDrop's tooltip script.
+``InputAccordion`` (the copy in tests/support/fakehost, which reproduces both hosts' gradio-3 class). The checkbox
+the hosts draw in that accordion's header comes from their ``inputAccordion.js``; a few lines below
+(``HEADER_CHECKBOX_JS``) imitate it. Not present: the host's style.css, its other scripts and tabs, and RefDrop's
+tooltip script.
 
 The references are real ones: the engine's Save patch and the background writer record synthetic attn1 calls (no
 U-Net, as in tests/test_ui.py) into a temporary store; the preview picture is drawn with PIL. The page is served on
@@ -122,7 +123,7 @@ def draw_fox(size=(256, 384)) -> Image.Image:
 
 def save_reference(store: ReferenceStore, name: str, generation: dict, preview) -> str:
     """A real reference written by the engine's Save patch and writer, fed synthetic attn1 calls (no U-Net)."""
-    from refdrop_harness import save_synthetic
+    from tests.support.refdrop_harness import save_synthetic
 
     return save_synthetic(store, name, generation, preview).message
 
@@ -130,7 +131,7 @@ def save_reference(store: ReferenceStore, name: str, generation: dict, preview) 
 # -- the page -----------------------------------------------------------------------------------------------
 
 def make_page(store: ReferenceStore, last_status: str) -> gr.Blocks:
-    import fakehost
+    from tests.support import fakehost
 
     with fakehost.activated("none"):
         from modules.ui_components import InputAccordion

@@ -16,7 +16,7 @@ from PIL import Image
 
 from lib_refdrop.standalone import PassContext, context, start_save, use_patch
 from lib_refdrop.store import ReferenceStore
-from tests.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, host_attention
+from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, host_attention
 
 from .data import SIZE
 from .model import WEIGHTS, ShapePrompts, load

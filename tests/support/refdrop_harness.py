@@ -4,10 +4,10 @@ synthetic attn1 calls."""
 from __future__ import annotations
 
 import torch
-from hostsim import DiscreteSchedule, host_attention, sample
 
 from lib_refdrop import standalone
 from lib_refdrop.writer import SaveStatus
+from tests.support.hostsim import DiscreteSchedule, host_attention, sample
 
 SCHEDULE = DiscreteSchedule()
 

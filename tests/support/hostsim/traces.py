@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["traces_dir", "load_trace", "extra_options_of", "replay_calls", "split_forwards"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 _SHAPE_KEYS = ("pass", "q", "k", "v", "dtype")
 
 

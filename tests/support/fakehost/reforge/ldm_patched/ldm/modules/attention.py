@@ -3,7 +3,7 @@ CALLS = {"n": 0, "attn_precision": []}
 
 
 def optimized_attention(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False):
-    from hostsim import sdpa_attention
+    from tests.support.hostsim import sdpa_attention
 
     CALLS["n"] += 1
     CALLS["attn_precision"].append(attn_precision)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 HOST_PACKAGES = ("modules", "backend", "ldm_patched", "launch")
 FLAVOUR_DIRS = {"forge": HERE / "forge", "reforge": HERE / "reforge", "none": None}
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from hostsim import host_attention, load_trace
 
 from lib_refdrop import standalone
 from lib_refdrop.generation import PassContext
@@ -16,6 +15,7 @@ from lib_refdrop.keys import Slot, entry_name
 from lib_refdrop.manifest import Recording
 from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
 from lib_refdrop.writer import ReferenceWriter
+from tests.support.hostsim import host_attention, load_trace
 
 LAYERS = {"input1.0": (2, 4, 16), "middle0.0": (2, 8, 4), "output3.0": (2, 4, 16)}  # heads, dim_head, tokens
 CHUNKS = ("uncond0", "cond0")

@@ -40,7 +40,7 @@ class FakeUnetPatcher:
 
 def make_model(flavour: str, diffusion_model=None):
     """``unet.model``: Forge keeps the schedule on ``predictor``, reForge on ``model_sampling``."""
-    from hostsim import DiscreteSchedule
+    from tests.support.hostsim import DiscreteSchedule
 
     model = SimpleNamespace(diffusion_model=diffusion_model)
     if flavour == "forge":
@@ -67,7 +67,7 @@ def make_p(unet: FakeUnetPatcher, family_flag: str = "is_sd1", seed: int = 1234,
 
 def sample_patched(unet: FakeUnetPatcher, host_flavour=None, **kwargs):
     """Sample the hostsim U-Net of ``unet.model`` with the patcher's attn1 replace patches (the host lookup)."""
-    from hostsim import AttnHost, sample
+    from tests.support.hostsim import AttnHost, sample
 
     with AttnHost(unet.model.diffusion_model, host_flavour=host_flavour) as host:
         host.patches_replace = dict(unet.attn1_patches())

@@ -3,7 +3,7 @@ CALLS = {"n": 0}
 
 
 def attention_function(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False):
-    from hostsim import sdpa_attention
+    from tests.support.hostsim import sdpa_attention
 
     CALLS["n"] += 1
     return sdpa_attention(q, k, v, heads, mask=mask, skip_reshape=skip_reshape)
