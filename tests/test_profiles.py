@@ -81,8 +81,6 @@ def test_every_profile_round_trips_through_a_fresh_process(host, saved, tmp_path
     here = {name: use(host, store, name, 0.6, **{**BASE, "seed": 3}) for name in PROFILES}
     out = tmp_path / "latents.safetensors"
     script = textwrap.dedent(f"""
-        import sys
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "tests")!r}]
         import safetensors.torch, torch
         torch.set_num_threads(1)
         from tests.support.hostsim import AttnHost, make_unet
@@ -93,7 +91,7 @@ def test_every_profile_round_trips_through_a_fresh_process(host, saved, tmp_path
         latents = {{name: use(host, store, name, 0.6, **{dict(BASE, seed=3)!r}) for name in store.names()}}
         safetensors.torch.save_file(latents, {str(out)!r})
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=REPO)  # -c: the root on sys.path
     there = safetensors.torch.load_file(out)
     assert set(there) >= set(PROFILES)
     for name in PROFILES:

@@ -19,7 +19,7 @@ reForge's pins, on top of the system packages (torch etc.):
 
     python -m venv --system-site-packages /tmp/shotvenv
     /tmp/shotvenv/bin/pip install fastapi==0.94.0 pydantic==1.10.15
-    GRADIO_ANALYTICS_ENABLED=False /tmp/shotvenv/bin/python tools/screenshot_ui.py
+    GRADIO_ANALYTICS_ENABLED=False /tmp/shotvenv/bin/python -m tools.screenshot_ui   # from the repository root
 
 Needs ``apt-get install chromium fonts-noto-color-emoji`` (without an emoji font the 🔄 button is an empty box) and
 the ``websockets`` package (>= 11, for its sync client).
@@ -33,7 +33,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -42,9 +41,8 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import gradio as gr  # noqa: E402
+import gradio as gr  # noqa: E402 - after the analytics switch
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 

@@ -15,12 +15,12 @@ for the WebUI's X/Y/Z plot of "[RefDrop] RFG coefficient", which cannot be rende
   illustration, not a measurement: toymodel/TRAINING.md has the measured shares over 108 images.
 - Sampler euler, 12 steps, CFG 3 (ToyPipeline's defaults); each 16x16 image is upscaled with nearest neighbour.
 
-    python tools/toy_sweep.py          # about 15 s on one CPU thread
+    python -m tools.toy_sweep          # from the repository root; about 15 s on one CPU thread
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +28,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lib_refdrop.store import ReferenceStore
+from toymodel.data import classify
+from toymodel.sampling import ToyPipeline
 
-from lib_refdrop.store import ReferenceStore  # noqa: E402
-from toymodel.data import classify  # noqa: E402
-from toymodel.sampling import ToyPipeline  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 OUT = REPO / "docs" / "img" / "rfg-sweep.png"
 REFERENCE_SHAPE = "circle"
@@ -128,15 +127,18 @@ def describe(reference: torch.Tensor, sweep: dict[float, torch.Tensor]) -> None:
         print(f"seed {seed}: " + "  ".join(cells))
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the picture (default: %(default)s)")
+    out = parser.parse_args(argv).out
     torch.set_num_threads(1)
     started = time.monotonic()
     pipe = ToyPipeline.load()
     reference, sweep = generate(pipe)
     describe(reference, sweep)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    compose(reference, sweep).save(OUT, optimize=True)
-    print(f"wrote {OUT.relative_to(REPO)} ({OUT.stat().st_size // 1024} KB) in {time.monotonic() - started:.0f}s")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compose(reference, sweep).save(out, optimize=True)
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB) in {time.monotonic() - started:.0f}s")
 
 
 if __name__ == "__main__":
