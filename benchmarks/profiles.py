@@ -16,8 +16,8 @@ import tempfile
 
 import torch
 
-from lib_refdrop.profiles import PROFILES, Profile
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.profiles import PROFILES, Profile
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, layer_map, make_unet
 
 from .common import gb, run_plain, run_save, run_use

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from lib_refdrop.reader import RAM_CACHE
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.reader import RAM_CACHE
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, make_unet
 
 from .common import Peaks, drop_page_cache, folder_bytes, gb, run_plain, run_save, run_use

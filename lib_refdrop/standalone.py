@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .engine import Patch
+from .attn.patches import Patch
 from .errors import RefDropError
-from .generation import PassContext, RefDropRun
-from .settings import build
-from .store import ReferenceStore
-from .writer import SaveStatus
+from .params import build
+from .reference.store import ReferenceStore
+from .reference.writer import SaveStatus
+from .run import PassContext, RefDropRun
 
 DEFAULT_SAVE_TIMEOUT_S = 300.0
 _SET_BY_USE_PATCH = ("enabled", "mode", "reference")

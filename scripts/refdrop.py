@@ -12,13 +12,17 @@ import traceback
 
 from modules import script_callbacks, scripts
 
-from lib_refdrop import TITLE, generation, hosts, infotext, options, ui, xyz
-from lib_refdrop.engine import make_failing_patch
+from lib_refdrop import TITLE
+from lib_refdrop import run as generation
+from lib_refdrop.attn.patches import make_failing_patch
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.hosts.app import add_to_app
-from lib_refdrop.hosts.save_status import status_line
-from lib_refdrop.settings import for_generation
+from lib_refdrop.params import for_generation
+from lib_refdrop.run import RefDropRun
+from lib_refdrop.webui import hosts, infotext, xyz
+from lib_refdrop.webui import opts as options
+from lib_refdrop.webui import panel as ui
+from lib_refdrop.webui.hosts.app import add_to_app
+from lib_refdrop.webui.hosts.save_status import status_line
 
 try:
     from modules.ui_components import InputAccordion

@@ -23,15 +23,16 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lib_refdrop.api import API_PREFIX, api_enabled, credentials_from_cmd_opts, register_routes
-from lib_refdrop.engine import make_failing_patch
+from lib_refdrop.attn.address import entry_name
+from lib_refdrop.attn.patches import make_failing_patch
+from lib_refdrop.attn.sigmas import Slot
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.keys import Slot, entry_name
-from lib_refdrop.manifest import Recording
-from lib_refdrop.settings import RefDropSettings, from_args, to_args
-from lib_refdrop.store import ReferenceStore
-from lib_refdrop.writer import ReferenceWriter
+from lib_refdrop.params import RefDropSettings, from_args, to_args
+from lib_refdrop.reference.manifest import Recording
+from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.reference.writer import ReferenceWriter
+from lib_refdrop.run import RefDropRun
+from lib_refdrop.webui.api import API_PREFIX, api_enabled, credentials_from_cmd_opts, register_routes
 from tests.support.hostsim import AttnHost, make_unet, sample
 from tests.support.refdrop_harness import context
 

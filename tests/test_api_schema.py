@@ -25,10 +25,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib_refdrop.api import name_schema, register_routes
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
-from lib_refdrop.store import PREVIEW, ReferenceStore
+from lib_refdrop.reference.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
+from lib_refdrop.reference.store import PREVIEW, ReferenceStore
+from lib_refdrop.webui.api import name_schema, register_routes
 from tests.support.faultkit import make_reference
 
 CREDENTIALS = {"alice": "s3cret"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, make_unet
 from tests.support.refdrop_harness import plain, save, use
 
@@ -166,8 +166,8 @@ def test_sdxl_architecture_reproduces(store):
 
 def test_automatic_names_never_collide(tmp_path, monkeypatch):
     """Saves without a name in the same second (X/Y/Z cells) get distinct automatic names."""
-    from lib_refdrop import generation
-    from lib_refdrop.settings import build
+    from lib_refdrop import run as generation
+    from lib_refdrop.params import build
     from tests.support.refdrop_harness import context
 
     monkeypatch.setattr(generation, "automatic_name", lambda seed: f"ref-{seed}-same-second")

@@ -127,7 +127,7 @@ def test_other_exceptions_keep_the_hosts_handling(host, capfd):
 
 def test_the_console_line_is_one_line_with_the_prefix():
     from lib_refdrop.errors import RefDropError
-    from lib_refdrop.hosts import reporting
+    from lib_refdrop.webui.hosts import reporting
 
     assert reporting.console_line(RefDropError("RefDrop: a\nb  c")) == "RefDrop: a b c"
     assert reporting.console_line(RefDropError("no prefix")) == "RefDrop: no prefix"
@@ -137,7 +137,7 @@ def test_register_is_harmless_twice_and_leaves_other_handlers(capfd):
     from fastapi import FastAPI
 
     from lib_refdrop.errors import RefDropError
-    from lib_refdrop.hosts import reporting
+    from lib_refdrop.webui.hosts import reporting
 
     app = FastAPI()
     handlers = dict(app.exception_handlers)

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from lib_refdrop import writer as writer_module
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.store import ReferenceStore
-from lib_refdrop.writer import pending_write
+from lib_refdrop.reference import writer as writer_module
+from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.reference.writer import pending_write
 from tests.support import faultkit
 
 
@@ -102,8 +102,8 @@ def test_two_clients_save_the_same_name_at_once(tmp_path, slow_disk, overwrite):
 
 
 def test_use_waits_for_a_reference_that_is_still_being_written(tmp_path, slow_disk):
-    from lib_refdrop.generation import RefDropRun
-    from lib_refdrop.settings import build
+    from lib_refdrop.params import build
+    from lib_refdrop.run import RefDropRun
 
     store = ReferenceStore(tmp_path)
     writer = faultkit.start_reference(store, "fresh", seed=4)

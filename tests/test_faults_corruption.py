@@ -10,10 +10,10 @@ import shutil
 import pytest
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.manifest import seal_manifest
-from lib_refdrop.settings import build
-from lib_refdrop.store import MANIFEST, ReferenceStore
+from lib_refdrop.params import build
+from lib_refdrop.reference.manifest import seal_manifest
+from lib_refdrop.reference.store import MANIFEST, ReferenceStore
+from lib_refdrop.run import RefDropRun
 from tests.support import faultkit
 
 

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support import faultkit
 from tests.support.faultkit import killable
 
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.skipif(not hasattr(multiprocessing, "get_context") or
 @pytest.fixture(scope="module")
 def mp():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["tests.support.faultkit", "tests.support.faultkit.killable", "lib_refdrop.writer"])
+    ctx.set_forkserver_preload(
+        ["tests.support.faultkit", "tests.support.faultkit.killable", "lib_refdrop.reference.writer"]
+    )
     return ctx
 
 

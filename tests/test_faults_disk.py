@@ -11,10 +11,10 @@ import uuid
 import pytest
 import torch
 
-from lib_refdrop import writer as writer_module
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.settings import build
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.params import build
+from lib_refdrop.reference import writer as writer_module
+from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.run import RefDropRun
 from tests.support import faultkit
 from tests.support.hostsim import host_attention
 

@@ -10,7 +10,7 @@ import unicodedata
 import pytest
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support import faultkit
 
 NFC = unicodedata.normalize("NFC", "café")

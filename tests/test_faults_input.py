@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from lib_refdrop import infotext
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.settings import ARG_NAMES, build, from_args
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.params import ARG_NAMES, build, from_args
+from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.run import RefDropRun
+from lib_refdrop.webui import infotext
 from tests.support import faultkit
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_refdrop import reader as reader_module
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.reader import RamCache, ReferenceReader, slots_of
-from lib_refdrop.settings import build
-from lib_refdrop.store import OpenReference, ReferenceStore
+from lib_refdrop.params import build
+from lib_refdrop.reference import reader as reader_module
+from lib_refdrop.reference.reader import RamCache, ReferenceReader, slots_of
+from lib_refdrop.reference.store import OpenReference, ReferenceStore
+from lib_refdrop.run import RefDropRun
 from tests.support import faultkit
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lib_refdrop.attn.sigmas import SigmaMap
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.keys import SigmaMap
-from lib_refdrop.reader import ReferenceReader, slots_of
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.reader import ReferenceReader, slots_of
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support import faultkit
 
 

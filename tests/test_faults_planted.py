@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.manifest import seal_manifest
-from lib_refdrop.settings import build
-from lib_refdrop.store import INCOMING, MANIFEST, PREVIEW, TRASH, ReferenceStore
+from lib_refdrop.params import build
+from lib_refdrop.reference.manifest import seal_manifest
+from lib_refdrop.reference.store import INCOMING, MANIFEST, PREVIEW, TRASH, ReferenceStore
+from lib_refdrop.run import RefDropRun
 from tests.support import faultkit
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="this platform has no FIFOs")
@@ -267,7 +267,7 @@ def test_a_stuck_read_of_one_reference_does_not_hold_up_another(tmp_path, monkey
         return real_load(data)
 
     monkeypatch.setattr(safetensors.torch, "load", load)
-    from lib_refdrop import reader as reader_module
+    from lib_refdrop.reference import reader as reader_module
 
     reader_module.RAM_CACHE.clear()
     try:

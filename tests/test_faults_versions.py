@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_refdrop import reader as reader_module
 from lib_refdrop import standalone
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference import reader as reader_module
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support import faultkit
 
 CALLS = 16  # recorded attn1 calls of a real host: one model evaluation of an SD1.5 U-Net

@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 from test_settings_fuzz import JSON_VALUES
 
 import lib_refdrop
-from lib_refdrop import infotext, xyz
-from lib_refdrop import settings as settings_module
+from lib_refdrop import params as settings_module
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.settings import (
+from lib_refdrop.params import (
     ANY,
     ARG_NAMES,
     DEFAULTS,
@@ -28,6 +27,7 @@ from lib_refdrop.settings import (
     to_args,
     wants_refdrop,
 )
+from lib_refdrop.webui import infotext, xyz
 
 # The public positional order of alwayson_scripts["RefDrop"]["args"] (README "Web API"): it only grows at the end.
 PUBLIC_ORDER = ("enabled", "mode", "rfg", "reference", "save_name", "disabled_groups", "disabled_blocks",

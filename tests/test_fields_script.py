@@ -6,8 +6,8 @@ import pytest
 import test_script
 from test_script import SAMPLE, new_p, run_hook
 
-from lib_refdrop import xyz
 from lib_refdrop.errors import RefDropError
+from lib_refdrop.webui import xyz
 from tests.support.fakehost.objects import sample_patched
 
 host, diffusion_model = test_script.host, test_script.diffusion_model  # the fixtures of test_script.py

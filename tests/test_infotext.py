@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib_refdrop import infotext
-from lib_refdrop.settings import ARG_NAMES, BLOCK_GROUPS, RefDropSettings, build, from_args, to_args
+from lib_refdrop.params import ARG_NAMES, BLOCK_GROUPS, RefDropSettings, build, from_args, to_args
+from lib_refdrop.webui import infotext
 from tests.support import fakehost
 
 with fakehost.activated("none"):  # the host's own quoting and parsing, copied into the fake host

@@ -6,16 +6,15 @@ import math
 
 import pytest
 
-from lib_refdrop.keys import (
+from lib_refdrop.attn.address import (
     OccurrenceCounter,
-    SigmaMap,
-    Slot,
     block_label,
     chunk_names,
     layer_id,
     rows_per_chunk,
     split_layer_id,
 )
+from lib_refdrop.attn.sigmas import SigmaMap, Slot
 
 
 def test_layer_ids_and_block_labels():

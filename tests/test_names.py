@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.manifest import check_manifest, seal_manifest
-from lib_refdrop.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, automatic_name, validate_name
-from lib_refdrop.store import MANIFEST, ReferenceStore
+from lib_refdrop.reference.manifest import check_manifest, seal_manifest
+from lib_refdrop.reference.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, automatic_name, validate_name
+from lib_refdrop.reference.store import MANIFEST, ReferenceStore
 from tests.support import faultkit
 
 
@@ -129,10 +129,10 @@ def _apply(manifest, path, value):
 def test_property_a_manifest_is_either_usable_or_refused_with_a_message(real_manifest, mutations, reseal):
     """Whatever a manifest holds, ``check_manifest`` either raises a RefDropError naming the reference or returns a
     manifest the reader and the engine can use without a KeyError/TypeError (resealed: past the checksum)."""
-    from lib_refdrop.engine import plan_use
-    from lib_refdrop.keys import SigmaMap
-    from lib_refdrop.reader import slots_of
-    from lib_refdrop.settings import RefDropSettings
+    from lib_refdrop.attn.patches import plan_use
+    from lib_refdrop.attn.sigmas import SigmaMap
+    from lib_refdrop.params import RefDropSettings
+    from lib_refdrop.reference.reader import slots_of
 
     manifest = copy.deepcopy(real_manifest)
     try:

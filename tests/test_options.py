@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from lib_refdrop import options
-from lib_refdrop.reader import RAM_CACHE
+from lib_refdrop.reference.reader import RAM_CACHE
+from lib_refdrop.webui import opts as options
 from tests.support import fakehost
 
 SLIDER_MAX_MB = 65536  # the RAM budget slider's maximum on the Settings page

@@ -12,8 +12,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from lib_refdrop.profiles import BALANCED, PROFILES
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.profiles import BALANCED, PROFILES
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, make_unet
 from tests.support.refdrop_harness import plain, save, use
 
@@ -85,7 +85,7 @@ def test_every_profile_round_trips_through_a_fresh_process(host, saved, tmp_path
         torch.set_num_threads(1)
         from tests.support.hostsim import AttnHost, make_unet
         from tests.support.refdrop_harness import use
-        from lib_refdrop.store import ReferenceStore
+        from lib_refdrop.reference.store import ReferenceStore
         store = ReferenceStore({str(store.root)!r})
         host = AttnHost(make_unet("sd15", "tiny", seed=0))
         latents = {{name: use(host, store, name, 0.6, **{dict(BASE, seed=3)!r}) for name in store.names()}}

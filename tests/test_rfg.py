@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_refdrop.rfg import expand_reference, rfg_blend
+from lib_refdrop.attn.blend import expand_reference, rfg_blend
 
 
 def softmax_attention(q, k, v, heads):

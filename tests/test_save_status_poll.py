@@ -17,11 +17,12 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from lib_refdrop import options, ui
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.keys import Slot
-from lib_refdrop.settings import build
-from lib_refdrop.writer import ReferenceWriter
+from lib_refdrop.attn.sigmas import Slot
+from lib_refdrop.params import build
+from lib_refdrop.reference.writer import ReferenceWriter
+from lib_refdrop.run import RefDropRun
+from lib_refdrop.webui import opts as options
+from lib_refdrop.webui import panel as ui
 from tests.support import fakehost
 from tests.support.faultkit import GENERATION, make_reference, recording, run_generation, slot_tensors, trace_calls
 

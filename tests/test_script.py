@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lib_refdrop import generation, infotext, options, xyz
+from lib_refdrop import run as generation
 from lib_refdrop.errors import RefDropError, RefDropInternalError
-from lib_refdrop.settings import RefDropSettings, build, to_args
+from lib_refdrop.params import RefDropSettings, build, to_args
+from lib_refdrop.webui import infotext, xyz
+from lib_refdrop.webui import opts as options
 from tests.support import fakehost
 from tests.support.fakehost.objects import FakeUnetPatcher, make_model, make_p, sample_patched
 
@@ -72,7 +74,7 @@ def test_registers_callbacks_settings_and_title(host):
 def test_settings_page_values_are_read_and_applied(host, tmp_path):
     from modules import script_callbacks, shared
 
-    from lib_refdrop.reader import RAM_CACHE
+    from lib_refdrop.reference.reader import RAM_CACHE
 
     script_callbacks.callbacks["ui_settings"][0]()
     shared.opts.set("refdrop_store_folder", str(tmp_path / "elsewhere"))
@@ -194,7 +196,7 @@ BUG = "the model flags cannot be read"
 
 def break_planning(monkeypatch) -> None:
     """A bug while planning a pass: reading the model's family raises something that is not a RefDropError."""
-    from lib_refdrop.hosts import host as host_module
+    from lib_refdrop.webui.hosts import host as host_module
 
     def broken(sd_model):
         raise RuntimeError(BUG)
@@ -350,7 +352,7 @@ def test_routes_mounted_only_with_the_api(host):
 def test_reforge_adapter_passes_attn_precision(host, diffusion_model):
     from ldm_patched.ldm.modules.attention import CALLS
 
-    from lib_refdrop import hosts
+    from lib_refdrop.webui import hosts
 
     assert hosts.detect().name == "reforge"
     script = host.script_module.RefDropScript()
@@ -371,7 +373,7 @@ def test_reforge_adapter_passes_attn_precision(host, diffusion_model):
 def test_the_host_is_detected_once(host, diffusion_model, monkeypatch):
     import importlib.util
 
-    from lib_refdrop import hosts
+    from lib_refdrop.webui import hosts
 
     script = host.script_module.RefDropScript()
     args = args_of(enabled=True, mode="Use", reference="nothing-yet")
@@ -390,7 +392,7 @@ def test_the_host_is_detected_once(host, diffusion_model, monkeypatch):
 
 @pytest.mark.parametrize("host", ["forge", "reforge"], indirect=True)
 def test_each_adapter_reads_the_schedule_where_its_host_keeps_it(host, diffusion_model):
-    from lib_refdrop import hosts
+    from lib_refdrop.webui import hosts
     from tests.support.fakehost.objects import make_model
 
     other = {"forge": "reforge", "reforge": "forge"}[host.flavour]
@@ -428,7 +430,7 @@ def test_the_failing_patch_is_made_once_and_installed_on_every_pass(host, diffus
 
 
 def test_the_preview_is_the_first_image_after_a_grid():
-    from lib_refdrop.hosts import first_image
+    from lib_refdrop.webui.hosts import first_image
 
     grid, first, second = (Image.new("RGB", (8, 8), c) for c in ("white", "red", "green"))
     assert first_image(SimpleNamespace(images=[grid, first, second], index_of_first_image=1)) is first

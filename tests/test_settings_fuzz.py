@@ -11,9 +11,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lib_refdrop import infotext
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.settings import (
+from lib_refdrop.params import (
     _ALIASES,
     ARG_NAMES,
     BLOCK_GROUPS,
@@ -26,6 +25,7 @@ from lib_refdrop.settings import (
     parse_rfg,
     to_args,
 )
+from lib_refdrop.webui import infotext
 
 DEFAULT_ARGS = to_args(RefDropSettings())  # what the panel sends when nothing was changed
 # Beyond float range; 10**5000 also has no decimal repr (built lazily: hypothesis describes strategies with repr).

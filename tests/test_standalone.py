@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from lib_refdrop import standalone
-from lib_refdrop import writer as writer_module
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.store import ReferenceStore
-from lib_refdrop.writer import pending_write
+from lib_refdrop.reference import writer as writer_module
+from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.reference.writer import pending_write
 from tests.support import faultkit
 from tests.support.hostsim import host_attention
 

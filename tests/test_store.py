@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.generation import RefDropRun
-from lib_refdrop.manifest import seal_manifest
-from lib_refdrop.settings import build
-from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
-from lib_refdrop.writer import ReferenceWriter
+from lib_refdrop.params import build
+from lib_refdrop.reference.manifest import seal_manifest
+from lib_refdrop.reference.store import INCOMING, MANIFEST, TRASH, ReferenceStore
+from lib_refdrop.reference.writer import ReferenceWriter
+from lib_refdrop.run import RefDropRun
 from tests.support import faultkit
 
 HOSTILE = ["../outside", "..", "a/../../b", "/tmp/abs", "C:\\evil", "a\x00b", ".incoming", ".trash", "", "CON",
@@ -143,7 +143,7 @@ def test_planted_pickle_payloads_are_ignored_or_rejected(tmp_path, no_unpickling
     (tmp_path / "manifest-pickle").mkdir()
     (tmp_path / "manifest-pickle" / MANIFEST).write_bytes(payload)
 
-    from lib_refdrop.reader import RamCache, ReferenceReader, slots_of
+    from lib_refdrop.reference.reader import RamCache, ReferenceReader, slots_of
 
     store = ReferenceStore(tmp_path)
     store.verify("extra")  # the stray pickles are simply not part of the reference

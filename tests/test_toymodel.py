@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_refdrop.profiles import PROFILES
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.profiles import PROFILES
+from lib_refdrop.reference.store import ReferenceStore
 from toymodel.data import BACKGROUNDS, SHAPE_COLOURS, SHAPES, classify
 from toymodel.measure import Shares, measure_rfg, prompts_for, save_references
 from toymodel.sampling import ToyPipeline

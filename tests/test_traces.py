@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lib_refdrop import standalone
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import load_trace, replay_calls, traces_dir
 from tests.support.refdrop_harness import context
 

@@ -14,10 +14,10 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from lib_refdrop import ui
-from lib_refdrop.settings import ARG_NAMES, RefDropSettings, from_args
-from lib_refdrop.store import MANIFEST, PREVIEW, ReferenceStore
-from lib_refdrop.writer import format_bytes
+from lib_refdrop.params import ARG_NAMES, RefDropSettings, from_args
+from lib_refdrop.reference.store import MANIFEST, PREVIEW, ReferenceStore
+from lib_refdrop.reference.writer import format_bytes
+from lib_refdrop.webui import panel as ui
 from tests.support import fakehost
 from tests.support.refdrop_harness import save_synthetic
 

@@ -1,8 +1,8 @@
 """Screenshots of the RefDrop panel for the README: docs/img/refdrop-use.png, refdrop-save.png, refdrop-advanced.png.
 
 How they are made (say so wherever they are shown): this is NOT a full WebUI host. It is a standalone gradio 3.41.2
-(reForge's gradio version, default theme) render of ``lib_refdrop.ui.build`` inside one ``gr.Blocks()``, built the
-way ``scripts/refdrop.py`` builds it: host-style element ids (``script_txt2img_refdrop_<item>``) and the host's
+(reForge's gradio version, default theme) render of ``lib_refdrop.webui.panel.build`` inside one ``gr.Blocks()``, built
+the way ``scripts/refdrop.py`` builds it: host-style element ids (``script_txt2img_refdrop_<item>``) and the host's
 ``InputAccordion`` (the copy in tests/support/fakehost, which reproduces both hosts' gradio-3 class). The checkbox
 the hosts draw in that accordion's header comes from their ``inputAccordion.js``; a few lines below
 (``HEADER_CHECKBOX_JS``) imitate it. Not present: the host's style.css, its other scripts and tabs, and RefDrop's
@@ -46,8 +46,8 @@ import gradio as gr  # noqa: E402 - after the analytics switch
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from lib_refdrop import ui  # noqa: E402
-from lib_refdrop.store import ReferenceStore  # noqa: E402
+from lib_refdrop.reference.store import ReferenceStore  # noqa: E402
+from lib_refdrop.webui import panel as ui  # noqa: E402
 
 OUT = REPO / "docs" / "img"
 CHROMIUM = "/usr/bin/chromium"

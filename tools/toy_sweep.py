@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.store import ReferenceStore
 from toymodel.data import classify
 from toymodel.sampling import ToyPipeline
 

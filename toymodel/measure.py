@@ -7,7 +7,7 @@ every shape prompt are generated with RefDrop Use at several strengths c. Printe
 - consistency: share of new images with the reference's shape colour, background, and both (its "look");
 - prompt following: share whose shape is the one their prompt names;
 c = 0 is the plain model (the diversity baseline); c < 0 should push the shares below it. Then, for every
-storage profile in ``lib_refdrop.profiles.PROFILES``: the share of the exact profile's colour effect it keeps.
+storage profile in ``lib_refdrop.reference.profiles.PROFILES``: the share of the exact profile's colour effect it keeps.
 Images at the same seed are paired across c, so differences are measured on the same noise.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from lib_refdrop.profiles import PROFILES
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.profiles import PROFILES
+from lib_refdrop.reference.store import ReferenceStore
 
 from .data import SHAPES, Attributes, classify
 from .sampling import ToyPipeline

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.standalone import PassContext, context, start_save, use_patch
-from lib_refdrop.store import ReferenceStore
 from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, host_attention
 
 from .data import SIZE
@@ -90,7 +90,7 @@ class ToyPipeline:
 
     def use_reference(self, store: ReferenceStore, name: str, rfg: float, shapes: list[str], seeds: list[int],
                       **settings) -> torch.Tensor:
-        """Generate with RefDrop Use at strength ``rfg`` (other settings by their names in lib_refdrop.settings)."""
+        """Generate with RefDrop Use at strength ``rfg`` (other settings by their names in lib_refdrop.params)."""
         return self.generate(shapes, seeds, use_patch(store, name, rfg, pass_context(seeds[0]), **settings))
 
 

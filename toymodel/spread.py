@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from lib_refdrop.profiles import PROFILES
-from lib_refdrop.store import ReferenceStore
+from lib_refdrop.reference.profiles import PROFILES
+from lib_refdrop.reference.store import ReferenceStore
 
 from .data import Attributes, classify
 from .measure import ATTRS, Reference, prompts_for, save_references, tally

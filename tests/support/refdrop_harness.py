@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from lib_refdrop import standalone
-from lib_refdrop.writer import SaveStatus
+from lib_refdrop.reference.writer import SaveStatus
 from tests.support.hostsim import DiscreteSchedule, host_attention, sample
 
 SCHEDULE = DiscreteSchedule()

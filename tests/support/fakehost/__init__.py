@@ -46,14 +46,14 @@ def activated(flavour: str = "forge", models_path: str | Path | None = None):
             sys.path.remove(path)
         _forget_host_modules()
         _forget_detected_host()
-        from lib_refdrop import options
+        from lib_refdrop.webui import opts as options
 
         options.forget_store()
 
 
 def _forget_detected_host() -> None:
     """The library detects the host once per process; each activation is a new host process for it."""
-    from lib_refdrop import hosts
+    from lib_refdrop.webui import hosts
 
     hosts.detect.cache_clear()
 

@@ -10,11 +10,12 @@ import safetensors.torch
 import torch
 
 from lib_refdrop import standalone
-from lib_refdrop.generation import PassContext
-from lib_refdrop.keys import Slot, entry_name
-from lib_refdrop.manifest import Recording
-from lib_refdrop.store import INCOMING, MANIFEST, TRASH, ReferenceStore
-from lib_refdrop.writer import ReferenceWriter
+from lib_refdrop.attn.address import entry_name
+from lib_refdrop.attn.sigmas import Slot
+from lib_refdrop.reference.manifest import Recording
+from lib_refdrop.reference.store import INCOMING, MANIFEST, TRASH, ReferenceStore
+from lib_refdrop.reference.writer import ReferenceWriter
+from lib_refdrop.run import PassContext
 from tests.support.hostsim import host_attention, load_trace
 
 LAYERS = {"input1.0": (2, 4, 16), "middle0.0": (2, 8, 4), "output3.0": (2, 4, 16)}  # heads, dim_head, tokens

@@ -15,8 +15,8 @@ import time
 
 
 def run(root: str, op: str, name: str, new_name: str, kill_at: int, conn, jitter: float = 0.0) -> None:
-    from lib_refdrop import store as store_module
-    from lib_refdrop import writer as writer_module
+    from lib_refdrop.reference import store as store_module
+    from lib_refdrop.reference import writer as writer_module
     from tests.support import faultkit
 
     steps = [0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import unicodedata
 
-from .errors import RefDropError
+from ..errors import RefDropError
 
 MAX_NAME_LENGTH = 80   # characters, what a user sees
 MAX_NAME_BYTES = 200   # UTF-8 bytes, what the file system sees (most allow 255; some 4-byte letters are \w)

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import gradio as gr
 from PIL import Image
 
-from . import families
-from .errors import RefDropError
-from .manifest import ReferenceInfo, reference_info
-from .profiles import PROFILES
-from .settings import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES
-from .writer import format_bytes
+from .. import families
+from ..errors import RefDropError
+from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES
+from ..reference.manifest import ReferenceInfo, reference_info
+from ..reference.profiles import PROFILES
+from ..reference.writer import format_bytes
 
 SD15_BLOCKS = ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12)))
 SDXL_BLOCKS = ("IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6)))

@@ -33,7 +33,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RefDropError, ReferenceExists, ReferenceNotFound
+from ..errors import RefDropError, ReferenceExists, ReferenceNotFound
 from .manifest import SEAL, broken, check_manifest, file_entries, seal_manifest, sha256_bytes
 from .names import validate_name
 from .ramcache import RAM_CACHE, RamCache

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import RefDropError
-from .keys import entry_name
+from ..attn.address import entry_name
+from ..errors import RefDropError
 
 SCALE = "scale"  # the suffix of an int8 row's per-channel scales: ``input1.0/cond0/k.scale``
 

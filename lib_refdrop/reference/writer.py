@@ -18,7 +18,7 @@ from pathlib import Path
 
 import safetensors.torch
 
-from .keys import Slot
+from ..attn.sigmas import Slot
 from .manifest import Recording, build_manifest, sha256_bytes
 from .names import validate_name
 from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic

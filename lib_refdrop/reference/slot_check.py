@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import RefDropError
+from ..errors import RefDropError
 from .profiles import Profile, split_entry
 
 _TENSORS = ("k", "v")

@@ -32,11 +32,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from .errors import RefDropError, ReferenceExists, ReferenceNotFound
-from .manifest import ReferenceInfo, reference_info
-from .names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
-from .store import ReferenceStore
-from .writer import pending_write
+from ..errors import RefDropError, ReferenceExists, ReferenceNotFound
+from ..reference.manifest import ReferenceInfo, reference_info
+from ..reference.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
+from ..reference.store import ReferenceStore
+from ..reference.writer import pending_write
 
 API_PREFIX = "/refdrop/v1"
 SUMMARY_FIELDS = ("family", "width", "height", "steps", "sampler", "seed", "prompt", "bytes", "created", "profile")

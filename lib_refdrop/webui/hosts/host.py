@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import Patch
-from ..generation import PassContext, RefDropRun
+from ...attn.patches import Patch
+from ...run import PassContext, RefDropRun
 from .common import Attention, chain
 from .reporting import make_internal_error_patch, register_error_handler
 

@@ -15,8 +15,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import RefDropError
-from .keys import Slot
+from ..attn.sigmas import Slot
+from ..errors import RefDropError
 
 FORMAT_VERSION = 1
 SEAL = "manifest_sha256"

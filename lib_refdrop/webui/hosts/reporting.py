@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ..errors import RefDropError, RefDropInternalError
+from ...errors import RefDropError, RefDropInternalError
 
 # The key under which each host's handler puts ``str(exc)``: reForge's handle_exception says "errors", Forge's
 # webui._handle_exception "message" (the host adapters name theirs; this is the fallback).

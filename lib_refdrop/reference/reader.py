@@ -16,12 +16,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import safetensors.torch
 import torch
 
-from .errors import RefDropError
-from .keys import SigmaMap, Slot, entry_name
+from ..attn.address import entry_name
+from ..attn.sigmas import SigmaMap, Slot
+from ..errors import RefDropError
+from .pinned import Arena, PinnedSlabPool
 from .profiles import get_profile
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
 from .slot_check import check_slot_tensors
-from .staging import Arena, PinnedSlabPool
 from .store import OpenReference
 
 __all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "slots_of"]

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import partial
 
-from .errors import RefDropError
-from .settings import (
+from ..errors import RefDropError
+from ..params import (
     ALWAYS,
     FIELDS,
     IN_SAVE_IF_SET,

@@ -12,11 +12,11 @@ import os
 import threading
 from pathlib import Path
 
-from .errors import RefDropError
-from .profiles import DEFAULT_PROFILE, PROFILES
-from .reader import RAM_CACHE
-from .settings import DEFAULT_RFG, as_number, parse_bool, parse_rfg, shown
-from .store import ReferenceStore
+from ..errors import RefDropError
+from ..params import DEFAULT_RFG, as_number, parse_bool, parse_rfg, shown
+from ..reference.profiles import DEFAULT_PROFILE, PROFILES
+from ..reference.reader import RAM_CACHE
+from ..reference.store import ReferenceStore
 
 SECTION = ("refdrop", "RefDrop")
 DEFAULT_RAM_MB = 4096

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from .keys import OccurrenceCounter, Slot, chunk_names, current_sigma, layer_id, rows_per_chunk
+from ..attn.address import OccurrenceCounter, chunk_names, current_sigma, layer_id, rows_per_chunk
+from ..attn.sigmas import Slot
 from .manifest import Recording
+from .pinned import ToHost
 from .profiles import Profile
-from .staging import ToHost
 from .writer import ReferenceWriter
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import TITLE
-from .errors import RefDropError
-from .settings import MODES, build, parse_mode, parse_rfg, wants_refdrop
+from .. import TITLE
+from ..errors import RefDropError
+from ..params import MODES, build, parse_mode, parse_rfg, wants_refdrop
 
 PREFIX = "[RefDrop]"
 XYZ_MODULE_NAMES = ("xyz_grid.py", "xy_grid.py")

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import families
-from .engine import Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
+from .attn.patches import Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
 from .errors import RefDropError, ReferenceNotFound
-from .names import automatic_name
-from .profiles import get_profile
-from .reader import ReferenceReader
-from .recorder import Recorder
-from .settings import RefDropSettings
-from .store import ReferenceStore
-from .writer import ReferenceWriter, abandon_unfinished, pending_write
+from .params import RefDropSettings
+from .reference.names import automatic_name
+from .reference.profiles import get_profile
+from .reference.reader import ReferenceReader
+from .reference.recorder import Recorder
+from .reference.store import ReferenceStore
+from .reference.writer import ReferenceWriter, abandon_unfinished, pending_write
 
 WAIT_FOR_PENDING_SAVE_S = 300.0
 

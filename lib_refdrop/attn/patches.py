@@ -13,19 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import RefDropError
-from .keys import (
-    OccurrenceCounter,
-    block_group,
-    block_label,
-    chunk_names,
-    current_sigma,
-    layer_id,
-    rows_per_chunk,
-)
-from .reader import ReferenceReader
-from .recorder import Recorder
-from .rfg import expand_reference, rfg_blend
+from ..errors import RefDropError
+from ..reference.reader import ReferenceReader
+from ..reference.recorder import Recorder
+from .address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id, rows_per_chunk
+from .blend import expand_reference, rfg_blend
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 Patch = Attention

@@ -1,0 +1,88 @@
+"""Addressing of reference features: which layer, which chunk (cond/uncond), which sigma.
+
+The hosts call an attn1 replace patch with ``extra_options`` that name the layer (``block``,
+``block_index``), the row layout (``cond_or_uncond``: one entry per chunk, 1 = uncond, 0 = cond) and
+the current noise level (``sigmas``, one per latent). Everything here is pure Python so that it can be
+tested against the recorded host traces without torch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+UNCOND = 1  # value used in cond_or_uncond for the negative prompt
+
+
+def layer_id(extra_options: dict) -> str:
+    """A stable name for one attn1 layer, e.g. ``input4.1`` or ``middle0.0``."""
+    block_name, number = extra_options["block"][0], int(extra_options["block"][1])
+    return f"{block_name}{number}.{int(extra_options.get('block_index', 0))}"
+
+
+def split_layer_id(lid: str) -> tuple[str, int, int]:
+    """``"output3.0"`` -> ``("output", 3, 0)``."""
+    head, index = lid.split(".")
+    name = head.rstrip("0123456789")
+    return name, int(head[len(name):]), int(index)
+
+
+_BLOCK_PREFIX = {"input": "IN", "middle": "M", "output": "OUT"}
+
+
+def block_label(lid: str) -> str:
+    """The block name users know from block-weight tools: ``IN04``, ``M00``, ``OUT03``."""
+    name, number, _ = split_layer_id(lid)
+    return f"{_BLOCK_PREFIX[name]}{number:02d}"
+
+
+def block_group(lid: str) -> str:
+    return split_layer_id(lid)[0]
+
+
+def chunk_names(cond_or_uncond) -> list[str]:
+    """One name per chunk: ``uncond0``, ``cond0``, ``cond1`` ... in row order.
+
+    AND-prompts give several cond chunks; the ordinal keeps them apart.
+    """
+    seen: dict[str, int] = defaultdict(int)
+    names = []
+    for flag in cond_or_uncond:
+        kind = "uncond" if int(flag) == UNCOND else "cond"
+        names.append(f"{kind}{seen[kind]}")
+        seen[kind] += 1
+    return names
+
+
+def rows_per_chunk(total_rows: int, cond_or_uncond) -> int:
+    chunks = len(cond_or_uncond)
+    if chunks == 0 or total_rows % chunks:
+        raise ValueError(f"{total_rows} rows cannot be split into {chunks} cond/uncond chunks")
+    return total_rows // chunks
+
+
+def current_sigma(extra_options: dict) -> float:
+    sigmas = extra_options["sigmas"]
+    return float(sigmas[0].item() if hasattr(sigmas[0], "item") else sigmas[0])
+
+
+def entry_name(lid: str, chunk: str, tensor: str) -> str:
+    """Tensor name inside a slot file: ``input1.0/cond0/k``."""
+    return f"{lid}/{chunk}/{tensor}"
+
+
+class OccurrenceCounter:
+    """Counts how often a (layer, chunk, sigma) was evaluated in one sampling pass.
+
+    Second-order samplers evaluate the model twice at the same sigma (Heun: the corrector of step i and
+    the predictor of step i+1) with different latents, so sigma alone does not identify an evaluation;
+    (sigma, occurrence) does. Counting per layer and chunk makes split cond/uncond calls count alike.
+    """
+
+    def __init__(self):
+        self._counts: dict[tuple[str, str, float], int] = defaultdict(int)
+
+    def next(self, lid: str, chunk: str, sigma: float) -> int:
+        key = (lid, chunk, sigma)
+        occurrence = self._counts[key]
+        self._counts[key] += 1
+        return occurrence
