@@ -13,20 +13,17 @@ import traceback
 from modules import script_callbacks, scripts
 
 from lib_refdrop import TITLE
-from lib_refdrop import run as generation
 from lib_refdrop.attn.patches import make_failing_patch
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import for_generation
-from lib_refdrop.run import RefDropRun
-from lib_refdrop.webui import hosts, infotext, xyz
-from lib_refdrop.webui import opts as options
-from lib_refdrop.webui import panel as ui
+from lib_refdrop.run import RefDropRun, abandon_unfinished_saves
+from lib_refdrop.webui import hosts, infotext, opts, panel, xyz
 from lib_refdrop.webui.hosts.app import add_to_app
 from lib_refdrop.webui.hosts.save_status import status_line
 
 try:
     from modules.ui_components import InputAccordion
-except ImportError:  # very old hosts: ui.build falls back to an accordion with a checkbox
+except ImportError:  # very old hosts: panel.build falls back to an accordion with a checkbox
     InputAccordion = None
 
 _last_save = {"writer": None}  # the most recent Save, for the panel's status line (🔄 and the page's polling)
@@ -46,9 +43,9 @@ class RefDropScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        controls = ui.build(
-            elem_id=self.elem_id, get_store=options.get_store, input_accordion=InputAccordion,
-            default_rfg=options.default_rfg(), default_overwrite=options.overwrite_default(),
+        controls = panel.build(
+            elem_id=self.elem_id, get_store=opts.get_store, input_accordion=InputAccordion,
+            default_rfg=opts.default_rfg(), default_overwrite=opts.overwrite_default(),
             get_status=last_save_status, label=TITLE,
         )
         self.infotext_fields = infotext.fields(controls.inputs)
@@ -57,7 +54,7 @@ class RefDropScript(scripts.Script):
 
     def before_process(self, p, *args):
         """This generation's run, or the patch that fails it, kept on ``p`` for the hooks that follow."""
-        generation.abandon_unfinished_saves()  # a failed or interrupted generation never reached postprocess
+        abandon_unfinished_saves()  # a failed or interrupted generation never reached postprocess
         p.refdrop_run = p.refdrop_failing_patch = None
         try:
             settings = for_generation(args, xyz.overrides(p))  # RefDropError only if the args ask for RefDrop
@@ -65,7 +62,7 @@ class RefDropScript(scripts.Script):
             p.refdrop_failing_patch = make_failing_patch(str(exc))
             return
         if settings.enabled:
-            p.refdrop_run = RefDropRun(settings, options.get_store(), default_profile=options.default_profile())
+            p.refdrop_run = RefDropRun(settings, opts.get_store(), default_profile=opts.default_profile())
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         """Once per pass (Forge: twice for the hires pass, the first result discarded), so idempotent."""
@@ -87,7 +84,7 @@ class RefDropScript(scripts.Script):
         if run is None or run.writer is None:
             return
         if hosts.detect().interrupted():
-            generation.abandon_unfinished_saves()
+            abandon_unfinished_saves()
             text = f"RefDrop: reference '{run.save_name}' was not saved: the generation was interrupted"
         else:
             text = run.finish_save(hosts.generation_info(p), hosts.first_image(processed))
@@ -102,18 +99,18 @@ def _on_ui_settings():
     import gradio as gr
     from modules import shared
 
-    options.register(shared, gr)
+    opts.register(shared, gr)
 
 
 def _register_xyz():
     try:
-        xyz.register(options.get_store)
+        xyz.register(opts.get_store)
     except Exception:  # noqa: BLE001 - the X/Y/Z plot is optional; never break the UI for it
         traceback.print_exc()
 
 
-options.apply_ram_budget()
+opts.apply_ram_budget()
 script_callbacks.on_ui_settings(_on_ui_settings)
 _register_xyz()  # at import too: --nowebui builds the X/Y/Z axes before on_before_ui (docs/hosts.md, "Hooks")
 script_callbacks.on_before_ui(_register_xyz)
-script_callbacks.on_app_started(lambda demo, app: add_to_app(app, options.get_store))
+script_callbacks.on_app_started(lambda demo, app: add_to_app(app, opts.get_store))

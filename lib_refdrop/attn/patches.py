@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import RefDropError
-from ..reference.reader import ReferenceReader
-from ..reference.recorder import Recorder
 from .address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id, rows_per_chunk
 from .blend import expand_reference, rfg_blend
+
+if TYPE_CHECKING:  # what the patches read from and record into; attn itself never touches the disk
+    from ..reference.reader import ReferenceReader
+    from ..reference.recorder import Recorder
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 Patch = Attention
@@ -96,3 +99,26 @@ def make_failing_patch(message: str) -> Patch:
         raise RefDropError(message)
 
     return refdrop_error
+
+
+# Both hosts look an attn1 replace patch up by ``(block_name, number, block_index)`` first, then by
+# ``(block_name, number)``, and ``set_model_replace_all`` overwrites every 3-tuple key (docs/hosts.md, "The attn1
+# replace patch"): a patch another extension registered before RefDrop would silently stop working, so ``chain``
+# keeps calling it underneath RefDrop instead.
+def chain(earlier: dict, attention: Attention) -> Attention:
+    """What attn1 computes without RefDrop: the ``earlier`` patch registered for this layer (by the hosts' key
+    lookup), else ``attention``."""
+    if not earlier:
+        return attention
+
+    def inner(q, k, v, extra_options):
+        block = extra_options.get("block")
+        patch = None
+        if block is not None:
+            key = (block[0], block[1])
+            patch = earlier.get((*key, extra_options.get("block_index", 0))) or earlier.get(key)
+        if patch is None:
+            return attention(q, k, v, extra_options)
+        return patch(q, k, v, extra_options)
+
+    return inner

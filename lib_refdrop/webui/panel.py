@@ -28,13 +28,21 @@ from ..reference.writer import format_bytes
 
 SD15_BLOCKS = ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12)))
 SDXL_BLOCKS = ("IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6)))
-BLOCK_CHOICES = ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(12)))
+BLOCK_CHOICES = tuple(sorted(set(SD15_BLOCKS) | set(SDXL_BLOCKS), key=lambda b: ({"I": 0, "M": 1, "O": 2}[b[0]], b)))
+
+
+def _listed(blocks: tuple[str, ...]) -> str:
+    inputs = " ".join(b for b in blocks if not b.startswith("OUT"))
+    outputs = [b for b in blocks if b.startswith("OUT")]
+    return f"{inputs} {outputs[0]}-{outputs[-1]}"
+
+
 BLOCKS_INFO = (
-    "Blocks that keep their own attention. SD1.5 has IN01 IN02 IN04 IN05 IN07 IN08 M00 OUT03-OUT11; "
-    "SDXL has IN04 IN05 IN07 IN08 M00 OUT00-OUT05. A block the model lacks is ignored."
+    f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}. "
+    "A block the model lacks is ignored."
 )
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
-# How the text under the images (generation.py) and the panel's status line (scripts/refdrop.py) begin while a
+# How the text under the images (run.py) and the panel's status line (scripts/refdrop.py) begin while a
 # Save is still being written; javascript/refdrop.js polls while it sees them.
 SAVING = "RefDrop: saving reference"
 MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...attn.patches import Patch
+from ...attn.patches import Attention, Patch, chain
 from ...run import PassContext, RefDropRun
-from .common import Attention, chain
 from .reporting import make_internal_error_patch, register_error_handler
 
 _FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is_sd1", "sd15"))
