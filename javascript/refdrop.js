@@ -1,4 +1,4 @@
-// RefDrop panel tooltips. Keys are the item ids of lib_refdrop/ui.py (ITEM_IDS); elements are found by the
+// RefDrop panel tooltips. Keys are the item ids of lib_refdrop/webui/panel.py (ITEM_IDS); elements are found by the
 // elem_id the script gives them: script_txt2img_refdrop_<item> / script_img2img_refdrop_<item>.
 (function () {
     const REFDROP_TOOLTIPS = {
@@ -49,10 +49,10 @@
     // -- the status line and reference list after a Save ----------------------------------------------------
     // A Save is written in the background after the generation has returned, and the host tells scripts nothing
     // when that ends. So when the log under a tab's images says RefDrop is saving, this clicks that panel's hidden
-    // poll button (lib_refdrop/ui.py answers with the status line and the reference list) until the status line
+    // poll button (lib_refdrop/webui/panel.py answers with the status line and the reference list) until the status line
     // no longer says so. Nothing is sent at any other time. The button's label counts the answers, which tells a
     // slow answer from an answer that changed nothing.
-    const SAVING = "RefDrop: saving reference";  // lib_refdrop/ui.py SAVING
+    const SAVING = "RefDrop: saving reference";  // lib_refdrop/webui/panel.py SAVING
     const TABS = ["txt2img", "img2img"];
     const POLL_MS = 1000;
     const SLOW_POLL_MS = 5000;  // after FAST_POLLS answers: a very large Save on a slow disk

@@ -1,6 +1,6 @@
 """Model families: a reference only fits models whose attn1 layers have the same addresses and widths.
 
-The host tells the family of its model (``hosts/host.py`` ``family_of``); these are their names and the check.
+The host tells the family of its model (``webui/hosts/host.py`` ``family_of``); these are their names and the check.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Data flows one way: raw arguments -> ``RefDropSettings`` (validated here, once) -> a plan in the engine.
 ``FIELDS`` is the one table of the arguments: their names, defaults and validators, their infotext keys and when
-infotext.py writes and pastes each. ``RefDropSettings`` (one attribute per row) and ``ARG_NAMES`` are made from
+webui/infotext.py writes and pastes each. ``RefDropSettings`` (one attribute per row) and ``ARG_NAMES`` are made from
 it. The positional order of ``ARG_NAMES`` is the order of the controls returned by ``ui()`` and therefore the
 order of ``alwayson_scripts["RefDrop"]["args"]``; it is part of the public API and only ever grows at the end.
 """

@@ -107,7 +107,7 @@ def start_save(store: ReferenceStore, name: str, ctx: PassContext, profile: str 
 def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **settings) -> Patch | None:
     """The attn1 patch that guides the generation ``ctx`` describes by reference ``name`` at strength ``rfg``.
 
-    ``settings``: the other Use arguments by their names in lib_refdrop/settings.py (``step_start``,
+    ``settings``: the other Use arguments by their names in lib_refdrop/params.py (``step_start``,
     ``disabled_blocks``, ``apply_hires``, ...). None when RefDrop changes nothing (``rfg`` 0, a hires pass without
     ``apply_hires``). Waits for a Save of ``name`` that this process is still writing. RefDropError for bad
     settings, a missing reference or one saved with another model family.

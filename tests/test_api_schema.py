@@ -118,7 +118,7 @@ def test_the_api_answers_as_its_openapi_document_says(case, stores):
     """All default checks, none excluded. schemathesis draws text for a pattern from ASCII (it reads patterns with
     re.ASCII), where the name's pattern is exact. Should a later version draw other characters, its
     positive_data_acceptance check would report a symbol such as '€' refused with 400: by design the pattern lets
-    every non-ASCII character through (lib_refdrop/api.py, and the name's description)."""
+    every non-ASCII character through (lib_refdrop/webui/api.py, and the name's description)."""
     stores.renew()
     case.call_and_validate()
 

@@ -120,7 +120,7 @@ def test_poll_after_refresh_and_delete_sends_only_what_changed(host):
 
 
 def test_every_saving_text_starts_with_the_marker_the_page_looks_for(host):
-    """The page reads two texts: the log under the images (generation.py) and the status line (the script)."""
+    """The page reads two texts: the log under the images (run.py) and the status line (the script)."""
     writer, release = held_writer(host.store, "hero")
     host.script._last_save["writer"] = writer
     try:

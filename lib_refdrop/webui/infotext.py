@@ -1,13 +1,13 @@
 """RefDrop's keys in the image infotext, and reading them back for the paste button and the API's ``infotext``.
 
-Which keys there are, when each is written and how each is pasted is the ``FIELDS`` table in settings.py; this
+Which keys there are, when each is written and how each is pasted is the ``FIELDS`` table in params.py; this
 module applies it. Keys are snake_case and prefixed, like the built-ins' ``kohya_hrfix_*``.
 
 Writing (into ``p.extra_generation_params``): nothing when RefDrop is off. A Save writes only what applies to a
 Save (mode, the name it saved as, the profile); a Use writes the Use values.
 
 Pasting: every control is filled by a function of the parsed params rather than by a plain key. The host gives a
-plain key's text to ``type(component.value)`` (``paste_value`` in tests/fakehost/host/modules/infotext_utils.py
+plain key's text to ``type(component.value)`` (``paste_value`` in tests/support/fakehost/host/modules/infotext_utils.py
 copies it), which would make a CheckboxGroup's list out of the text's characters; it would leave a control as it
 was when its key is missing, where a key left out at its default must give the default back; and it would paste a
 bad value as it is. Rules: an infotext without RefDrop keys turns RefDrop off and leaves the other controls alone.

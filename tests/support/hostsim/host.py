@@ -44,7 +44,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: i
 
 def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
     """``sdpa_attention`` in the form of an attn1 patch, ``(q, k, v, extra_options) -> out``: what attn1 computes
-    without RefDrop, for ``PassContext.attention`` (lib_refdrop/generation.py)."""
+    without RefDrop, for ``PassContext.attention`` (lib_refdrop/run.py)."""
     return sdpa_attention(q, k, v, extra_options["n_heads"])
 
 
