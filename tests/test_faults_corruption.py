@@ -19,10 +19,7 @@ from tests.support import faultkit
 
 @pytest.fixture
 def store(tmp_path):
-    store = ReferenceStore(tmp_path)
-    faultkit.make_reference(store, "good", seed=1)
-    faultkit.make_reference(store, "bad", seed=2)
-    return store
+    return faultkit.good_and_bad(tmp_path)
 
 
 def _first_file(store, name):

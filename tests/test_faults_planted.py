@@ -166,6 +166,16 @@ def _unblock(fifo: Path) -> None:
         pass
 
 
+def _read_through_a_fifo(path: Path, read, timeout: float = 5.0):
+    """Put a FIFO where ``path`` was and call ``read`` in a thread: (finished in time, result or exception)."""
+    path.unlink()
+    os.mkfifo(path)
+    try:
+        return _in_thread(read, timeout=timeout)
+    finally:
+        _unblock(path)
+
+
 def test_a_linked_preview_is_not_read(tmp_path, outside):
     store = _store_with(tmp_path, "a")
     preview = store.path("a") / PREVIEW
@@ -178,13 +188,7 @@ def test_a_linked_preview_is_not_read(tmp_path, outside):
 @needs_fifo
 def test_a_fifo_preview_is_refused_without_blocking(tmp_path):
     store = _store_with(tmp_path, "a")
-    preview = store.path("a") / PREVIEW
-    preview.unlink()
-    os.mkfifo(preview)
-    try:
-        finished, outcome = _in_thread(lambda: store.read_preview("a"), timeout=5)
-    finally:
-        _unblock(preview)
+    finished, outcome = _read_through_a_fifo(store.path("a") / PREVIEW, lambda: store.read_preview("a"))
     assert finished, "reading the preview blocked"
     assert isinstance(outcome, RefDropError) and "preview.png is a FIFO" in str(outcome)
 
@@ -239,13 +243,7 @@ def test_a_slot_linked_to_a_file_outside_is_not_read(tmp_path):
 @needs_fifo
 def test_a_fifo_manifest_does_not_hang_the_list_or_the_details(tmp_path):
     store = _store_with(tmp_path, "good", "trap")
-    manifest = store.path("trap") / MANIFEST
-    manifest.unlink()
-    os.mkfifo(manifest)
-    try:
-        finished, outcome = _in_thread(lambda: store.manifest("trap"), timeout=5)
-    finally:
-        _unblock(manifest)
+    finished, outcome = _read_through_a_fifo(store.path("trap") / MANIFEST, lambda: store.manifest("trap"))
     assert finished, "reading a FIFO manifest blocked"
     assert isinstance(outcome, RefDropError)
     store.verify("good")

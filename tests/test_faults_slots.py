@@ -13,7 +13,7 @@ import torch
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import build
 from lib_refdrop.reference.manifest import seal_manifest
-from lib_refdrop.reference.store import MANIFEST, ReferenceStore
+from lib_refdrop.reference.store import MANIFEST
 from lib_refdrop.run import RefDropRun
 from tests.support import faultkit
 
@@ -69,10 +69,7 @@ def _tampered(tensors: dict, case: str) -> dict:
 
 @pytest.fixture
 def store(tmp_path):
-    store = ReferenceStore(tmp_path)
-    faultkit.make_reference(store, "good", seed=1)
-    faultkit.make_reference(store, "bad", seed=2)
-    return store
+    return faultkit.good_and_bad(tmp_path)
 
 
 @pytest.mark.parametrize("case", ["shape", "one_dim", "int64", "bool", "nan", "inf", "missing", "stranger"])

@@ -66,6 +66,14 @@ def make_reference(store: ReferenceStore, name: str, seed: int = 0, overwrite: b
     return store.manifest(name)
 
 
+def good_and_bad(root) -> ReferenceStore:
+    """A store with two references: "good", which stays intact, and "bad", which a test damages."""
+    store = ReferenceStore(root)
+    make_reference(store, "good", seed=1)
+    make_reference(store, "bad", seed=2)
+    return store
+
+
 def content_hash(path: Path) -> str:
     """sha256 of a file; of the tensors for safetensors (its header order varies from one save to the next)."""
     data = path.read_bytes()
