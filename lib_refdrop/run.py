@@ -45,6 +45,7 @@ class RefDropRun:
         self.writer: ReferenceWriter | None = None
         self.save_name: str | None = None
         self.family = "unknown"
+        self._readers: list[ReferenceReader] = []  # Use: one per sampling pass, closed by ``release``
 
     def patch_for_pass(self, ctx: PassContext) -> Patch | None:
         """``plan_patch`` for a host: a problem becomes a patch that fails at the first attn1 call, since the hosts
@@ -100,8 +101,15 @@ class RefDropRun:
             return None  # c = 0 is a plain generation, exactly
         window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
         reader = ReferenceReader(self.store.open(name))  # one version, whatever another client writes meanwhile
+        self._readers.append(reader)
         plan = plan_use(reader.manifest, self.settings, window)
         return make_use_patch(reader, plan, ctx.attention, ctx.inner)
+
+    def release(self) -> None:
+        """The generation is over: close the references Use opened (their files stay open until then)."""
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
 
     def finish_save(self, generation: dict, preview) -> str:
         """End of the generation: hand the rest of the recording and the manifest to the writer."""

@@ -81,7 +81,10 @@ class RefDropScript(scripts.Script):
 
     def postprocess(self, p, processed, *args):
         run = getattr(p, "refdrop_run", None)
-        if run is None or run.writer is None:
+        if run is None:
+            return
+        run.release()
+        if run.writer is None:
             return
         if hosts.detect().interrupted():
             abandon_unfinished_saves()

@@ -101,3 +101,28 @@ def test_a_reference_overwritten_while_it_is_opened_is_opened_again(tmp_path, ca
     monkeypatch.setattr(store, "_open_files", racing_open_files)
     cache.clear()
     assert _same(_use(store, "r"), expected_new) and raced
+
+
+def test_the_end_of_a_generation_closes_the_reference_it_used(tmp_path, cache):
+    """Use keeps the reference's files open while it runs; ``release`` (the script's postprocess) closes them, so a
+    reference is not held open between generations (where open files cannot be moved, it could not be deleted)."""
+    import time
+
+    from lib_refdrop.params import build
+    from lib_refdrop.run import RefDropRun
+
+    store = ReferenceStore(tmp_path)
+    _save(store, "r", seed=1)
+    run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "r", "rfg": 1.0}), store)
+    patch = run.patch_for_pass(faultkit.pass_context())
+    for q, k, v, eo in _calls(99):
+        patch(q, k, v, eo)
+    (reader,) = run._readers
+    assert not reader.opened.closed
+    run.release()
+    deadline = time.monotonic() + 10
+    while not reader.opened.closed and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loader closes the files after any read still in flight
+    assert reader.opened.closed
+    store.delete("r")
+    assert store.names() == []

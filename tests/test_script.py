@@ -139,7 +139,9 @@ def test_save_then_use_through_the_hooks(host, diffusion_model):
     steered = sample_patched(p3.sd_model.forge_objects.unet, **other)
     plain = sample_patched(unet3, **other)
     assert (steered - plain).abs().max() > 1e-3
-    finish(script, p3, use_args)  # Use has nothing to finish
+    readers = list(p3.refdrop_run._readers)
+    finish(script, p3, use_args)  # Use has nothing to finish, but releases the reference it opened
+    assert readers and p3.refdrop_run._readers == []
     assert "saved reference 'hero'" in host.script_module.last_save_status()
 
 

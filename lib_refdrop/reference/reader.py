@@ -53,7 +53,12 @@ class ReferenceReader:
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._checked_layers: set[str] = set()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
-        weakref.finalize(self, self._loader.shutdown, wait=False, cancel_futures=True)
+        self._closer = weakref.finalize(self, _close, self._loader, self._pending, opened)
+
+    def close(self) -> None:
+        """Stop loading and close the reference's files (the end of the generation): where open files cannot be
+        moved (Windows), the reference can then be renamed, deleted or overwritten again."""
+        self._closer()
 
     def check_layer(self, lid: str, width: int) -> None:
         """A clear error when the current model's layer ``lid`` is not the reference's (checked once per layer)."""
@@ -193,3 +198,10 @@ class ReferenceReader:
         event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
         arena.release()
         return out, event
+
+
+def _close(loader: ThreadPoolExecutor, pending: dict, opened: OpenReference) -> None:
+    for future in pending.values():
+        future.cancel()
+    loader.submit(opened.close)  # after a read still in flight, on the same thread: no descriptor closes under it
+    loader.shutdown(wait=False)

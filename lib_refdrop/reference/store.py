@@ -203,6 +203,10 @@ class OpenReference:
     def close(self) -> None:
         self._closer()
 
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
+
 
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
