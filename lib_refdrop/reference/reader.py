@@ -8,7 +8,6 @@ thread, so a slow or stuck read of one reference (a network drive) never holds u
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -53,12 +52,20 @@ class ReferenceReader:
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._checked_layers: set[str] = set()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
-        self._closer = weakref.finalize(self, _close, self._loader, self._pending, opened)
 
     def close(self) -> None:
         """Stop loading and close the reference's files (the end of the generation): where open files cannot be
-        moved (Windows), the reference can then be renamed, deleted or overwritten again."""
-        self._closer()
+        moved (Windows), the reference can then be renamed, deleted or overwritten again. A reader that is simply
+        dropped closes them too (``OpenReference`` and the executor clean up after themselves); this is not done
+        from a finalizer, which could run inside another executor's submit and deadlock on its lock."""
+        if self._loader is None:
+            return
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        self._loader.submit(self.opened.close)  # after a read still in flight, on the same thread
+        self._loader.shutdown(wait=False)
+        self._loader = None
 
     def check_layer(self, lid: str, width: int) -> None:
         """A clear error when the current model's layer ``lid`` is not the reference's (checked once per layer)."""
@@ -177,6 +184,8 @@ class ReferenceReader:
             raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
 
     def _submit(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> Future:
+        if self._loader is None:
+            raise RuntimeError(f"RefDrop: the reader of '{self.name}' was used after its generation ended")
         return self._loader.submit(self._load, slot.index, device, dtype)
 
     def _load(self, index: int, device: torch.device, dtype: torch.dtype):
@@ -198,10 +207,3 @@ class ReferenceReader:
         event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
         arena.release()
         return out, event
-
-
-def _close(loader: ThreadPoolExecutor, pending: dict, opened: OpenReference) -> None:
-    for future in pending.values():
-        future.cancel()
-    loader.submit(opened.close)  # after a read still in flight, on the same thread: no descriptor closes under it
-    loader.shutdown(wait=False)
