@@ -52,7 +52,7 @@
     // poll button (lib_refdrop/webui/panel.py answers with the status line and the reference list) until the status line
     // no longer says so. Nothing is sent at any other time. The button's label counts the answers, which tells a
     // slow answer from an answer that changed nothing.
-    const SAVING = "RefDrop: saving reference";  // lib_refdrop/webui/panel.py SAVING
+    const SAVING = "RefDrop: saving reference";  // lib_refdrop/run.py SAVING
     const TABS = ["txt2img", "img2img"];
     const POLL_MS = 1000;
     const SLOW_POLL_MS = 5000;  // after FAST_POLLS answers: a very large Save on a slow disk

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import families
 from .attn.patches import Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
-from .errors import RefDropError, ReferenceNotFound
+from .errors import RefDropError
 from .params import RefDropSettings
 from .reference.names import automatic_name
 from .reference.profiles import get_profile
@@ -22,6 +22,9 @@ from .reference.store import ReferenceStore
 from .reference.writer import ReferenceWriter, abandon_unfinished, pending_write
 
 WAIT_FOR_PENDING_SAVE_S = 300.0
+# How every message about a Save still being written begins (the text under the images, the panel's status line);
+# javascript/refdrop.js polls the panel while it sees it.
+SAVING = "RefDrop: saving reference"
 
 
 @dataclass
@@ -91,16 +94,15 @@ class RefDropRun:
         writer = pending_write(name)
         if writer is not None and not writer.wait(WAIT_FOR_PENDING_SAVE_S):
             raise RefDropError(f"RefDrop: reference '{name}' is still being written; try again when it is saved")
-        if not self.store.exists(name):
-            raise ReferenceNotFound(self.store.missing_message(name))
-        manifest = self.store.manifest(name)
-        problem = families.mismatch(name, manifest["family"], ctx.family)
-        if problem:
-            raise RefDropError(problem)
-        if self.settings.rfg == 0:
-            return None  # c = 0 is a plain generation, exactly
+        opened = self.store.open(name)  # one version, whatever another client writes meanwhile; not found: raises
+        problem = families.mismatch(name, opened.manifest["family"], ctx.family)
+        if problem or self.settings.rfg == 0:  # c = 0 is a plain generation, exactly: no patch at all
+            opened.close()
+            if problem:
+                raise RefDropError(problem)
+            return None
         window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
-        reader = ReferenceReader(self.store.open(name))  # one version, whatever another client writes meanwhile
+        reader = ReferenceReader(opened)
         self._readers.append(reader)
         plan = plan_use(reader.manifest, self.settings, window)
         return make_use_patch(reader, plan, ctx.attention, ctx.inner)
@@ -120,7 +122,7 @@ class RefDropRun:
             self.writer.abort("no self-attention layer was called")
         else:
             self.writer.finish(self.family, generation, self.recorder.recording(), preview)
-        return f"RefDrop: saving reference '{self.save_name}' in the background"
+        return f"{SAVING} '{self.save_name}' in the background"
 
 
 def abandon_unfinished_saves() -> None:

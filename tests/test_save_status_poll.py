@@ -20,7 +20,7 @@ import pytest
 from lib_refdrop.attn.sigmas import Slot
 from lib_refdrop.params import build
 from lib_refdrop.reference.writer import ReferenceWriter
-from lib_refdrop.run import RefDropRun
+from lib_refdrop.run import SAVING, RefDropRun
 from lib_refdrop.webui import opts as options
 from lib_refdrop.webui import panel as ui
 from tests.support import fakehost
@@ -85,7 +85,7 @@ def test_poll_reports_a_background_save_when_it_completes(host):
     try:
         reference, status, label, shown = poll(shown)
         assert reference == NO_CHANGE  # not listed before it is complete
-        assert status["value"].startswith(ui.SAVING) and "'hero'" in status["value"]
+        assert status["value"].startswith(SAVING) and "'hero'" in status["value"]
         assert label == gr.update(value="2")
         reference, status, _, shown = poll(shown)
         assert reference == NO_CHANGE and status == NO_CHANGE
@@ -124,15 +124,15 @@ def test_every_saving_text_starts_with_the_marker_the_page_looks_for(host):
     writer, release = held_writer(host.store, "hero")
     host.script._last_save["writer"] = writer
     try:
-        assert host.script.last_save_status().startswith(ui.SAVING)
+        assert host.script.last_save_status().startswith(SAVING)
     finally:
         release.set()
         writer.wait(30)
     run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": "log"}), host.store)
     run_generation(run, trace_calls(limit=16))
-    assert run.finish_save({}, None).startswith(ui.SAVING)
+    assert run.finish_save({}, None).startswith(SAVING)
     run.writer.wait(30)
-    assert f'const SAVING = "{ui.SAVING}";' in JS.read_text(encoding="utf-8")
+    assert f'const SAVING = "{SAVING}";' in JS.read_text(encoding="utf-8")
 
 
 def run_js(scenario: str) -> dict:

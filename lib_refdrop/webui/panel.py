@@ -42,9 +42,6 @@ BLOCKS_INFO = (
     "A block the model lacks is ignored."
 )
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
-# How the text under the images (run.py) and the panel's status line (scripts/refdrop.py) begin while a
-# Save is still being written; javascript/refdrop.js polls while it sees them.
-SAVING = "RefDrop: saving reference"
 MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)
 ITEM_IDS = (
     "enabled", "mode", "rfg", "reference", "refresh", "preview", "info", "delete", "delete_confirm",

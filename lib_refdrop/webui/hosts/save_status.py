@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ...run import SAVING
+
 
 def status_line(writer) -> str:
     """Progress while ``writer`` (a ``ReferenceWriter``, or None before any Save) writes, then its result."""
@@ -9,5 +11,5 @@ def status_line(writer) -> str:
         return ""
     status = writer.status
     if status.state == "writing":
-        return f"RefDrop: saving reference '{status.name}'… ({status.bytes // 1_000_000} MB so far)"
+        return f"{SAVING} '{status.name}'… ({status.bytes // 1_000_000} MB so far)"
     return status.message
