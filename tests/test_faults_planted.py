@@ -268,10 +268,17 @@ def test_a_stuck_read_of_one_reference_does_not_hold_up_another(tmp_path, monkey
     from lib_refdrop.reference import reader as reader_module
 
     reader_module.RAM_CACHE.clear()
+    monkeypatch.setattr(reader_module, "READ_TIMEOUT_S", 2.0)  # 300 s in use; the same code path, sooner
     try:
-        _in_thread(lambda: _use_once(store, "stuck"), timeout=0.5)  # its read now hangs
+        box: list = []
+        stuck = threading.Thread(target=lambda: box.append(_in_thread(lambda: _use_once(store, "stuck"), 10)))
+        stuck.start()  # its read now hangs
         finished, outcome = _in_thread(lambda: _use_once(store, "good"), timeout=10)
         assert finished, "a Use of another reference waited for the stuck one"
         assert isinstance(outcome, torch.Tensor), outcome
+        stuck.join(15)
+        (stuck_finished, stuck_outcome), = box
+        assert stuck_finished and isinstance(stuck_outcome, RefDropError), stuck_outcome
+        assert "reading reference 'stuck'" in str(stuck_outcome) and "did not finish in 2 s" in str(stuck_outcome)
     finally:
         release.set()
