@@ -9,10 +9,13 @@ what is the same on both, through the host objects every Forge-derived WebUI sha
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ...attn.patches import Attention, Patch, chain
 from ...run import PassContext, RefDropRun
+from .image_pass import host_encoders
+from .model_function import CompleteExtraCall, ModelFunction, install_model_function, no_completion
 from .reporting import make_internal_error_patch, register_error_handler
 
 _FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is_sd1", "sd15"))
@@ -24,6 +27,8 @@ class Host:
     attention: Attention      # the host kernel as (q, k, v, extra_options) -> out, looked up once
     schedule_attribute: str   # the attribute of ``unet.model`` that has ``percent_to_sigma``
     error_message_key: str    # where the host's API error body puts ``str(exc)``
+    # the transformer_options keys the host derives from cond_or_uncond and sigmas, redone for a call RefDrop makes
+    complete_extra_call: CompleteExtraCall = no_completion
 
     def percent_to_sigma(self, unet, percent: float) -> float:
         """The sigma at ``percent`` (0..1) of the schedule of the model ``unet`` patches."""
@@ -33,6 +38,7 @@ class Host:
     def pass_context(self, p) -> PassContext:
         """What RefDrop needs to know about the sampling pass that is about to start on ``p``."""
         unet = p.sd_model.forge_objects.unet
+        known = {field.name for field in dataclasses.fields(PassContext)}  # the image pass's fields, once it has them
         return PassContext(
             family=family_of(p.sd_model),
             is_hr_pass=bool(getattr(p, "is_hr_pass", False)),
@@ -40,6 +46,7 @@ class Host:
             attention=self.attention,
             inner=chain(earlier_attn1_patches(unet), self.attention),
             seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
+            **{key: value for key, value in host_extras(p).items() if key in known},
         )
 
     def patch_for(self, p, run: RefDropRun) -> Patch | None:
@@ -50,12 +57,19 @@ class Host:
         except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed: fail visibly
             return make_internal_error_patch(exc)
 
-    def install(self, p, patch: Patch) -> None:
-        """Put ``patch`` on every attn1 layer of a clone of this pass's U-Net; the patcher it came from is unchanged
-        (the host resets ``forge_objects`` before every pass, so nothing leaks into the next one)."""
+    def install(self, p, patch: Patch | None, wrapper: ModelFunction | None = None) -> None:
+        """Put ``patch`` on every attn1 layer of a clone of this pass's U-Net and ``wrapper`` (``wrapper(apply_model,
+        args)``, see ``model_function.py``) around its model function, inside any wrapper already there; the patcher
+        it came from is unchanged (the host resets ``forge_objects`` before every pass, so nothing leaks into the
+        next one)."""
+        if patch is None and wrapper is None:
+            return
         forge_objects = p.sd_model.forge_objects
         patched = forge_objects.unet.clone()
-        patched.set_model_replace_all(patch, "attn1")
+        if patch is not None:
+            patched.set_model_replace_all(patch, "attn1")
+        if wrapper is not None:
+            install_model_function(patched, wrapper, self.complete_extra_call)
         forge_objects.unet = patched
 
     def interrupted(self) -> bool:
@@ -67,6 +81,16 @@ class Host:
     def register_error_reporting(self, app) -> None:
         """Answer a ``RefDropError`` that stops an API generation with the host's body and one console line."""
         register_error_handler(app, self.error_message_key)
+
+
+def host_extras(p) -> dict:
+    """What a reference pass needs from the host for the pass on ``p``: the image and prompt encoders
+    (``image_pass.py``) and where this batch is in the batch count."""
+    return {
+        **host_encoders(p),
+        "batch_index": int(getattr(p, "iteration", 0) or 0),
+        "batch_count": int(getattr(p, "n_iter", 1) or 1),
+    }
 
 
 def family_of(sd_model) -> str:

@@ -1,5 +1,5 @@
 """Fake host objects: ``UnetPatcher`` (model_options semantics of both hosts), ``p``, and a runner that samples a
-hostsim U-Net through whatever attn1 replace patches the patcher holds."""
+hostsim U-Net through whatever attn1 replace patches and model function wrapper the patcher holds."""
 
 from __future__ import annotations
 
@@ -12,13 +12,23 @@ class FakeUnetPatcher:
 
     clones = 0
 
-    def __init__(self, model, model_options: dict | None = None):
+    def __init__(self, model, model_options: dict | None = None, load_device=None):
         self.model = model
         self.model_options = model_options if model_options is not None else {"transformer_options": {}}
+        self.load_device = load_device
 
     def clone(self):
         FakeUnetPatcher.clones += 1
-        return FakeUnetPatcher(self.model, copy.deepcopy(self.model_options))
+        return FakeUnetPatcher(self.model, copy.deepcopy(self.model_options), self.load_device)
+
+    def set_model_unet_function_wrapper(self, unet_wrapper_function):
+        self.model_options["model_function_wrapper"] = unet_wrapper_function
+
+    def model_patches_to(self, device):
+        """What both hosts' ``ModelPatcher.model_patches_to`` does to the wrapper when the model is loaded."""
+        wrapper = self.model_options.get("model_function_wrapper")
+        if hasattr(wrapper, "to"):
+            self.model_options["model_function_wrapper"] = wrapper.to(device)
 
     def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None):
         to = self.model_options["transformer_options"]
@@ -58,7 +68,7 @@ def make_p(unet: FakeUnetPatcher, family_flag: str = "is_sd1", seed: int = 1234,
         sd_model=sd_model, extra_generation_params={}, all_seeds=[seed], seed=seed, all_prompts=["a cat"],
         prompt="a cat", all_negative_prompts=[""], negative_prompt="", width=128, height=128, steps=4,
         sampler_name="Euler", scheduler="Automatic", cfg_scale=7.0, denoising_strength=None, is_hr_pass=False,
-        sd_model_name="tiny", sd_model_hash="0000",
+        sd_model_name="tiny", sd_model_hash="0000", iteration=0, n_iter=1,
     )
     for key, value in fields.items():
         setattr(p, key, value)
@@ -71,4 +81,5 @@ def sample_patched(unet: FakeUnetPatcher, host_flavour=None, **kwargs):
 
     with AttnHost(unet.model.diffusion_model, host_flavour=host_flavour) as host:
         host.patches_replace = dict(unet.attn1_patches())
+        host.model_wrapper = unet.model_options.get("model_function_wrapper")
         return sample(host, **kwargs)
