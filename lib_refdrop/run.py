@@ -11,10 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import families
-from .attn.patches import Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
+from .attn.masks import KeyMask, mask_tensor
+from .attn.patches import Guide, Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
+from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
+from .attn.sources import BatchRows, KeptRows, PassRows, StoredRows
 from .errors import RefDropError
 from .params import RefDropSettings
 from .reference.names import automatic_name
+from .reference.pinned import ToHost
 from .reference.profiles import get_profile
 from .reference.reader import ReferenceReader
 from .reference.recorder import Recorder
@@ -37,6 +41,12 @@ class PassContext:
     attention: Callable            # the host attention function (q, k, v, extra_options) -> out
     inner: Callable                # what attn1 computes without RefDrop (host attention or an earlier patch)
     seed: int | None = None
+    # An image reference: image -> latent [1, C, h, w] of this pass; text -> the model's conditioning keyword
+    # arguments for one row (attn/refpass.py). None where the caller cannot evaluate images.
+    encode_image: Callable | None = None
+    encode_prompt: Callable | None = None
+    batch_index: int = 0           # which batch of the batch count this pass belongs to
+    batch_count: int = 1
 
 
 class RefDropRun:
@@ -49,6 +59,9 @@ class RefDropRun:
         self.save_name: str | None = None
         self.family = "unknown"
         self._readers: list[ReferenceReader] = []  # Use: one per sampling pass, closed by ``release``
+        self.model_wrapper: Wrapper | None = None   # this pass's model function wrapper (image references)
+        self._first_images: dict[bool, KeptRows] = {}  # the batch's first image, kept per kind of pass (hires)
+        self._host_copies = _HostCopies()
 
     def patch_for_pass(self, ctx: PassContext) -> Patch | None:
         """``plan_patch`` for a host: a problem becomes a patch that fails at the first attn1 call, since the hosts
@@ -59,7 +72,9 @@ class RefDropRun:
             return make_failing_patch(str(exc))
 
     def plan_patch(self, ctx: PassContext) -> Patch | None:
-        """The attn1 patch for this pass, None to leave it plain; RefDropError when it cannot be planned."""
+        """The attn1 patch for this pass, None to leave it plain; RefDropError when it cannot be planned. Where the
+        pass needs a model function wrapper too (image references), ``model_wrapper`` holds it afterwards."""
+        self.model_wrapper = None
         if self.settings.saving:
             return self._save_patch(ctx)
         if self.settings.using:
@@ -74,7 +89,11 @@ class RefDropRun:
         self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite)
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
-        return make_save_patch(self.recorder, ctx.inner)
+        if self.settings.save_from != "image":
+            return make_save_patch(self.recorder, ctx.inner)
+        image = self._image_latent("image", self.settings.image, ctx)
+        self.model_wrapper = reference_pass_wrapper([image])
+        return make_save_patch(self.recorder, ctx.inner, from_image=image.name)
 
     def _free_automatic_name(self, seed) -> str:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""
@@ -88,30 +107,73 @@ class RefDropRun:
     def _use_patch(self, ctx: PassContext) -> Patch | None:
         if ctx.is_hr_pass and not self.settings.apply_hires:
             return None
-        name = self.settings.reference
+        guides, images, layers = [], [], None
+        for slot in self.settings.slots:
+            if slot.source == "reference":
+                reader = self._open_reference(slot, ctx)
+                if reader is None:
+                    continue
+                layers = layers if layers is not None else list(reader.manifest["layers"])
+                source = StoredRows(reader)
+            elif slot.rfg == 0:
+                continue
+            elif slot.source == "batch":
+                source = self._first_image_rows(ctx)
+            else:
+                image = self._image_latent(f"the image of slot {slot.index}", slot.image, ctx)
+                images.append(image)
+                source = PassRows(image.name)
+            guides.append(Guide(source, slot.rfg, _key_mask(slot.mask)))
+        if not guides:  # every coefficient is 0: a plain generation, exactly: no patch at all
+            return None
+        window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
+        passes = {g.source.name: g.source for g in guides if isinstance(g.source, PassRows)}
+        if images:
+            self.model_wrapper = reference_pass_wrapper(images)
+        return make_use_patch(guides, plan_use(self.settings, window, layers), ctx.attention, ctx.inner, passes)
+
+    def _open_reference(self, slot, ctx: PassContext) -> ReferenceReader | None:
+        """The reader of a slot's saved reference; None when its coefficient is 0 (checked all the same)."""
+        name = slot.reference
         if not name:
-            raise RefDropError("RefDrop: Use is on but no reference is selected")
+            where = "" if slot.index == 1 else f" in slot {slot.index}"
+            raise RefDropError(f"RefDrop: Use is on but no reference is selected{where}")
         writer = pending_write(name)
         if writer is not None and not writer.wait(WAIT_FOR_PENDING_SAVE_S):
             raise RefDropError(f"RefDrop: reference '{name}' is still being written; try again when it is saved")
         opened = self.store.open(name)  # one version, whatever another client writes meanwhile; not found: raises
         problem = families.mismatch(name, opened.manifest["family"], ctx.family)
-        if problem or self.settings.rfg == 0:  # c = 0 is a plain generation, exactly: no patch at all
+        if problem or slot.rfg == 0:
             opened.close()
             if problem:
                 raise RefDropError(problem)
             return None
-        window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
         reader = ReferenceReader(opened)
         self._readers.append(reader)
-        plan = plan_use(reader.manifest, self.settings, window)
-        return make_use_patch(reader, plan, ctx.attention, ctx.inner)
+        return reader
+
+    def _first_image_rows(self, ctx: PassContext) -> BatchRows:
+        kept = self._first_images.setdefault(ctx.is_hr_pass, KeptRows(self._host_copies))
+        if ctx.batch_index > 0:
+            self._host_copies.wait()  # the first batch's copies off the device are done long before
+        return BatchRows(kept, first_batch=ctx.batch_index == 0, keep=ctx.batch_count > 1)
+
+    def _image_latent(self, name: str, image, ctx: PassContext) -> ImageLatent:
+        if image is None:
+            raise RefDropError(f"RefDrop: {name} is missing: give an image")
+        if ctx.encode_image is None or ctx.encode_prompt is None:
+            raise RefDropError("RefDrop: this host cannot evaluate an image as a reference")
+        latent = ctx.encode_image(image)
+        seed = ctx.seed if ctx.seed is not None else 0
+        return ImageLatent(name, latent, fixed_noise(latent, seed), ctx.encode_prompt(self.settings.image_prompt))
 
     def release(self) -> None:
         """The generation is over: close the references Use opened (their files stay open until then)."""
         for reader in self._readers:
             reader.close()
         self._readers.clear()
+        self._first_images.clear()
+        self._host_copies.release()
 
     def finish_save(self, generation: dict, preview) -> str:
         """End of the generation: hand the rest of the recording and the manifest to the writer."""
@@ -121,8 +183,39 @@ class RefDropRun:
         if not self.recorder.recorded_anything:
             self.writer.abort("no self-attention layer was called")
         else:
+            if self.settings.save_from == "image":  # the reference is the image, not what was generated
+                generation = {**generation, "source": "image", "image_prompt": self.settings.image_prompt}
+                preview = self.settings.image
             self.writer.finish(self.family, generation, self.recorder.recording(), preview)
         return f"{SAVING} '{self.save_name}' in the background"
+
+
+def _key_mask(mask) -> KeyMask | None:
+    return None if mask is None else KeyMask(mask_tensor(mask))
+
+
+class _HostCopies:
+    """Copies the batch's first image off the device as it is generated (asynchronous on CUDA, into page-locked
+    memory), for the batches after it."""
+
+    def __init__(self):
+        self._to_host: ToHost | None = None
+        self._arena = None
+
+    def __call__(self, tensor):
+        if self._to_host is None:
+            self._to_host = ToHost(tensor.device)
+            self._arena = self._to_host.new_arena()
+        return self._to_host.copy(tensor, self._arena)
+
+    def wait(self) -> None:
+        if self._to_host is not None:
+            self._to_host.fence()()
+
+    def release(self) -> None:
+        if self._arena is not None:
+            self._arena.release()
+        self._to_host = self._arena = None
 
 
 def abandon_unfinished_saves() -> None:

@@ -12,6 +12,16 @@ installs the patch it is given on every attn1 layer for one generation::
     patch = use_patch(store, "fox", 0.3, context("sd15", attention, schedule.percent_to_sigma, seed=2))
     image = sample(attn1_patch=patch)            # None: nothing to change (c = 0), sample plainly
 
+A Use with several references, an image or the batch's first image, and a Save from an image, need more than an
+attn1 patch: ``start_use`` gives, for each sampling pass, the attn1 patch and the model function wrapper to install
+(``PassPatches``; the wrapper runs an image's reference pass, attn/refpass.py), and ``context`` then takes
+``encode_image`` / ``encode_prompt`` (and the batch's index and count for the batch's first image)::
+
+    use = start_use(store, reference="fox", rfg=0.3, reference_2="owl", rfg_2=0.2)
+    patches = use.for_pass(context("sd15", attention, schedule.percent_to_sigma, seed=2))
+    image = sample(attn1_patch=patches.attn1, model_wrapper=patches.model_wrapper)
+    use.close()
+
 Problems raise RefDropError here, at once. The WebUI wiring drives the same ``RefDropRun`` through
 ``patch_for_pass`` instead, which turns them into a patch that fails at the first attn1 call.
 """
@@ -19,8 +29,10 @@ Problems raise RefDropError here, at once. The WebUI wiring drives the same ``Re
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .attn.patches import Patch
+from .attn.refpass import Wrapper
 from .errors import RefDropError
 from .params import build
 from .reference.store import ReferenceStore
@@ -30,20 +42,34 @@ from .run import PassContext, RefDropRun
 DEFAULT_SAVE_TIMEOUT_S = 300.0
 _SET_BY_USE_PATCH = ("enabled", "mode", "reference")
 
-__all__ = ["PassContext", "SaveSession", "context", "start_save", "use_patch"]
+__all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context", "start_save", "start_use",
+           "use_patch"]
 
 
 def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,
-            *, is_hr_pass: bool = False) -> PassContext:
+            *, is_hr_pass: bool = False, encode_image: Callable | None = None, encode_prompt: Callable | None = None,
+            batch_index: int = 0, batch_count: int = 1) -> PassContext:
     """One sampling pass of a caller with no earlier attn1 patch to chain: RefDrop wraps ``attention`` itself.
 
     ``family``: the model family ("sd15", "sdxl", ...), kept in a Save and checked by a Use; ``attention``:
     ``(q, k, v, extra_options) -> out``, what attn1 computes without RefDrop; ``percent_to_sigma``: the schedule's
     sigma at a fraction of the steps (0 -> the highest sigma, 1 -> 0), for a Use's step window; ``seed``: names a
-    Save made without a name.
+    Save made without a name, and seeds an image reference's noise; ``encode_image`` (image -> latent
+    ``[1, C, h, w]``) and ``encode_prompt`` (text -> the model's conditioning keyword arguments for one row): for
+    image references; ``batch_index`` / ``batch_count``: for the batch's first image as the reference.
     """
     return PassContext(family=family, is_hr_pass=is_hr_pass, percent_to_sigma=percent_to_sigma,
-                       attention=attention, inner=attention, seed=seed)
+                       attention=attention, inner=attention, seed=seed, encode_image=encode_image,
+                       encode_prompt=encode_prompt, batch_index=batch_index, batch_count=batch_count)
+
+
+@dataclass(frozen=True)
+class PassPatches:
+    """What to install for one sampling pass: the attn1 patch (None: nothing to change) and the model function
+    wrapper (None: none needed), ``wrapper(apply_model, args)`` in the hosts' convention (attn/refpass.py)."""
+
+    attn1: Patch | None
+    model_wrapper: Wrapper | None
 
 
 class SaveSession:
@@ -55,6 +81,7 @@ class SaveSession:
     def __init__(self, run: RefDropRun, patch: Patch):
         self._run = run
         self.patch = patch
+        self.model_wrapper = run.model_wrapper  # a Save from an image: runs the image's pass
 
     @property
     def name(self) -> str:
@@ -90,13 +117,17 @@ class SaveSession:
 
 
 def start_save(store: ReferenceStore, name: str, ctx: PassContext, profile: str = "",
-               overwrite: bool = False) -> SaveSession:
-    """Start saving reference ``name`` ("" = automatic) from the generation ``ctx`` describes.
+               overwrite: bool = False, image=None, image_prompt: str = "") -> SaveSession:
+    """Start saving reference ``name`` ("" = automatic) from the generation ``ctx`` describes, or from ``image``.
 
-    ``profile``: the storage profile ("" = the default, exact); ``overwrite``: replace a reference of that name.
-    RefDropError for a bad name or profile, a name that is taken, or a hires pass (a reference is the first pass).
+    ``profile``: the storage profile ("" = the default, exact); ``overwrite``: replace a reference of that name;
+    ``image``: bake this image (PIL) instead, evaluated with ``image_prompt`` at every sigma of the generation (the
+    generation itself stays plain; install ``model_wrapper`` too). RefDropError for a bad name or profile, a name that
+    is taken, or a hires pass (a reference is the first pass).
     """
     values = {"enabled": True, "mode": "Save", "save_name": name, "profile": profile, "overwrite": overwrite}
+    if image is not None:
+        values.update(save_from="image", image=image, image_prompt=image_prompt)
     run = RefDropRun(build(values), store)
     patch = run.plan_patch(ctx)
     if patch is None:
@@ -117,3 +148,33 @@ def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **
         raise RefDropError(f"RefDrop: use_patch sets {', '.join(fixed)} itself; pass only the other Use arguments")
     values = {**settings, "enabled": True, "mode": "Use", "reference": name, "rfg": rfg}
     return RefDropRun(build(values), store).plan_patch(ctx)
+
+
+class UseSession:
+    """One generation's Use: ``for_pass`` before every sampling pass (every batch, the hires pass), ``close`` at the
+    end, which closes the references' files."""
+
+    def __init__(self, run: RefDropRun):
+        self._run = run
+
+    def for_pass(self, ctx: PassContext) -> PassPatches:
+        patch = self._run.plan_patch(ctx)
+        return PassPatches(patch, self._run.model_wrapper)
+
+    def close(self) -> None:
+        self._run.release()
+
+    def __enter__(self) -> UseSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_use(store: ReferenceStore, **settings) -> UseSession:
+    """A Use with the arguments of lib_refdrop/params.py by name: ``reference``, ``rfg``, ``source``, ``image``,
+    ``mask``, ``reference_2``, ``rfg_2``, ... RefDropError for bad settings."""
+    fixed = sorted(set(settings) & {"enabled", "mode"})
+    if fixed:
+        raise RefDropError(f"RefDrop: start_use sets {', '.join(fixed)} itself")
+    return UseSession(RefDropRun(build({**settings, "enabled": True, "mode": "Use"}), store))

@@ -71,10 +71,11 @@ class RefDropScript(scripts.Script):
             infotext.clear(p.extra_generation_params)  # X/Y/Z cells share this dict
             return
         host = hosts.detect()
+        wrapper = None
         if run is not None:
             patch = host.patch_for(p, run)
-        if patch is not None:
-            host.install(p, patch)
+            wrapper = run.model_wrapper  # an image's reference pass; None when the pass needs none
+        host.install(p, patch, wrapper)
         if run is not None:
             profile = (run.settings.profile or run.default_profile) if run.settings.saving else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)

@@ -151,7 +151,7 @@ def test_property_a_manifest_is_either_usable_or_refused_with_a_message(real_man
         assert "'fuzzed'" in str(exc)
         return
     SigmaMap(slots_of(checked))
-    plan_use(checked, RefDropSettings(disabled_blocks=("OUT00",), skip_first_up=True), (10.0, 0.0))
+    plan_use(RefDropSettings(disabled_blocks=("OUT00",), skip_first_up=True), (10.0, 0.0), list(checked["layers"]))
     hash((checked.get("created"), checked.get("bytes")))  # the reader's cache key
 
 

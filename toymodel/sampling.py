@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from lib_refdrop.reference.store import ReferenceStore
-from lib_refdrop.standalone import PassContext, context, start_save, use_patch
-from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, host_attention
+from lib_refdrop.standalone import PassContext, PassPatches, context, start_save, start_use, use_patch
+from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, call_model, host_attention
 
 from .data import SIZE
 from .model import WEIGHTS, ShapePrompts, load
@@ -25,9 +25,16 @@ FAMILY = "toy"
 SCHEDULE = DiscreteSchedule()
 
 
-def pass_context(seed: int) -> PassContext:
-    """The toy model's one sampling pass, for RefDrop (``seed``: the first image's)."""
-    return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed)
+def pass_context(seed: int, prompts: ShapePrompts | None = None, batch_index: int = 0,
+                 batch_count: int = 1) -> PassContext:
+    """The toy model's one sampling pass, for RefDrop (``seed``: the first image's). With ``prompts``, images can be
+    references: the toy model works on pixels, so an image's "latent" is its pixels, and an image prompt names a
+    shape ("" = the empty prompt)."""
+    if prompts is None:
+        return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed)
+    return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed, encode_image=from_pil,
+                   encode_prompt=lambda text: {"c_crossattn": prompts.of(text or None)},
+                   batch_index=batch_index, batch_count=batch_count)
 
 
 @dataclass
@@ -46,10 +53,11 @@ class ToyPipeline:
         return cls(AttnHost(unet), prompts, **kwargs)
 
     @torch.no_grad()
-    def generate(self, shapes: list[str], seeds: list[int], patch=None) -> torch.Tensor:
+    def generate(self, shapes: list[str], seeds: list[int], patch=None, wrapper=None) -> torch.Tensor:
         """Images ``[B, 3, SIZE, SIZE]`` in [-1, 1], image i conditioned on ``shapes[i]`` with noise from ``seeds[i]``.
 
-        ``patch``: RefDrop's attn1 patch, installed on every attn1 layer like a host does (None = plain).
+        ``patch``: RefDrop's attn1 patch, installed on every attn1 layer like a host does (None = plain);
+        ``wrapper``: its model function wrapper (image references).
         """
         if len(shapes) != len(seeds):
             raise ValueError("one shape per seed")
@@ -62,19 +70,17 @@ class ToyPipeline:
         cond = torch.cat([self.prompts.of(s) for s in shapes])
         uncond = self.prompts.of(None).expand_as(cond)
         prompts = torch.cat([uncond, cond])
-        self.host.patch = patch
+        self.host.patch, self.host.model_wrapper = patch, wrapper
         try:
             return SAMPLERS[self.sampler](self._denoiser(prompts), noise() * sigmas[0], sigmas, noise,
                                           lambda *_: None)
         finally:
-            self.host.patch = None
+            self.host.patch = self.host.model_wrapper = None
 
     def _denoiser(self, prompts: torch.Tensor):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             b = x.shape[0]
-            c_in = 1.0 / (sigma ** 2 + 1.0) ** 0.5
-            eps = self.host(torch.cat([x, x]) * c_in, SCHEDULE.sigma_to_t(sigma), prompts,
-                            cond_or_uncond=[1, 0], sigmas=sigma.to(torch.float32).expand(b).clone())
+            eps = call_model(self.host, torch.cat([x, x]), sigma, prompts, [1, 0])
             uncond, cond = eps[:b], eps[b:]
             return x - sigma * (uncond + (cond - uncond) * self.cfg)
 
@@ -92,6 +98,33 @@ class ToyPipeline:
                       **settings) -> torch.Tensor:
         """Generate with RefDrop Use at strength ``rfg`` (other settings by their names in lib_refdrop.params)."""
         return self.generate(shapes, seeds, use_patch(store, name, rfg, pass_context(seeds[0]), **settings))
+
+    def bake_image(self, store: ReferenceStore, name: str, image: Image.Image, seed: int, image_prompt: str = "",
+                   profile: str = "") -> None:
+        """Save ``image`` as a reference: a generation at ``seed`` runs the image's pass at each of its sigmas."""
+        ctx = pass_context(seed, self.prompts)
+        with start_save(store, name, ctx, profile=profile, overwrite=True, image=image,
+                        image_prompt=image_prompt) as save:
+            self.generate(["circle"], [seed], save.patch, save.model_wrapper)
+            save.finish({"seed": seed})
+
+    def generate_with(self, store: ReferenceStore, batches: list[tuple[list[str], list[int]]],
+                      **settings) -> list[torch.Tensor]:
+        """One generation of several batches (batch count) with a Use of ``settings`` (lib_refdrop.params names:
+        ``source="batch"``, ``source="image", image=...``, ``reference_2`` ...)."""
+        out = []
+        with start_use(store, **settings) as use:
+            for index, (shapes, seeds) in enumerate(batches):
+                patches: PassPatches = use.for_pass(pass_context(seeds[0], self.prompts, index, len(batches)))
+                out.append(self.generate(shapes, seeds, patches.attn1, patches.model_wrapper))
+        return out
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """A toy image (RGB, SIZE x SIZE) as the model's pixels ``[1, 3, SIZE, SIZE]`` in [-1, 1]."""
+    pixels = torch.frombuffer(bytearray(image.convert("RGB").resize((SIZE, SIZE), Image.NEAREST).tobytes()),
+                              dtype=torch.uint8)
+    return (pixels.reshape(SIZE, SIZE, 3).permute(2, 0, 1).float() / 127.5 - 1.0).unsqueeze(0)
 
 
 def to_pil(image: torch.Tensor, scale: int = 4) -> Image.Image:

@@ -26,3 +26,20 @@ def expand_reference(chunks: list[torch.Tensor], rows_per_chunk: int) -> torch.T
     Each of the B images of a chunk attends to the whole reference row of that chunk.
     """
     return torch.cat([row.unsqueeze(0).expand(rows_per_chunk, *row.shape) for row in chunks], dim=0)
+
+
+def rfg_blend_many(own: torch.Tensor, refs: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """Several references (the paper's eq. 7): ``sum_j c_j * ref_j + (1 - sum_j c_j) * own``.
+
+    One reference is ``rfg_blend`` itself, bit for bit, so a slot at c with the others off (left out of ``refs``)
+    is exactly the single-reference result.
+    """
+    if not refs:
+        return own
+    if len(refs) == 1:
+        (c, ref), = refs
+        return rfg_blend(own, ref, c)
+    out = own.clone()
+    for c, ref in refs:
+        out.add_(ref.to(own.dtype) - own, alpha=float(c))
+    return out

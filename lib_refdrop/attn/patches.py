@@ -15,80 +15,131 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import RefDropError
-from .address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id, rows_per_chunk
-from .blend import expand_reference, rfg_blend
+from .address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id
+from .blend import expand_reference, rfg_blend_many
+from .masks import KeyMask, select_tokens
+from .refpass import PASS_KEY
+from .sources import LayerCall, PassRows, Source, layer_call
 
-if TYPE_CHECKING:  # what the patches read from and record into; attn itself never touches the disk
-    from ..reference.reader import ReferenceReader
+if TYPE_CHECKING:  # what a Save records into; attn itself never touches the disk
     from ..reference.recorder import Recorder
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 Patch = Attention
 
 
-@dataclass(frozen=True)
 class UsePlan:
-    """Which layers and sigmas RefDrop applies to, and how strongly (resolved from the settings)."""
+    """Which layers and sigmas RefDrop applies to (resolved from the settings), the same for every reference slot.
 
-    rfg: float
-    disabled_layers: frozenset[str]     # layer ids of the reference that stay plain
-    sigma_max: float = float("inf")     # RFG runs for sigma_min <= sigma <= sigma_max
-    sigma_min: float = 0.0
+    "Skip the first up-sampling block" needs the model's first output block with attention: a stored reference's
+    manifest names its layers; a live reference (an image, the batch's first image) learns it from the calls, since
+    a U-Net runs its output blocks in order.
+    """
+
+    def __init__(self, disabled_blocks=(), disabled_groups=(), skip_first_up: bool = False,
+                 sigma_window: tuple[float, float] = (float("inf"), 0.0), layers=None):
+        self.disabled_blocks = set(disabled_blocks)
+        self.disabled_groups = set(disabled_groups)
+        self.skip_first_up = skip_first_up
+        self.sigma_max, self.sigma_min = sigma_window
+        self.first_up = _first_up(layers) if layers is not None else None
 
     def applies(self, lid: str, sigma: float) -> bool:
-        return lid not in self.disabled_layers and self.sigma_min <= sigma <= self.sigma_max
+        if not self.sigma_min <= sigma <= self.sigma_max:
+            return False
+        group, label = block_group(lid), block_label(lid)
+        if self.skip_first_up and self.first_up is None and group == "output":
+            self.first_up = label
+        if self.skip_first_up and label == self.first_up:
+            return False
+        return group not in self.disabled_groups and label not in self.disabled_blocks
 
 
-def plan_use(manifest: dict, settings, sigma_window: tuple[float, float]) -> UsePlan:
-    """Resolve block/group names and the step window against the reference's layers."""
-    layers = list(manifest["layers"])
-    first_up = min((block_label(lid) for lid in layers if block_group(lid) == "output"), default=None,
-                   key=lambda label: int(label[3:]))
-    disabled_blocks = set(settings.disabled_blocks)
-    if settings.skip_first_up and first_up:
-        disabled_blocks.add(first_up)
-    disabled = frozenset(
-        lid for lid in layers if block_group(lid) in settings.disabled_groups or block_label(lid) in disabled_blocks
-    )
-    return UsePlan(rfg=settings.rfg, disabled_layers=disabled, sigma_max=sigma_window[0], sigma_min=sigma_window[1])
+def _first_up(layers) -> str | None:
+    return min((block_label(lid) for lid in layers if block_group(lid) == "output"), default=None,
+               key=lambda label: int(label[3:]))
 
 
-def make_save_patch(recorder: Recorder, inner: Attention) -> Patch:
+def plan_use(settings, sigma_window: tuple[float, float], layers=None) -> UsePlan:
+    """The plan of a Use; ``layers``: the layer ids of a stored reference (None: learned from the calls)."""
+    return UsePlan(settings.disabled_blocks, settings.disabled_groups, settings.skip_first_up, sigma_window, layers)
+
+
+@dataclass
+class Guide:
+    """One reference slot of a Use: where its rows come from, its coefficient, its subject mask."""
+
+    source: Source
+    rfg: float
+    mask: KeyMask | None = None
+
+
+def make_save_patch(recorder: Recorder, inner: Attention, from_image: str | None = None) -> Patch:
+    """Record every attn1 call of the generation, or (``from_image``) only those of that image's reference pass:
+    the generation itself then stays plain."""
+
     def refdrop_save(q, k, v, extra_options):
         out = inner(q, k, v, extra_options)
-        recorder.record(k, v, extra_options)
+        if extra_options.get(PASS_KEY) == from_image:
+            recorder.record(k, v, extra_options)
         return out
 
     return refdrop_save
 
 
-def make_use_patch(reader: ReferenceReader, plan: UsePlan, attention: Attention, inner: Attention) -> Patch:
+def make_use_patch(guides: list[Guide], plan: UsePlan, attention: Attention, inner: Attention,
+                   passes: dict[str, PassRows] | None = None) -> Patch:
+    """Guide every attn1 call by ``guides`` (eq. 5, or eq. 7 for several); ``passes``: the live images whose
+    reference passes record into them."""
     counter = OccurrenceCounter()  # one per sampling pass: the patch is rebuilt for every pass
+    passes = passes or {}
 
     def refdrop_use(q, k, v, extra_options):
-        own = inner(q, k, v, extra_options)
+        image = extra_options.get(PASS_KEY)
         lid = layer_id(extra_options)
+        if image is not None:
+            passes[image].record(lid, k, v)
+            return inner(q, k, v, extra_options)
+        own = inner(q, k, v, extra_options)
         sigma = current_sigma(extra_options)
+        cond_or_uncond = extra_options["cond_or_uncond"]
+        occurrences = [counter.next(lid, chunk, sigma) for chunk in chunk_names(cond_or_uncond)]
         if not plan.applies(lid, sigma):
             return own
-        reader.check_layer(lid, q.shape[-1])
-        cond_or_uncond = extra_options["cond_or_uncond"]
-        rows = rows_per_chunk(q.shape[0], cond_or_uncond)
-        ref_k, ref_v = [], []
+        call = layer_call(lid, sigma, cond_or_uncond, occurrences, q, k, v)
         try:
-            for chunk in chunk_names(cond_or_uncond):
-                row_k, row_v = reader.rows(lid, chunk, sigma, counter.next(lid, chunk, sigma), q)
-                ref_k.append(row_k)
-                ref_v.append(row_v)
-            ref = attention(q, expand_reference(ref_k, rows), expand_reference(ref_v, rows), extra_options)
+            refs = [(guide.rfg, ref) for guide in guides
+                    if (ref := _guided_attention(guide, call, own, attention, extra_options)) is not None]
         except torch.OutOfMemoryError:
+            names = ", ".join(f"'{guide.source.name}'" for guide in guides)
             raise RefDropError(
-                f"RefDrop: out of GPU memory while using reference '{reader.name}'; lower the resolution or "
+                f"RefDrop: out of GPU memory while using reference {names}; lower the resolution or "
                 "batch size, or save the reference with a smaller storage profile"
             ) from None
-        return rfg_blend(own, ref, plan.rfg)
+        return rfg_blend_many(own, refs)
 
     return refdrop_use
+
+
+def _guided_attention(guide: Guide, call: LayerCall, own, attention: Attention, extra_options):
+    """``Attn(Q, K_ref, V_ref)`` of one reference, or None where it has nothing to attend to at this layer (its
+    mask keeps no token there)."""
+    guide.source.check_layer(call.lid, call.q.shape[-1])
+    pairs = [guide.source.rows(call, i) for i in range(len(call.chunks))]
+    if guide.mask is not None:
+        kept = guide.mask.kept_tokens(pairs[0][0].shape[0])
+        if kept is not None and kept.numel() == 0:
+            return None
+        pairs = [(select_tokens(k, kept), select_tokens(v, kept)) for k, v in pairs]
+    own_rows = [i * call.rows + r for i in range(len(call.chunks)) for r in guide.source.own_rows]
+    if len(own_rows) == call.q.shape[0]:
+        return None  # every image here is the reference itself
+    ref_k = expand_reference([k for k, _ in pairs], call.rows)
+    ref_v = expand_reference([v for _, v in pairs], call.rows)
+    ref = attention(call.q, ref_k, ref_v, extra_options)
+    if own_rows:
+        ref[own_rows] = own[own_rows].to(ref.dtype)  # the reference image itself stays plain, bit for bit
+    return ref
 
 
 def make_failing_patch(message: str) -> Patch:

@@ -127,6 +127,8 @@ class AttnHost:
       ``(name, number)``; they win over ``patch``.
     - ``transformer_options``: custom keys copied (by reference) into every ``extra_options``, like
       ``unet.set_transformer_option``.
+    - ``model_wrapper``: a model function wrapper, ``wrapper(apply_model, args)`` (``set_model_unet_function_wrapper``
+      in both hosts); ``sampling.call_model`` calls the U-Net through it.
     - ``tome_ratio``: token-merging emulation on the highest-resolution attention level (query side only).  On
       SD1.5 that is where Forge merges (input 1,2 / output 9,10,11).  Real ToMe (max_downsample 1) would merge
       nothing on SDXL, whose top level has no attention; hostsim merges SDXL's input 4,5 / output 3,4,5 instead so
@@ -148,6 +150,7 @@ class AttnHost:
         self.patch = patch
         self.patches_replace: dict[tuple, Patch] = {}
         self.transformer_options: dict = {}
+        self.model_wrapper = None
         self.tome_ratio = tome_ratio
         self.host_flavour = host_flavour
         self.layers = layer_map(unet)
@@ -185,11 +188,14 @@ class AttnHost:
 
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor, *,
-                cond_or_uncond: list[int], sigmas: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+                cond_or_uncond: list[int], sigmas: torch.Tensor, pooled: torch.Tensor | None = None,
+                transformer_options: dict | None = None) -> torch.Tensor:
         """One U-Net call: ``x`` ``[rows, C, H, W]`` (already scaled by c_in), ``context`` ``[rows, T, D]``.
 
         ``rows`` must be ``len(cond_or_uncond) * len(sigmas)``.  SDXL's ``added_cond_kwargs`` are derived here
-        (pooled = first context token, time_ids = image size) so callers need not care.  Returns eps.
+        (pooled = first context token, time_ids = image size) so callers need not care.  ``transformer_options``:
+        keys of this call's ``transformer_options`` (a model function wrapper's), copied into every
+        ``extra_options`` like the hosts do.  Returns eps.
         """
         rows = x.shape[0]
         if rows != len(cond_or_uncond) * sigmas.shape[0] or context.shape[0] != rows:
@@ -200,7 +206,7 @@ class AttnHost:
         if not torch.is_tensor(timestep):
             timestep = torch.tensor(float(timestep))
         self._ctx = dict(cond_or_uncond=list(cond_or_uncond), sigmas=sigmas.to(torch.float32),
-                         original_shape=list(x.shape))
+                         original_shape=list(x.shape), options=dict(transformer_options or {}))
         try:
             out = self.unet(x, timestep, encoder_hidden_states=context, **kwargs).sample
         finally:
@@ -247,7 +253,7 @@ class AttnHost:
             raise RuntimeError("attn1 patch called outside AttnHost.forward(): cond_or_uncond/sigmas unknown")
         cou, sigmas = ctx["cond_or_uncond"], ctx["sigmas"]
         b = sigmas.shape[0]
-        eo = dict(self.transformer_options)
+        eo = {**self.transformer_options, **ctx["options"]}
         eo["cond_or_uncond"] = cou
         if self.host_flavour == "reforge":
             eo["uuids"] = [0] * len(cou)

@@ -20,7 +20,7 @@ import torch
 from .host import AttnHost
 from .schedule import DiscreteSchedule
 
-__all__ = ["SAMPLERS", "make_conds", "sample"]
+__all__ = ["SAMPLERS", "call_model", "make_conds", "sample"]
 
 SCHEDULE = DiscreteSchedule()
 UNCOND_SEED = 0x5EED_0000  # the "empty negative prompt": the same for every prompt_seed
@@ -36,6 +36,32 @@ def make_conds(cross_dim: int, prompt_seed: int = 0, n_conds: int = 1,
     uncond embedding, each ``[1, tokens, cross_dim]``."""
     conds = [_randn((1, tokens, cross_dim), 1_000_003 * prompt_seed + i + 1) for i in range(n_conds)]
     return conds, _randn((1, tokens, cross_dim), UNCOND_SEED)
+
+
+def call_model(host: AttnHost, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+               cond_or_uncond: list[int]) -> torch.Tensor:
+    """One U-Net call on the noisy ``x`` (rows of every chunk) at ``sigma``, through ``host.model_wrapper`` when one
+    is set, with the hosts' wrapper arguments: ``{"input": x, "timestep": sigma per row, "c": {"c_crossattn",
+    "transformer_options"}, "cond_or_uncond"}``; the model scales the input itself. Returns eps."""
+
+    def apply_model(x_in, timestep, c_crossattn, transformer_options, **_):
+        s = timestep.reshape(-1)[0]
+        c_in = 1.0 / (s ** 2 + 1.0) ** 0.5
+        options = {k: v for k, v in transformer_options.items() if k not in ("cond_or_uncond", "sigmas")}
+        return host(x_in * c_in, SCHEDULE.sigma_to_t(s), c_crossattn,
+                    cond_or_uncond=transformer_options["cond_or_uncond"], sigmas=transformer_options["sigmas"],
+                    transformer_options=options)
+
+    rows = x.shape[0]
+    images = rows // len(cond_or_uncond)
+    timestep = sigma.reshape(1).to(torch.float32).expand(rows).clone()
+    sigmas = sigma.reshape(1).to(torch.float32).expand(images).clone()
+    options = {"cond_or_uncond": list(cond_or_uncond), "sigmas": sigmas}
+    c = {"c_crossattn": context, "transformer_options": options}
+    if host.model_wrapper is None:
+        return apply_model(x, timestep, **c)
+    return host.model_wrapper(apply_model, {"input": x, "timestep": timestep, "c": c,
+                                            "cond_or_uncond": list(cond_or_uncond)})
 
 
 class _CFGDenoiser:
@@ -54,14 +80,10 @@ class _CFGDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        sigmas = sigma.to(torch.float32).expand(b).clone()
-        c_in = 1.0 / (sigma ** 2 + 1.0) ** 0.5
-        t = SCHEDULE.sigma_to_t(sigma)
         cond_eps, uncond_eps = [], None
         for call in self.calls:
             ctx = torch.cat([c.expand(b, -1, -1) for _, c in call])
-            x_in = torch.cat([x] * len(call)) * c_in
-            eps = self.host(x_in, t, ctx, cond_or_uncond=[f for f, _ in call], sigmas=sigmas)
+            eps = call_model(self.host, torch.cat([x] * len(call)), sigma, ctx, [f for f, _ in call])
             self.seen.append(float(sigma))
             for i, (flag, _) in enumerate(call):
                 chunk = eps[i * b:(i + 1) * b]

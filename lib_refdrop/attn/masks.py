@@ -1,0 +1,68 @@
+"""Subject masks: which of a reference's tokens a Use attends to, at each layer's token grid.
+
+A mask is drawn on the reference image (1 = subject). A layer of ``n`` tokens sees the image on a grid of ``h x w``
+tokens (``h * w = n``, the image's aspect); each token is kept when the subject covers at least half of its area.
+Masking the key side keeps what eq. 6 of the RefDrop paper wants (no reference background) without its ambiguity:
+eq. 6 multiplies the *output* rows of the new image by a mask drawn on the *reference*, whose positions need not
+match; here image i attends only to the reference's subject tokens, wherever its own subject is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KEEP_COVERAGE = 0.5
+
+
+def token_grid(tokens: int, aspect: float) -> tuple[int, int]:
+    """``(h, w)`` with ``h * w == tokens`` whose ``w / h`` is closest to ``aspect`` (latent grids are exact)."""
+    best = None
+    for h in range(1, int(tokens ** 0.5) + 2):
+        for rows in (h, tokens // h):
+            if rows == 0 or tokens % rows:
+                continue
+            cols = tokens // rows
+            error = abs(torch.log(torch.tensor(cols / rows / aspect)).item())
+            if best is None or error < best[0]:
+                best = (error, rows, cols)
+    return best[1], best[2]
+
+
+class KeyMask:
+    """A reference image's subject mask, resized on demand to each layer's token grid."""
+
+    def __init__(self, mask: torch.Tensor):
+        """``mask``: ``[H, W]``, values in [0, 1] (1 = subject)."""
+        if mask.ndim != 2 or mask.numel() == 0:
+            raise ValueError("a mask is one [H, W] image")
+        self.mask = mask.to(torch.float32).clamp(0, 1)
+        self.aspect = mask.shape[1] / mask.shape[0]
+        self.full = bool((self.mask >= KEEP_COVERAGE).all())   # every token kept at every grid: no mask at all
+        self.empty = bool((self.mask < KEEP_COVERAGE).all())
+        self._kept: dict[int, torch.Tensor | None] = {}
+
+    def kept_tokens(self, tokens: int) -> torch.Tensor | None:
+        """Indices of the reference tokens to attend to at a layer of ``tokens`` tokens (None: all of them)."""
+        if tokens not in self._kept:
+            self._kept[tokens] = None if self.full else self._indices(tokens)
+        return self._kept[tokens]
+
+    def _indices(self, tokens: int) -> torch.Tensor:
+        h, w = token_grid(tokens, self.aspect)
+        coverage = F.adaptive_avg_pool2d(self.mask[None, None], (h, w)).flatten()
+        return torch.nonzero(coverage >= KEEP_COVERAGE).flatten()
+
+
+def select_tokens(row: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """The kept tokens of a reference row ``[tokens, C]``."""
+    if kept is None:
+        return row
+    return row.index_select(0, kept.to(row.device))
+
+
+def mask_tensor(mask) -> torch.Tensor:
+    """A grayscale mask image (PIL "L", or an ``[H, W]`` array of 0..255) as ``[H, W]`` floats in [0, 1]."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)

@@ -1,0 +1,167 @@
+"""Reference sources beyond a stored reference, on the trained toy model driven like the hosts drive a U-Net
+(attn1 replace patch + model function wrapper, tests/support/hostsim): exact reductions, bit for bit where the
+issue asks for it.
+
+- the batch's first image: c = 0 is plain; image 0 is plain; batch count 2 equals a Save of batch 1's image and a
+  Use of it in batch 2;
+- several references (eq. 7): a slot at c with the others at 0 is the single reference; two copies at c1 + c2 = c
+  are one reference at c;
+- masks: all ones is no mask, all zeros is plain;
+- images: a Save from an image leaves its generation plain; the baked and the live image guide alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib_refdrop.errors import RefDropError
+from lib_refdrop.reference.store import ReferenceStore
+from toymodel.data import SIZE
+from toymodel.sampling import ToyPipeline, pass_context, to_pil
+
+SHAPES = ["circle", "square", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return ToyPipeline.load()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, pipe):
+    store = ReferenceStore(tmp_path_factory.mktemp("sources"))
+    pipe.save_reference(store, "red", "square", seed=10_001)
+    pipe.save_reference(store, "blue", "circle", seed=10_000)
+    return store
+
+
+def mask_of(value: int) -> Image.Image:
+    return Image.fromarray(np.full((SIZE, SIZE), value, dtype=np.uint8), mode="L")
+
+
+def test_batch_reference_at_c0_is_plain(pipe, store):
+    plain = pipe.generate(SHAPES, [1, 2, 3])
+    guided, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], source="batch", rfg=0.0, reference="")
+    assert torch.equal(guided, plain)
+
+
+def test_batch_reference_keeps_image_0_plain_and_moves_the_others(pipe, store):
+    shapes = ["circle"] * 3
+    plain = pipe.generate(shapes, [1, 2, 3])
+    guided, = pipe.generate_with(store, [(shapes, [1, 2, 3])], source="batch", rfg=0.6)
+    assert torch.equal(guided[0], plain[0])
+    for i in (1, 2):
+        assert not torch.equal(guided[i], plain[i])
+        # toward image 0: closer to it than the plain image was
+        assert (guided[i] - guided[0]).abs().mean() < (plain[i] - plain[0]).abs().mean()
+
+
+def test_batch_count_2_equals_a_save_of_the_first_image_and_a_use_of_it(pipe, store, tmp_path):
+    first, second = pipe.generate_with(store, [(["square"], [7]), (["circle", "triangle"], [8, 9])],
+                                       source="batch", rfg=0.4)
+    assert torch.equal(first, pipe.generate(["square"], [7]))
+    own_store = ReferenceStore(tmp_path)
+    saved = pipe.save_reference(own_store, "first", "square", seed=7)
+    assert torch.equal(saved, first[0])
+    used = pipe.use_reference(own_store, "first", 0.4, ["circle", "triangle"], [8, 9])
+    assert torch.equal(second, used)
+
+
+def test_a_slot_at_c_with_the_others_at_0_is_the_single_reference(pipe, store):
+    single = pipe.use_reference(store, "red", 0.4, SHAPES, [1, 2, 3])
+    with_slot_2_off, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="red", rfg=0.4,
+                                          reference_2="blue", rfg_2=0.0)
+    assert torch.equal(with_slot_2_off, single)
+    only_slot_2, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="blue", rfg=0.0,
+                                      reference_2="red", rfg_2=0.4)
+    assert torch.equal(only_slot_2, single)
+    only_slot_3, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="blue", rfg=0.0,
+                                      reference_3="red", rfg_3=0.4)
+    assert torch.equal(only_slot_3, single)
+
+
+def test_two_copies_at_c1_plus_c2_are_one_reference_at_c(pipe, store):
+    single = pipe.use_reference(store, "red", 0.5, SHAPES, [1, 2, 3])
+    split, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="red", rfg=0.2, reference_2="red",
+                                rfg_2=0.3)
+    plain = pipe.generate(SHAPES, [1, 2, 3])
+    assert (split - single).abs().max() < 1e-4 < (single - plain).abs().max()
+
+
+def test_two_different_references_both_count(pipe, store):
+    red = pipe.use_reference(store, "red", 0.3, SHAPES, [1, 2, 3])
+    both, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="red", rfg=0.3, reference_2="blue",
+                               rfg_2=0.3)
+    assert (both - red).abs().max() > 1e-3
+
+
+def test_an_all_ones_mask_is_no_mask_and_all_zeros_is_plain(pipe, store):
+    unmasked = pipe.use_reference(store, "red", 0.5, SHAPES, [1, 2, 3])
+    ones, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="red", rfg=0.5, mask=mask_of(255))
+    zeros, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="red", rfg=0.5, mask=mask_of(0))
+    assert torch.equal(ones, unmasked)
+    assert torch.equal(zeros, pipe.generate(SHAPES, [1, 2, 3]))
+
+
+def test_a_half_mask_changes_the_result(pipe, store):
+    half = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    half[:, : SIZE // 2] = 255
+    unmasked = pipe.use_reference(store, "red", 0.5, SHAPES, [1, 2, 3])
+    masked, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], reference="red", rfg=0.5,
+                                 mask=Image.fromarray(half, mode="L"))
+    assert not torch.equal(masked, unmasked)
+
+
+def test_a_save_from_an_image_leaves_its_generation_plain(pipe, tmp_path):
+    store = ReferenceStore(tmp_path)
+    image = to_pil(pipe.generate(["square"], [10_001])[0], scale=1)
+    ctx = pass_context(4, pipe.prompts)
+    from lib_refdrop.standalone import start_save
+
+    with start_save(store, "baked", ctx, image=image) as save:
+        out = pipe.generate(["circle"], [4], save.patch, save.model_wrapper)
+        status = save.finish({"seed": 4})
+    assert status.state == "saved"
+    assert torch.equal(out, pipe.generate(["circle"], [4]))
+    manifest = store.manifest("baked")
+    assert manifest["generation"]["source"] == "image"
+    assert manifest["chunks"] == ["cond0"]  # one row per sigma, conditioned on the image prompt
+    assert len(manifest["slots"]) == pipe.steps
+
+
+def test_baked_and_live_image_references_agree(pipe, tmp_path):
+    store = ReferenceStore(tmp_path)
+    image = to_pil(pipe.generate(["square"], [10_001])[0], scale=1)
+    pipe.bake_image(store, "baked", image, seed=5)
+    baked, = pipe.generate_with(store, [(SHAPES, [5, 6, 7])], reference="baked", rfg=0.6)
+    live, = pipe.generate_with(store, [(SHAPES, [5, 6, 7])], source="image", image=image, rfg=0.6)
+    plain = pipe.generate(SHAPES, [5, 6, 7])
+    assert (baked - live).abs().max() <= 1e-5 < (live - plain).abs().max()
+
+
+def test_a_live_image_at_c0_is_plain(pipe, store):
+    image = to_pil(pipe.generate(["square"], [10_001])[0], scale=1)
+    out, = pipe.generate_with(store, [(SHAPES, [1, 2, 3])], source="image", image=image, rfg=0.0)
+    assert torch.equal(out, pipe.generate(SHAPES, [1, 2, 3]))
+
+
+def test_references_of_another_family_in_slot_2_are_refused(pipe, store):
+    from lib_refdrop.standalone import start_use
+    from tests.support.refdrop_harness import save_synthetic
+
+    save_synthetic(store, "sd15-ref", {"seed": 1})  # saved with an SD1.5 model
+    with start_use(store, reference="red", rfg=0.3, reference_2="sd15-ref", rfg_2=0.3) as use:
+        with pytest.raises(RefDropError, match="'sd15-ref' was saved with an SD1.5 model"):
+            use.for_pass(pass_context(1, pipe.prompts))
+
+
+def test_a_host_that_cannot_evaluate_images_says_so(pipe, store):
+    from lib_refdrop.standalone import start_use
+
+    image = to_pil(pipe.generate(["square"], [1])[0], scale=1)
+    with start_use(store, source="image", image=image, rfg=0.3) as use:
+        with pytest.raises(RefDropError, match="cannot evaluate an image"):
+            use.for_pass(pass_context(1))
