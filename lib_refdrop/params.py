@@ -14,10 +14,17 @@ import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass
+from functools import partial
 
 from .errors import RefDropError
+from .images import mask_digest, parse_image, parse_mask
 
 MODES = ("Save", "Use")
+# Where a Use slot's reference comes from: a saved reference; the first image of the batch (generated plainly, every
+# other image of the generation attends to it); an image given with the request, evaluated alongside every step.
+SOURCES = ("reference", "batch", "image")
+SAVE_FROM = ("generation", "image")  # what a Save records: this generation, or an image baked into a reference
+SLOTS = (1, 2, 3)  # slot 1 is the reference of the single-reference arguments; 2 and 3 add eq. 7's further ones
 BLOCK_GROUPS = ("input", "middle", "output")
 # ASCII digits only: "\d" would also take "OUT٠١" (Arabic-Indic digits), which int() reads but the rest does not.
 _BLOCK_RE = re.compile(r"(IN|OUT)[0-9]{2}|M00", re.ASCII)
@@ -25,7 +32,14 @@ _BLOCK_RE = re.compile(r"(IN|OUT)[0-9]{2}|M00", re.ASCII)
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 MAX_SHOWN_CHARS = 60  # of a bad value quoted in a message: values come from API clients and can be huge
 DEFAULT_RFG = 0.3  # the paper's App. C: 0.3-0.4 behaves like concatenated attention; 0.2 for simple subjects
-_ALIASES = {"rfg_coefficient": "rfg", "coefficient": "rfg", "name": "save_name", "ref": "reference"}
+_ALIASES = {
+    "rfg_coefficient": "rfg", "coefficient": "rfg", "name": "save_name", "ref": "reference",
+    **{f"{alias}_1": arg for alias, arg in (("reference", "reference"), ("ref", "reference"), ("rfg", "rfg"),
+                                            ("rfg_coefficient", "rfg"), ("coefficient", "rfg"),
+                                            ("source", "source"), ("image", "image"), ("mask", "mask"))},
+    **{f"{alias}_{k}": f"{arg}_{k}" for k in SLOTS[1:] for alias, arg in (
+        ("rfg_coefficient", "rfg"), ("coefficient", "rfg"), ("ref", "reference"))},
+}
 
 
 def shown(value) -> str:
@@ -91,6 +105,21 @@ def parse_mode(value, name: str = "mode") -> str:
             if value.strip().lower() == mode.lower():
                 return mode
     raise RefDropError(f"RefDrop: {name} must be one of {', '.join(MODES)}, got {shown(value)}")
+
+
+def _one_of(choices: tuple[str, ...], what: str) -> Callable[[object, str], str]:
+    def parse(value, name: str) -> str:
+        if isinstance(value, str):
+            for choice in choices:
+                if value.strip().lower() == choice:
+                    return choice
+        raise RefDropError(f"RefDrop: '{name}' must be one of {', '.join(choices)} ({what}), got {shown(value)}")
+
+    return parse
+
+
+parse_source = _one_of(SOURCES, "where the reference comes from")
+parse_save_from = _one_of(SAVE_FROM, "what a Save records")
 
 
 def parse_text(value, name: str) -> str:
@@ -164,10 +193,13 @@ def parse_groups(value, name: str = "disabled_groups") -> tuple[str, ...]:
 
 # When infotext.write puts a field into the infotext of a generation with RefDrop on. "If set": unless at the
 # default, since an empty value would not survive the host's infotext parser and a key left out pastes as the default.
+# A field with ``applies`` is written only where that says its value had an effect (a slot that is on, a source that
+# reads it).
 ALWAYS = "always"                  # every RefDrop infotext (the keys that mark one)
 IN_USE = "in Use"                  # a Use's, at any value
 IN_USE_IF_SET = "in Use if set"
 IN_SAVE_IF_SET = "in Save if set"
+IF_SET = "if set"                  # a Use's or a Save's
 NEVER = "never"
 # How pasting an infotext (the paste button, the API's ``infotext``) sets the field's control; where a key is left
 # out, the default comes back:
@@ -175,6 +207,7 @@ SWITCH = "switch"      # on only when the infotext says so: pasting an image mad
 ANY = "any"            # from any RefDrop infotext
 USE_ONLY = "Use only"  # from a Use's; a Save's leaves the control as it is, since the value did not apply to it
 RESET = "reset"        # to the default from any RefDrop infotext: never carried over from another image
+KEEP = "keep"          # never: an image or a mask is not in an infotext, so the control keeps what it holds
 
 
 @dataclass(frozen=True)
@@ -185,9 +218,49 @@ class Field:
     default: object
     parse: Callable[[object, str], object]  # a validator above: any JSON value -> valid value or RefDropError
     key: str | None                  # the infotext key (None: never in an infotext)
-    written: str                     # ALWAYS, IN_USE, IN_USE_IF_SET, IN_SAVE_IF_SET or NEVER
-    pasted: str                      # SWITCH, ANY, USE_ONLY or RESET
+    written: str                     # ALWAYS, IN_USE, IN_USE_IF_SET, IN_SAVE_IF_SET, IF_SET or NEVER
+    pasted: str                      # SWITCH, ANY, USE_ONLY, RESET or KEEP
     also_read: tuple[str, ...] = ()  # keys pasted into the control when its own key is missing or empty
+    applies: Callable[[object], bool] | None = None  # settings -> whether the value had an effect (None: always)
+    recorded: Callable[[object], object] | None = None  # what the infotext says of the value (None: the value)
+
+
+# -- when a value has an effect (the ``applies`` of the rows below) ----------------------------------------------
+
+def slot_is_on(k: int) -> Callable[[object], bool]:
+    """Slot 1 is on in every Use; slots 2 and 3 when their coefficient is not 0."""
+    return lambda settings: k == 1 or getattr(settings, f"rfg_{k}") != 0
+
+
+def slot_reads_the_store(k: int) -> Callable[[object], bool]:
+    on = slot_is_on(k)
+    return lambda settings: on(settings) and getattr(settings, _slot_arg("source", k)) == "reference"
+
+
+def an_image_is_evaluated(settings) -> bool:
+    """A Save from an image, or a Use with a slot on whose source is a live image: where ``image_prompt`` counts."""
+    if settings.mode == "Save":
+        return settings.save_from == "image"
+    return any(slot_is_on(k)(settings) and getattr(settings, _slot_arg("source", k)) == "image" for k in SLOTS)
+
+
+def _slot_arg(name: str, k: int) -> str:
+    """The argument of slot ``k``: slot 1's are the single-reference arguments (``rfg``), the others ``rfg_2``..."""
+    return name if k == 1 else f"{name}_{k}"
+
+
+def _more_slot_fields(k: int) -> tuple[Field, ...]:
+    """Slot ``k`` (2, 3): written in a Use only while the slot is on, pasted from a Use only (left out: off)."""
+    return (
+        Field(f"reference_{k}", "", parse_text, f"refdrop_reference_{k}", IN_USE_IF_SET, USE_ONLY,
+              applies=slot_reads_the_store(k)),
+        Field(f"rfg_{k}", 0.0, parse_rfg, f"refdrop_rfg_{k}", IN_USE_IF_SET, USE_ONLY),  # 0 = the slot is off
+        Field(f"source_{k}", "reference", parse_source, f"refdrop_source_{k}", IN_USE_IF_SET, USE_ONLY,
+              applies=slot_is_on(k)),
+        Field(f"image_{k}", None, parse_image, None, NEVER, KEEP),
+        Field(f"mask_{k}", None, parse_mask, f"refdrop_mask_{k}", IN_USE_IF_SET, KEEP, applies=slot_is_on(k),
+              recorded=mask_digest),
+    )
 
 
 # The keys are those written since the first release, so that every infotext keeps pasting; two break the
@@ -197,7 +270,8 @@ FIELDS = (
     Field("mode", "Use", parse_mode, "refdrop_mode", ALWAYS, ANY),
     Field("rfg", DEFAULT_RFG, parse_rfg, "refdrop_rfg", IN_USE, USE_ONLY),
     # Use: which saved reference. A Save's name pastes into it, ready to use the reference that image made.
-    Field("reference", "", parse_text, "refdrop_reference", IN_USE_IF_SET, ANY, also_read=("refdrop_saved_as",)),
+    Field("reference", "", parse_text, "refdrop_reference", IN_USE_IF_SET, ANY, also_read=("refdrop_saved_as",),
+          applies=slot_reads_the_store(1)),
     # Save: the name of the new reference ("" = automatic); the infotext holds the name it was saved as.
     Field("save_name", "", parse_text, "refdrop_saved_as", IN_SAVE_IF_SET, RESET),
     Field("disabled_groups", (), parse_groups, "refdrop_disabled_groups", IN_USE_IF_SET, USE_ONLY),  # of BLOCK_GROUPS
@@ -211,8 +285,33 @@ FIELDS = (
     Field("overwrite", False, parse_bool, None, NEVER, RESET),  # Save: replace a reference of the same name
     # Save: the storage profile ("" = the default from the Settings page).
     Field("profile", "", parse_text, "refdrop_profile", IN_SAVE_IF_SET, ANY),
+    # Use: where slot 1's reference comes from (SOURCES).
+    Field("source", "reference", parse_source, "refdrop_source", IN_USE_IF_SET, USE_ONLY),
+    # Save: what it records (SAVE_FROM).
+    Field("save_from", "generation", parse_save_from, "refdrop_save_from", IN_SAVE_IF_SET, ANY),
+    # The image of slot 1 (source "image") and of a Save from an image; never in an infotext.
+    Field("image", None, parse_image, None, NEVER, KEEP),
+    # The text an image is evaluated with (a Save from an image, a live image of any slot).
+    Field("image_prompt", "", parse_text, "refdrop_image_prompt", IF_SET, ANY, applies=an_image_is_evaluated),
+    # Slot 1's subject mask (white = attended); the infotext records its digest, never the mask.
+    Field("mask", None, parse_mask, "refdrop_mask", IN_USE_IF_SET, KEEP, recorded=mask_digest),
+    *_more_slot_fields(2),
+    *_more_slot_fields(3),
 )
 ARG_NAMES = tuple(f.arg for f in FIELDS)
+_IMAGE_ARGS = {f.arg for f in FIELDS if f.parse in (parse_image, parse_mask)}
+
+
+@dataclass(frozen=True)
+class SlotSettings:
+    """One reference of a Use (eq. 7's j): where it comes from and with which coefficient."""
+
+    index: int                 # 1, 2 or 3
+    source: str                # one of SOURCES
+    reference: str             # source "reference": the saved reference's name
+    rfg: float                 # its coefficient c_j
+    image: object = field(default=None, hash=False)  # source "image": the image (RGB PIL image)
+    mask: object = field(default=None, hash=False)   # the subject mask ("L" PIL image, 0 or 255) or None
 
 
 class _Settings:
@@ -226,9 +325,30 @@ class _Settings:
     def using(self) -> bool:
         return self.enabled and self.mode == "Use"
 
+    @property
+    def slots(self) -> tuple[SlotSettings, ...]:
+        """The slots of a Use that are on: slot 1 always (its coefficient may be 0), 2 and 3 when their
+        coefficient is not 0. Empty unless this is a Use."""
+        if not self.using:
+            return ()
+        return tuple(
+            SlotSettings(index=k, **{name: getattr(self, _slot_arg(name, k)) for name in _SLOT_VALUES})
+            for k in SLOTS if slot_is_on(k)(self)
+        )
+
+
+_SLOT_VALUES = ("source", "reference", "rfg", "image", "mask")
+
+
+def _dataclass_field(f: Field):
+    """Images compare by their pixels and are left out of the hash (a PIL image has none)."""
+    if f.arg in _IMAGE_ARGS:
+        return (f.arg, object, field(default=f.default, hash=False))
+    return (f.arg, type(f.default), field(default=f.default))
+
 
 RefDropSettings = make_dataclass(
-    "RefDropSettings", [(f.arg, type(f.default), field(default=f.default)) for f in FIELDS], bases=(_Settings,),
+    "RefDropSettings", [_dataclass_field(f) for f in FIELDS], bases=(_Settings,),
     frozen=True, namespace={"__module__": __name__, "__doc__": _Settings.__doc__},
 )
 DEFAULTS = RefDropSettings()
@@ -261,7 +381,68 @@ def build(values: dict, spelled: dict | None = None) -> RefDropSettings:
             f"RefDrop: the step window is empty: '{start}' ({settings.step_start}) must be below "
             f"'{end}' ({settings.step_end})"
         )
+    as_spelled = partial(_as_spelled, spelled)
+    if settings.using:
+        _check_slots(settings, as_spelled)
+    if settings.saving:
+        _check_save(settings, as_spelled)
     return settings
+
+
+def _as_spelled(spelled: dict, arg: str) -> str:
+    return spelled.get(arg, arg)
+
+
+def _check_save(settings: RefDropSettings, spelled: Callable[[str], str]) -> None:
+    if settings.save_from == "image" and settings.image is None:
+        raise RefDropError(
+            f"RefDrop: a Save from an image needs an image, and none was given ('{spelled('save_from')}' is 'image',"
+            f" '{spelled('image')}' is empty)"
+        )
+
+
+def _check_slots(settings: RefDropSettings, spelled: Callable[[str], str]) -> None:
+    """The slots that are on can run: a reference or an image where their source needs one, one batch source.
+
+    Slot 1 without a reference is left to the engine, which has always said so itself (run.py).
+    """
+    for slot in settings.slots:
+        arg = partial(_slot_arg, k=slot.index)
+        if slot.index > 1 and slot.source == "reference" and not slot.reference:
+            raise RefDropError(
+                f"RefDrop: slot {slot.index} is on ({spelled(arg('rfg'))} = {slot.rfg}) but no reference is selected"
+                f" ('{spelled(arg('reference'))}' is empty)"
+            )
+        if slot.source == "image" and slot.image is None:
+            raise RefDropError(
+                f"RefDrop: slot {slot.index}'s source is an image but no image was given ('{spelled(arg('source'))}'"
+                f" is 'image', '{spelled(arg('image'))}' is empty)"
+            )
+    batch = [slot.index for slot in settings.slots if slot.source == "batch"]
+    if len(batch) > 1:
+        names = ", ".join(f"'{spelled(_slot_arg('source', k))}'" for k in batch)
+        raise RefDropError(
+            f"RefDrop: only one slot can take the first image of the batch; slots {_and(batch)} have source "
+            f"'batch' ({names})"
+        )
+
+
+def _and(numbers: list[int]) -> str:
+    *first, last = map(str, numbers)
+    return f"{', '.join(first)} and {last}" if first else last
+
+
+def _check_overrides_reach_a_slot(settings: RefDropSettings, overrides: dict) -> None:
+    """An X/Y/Z value for a slot that is off would give every cell the same image: refused, naming the slot."""
+    if not settings.using:
+        return
+    for k in SLOTS[1:]:
+        for name in (_slot_arg("reference", k), _slot_arg("source", k)):
+            if name in overrides and f"rfg_{k}" not in overrides and not slot_is_on(k)(settings):
+                raise RefDropError(
+                    f"RefDrop: an X/Y/Z axis sets '{name}', but slot {k} is off (rfg_{k} = 0), so no cell would "
+                    f"use it; give slot {k} a coefficient under More references, or put 'rfg_{k}' on another axis"
+                )
 
 
 def from_args(args, overrides: dict | None = None) -> RefDropSettings:
@@ -273,7 +454,9 @@ def from_args(args, overrides: dict | None = None) -> RefDropSettings:
     values, spelled = _raw_values(list(args))
     overrides = overrides or {}
     spelled = {name: alias for name, alias in spelled.items() if name not in overrides}
-    return build({**values, **overrides}, spelled)
+    settings = build({**values, **overrides}, spelled)
+    _check_overrides_reach_a_slot(settings, overrides)
+    return settings
 
 
 def wants_refdrop(args) -> bool:

@@ -29,9 +29,12 @@ from lib_refdrop.params import (
 )
 from lib_refdrop.webui import infotext, xyz
 
-# The public positional order of alwayson_scripts["RefDrop"]["args"] (README "Web API"): it only grows at the end.
-PUBLIC_ORDER = ("enabled", "mode", "rfg", "reference", "save_name", "disabled_groups", "disabled_blocks",
-                "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile")
+# The public positional order of alwayson_scripts["RefDrop"]["args"] (docs/api.md): it only grows at the end.
+ORDER_OF_7431B38 = ("enabled", "mode", "rfg", "reference", "save_name", "disabled_groups", "disabled_blocks",
+                    "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile")
+PUBLIC_ORDER = (*ORDER_OF_7431B38, "source", "save_from", "image", "image_prompt", "mask",
+                "reference_2", "rfg_2", "source_2", "image_2", "mask_2",
+                "reference_3", "rfg_3", "source_3", "image_3", "mask_3")
 # Every key an infotext written by 7431b38 can hold, with a value and what it pastes into.
 KEYS_OF_7431B38 = [
     ("refdrop_enabled", "True", "enabled", True),
@@ -50,7 +53,7 @@ KEYS_OF_7431B38 = [
 
 
 def test_the_table_gives_the_public_argument_order_and_the_settings_attributes():
-    assert ARG_NAMES == PUBLIC_ORDER
+    assert ARG_NAMES == PUBLIC_ORDER and ARG_NAMES[:len(ORDER_OF_7431B38)] == ORDER_OF_7431B38
     assert tuple(vars(RefDropSettings())) == PUBLIC_ORDER
     assert to_args(DEFAULTS) == [f.default if not isinstance(f.default, tuple) else [] for f in FIELDS]
 
@@ -69,7 +72,7 @@ def test_keys_written_by_7431b38_keep_pasting(key, text, arg, pasted):
 def test_an_infotext_of_7431b38_pastes_whole():
     line = {"refdrop_enabled": "True", "refdrop_mode": "Use", "refdrop_reference": "cat", "refdrop_rfg": "0.5",
             "refdrop_disabled_blocks": "OUT03", "refdrop_hires": "True", "refdrop_step_end": "0.5"}
-    pasted = infotext.parse(line)
+    pasted = {**dict(zip(ARG_NAMES, to_args(DEFAULTS), strict=True)), **infotext.parse(line)}
     assert from_args([pasted[name] for name in ARG_NAMES]) == from_args([{
         "reference": "cat", "rfg": 0.5, "disabled_blocks": "OUT03", "apply_hires": True, "step_end": 0.5}])
 

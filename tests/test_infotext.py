@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import base64
+import io
+import re
 
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from lib_refdrop.images import mask_digest
 from lib_refdrop.params import ARG_NAMES, BLOCK_GROUPS, RefDropSettings, build, from_args, to_args
 from lib_refdrop.webui import infotext
 from tests.support import fakehost
@@ -141,9 +147,11 @@ def test_xyz_cells_sharing_one_dict_do_not_leak():
 
 
 def test_fields_pair_components_with_parsers():
+    """Every control but the images and masks, which no infotext holds: pasting leaves what they show."""
     components = {name: object() for name in ARG_NAMES}
     pairs = infotext.fields(components)
-    assert [c for c, _ in pairs] == [components[name] for name in ARG_NAMES]
+    kept = {"image", "mask", "image_2", "mask_2", "image_3", "mask_3"}
+    assert [c for c, _ in pairs] == [components[name] for name in ARG_NAMES if name not in kept]
     assert all(callable(parser) for _, parser in pairs)
 
 
@@ -172,3 +180,116 @@ def test_enabled_spellings(text):
 
 def test_positional_args_of_defaults_match_from_args():
     assert from_args(list(DEFAULT_VALUES.values())) == RefDropSettings()
+
+
+# -- several references, sources, images and masks ----------------------------------------------------------------
+
+def png_base64(colour="white", mode="L", size=(8, 8)) -> str:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def written(**values) -> dict:
+    params = {}
+    infotext.write(params, build({"enabled": True, **values}))
+    return params
+
+
+def test_two_and_three_references_round_trip():
+    two = {"enabled": True, "reference": "a", "rfg": 0.2, "reference_2": "b", "rfg_2": 0.35}
+    assert round_trip(two) == build(two)
+    assert written(**two) == {"refdrop_enabled": True, "refdrop_mode": "Use", "refdrop_reference": "a",
+                              "refdrop_rfg": 0.2, "refdrop_reference_2": "b", "refdrop_rfg_2": 0.35}
+    three = {**two, "reference_3": "c (2)", "rfg_3": -0.1}
+    assert round_trip(three) == build(three)
+    batch_third = {**two, "reference_3": "left in the dropdown", "rfg_3": 0.4, "source_3": "batch"}
+    assert round_trip(batch_third) == build({**batch_third, "reference_3": ""})  # what it did not use
+
+
+def test_a_slot_that_is_off_writes_nothing_and_pastes_as_off():
+    values = {"enabled": True, "reference": "a", "reference_2": "b", "source_3": "batch"}  # rfg_2, rfg_3 at 0
+    assert written(**values) == written(reference="a")
+    current = {**DEFAULT_VALUES, "reference_2": "mine", "rfg_2": 0.4, "rfg_3": -0.3, "source_3": "image"}
+    pasted = paste(infotext_line(written(**values)), current)
+    assert (pasted["reference_2"], pasted["rfg_2"], pasted["rfg_3"], pasted["source_3"]) == ("", 0.0, 0.0,
+                                                                                               "reference")
+
+
+def test_the_batch_source_writes_no_reference():
+    values = {"enabled": True, "source": "batch", "reference": "left in the dropdown", "rfg": 0.5}
+    assert written(**values) == {"refdrop_enabled": True, "refdrop_mode": "Use", "refdrop_source": "batch",
+                                 "refdrop_rfg": 0.5}
+    assert round_trip(values) == build({**values, "reference": ""})
+
+
+def test_a_live_image_writes_its_prompt_and_never_the_image():
+    image = png_base64("red", "RGB")
+    values = {"enabled": True, "source": "image", "image": image, "image_prompt": "a red fox"}
+    params = written(**values)
+    assert params == {"refdrop_enabled": True, "refdrop_mode": "Use", "refdrop_source": "image", "refdrop_rfg": 0.3,
+                      "refdrop_image_prompt": "a red fox"}
+    current = {**DEFAULT_VALUES, "image": build(values).image}  # the image control keeps what it holds
+    pasted = paste(infotext_line(params), current)
+    assert from_args([pasted[name] for name in ARG_NAMES]) == build(values)
+
+
+def test_the_image_prompt_is_written_only_where_an_image_is_evaluated():
+    assert "refdrop_image_prompt" not in written(reference="a", image_prompt="unused")
+    assert "refdrop_image_prompt" not in written(mode="Save", image_prompt="unused")
+    live_in_slot_2 = written(reference="a", source_2="image", image_2=png_base64(mode="RGB"), rfg_2=0.2,
+                             image_prompt="a cat")
+    assert live_in_slot_2["refdrop_image_prompt"] == "a cat" and "refdrop_reference_2" not in live_in_slot_2
+
+
+def test_a_save_from_an_image_round_trips_and_keeps_the_use_controls():
+    params = save_infotext_params(save_from="image", image=png_base64(mode="RGB"), image_prompt="a fox",
+                                  rfg_2=0.3, reference_2="b")
+    assert params == {"refdrop_enabled": True, "refdrop_mode": "Save", "refdrop_saved_as": "hero",
+                      "refdrop_profile": "exact", "refdrop_save_from": "image", "refdrop_image_prompt": "a fox"}
+    current = {**DEFAULT_VALUES, "reference_2": "mine", "rfg_2": 0.4, "source": "batch"}
+    pasted = paste(infotext_line(params), current)
+    assert pasted == {**current, "enabled": True, "mode": "Save", "reference": "hero", "profile": "exact",
+                      "save_from": "image", "image_prompt": "a fox"}
+    assert paste(infotext_line(save_infotext_params()), pasted)["save_from"] == "generation"
+
+
+def test_masks_are_recorded_by_digest_and_never_pasted():
+    mask, other = png_base64("white"), png_base64("black")
+    settings = build({"enabled": True, "reference": "a", "mask": mask, "reference_2": "b", "rfg_2": 0.2,
+                      "mask_2": other, "mask_3": mask})
+    params = {}
+    infotext.write(params, settings)
+    assert params["refdrop_mask"] == mask_digest(settings.mask) != params["refdrop_mask_2"]
+    assert re.fullmatch(r"[0-9a-f]{12}", params["refdrop_mask"]) and "refdrop_mask_3" not in params  # slot 3 off
+    current = {**DEFAULT_VALUES, "mask": "what the control holds"}
+    pasted = paste(infotext_line(params), current)
+    assert pasted["mask"] == "what the control holds" and pasted["mask_2"] is None
+    assert "mask" not in infotext.PARSERS and "image" not in infotext.PARSERS
+
+
+def test_a_use_infotext_of_7431b38_resets_the_slots_and_sources():
+    current = {**DEFAULT_VALUES, "source": "image", "reference_2": "b", "rfg_2": 0.3, "source_2": "batch"}
+    pasted = paste("refdrop_enabled: True, refdrop_mode: Use, refdrop_reference: cat, refdrop_rfg: 0.4", current)
+    assert pasted == {**DEFAULT_VALUES, "enabled": True, "reference": "cat", "rfg": 0.4}
+
+
+@settings(max_examples=40, deadline=None)
+@given(rfgs=st.tuples(*[st.integers(-100, 100).map(lambda i: i / 100)] * 3), refs=st.tuples(names, names, names),
+       sources=st.tuples(*[st.sampled_from(["reference", "batch"])] * 3))
+def test_slots_round_trip_property(rfgs, refs, sources):
+    assume(sources.count("batch") <= 1)
+    values = {"enabled": True}
+    for k, (rfg, ref, source) in enumerate(zip(rfgs, refs, sources, strict=True), start=1):
+        suffix = "" if k == 1 else f"_{k}"
+        values.update({f"rfg{suffix}": rfg, f"reference{suffix}": ref, f"source{suffix}": source})
+    settings = build(values)
+    effective = {**values}  # what did not apply is not written, so it pastes as the default
+    for k in (1, 2, 3):
+        suffix = "" if k == 1 else f"_{k}"
+        off = k > 1 and getattr(settings, f"rfg{suffix}") == 0
+        if off:
+            effective[f"source{suffix}"] = "reference"
+        if off or effective[f"source{suffix}"] != "reference":
+            effective[f"reference{suffix}"] = ""
+    assert round_trip(values) == build(effective)

@@ -18,6 +18,8 @@ from lib_refdrop.params import (
     BLOCK_GROUPS,
     FIELDS,
     MODES,
+    SAVE_FROM,
+    SOURCES,
     RefDropSettings,
     from_args,
     parse_blocks,
@@ -146,6 +148,10 @@ def assert_pasted_values_are_valid(pasted: dict) -> None:
         "disabled_blocks": lambda v: list(parse_blocks(v)) == v,
         "step_start": lambda v: isinstance(v, float) and 0 <= v <= 1,
         "step_end": lambda v: isinstance(v, float) and 0 <= v <= 1,
+        "source": lambda v: v in SOURCES, "source_2": lambda v: v in SOURCES, "source_3": lambda v: v in SOURCES,
+        "save_from": lambda v: v in SAVE_FROM, "image_prompt": lambda v: isinstance(v, str),
+        "reference_2": lambda v: isinstance(v, str), "reference_3": lambda v: isinstance(v, str),
+        "rfg_2": lambda v: parse_rfg(v) == v, "rfg_3": lambda v: parse_rfg(v) == v,
     }
     for name, value in pasted.items():
         assert checks[name](value), (name, value)

@@ -4,7 +4,10 @@ Which keys there are, when each is written and how each is pasted is the ``FIELD
 module applies it. Keys are snake_case and prefixed, like the built-ins' ``kohya_hrfix_*``.
 
 Writing (into ``p.extra_generation_params``): nothing when RefDrop is off. A Save writes only what applies to a
-Save (mode, the name it saved as, the profile); a Use writes the Use values.
+Save (mode, the name it saved as, the profile; from an image: ``refdrop_save_from`` and the image prompt); a Use
+writes the Use values that had an effect: slot 1's reference only when its source is a saved reference, slots 2
+and 3 only while they are on (``refdrop_rfg_2`` not 0). Images are never written; a mask is recorded by its digest
+(``refdrop_mask: 3f2a9c01be47``), which says which mask was used and is never pasted.
 
 Pasting: every control is filled by a function of the parsed params rather than by a plain key. The host gives a
 plain key's text to ``type(component.value)`` (``paste_value`` in tests/support/fakehost/host/modules/infotext_utils.py
@@ -15,7 +18,8 @@ A Use infotext sets every control. A Save infotext sets the mode and the referen
 ``refdrop_saved_as``) and leaves the Use-only controls (RFG, groups, blocks, skip, step window, hires) as they are:
 they did not apply to that image, so the user's own Use values survive; a ``refdrop_rfg`` in an older Save
 infotext is ignored for the same reason. The save name is left empty (automatic), so pasting and generating again
-does not collide with the reference that image created. A bad value leaves its control unchanged.
+does not collide with the reference that image created. A bad value leaves its control unchanged. The image
+and mask controls are not paired with the infotext at all: pasting leaves what they hold.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from ..errors import RefDropError
 from ..params import (
     ALWAYS,
     FIELDS,
+    IF_SET,
     IN_SAVE_IF_SET,
     IN_USE,
     IN_USE_IF_SET,
+    KEEP,
     NEVER,
     RESET,
     SWITCH,
@@ -45,6 +51,7 @@ _WRITTEN = {  # (mode of the generation, value differs from the default) -> writ
     IN_USE: lambda mode, changed: mode == "Use",
     IN_USE_IF_SET: lambda mode, changed: mode == "Use" and changed,
     IN_SAVE_IF_SET: lambda mode, changed: mode == "Save" and changed,
+    IF_SET: lambda mode, changed: changed,
     NEVER: lambda mode, changed: False,
 }
 
@@ -66,8 +73,18 @@ def write(params: dict, settings: RefDropSettings, saved_as: str | None = None, 
     settings = replace(settings, save_name=saved_as or settings.save_name, profile=profile or settings.profile)
     for field in FIELDS:
         value = getattr(settings, field.arg)
-        if _WRITTEN[field.written](settings.mode, value != field.default):
-            params[field.key] = ", ".join(value) if isinstance(value, tuple) else value
+        if _WRITTEN[field.written](settings.mode, value != field.default) and _applies(field, settings):
+            params[field.key] = _recorded(field, value)
+
+
+def _applies(field: Field, settings: RefDropSettings) -> bool:
+    return field.applies is None or field.applies(settings)
+
+
+def _recorded(field: Field, value):
+    if field.recorded is not None:
+        return field.recorded(value)
+    return ", ".join(value) if isinstance(value, tuple) else value
 
 
 # -- reading back -----------------------------------------------------------------------------------------
@@ -108,7 +125,7 @@ def _pasted(field: Field, d: dict):
     return value is True if field.pasted == SWITCH else value
 
 
-PARSERS = {field.arg: partial(_pasted, field) for field in FIELDS}  # argument name -> paste target
+PARSERS = {field.arg: partial(_pasted, field) for field in FIELDS if field.pasted != KEEP}  # argument -> parser
 
 
 def parse(d: dict) -> dict:
