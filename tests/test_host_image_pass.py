@@ -113,7 +113,7 @@ def host_modules(monkeypatch):
 
     def images_tensor_to_samples(image, approximation=None, model=None):
         log.samples.append((tuple(image.shape), approximation, model))
-        return pooled_latent(image)
+        return pooled_latent(image) + torch.randn(1, 4, 1, 1)  # Forge's VAE samples its posterior
 
     class SdConditioning(list):
         def __init__(self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None):
@@ -152,3 +152,36 @@ def test_host_extras_encode_through_the_hosts_img2img_and_prompt_functions(host_
 
     kwargs = extras["encode_prompt"]("")
     assert host_modules.conds == [([""], 64, 32, False)] and kwargs["c_crossattn"].shape == (1, 77, 768)
+
+
+def test_the_image_encoder_is_repeatable_and_leaves_the_global_generator_alone(host_modules):
+    p = make_p(FakeUnetPatcher(make_model("forge")), width=64, height=32)
+    encode = host_extras(p)["encode_image"]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, second = encode(striped(600, 100)), encode(striped(600, 100))
+    assert torch.equal(first, second)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_fixed_rng_repeats_draws_and_restores_the_state():
+    torch.manual_seed(5)
+    expected_next = torch.randn(3)
+    torch.manual_seed(5)
+    with image_pass.fixed_rng():
+        inside = torch.randn(3)
+    with image_pass.fixed_rng():
+        assert torch.equal(torch.randn(3), inside)
+    assert torch.equal(torch.randn(3), expected_next)
+
+
+@pytest.mark.parametrize("flavour", ["forge", "reforge"])
+def test_the_pass_context_carries_the_encoders_and_the_batch(flavour):
+    from lib_refdrop.webui import hosts
+    from tests.support import fakehost
+
+    with fakehost.activated(flavour):
+        p = make_p(FakeUnetPatcher(make_model(flavour)), iteration=1, n_iter=4)
+        ctx = hosts.detect().pass_context(p)
+    assert callable(ctx.encode_image) and callable(ctx.encode_prompt)
+    assert (ctx.batch_index, ctx.batch_count) == (1, 4)

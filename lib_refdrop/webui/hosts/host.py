@@ -9,7 +9,6 @@ what is the same on both, through the host objects every Forge-derived WebUI sha
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from ...attn.patches import Attention, Patch, chain
@@ -38,7 +37,6 @@ class Host:
     def pass_context(self, p) -> PassContext:
         """What RefDrop needs to know about the sampling pass that is about to start on ``p``."""
         unet = p.sd_model.forge_objects.unet
-        known = {field.name for field in dataclasses.fields(PassContext)}  # the image pass's fields, once it has them
         return PassContext(
             family=family_of(p.sd_model),
             is_hr_pass=bool(getattr(p, "is_hr_pass", False)),
@@ -46,7 +44,7 @@ class Host:
             attention=self.attention,
             inner=chain(earlier_attn1_patches(unet), self.attention),
             seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
-            **{key: value for key, value in host_extras(p).items() if key in known},
+            **host_extras(p),
         )
 
     def patch_for(self, p, run: RefDropRun) -> Patch | None:

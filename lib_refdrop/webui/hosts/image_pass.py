@@ -14,6 +14,7 @@ while a pass is being prepared (``process_before_every_sampling``), never from i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from ...errors import RefDropError
 
 LATENT_FACTOR = 8  # the VAE's downsampling in every supported family
+ENCODE_SEED = 0    # a reference's latent depends on its image only
 
 
 def pass_size(p) -> tuple[int, int]:
@@ -98,15 +100,31 @@ def encode_prompt(p, text: str, learned_conditioning: Callable, device=None) -> 
 
 # -- the host's side (both hosts share A1111's modules for these) -------------------------------------------------
 
+@contextlib.contextmanager
+def fixed_rng(seed: int = ENCODE_SEED):
+    """The global CPU and CUDA generators seeded with ``seed`` inside the block and restored after it.
+
+    Forge's VAE returns a sample of its posterior (``backend/nn/vae.py`` ``encode``: ``posterior.sample()``, from
+    the global generator), so without this an image would give another latent at every encode, and the encode
+    would move the generator the generation draws from. Other devices' generators (MPS, XPU) are left alone."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        yield
+
+
 def host_image_encoder(p) -> Callable[[torch.Tensor], torch.Tensor]:
-    """img2img's encoder: ``images_tensor_to_samples`` with the Settings' VAE encode method and the loaded model."""
+    """img2img's encoder: ``images_tensor_to_samples`` with the Settings' VAE encode method and the loaded model,
+    under :func:`fixed_rng`."""
     from modules import shared
     from modules.sd_samplers_common import approximation_indexes, images_tensor_to_samples
 
     method = approximation_indexes.get(getattr(shared.opts, "sd_vae_encode_method", "Full"), 0)
 
     def to_latent(pixels):
-        with torch.no_grad():
+        with torch.no_grad(), fixed_rng():
             return images_tensor_to_samples(pixels, method, p.sd_model)
 
     return to_latent
