@@ -129,7 +129,7 @@ class RefDropRun:
         window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
         passes = {g.source.name: g.source for g in guides if isinstance(g.source, PassRows)}
         if images:
-            self.model_wrapper = reference_pass_wrapper(images)
+            self.model_wrapper = reference_pass_wrapper(images, lambda sigma: window[1] <= sigma <= window[0])
         return make_use_patch(guides, plan_use(self.settings, window, layers), ctx.attention, ctx.inner, passes)
 
     def _open_reference(self, slot, ctx: PassContext) -> ReferenceReader | None:

@@ -46,8 +46,9 @@ def _moved(conditioning: dict, like: torch.Tensor) -> dict:
             for key, value in conditioning.items()}
 
 
-def reference_pass_wrapper(images: list[ImageLatent]) -> Wrapper:
-    """The model function wrapper that runs each image's pass before the U-Net call it wraps.
+def reference_pass_wrapper(images: list[ImageLatent], wanted: Callable[[float], bool] = lambda sigma: True) -> Wrapper:
+    """The model function wrapper that runs each image's pass before the U-Net call it wraps, at the sigmas
+    ``wanted`` accepts (a Use's step window: outside it nothing reads the pass).
 
     The pass at a sigma depends on nothing but the sigma, so calls at the sigma of the previous call (a
     second-order sampler's corrector and the next predictor, cond and uncond run as separate calls) reuse what it
@@ -57,7 +58,7 @@ def reference_pass_wrapper(images: list[ImageLatent]) -> Wrapper:
     def refdrop_reference_pass(apply_model, args):
         x, timestep, c = args["input"], args["timestep"], args["c"]
         sigma = timestep.reshape(-1)[:1]
-        if last_sigma[0] != float(sigma):
+        if last_sigma[0] != float(sigma) and wanted(float(sigma)):
             last_sigma[0] = float(sigma)
             options = c.get("transformer_options", {})
             for image in images:
