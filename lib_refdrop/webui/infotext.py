@@ -19,7 +19,8 @@ A Use infotext sets every control. A Save infotext sets the mode and the referen
 they did not apply to that image, so the user's own Use values survive; a ``refdrop_rfg`` in an older Save
 infotext is ignored for the same reason. The save name is left empty (automatic), so pasting and generating again
 does not collide with the reference that image created. A bad value leaves its control unchanged. The image
-and mask controls are not paired with the infotext at all: pasting leaves what they hold.
+and mask controls are never pasted (their parsers answer None, which the host reads as "leave it"): they keep
+what they hold.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def _checked(field: Field, value):
 
 def _pasted(field: Field, d: dict):
     """The value pasted into the control of ``field`` from the parsed infotext ``d``, or None to leave it."""
+    if field.pasted == KEEP:
+        return None
     if not _is_refdrop(d):
         return False if field.pasted == SWITCH else None
     if field.pasted == RESET:
@@ -125,7 +128,7 @@ def _pasted(field: Field, d: dict):
     return value is True if field.pasted == SWITCH else value
 
 
-PARSERS = {field.arg: partial(_pasted, field) for field in FIELDS if field.pasted != KEEP}  # argument -> parser
+PARSERS = {field.arg: partial(_pasted, field) for field in FIELDS}  # argument name -> paste target
 
 
 def parse(d: dict) -> dict:
