@@ -31,6 +31,36 @@
         overwrite: "Replace a reference that already has this name.",
         profile: "How a Save stores the features: exact = as computed (Use at the same settings reproduces the image); " +
             "compact profiles trade some fidelity for disk space. Empty = the default from Settings → RefDrop.",
+        source: "Where the reference comes from. Saved reference: one from the library. First image of the batch: " +
+            "image 0 is generated plainly and every other image of this generation attends to it (nothing is saved). " +
+            "Image: the picture below, evaluated alongside every step (nothing is saved).",
+        save_from: "This generation: record the image being generated. An image: record the picture below, evaluated " +
+            "with the loaded model, as a reference that later Uses read like any other.",
+        image: "The picture of a Save from an image, or of the Image source. PNG, JPEG or WebP, up to 4096×4096.",
+        image_prompt: "The prompt every picture of a Save from an image or of an Image source is evaluated with " +
+            "(empty: no prompt), as the prompt of a generation would be.",
+        mask_box: "Which part of the reference the generation attends to.",
+        mask: "White = the subject (attended), black = not attended. Paint over the reference's picture, or upload a " +
+            "black-and-white mask. Empty: the whole reference.",
+        mask_paint: "Put the reference's picture (its preview, or the image) in the mask to paint the subject on it.",
+        more: "Up to two more references, each with its own coefficient: " +
+            "Σ c_j·Attn(Q, K_j, V_j) + (1 − Σ c_j)·Attn(Q, K, V).",
+        source_2: "Where reference 2 comes from (see Source above).",
+        rfg_2: "RFG coefficient of reference 2; 0 = reference 2 is off.",
+        reference_2: "The saved reference used as reference 2.",
+        refresh_2: "Reload the list of saved references.",
+        image_2: "The picture of reference 2 when its source is Image. PNG, JPEG or WebP, up to 4096×4096.",
+        mask_box_2: "Which part of reference 2 the generation attends to.",
+        mask_2: "Subject mask of reference 2: white = attended, black = not. Empty: the whole reference.",
+        mask_paint_2: "Put reference 2's picture (its preview, or its image) in its mask to paint the subject on it.",
+        source_3: "Where reference 3 comes from (see Source above).",
+        rfg_3: "RFG coefficient of reference 3; 0 = reference 3 is off.",
+        reference_3: "The saved reference used as reference 3.",
+        refresh_3: "Reload the list of saved references.",
+        image_3: "The picture of reference 3 when its source is Image. PNG, JPEG or WebP, up to 4096×4096.",
+        mask_box_3: "Which part of reference 3 the generation attends to.",
+        mask_3: "Subject mask of reference 3: white = attended, black = not. Empty: the whole reference.",
+        mask_paint_3: "Put reference 3's picture (its preview, or its image) in its mask to paint the subject on it.",
     };
 
     function applyRefDropTooltips() {

@@ -207,3 +207,113 @@ def test_describe_a_preview_that_cannot_be_shown(store, saved_library, content, 
     (store.root / "fox" / PREVIEW).write_bytes(content)
     preview, text = ui.describe(store, "fox")
     assert preview is None and message in text and "'fox'" in text
+
+
+# -- sources, images, masks and more references ------------------------------------------------------------------
+
+def build_page(store):
+    with gr.Blocks() as demo:
+        controls = ui.build(elem_id=lambda item: f"script_txt2img_refdrop_{item}", get_store=lambda: store)
+    return demo, controls
+
+
+def wired(demo, component, trigger: str):
+    """Every (function, dependency) gradio runs on ``trigger`` of ``component``, in the order they were wired."""
+    return [(demo.fns[index].fn, dependency) for index, dependency in enumerate(demo.dependencies)
+            if component._id in dependency["targets"] and dependency["trigger"] == trigger]
+
+
+def visible(update) -> bool:
+    return update["visible"]
+
+
+def test_the_new_inputs_under_gradio_3(store):
+    controls = build_panel(store)
+    i = controls.inputs
+    for name in ("source", "source_2", "source_3"):
+        assert i[name].choices == [("Saved reference", "reference"), ("First image of the batch", "batch"),
+                                   ("Image", "image")] and i[name].value == "reference"
+    assert i["save_from"].choices == [("This generation", "generation"), ("An image", "image")]
+    for name in ("image", "image_2", "image_3", "mask", "mask_2", "mask_3"):
+        assert (i[name].type, i[name].image_mode, i[name].value) == ("pil", "RGBA", None)
+    assert [i[name].tool for name in ("mask", "mask_2", "mask_3")] == ["sketch"] * 3  # painted in the panel
+    assert i["image"].tool != "sketch"
+    assert (i["rfg_2"].value, i["rfg_3"].value, i["rfg_2"].minimum, i["rfg_2"].maximum) == (0.0, 0.0, -1.0, 1.0)
+    assert i["image_prompt"].placeholder == ui.IMAGE_PROMPT_PLACEHOLDER
+
+
+@pytest.mark.parametrize("mode, source, save_from, more, shown", [
+    ("Use", "reference", "generation", ("reference", "reference"), {"use_box", "use_advanced", "reference_box",
+                                                                     "use_more"}),
+    ("Use", "image", "generation", ("reference", "reference"), {"use_box", "use_advanced", "image_box",
+                                                                 "prompt_box", "use_more"}),
+    ("Use", "batch", "image", ("reference", "reference"), {"use_box", "use_advanced", "use_more"}),
+    ("Use", "batch", "generation", ("reference", "image"), {"use_box", "use_advanced", "prompt_box", "use_more"}),
+    ("Save", "image", "generation", ("image", "image"), {"save_box", "save_advanced"}),
+    ("Save", "reference", "image", ("reference", "reference"), {"save_box", "save_advanced", "reference_box",
+                                                                 "image_box", "prompt_box"}),
+])
+def test_layout_shows_what_the_mode_and_sources_use(mode, source, save_from, more, shown):
+    visibility = ui.layout_visibility(mode, source, save_from, *more)
+    assert set(visibility) == set(ui.LAYOUT_BOXES)
+    assert {box for box, on in visibility.items() if on} == shown  # reference_box lies inside the hidden use_box
+
+
+def test_each_layout_control_updates_the_boxes(store):
+    demo, controls = build_page(store)
+    i, x = controls.inputs, controls.extras
+    layout = [i["mode"], i["source"], i["save_from"], i["source_2"], i["source_3"]]
+    for control in layout:
+        fn, dependency = wired(demo, control, "change")[0]
+        assert dependency["inputs"] == [c._id for c in layout]
+        assert dependency["outputs"] == [x[box]._id for box in ui.LAYOUT_BOXES]
+        updates = dict(zip(ui.LAYOUT_BOXES, fn("Save", "reference", "image", "reference", "reference"), strict=True))
+        assert visible(updates["image_box"]) and not visible(updates["use_box"])
+    (fn, dependency), = wired(demo, i["source_2"], "change")[1:]  # the slot's own
+    assert dependency["outputs"] == [x["reference_box_2"]._id, i["image_2"]._id]
+    assert [visible(u) for u in fn("image")] == [False, True] and [visible(u) for u in fn("batch")] == [False, False]
+
+
+def test_slot_dropdowns_refresh_with_their_own_button_and_with_slot_1s(store, saved_library):
+    demo, controls = build_page(store)
+    i, x = controls.inputs, controls.extras
+    copy_reference(saved_library, store, "fox")
+    (refresh_2, dependency), = wired(demo, x["refresh_2"], "click")
+    assert dependency["outputs"] == [i["reference_2"]._id]
+    assert refresh_2("gone") == gr.update(choices=["fox"], value="gone")
+    copy_reference(saved_library, store, "Cat")
+    for button in ("refresh", "delete_confirm", "rename"):
+        fn, dependency = wired(demo, x[button], "click")[-1]
+        assert dependency["outputs"] == [i["reference_2"]._id, i["reference_3"]._id]
+        assert fn("fox", "") == [gr.update(choices=["Cat", "fox"])] * 2  # the picks stay
+
+
+def test_the_paint_button_puts_the_slots_picture_in_its_mask(store, saved_library):
+    copy_reference(saved_library, store, "fox")
+    demo, controls = build_page(store)
+    i, x = controls.inputs, controls.extras
+    picture = Image.new("RGBA", (6, 4), "blue")
+    for suffix in ("", "_2", "_3"):
+        (paint, dependency), = wired(demo, x[f"mask_paint{suffix}"], "click")
+        assert dependency["inputs"] == [i[f"{name}{suffix}"]._id for name in ("source", "reference", "image")]
+        assert dependency["outputs"] == [i[f"mask{suffix}"]._id]
+        preview = paint("reference", "fox", None)["value"]
+        assert preview.size == (8, 8) and preview.getpixel((0, 0)) == (255, 0, 0)
+        assert paint("image", "fox", picture)["value"] is picture
+        assert paint("batch", "fox", picture) == gr.update() == paint("reference", "", None)
+    assert ui.mask_canvas(store, "reference", "gone", None) is None
+
+
+def test_what_the_panel_sends_is_valid_input(store):
+    """The values gradio 3 hands the script for these controls: PIL images, a sketch dict for a painted mask."""
+    controls = build_panel(store)
+    values = {name: component.value for name, component in controls.inputs.items()}
+    strokes = Image.new("RGB", (8, 8), "black")
+    strokes.paste((255, 255, 255), (2, 2, 6, 6))
+    values.update(enabled=True, source="image", image=Image.new("RGBA", (8, 8), (0, 0, 0, 0)),
+                  mask={"image": Image.new("RGBA", (8, 8), "green"), "mask": strokes},
+                  rfg_2=0.3, source_2="batch", mask_3={"image": None, "mask": None})
+    settings = from_args([values[name] for name in ARG_NAMES])
+    first, second = settings.slots
+    assert first.image.getpixel((0, 0)) == (255, 255, 255) and first.mask.getbbox() == (2, 2, 6, 6)
+    assert (second.index, second.source) == (2, "batch") and settings.mask_3 is None

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .. import families
 from ..errors import RefDropError
-from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES
+from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES, SAVE_FROM, SLOTS, SOURCES
 from ..reference.manifest import ReferenceInfo, reference_info
 from ..reference.profiles import PROFILES
 from ..reference.writer import format_bytes
@@ -43,10 +43,17 @@ BLOCKS_INFO = (
 )
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
 MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)
+MORE_SLOTS = SLOTS[1:]
+SOURCE_LABELS = {"reference": "Saved reference", "batch": "First image of the batch", "image": "Image"}
+SAVE_FROM_LABELS = {"generation": "This generation", "image": "An image"}
+IMAGE_PROMPT_PLACEHOLDER = "empty: no prompt"
 ITEM_IDS = (
     "enabled", "mode", "rfg", "reference", "refresh", "preview", "info", "delete", "delete_confirm",
     "delete_cancel", "rename_to", "rename", "save_name", "status", "advanced", "disabled_groups",
     "disabled_blocks", "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile",
+    "source", "save_from", "image", "image_prompt", "mask_box", "mask", "mask_paint", "more",
+    *(f"{item}_{k}" for k in MORE_SLOTS for item in ("source", "rfg", "reference", "refresh", "image", "mask_box",
+                                                    "mask", "mask_paint")),
 )
 
 
@@ -174,6 +181,40 @@ def mode_visibility(mode: str) -> tuple[bool, bool]:
     return mode != "Save", mode == "Save"
 
 
+LAYOUT_BOXES = ("use_box", "save_box", "use_advanced", "save_advanced", "reference_box", "image_box", "prompt_box",
+                "use_more")
+
+
+def layout_visibility(mode: str, source: str, save_from: str, *more_sources: str) -> dict[str, bool]:
+    """Which parts of the panel show, by ``LAYOUT_BOXES`` name. The image input serves slot 1's live image in a
+    Use and the picture of a Save from an image; the image prompt serves every image (``more_sources``: the
+    sources of slots 2 and 3)."""
+    use, save = mode_visibility(mode)
+    image = (use and source == "image") or (save and save_from == "image")
+    return {
+        "use_box": use, "save_box": save, "use_advanced": use, "save_advanced": save,
+        "reference_box": source == "reference",  # inside use_box
+        "image_box": image,
+        "prompt_box": image or (use and "image" in more_sources),
+        "use_more": use,
+    }
+
+
+def slot_visibility(source: str) -> tuple[bool, bool]:
+    """(reference dropdown visible, image input visible) for a slot's source."""
+    return source == "reference", source == "image"
+
+
+def mask_canvas(store, source: str, reference: str | None, image) -> Image.Image | None:
+    """The picture a slot's mask is painted on: its saved reference's preview, or its image (None: nothing to
+    paint on, e.g. the batch's first image, which exists only during the generation)."""
+    if source == "image":
+        return image if isinstance(image, Image.Image) else None
+    if source == "reference" and reference:
+        return describe(store, reference)[0]
+    return None
+
+
 # -- building the panel -----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -191,7 +232,11 @@ def _enabled_section(input_accordion, label: str, elem_id: str):
 # change event: the panel said "no reference selected" while sending the first one, and "exact" overrode the
 # default profile. A leading empty choice keeps "none" / "the default" what the page starts with; it stays first
 # after a refresh, because gradio 4 keeps the selected index (not value) when the choices change.
-_NONE_FIRST = [""] if int(gr.__version__.split(".")[0]) >= 4 else []
+GRADIO_3 = int(gr.__version__.split(".")[0]) < 4
+_NONE_FIRST = [] if GRADIO_3 else [""]
+# gradio 3's Image paints a mask over its picture (``tool="sketch"``, whose value is ``{"image", "mask"}``);
+# gradio 4 has no such argument (Forge drops it with a warning), so there a mask is uploaded as a picture.
+_PAINTABLE = {"tool": "sketch"} if GRADIO_3 else {}
 
 
 def _safe_choices(get_store) -> tuple[list[str], str]:
@@ -199,6 +244,67 @@ def _safe_choices(get_store) -> tuple[list[str], str]:
         return reference_choices(get_store()), ""
     except (OSError, RefDropError) as exc:
         return [], f"⚠️ RefDrop cannot open its reference folder: {exc}"
+
+
+def _source_radio(label: str, elem_id: str):
+    return gr.Radio([(SOURCE_LABELS[v], v) for v in SOURCES], value="reference", label=label, elem_id=elem_id)
+
+
+def _image_input(label: str, elem_id: str, visible: bool = True):
+    # RGBA: a transparent picture reaches images.parse_image, which lays it over white (gradio's own RGB
+    # conversion would make its clear parts black).
+    return gr.Image(value=None, type="pil", image_mode="RGBA", label=label, height=200, visible=visible,
+                    elem_id=elem_id)
+
+
+def _mask_input(label: str, elem_id: Callable[[str], str], suffix: str) -> tuple:
+    """A slot's mask input, and the button that puts the slot's picture in it to paint on (gradio 3 only)."""
+    mask = gr.Image(value=None, type="pil", image_mode="RGBA", label=label, height=200,
+                    elem_id=elem_id(f"mask{suffix}"), **_PAINTABLE)
+    paint = gr.Button("🖌️ Paint on the reference's picture", visible=GRADIO_3, size="sm",
+                      elem_id=elem_id(f"mask_paint{suffix}"))
+    return mask, paint
+
+
+def _library(c: Controls, elem_id: Callable[[str], str], choices: list[str]) -> None:
+    """Slot 1's saved reference: the dropdown, its preview and info line, rename and delete."""
+    i, x = c.inputs, c.extras
+    with gr.Row():
+        i["reference"] = gr.Dropdown(choices=_NONE_FIRST + choices, value="", label="Reference",
+                                     allow_custom_value=True, elem_id=elem_id("reference"))
+        x["refresh"] = gr.Button("🔄", elem_id=elem_id("refresh"), scale=0, min_width=40)
+    with gr.Row():
+        x["preview"] = gr.Image(value=None, label="Reference preview", interactive=False, height=160,
+                                elem_id=elem_id("preview"))
+        with gr.Column():
+            x["info"] = gr.Markdown(describe(None, "")[1], elem_id=elem_id("info"))
+            with gr.Row():
+                x["rename_to"] = gr.Textbox(label="New name", placeholder="new name for this reference",
+                                            elem_id=elem_id("rename_to"))
+                x["rename"] = gr.Button("Rename", elem_id=elem_id("rename"), scale=0, size="sm")
+            with gr.Row():
+                x["delete"] = gr.Button("Delete", elem_id=elem_id("delete"), scale=0, size="sm")
+                x["delete_confirm"] = gr.Button("Confirm delete", variant="stop", visible=False,
+                                                elem_id=elem_id("delete_confirm"), scale=0, size="sm")
+                x["delete_cancel"] = gr.Button("Cancel", visible=False, elem_id=elem_id("delete_cancel"),
+                                               scale=0, size="sm")
+
+
+def _more_slot(c: Controls, elem_id: Callable[[str], str], choices: list[str], k: int) -> None:
+    """Slot ``k`` (2, 3): off while its coefficient is 0."""
+    i, x = c.inputs, c.extras
+    gr.Markdown(f"**Reference {k}**")
+    with gr.Row():
+        i[f"source_{k}"] = _source_radio(f"Source {k}", elem_id(f"source_{k}"))
+        i[f"rfg_{k}"] = gr.Slider(minimum=-1.0, maximum=1.0, step=0.01, value=0.0,
+                                  label=f"RFG coefficient {k} (0 = off)", elem_id=elem_id(f"rfg_{k}"))
+    with gr.Row() as x[f"reference_box_{k}"]:
+        i[f"reference_{k}"] = gr.Dropdown(choices=_NONE_FIRST + choices, value="", label=f"Reference {k}",
+                                          allow_custom_value=True, elem_id=elem_id(f"reference_{k}"))
+        x[f"refresh_{k}"] = gr.Button("🔄", elem_id=elem_id(f"refresh_{k}"), scale=0, min_width=40)
+    i[f"image_{k}"] = _image_input(f"Image {k}", elem_id(f"image_{k}"), visible=False)
+    with gr.Accordion(f"Subject mask {k}", open=False, elem_id=elem_id(f"mask_box_{k}")) as x[f"mask_box_{k}"]:
+        i[f"mask_{k}"], x[f"mask_paint_{k}"] = _mask_input(f"Subject mask {k}", elem_id, f"_{k}")
 
 
 def build(
@@ -223,28 +329,25 @@ def build(
         with gr.Column(visible=use_visible) as x["use_box"]:
             i["rfg"] = gr.Slider(minimum=-1.0, maximum=1.0, step=0.01, value=default_rfg,
                                  label="RFG coefficient", elem_id=elem_id("rfg"))
-            with gr.Row():
-                i["reference"] = gr.Dropdown(choices=_NONE_FIRST + choices, value="", label="Reference",
-                                             allow_custom_value=True, elem_id=elem_id("reference"))
-                x["refresh"] = gr.Button("🔄", elem_id=elem_id("refresh"), scale=0, min_width=40)
-            with gr.Row():
-                x["preview"] = gr.Image(value=None, label="Reference preview", interactive=False, height=160,
-                                        elem_id=elem_id("preview"))
-                with gr.Column():
-                    x["info"] = gr.Markdown(describe(None, "")[1], elem_id=elem_id("info"))
-                    with gr.Row():
-                        x["rename_to"] = gr.Textbox(label="New name", placeholder="new name for this reference",
-                                                    elem_id=elem_id("rename_to"))
-                        x["rename"] = gr.Button("Rename", elem_id=elem_id("rename"), scale=0, size="sm")
-                    with gr.Row():
-                        x["delete"] = gr.Button("Delete", elem_id=elem_id("delete"), scale=0, size="sm")
-                        x["delete_confirm"] = gr.Button("Confirm delete", variant="stop", visible=False,
-                                                        elem_id=elem_id("delete_confirm"), scale=0, size="sm")
-                        x["delete_cancel"] = gr.Button("Cancel", visible=False, elem_id=elem_id("delete_cancel"),
-                                                       scale=0, size="sm")
+            i["source"] = _source_radio("Source", elem_id("source"))
+            with gr.Column() as x["reference_box"]:
+                _library(c, elem_id, choices)
         with gr.Column(visible=save_visible) as x["save_box"]:
             i["save_name"] = gr.Textbox(value="", label="Save as", placeholder=SAVE_NAME_PLACEHOLDER,
                                         elem_id=elem_id("save_name"))
+            i["save_from"] = gr.Radio([(SAVE_FROM_LABELS[v], v) for v in SAVE_FROM], value="generation",
+                                      label="Save from", elem_id=elem_id("save_from"))
+        with gr.Column(visible=False) as x["image_box"]:
+            i["image"] = _image_input("Image", elem_id("image"))
+        with gr.Column(visible=False) as x["prompt_box"]:
+            i["image_prompt"] = gr.Textbox(value="", label="Image prompt", placeholder=IMAGE_PROMPT_PLACEHOLDER,
+                                           elem_id=elem_id("image_prompt"))
+        with gr.Column(visible=use_visible) as x["use_more"]:
+            with gr.Accordion("Subject mask", open=False, elem_id=elem_id("mask_box")) as x["mask_box"]:
+                i["mask"], x["mask_paint"] = _mask_input("Subject mask", elem_id, "")
+            with gr.Accordion("More references", open=False, elem_id=elem_id("more")) as x["more"]:
+                for k in MORE_SLOTS:
+                    _more_slot(c, elem_id, choices, k)
         status = get_status()
         x["status"] = gr.Markdown(store_problem or status, elem_id=elem_id("status"))
         # Clicked by javascript/refdrop.js while a Save is written; its label counts the answers (see ``poll``).
@@ -278,12 +381,17 @@ def build(
 def _wire(c: Controls, get_store, get_status) -> None:
     i, x = c.inputs, c.extras
 
-    def on_mode(mode):
-        use, save = mode_visibility(mode)
-        return [gr.update(visible=use), gr.update(visible=save), gr.update(visible=use), gr.update(visible=save)]
+    def on_layout(*values):
+        shown = layout_visibility(*values)
+        return [gr.update(visible=shown[box]) for box in LAYOUT_BOXES]
 
-    i["mode"].change(on_mode, inputs=[i["mode"]],
-                     outputs=[x["use_box"], x["save_box"], x["use_advanced"], x["save_advanced"]], show_progress=False)
+    layout = [i["mode"], i["source"], i["save_from"], *(i[f"source_{k}"] for k in MORE_SLOTS)]
+    for control in layout:
+        control.change(on_layout, inputs=layout, outputs=[x[box] for box in LAYOUT_BOXES], show_progress=False)
+    for k in MORE_SLOTS:
+        i[f"source_{k}"].change(lambda source: [gr.update(visible=v) for v in slot_visibility(source)],
+                                inputs=[i[f"source_{k}"]], outputs=[x[f"reference_box_{k}"], i[f"image_{k}"]],
+                                show_progress=False)
     if get_store is None:
         return
 
@@ -331,6 +439,36 @@ def _wire(c: Controls, get_store, get_status) -> None:
                       show_progress=False)
     x["poll"].click(on_poll, inputs=[shown], outputs=[i["reference"], x["status"], x["poll"], shown],
                     show_progress=False)
+    _wire_slots(c, get_store)  # after slot 1's: tests/test_save_status_poll.py reads each button's first callback
+
+
+def _wire_slots(c: Controls, get_store) -> None:
+    """Slots 2 and 3: each dropdown's 🔄, and the 🖌️ buttons that put a slot's picture in its mask to paint on.
+    Slot 1's 🔄, delete and rename refresh their lists too (the page's poll after a Save updates slot 1's only)."""
+    i, x = c.inputs, c.extras
+
+    def on_refresh(current):
+        choices, value = refresh(get_store(), current)
+        return gr.update(choices=_NONE_FIRST + choices, value=value)
+
+    def on_library_change(*currents):
+        choices = _NONE_FIRST + reference_choices(get_store())
+        return [gr.update(choices=choices) for _ in currents]
+
+    def on_paint(source, reference, image):
+        picture = mask_canvas(get_store(), source, reference, image)
+        return gr.update() if picture is None else gr.update(value=picture)
+
+    others = [i[f"reference_{k}"] for k in MORE_SLOTS]
+    for k in MORE_SLOTS:
+        x[f"refresh_{k}"].click(on_refresh, inputs=[i[f"reference_{k}"]], outputs=[i[f"reference_{k}"]],
+                                show_progress=False)
+    for button in ("refresh", "delete_confirm", "rename"):
+        x[button].click(on_library_change, inputs=others, outputs=others, show_progress=False)
+    for suffix in ("", *(f"_{k}" for k in MORE_SLOTS)):
+        x[f"mask_paint{suffix}"].click(on_paint, inputs=[i[f"source{suffix}"], i[f"reference{suffix}"],
+                                                         i[f"image{suffix}"]],
+                                       outputs=[i[f"mask{suffix}"]], show_progress=False)
 
 
 def poll_updates(get_store, get_status, shown: dict) -> tuple:
