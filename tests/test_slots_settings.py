@@ -215,3 +215,48 @@ def test_wants_refdrop_reads_only_enabled():
                                                                     1.0, False, False, "", "image"])
     off = for_generation([False, *to_args(DEFAULTS)[1:13], "image"])  # off: a source without an image is no error
     assert not off.enabled and off.slots == ()
+
+
+def slot_axes(store_names=("fox", "cat")):
+    from types import SimpleNamespace
+
+    from lib_refdrop.webui import xyz
+
+    store = SimpleNamespace(names=lambda: list(store_names), exists=lambda name: name in store_names,
+                            missing_message=lambda name: f"RefDrop: reference '{name}' not found")
+
+    def axis_option(label, kind, apply, confirm=None, choices=None):
+        return SimpleNamespace(label=label, kind=kind, apply=apply, confirm=confirm, choices=choices)
+
+    return {axis.label: axis for axis in xyz.make_axes(axis_option, get_store=lambda: store)}
+
+
+def enabled_panel_p():
+    from types import SimpleNamespace
+
+    refdrop = SimpleNamespace(title=lambda: "RefDrop", args_from=0, args_to=1)
+    return SimpleNamespace(scripts=SimpleNamespace(alwayson_scripts=[refdrop]), script_args=[True])
+
+
+def test_xyz_has_a_coefficient_and_a_reference_axis_per_further_slot():
+    axes = slot_axes()
+    assert list(axes)[:4] == ["[RefDrop] RFG coefficient", "[RefDrop] Reference", "[RefDrop] Mode",
+                              "[RefDrop] Step end"]  # the existing axes first, unchanged
+    assert list(axes)[4:] == ["[RefDrop] RFG coefficient (slot 2)", "[RefDrop] Reference (slot 2)",
+                              "[RefDrop] RFG coefficient (slot 3)", "[RefDrop] Reference (slot 3)"]
+    p = enabled_panel_p()
+    for k in (2, 3):
+        rfg, reference = axes[f"[RefDrop] RFG coefficient (slot {k})"], axes[f"[RefDrop] Reference (slot {k})"]
+        assert rfg.kind is float and reference.kind is str and reference.choices() == ["fox", "cat"]
+        rfg.confirm(p, [0.0, 0.5])
+        with pytest.raises(RuntimeError, match=rf"must lie in \[-1, 1\].*'rfg_{k}'"):
+            rfg.confirm(p, [1.5])
+        reference.confirm(p, ["fox"])
+        with pytest.raises(RuntimeError, match="'lion' not found"):
+            reference.confirm(p, ["fox", "lion"])
+        rfg.apply(p, 0.25, [0.25])
+        reference.apply(p, "cat", ["cat"])
+    assert p.refdrop_xyz == {"rfg_2": 0.25, "reference_2": "cat", "rfg_3": 0.25, "reference_3": "cat"}
+    settings = for_generation([{"reference": "fox"}], p.refdrop_xyz)
+    assert [(s.index, s.reference, s.rfg) for s in settings.slots] == [(1, "fox", 0.3), (2, "cat", 0.25),
+                                                                         (3, "cat", 0.25)]

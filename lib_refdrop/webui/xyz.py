@@ -1,9 +1,12 @@
 """Axes for the built-in X/Y/Z plot: "[RefDrop] RFG coefficient", "[RefDrop] Reference", "[RefDrop] Mode",
-"[RefDrop] Step end".
+"[RefDrop] Step end", and for the further references "[RefDrop] RFG coefficient (slot 2)", "(slot 3)" and
+"[RefDrop] Reference (slot 2)", "(slot 3)".
 
 An axis only overrides values of the RefDrop panel; it does not switch RefDrop on. A grid with a RefDrop axis
 while the panel is off is refused with a message (otherwise every cell would silently look the same). Put 0 on
-the RFG axis to get a plain baseline cell (c = 0 is exactly a generation without RefDrop).
+the RFG axis to get a plain baseline cell (c = 0 is exactly a generation without RefDrop). A slot's reference axis
+needs that slot on (its coefficient not 0, in the panel or on its own axis): otherwise every cell is refused with
+a message, since none would use the reference.
 
 The apply function stores the value on the per-cell copy of ``p`` (``p.refdrop_xyz``); the script hands it to
 ``settings.for_generation`` with the panel's values, so axis values are validated with them, like any other input.
@@ -12,10 +15,11 @@ The apply function stores the value on the per-cell copy of ``p`` (``p.refdrop_x
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from .. import TITLE
 from ..errors import RefDropError
-from ..params import MODES, build, parse_mode, parse_rfg, wants_refdrop
+from ..params import MODES, SLOTS, build, parse_mode, parse_rfg, wants_refdrop
 
 PREFIX = "[RefDrop]"
 XYZ_MODULE_NAMES = ("xyz_grid.py", "xy_grid.py")
@@ -88,6 +92,12 @@ def make_axes(axis_option_class, get_store: Callable) -> list:
         axis_option_class(f"{PREFIX} Mode", str, _apply("mode"), confirm=_confirm_each(parse_mode),
                           choices=lambda: list(MODES)),
         axis_option_class(f"{PREFIX} Step end", float, _apply("step_end"), confirm=_confirm_each(check_step_end)),
+        *(axis for k in SLOTS[1:] for axis in (
+            axis_option_class(f"{PREFIX} RFG coefficient (slot {k})", float, _apply(f"rfg_{k}"),
+                              confirm=_confirm_each(partial(parse_rfg, name=f"rfg_{k}"))),
+            axis_option_class(f"{PREFIX} Reference (slot {k})", str, _apply(f"reference_{k}"),
+                              confirm=_confirm_each(check_reference), choices=lambda: list(get_store().names())),
+        )),
     ]
 
 
