@@ -165,3 +165,14 @@ def test_a_host_that_cannot_evaluate_images_says_so(pipe, store):
     with start_use(store, source="image", image=image, rfg=0.3) as use:
         with pytest.raises(RefDropError, match="cannot evaluate an image"):
             use.for_pass(pass_context(1))
+
+
+def test_an_image_reference_on_an_inpainting_model_is_refused():
+    from lib_refdrop.attn.refpass import ImageLatent, reference_pass_wrapper
+
+    image = ImageLatent("the image", torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), {})
+    wrapper = reference_pass_wrapper([image])
+    args = {"input": torch.zeros(2, 4, 2, 2), "timestep": torch.ones(2), "cond_or_uncond": [0],
+            "c": {"c_crossattn": torch.zeros(2, 1, 1), "c_concat": torch.zeros(2, 5, 2, 2), "transformer_options": {}}}
+    with pytest.raises(RefDropError, match="inpainting"):
+        wrapper(lambda *a, **k: torch.zeros(2, 4, 2, 2), args)

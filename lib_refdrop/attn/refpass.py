@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import RefDropError
+
 PASS_KEY = "refdrop_reference_pass"  # in extra_options of a reference pass's attn1 calls: the image's name
 Wrapper = Callable[[Callable, dict], torch.Tensor]
 
@@ -57,6 +59,9 @@ def reference_pass_wrapper(images: list[ImageLatent], wanted: Callable[[float], 
 
     def refdrop_reference_pass(apply_model, args):
         x, timestep, c = args["input"], args["timestep"], args["c"]
+        if "c_concat" in c:  # the pass would need the image's own concat input (a masked image) too
+            raise RefDropError("RefDrop: an image reference does not work with an inpainting or instruct model; "
+                               "use a saved reference or the first image of the batch")
         sigma = timestep.reshape(-1)[:1]
         if last_sigma[0] != float(sigma) and wanted(float(sigma)):
             last_sigma[0] = float(sigma)
