@@ -260,3 +260,20 @@ def test_xyz_has_a_coefficient_and_a_reference_axis_per_further_slot():
     settings = for_generation([{"reference": "fox"}], p.refdrop_xyz)
     assert [(s.index, s.reference, s.rfg) for s in settings.slots] == [(1, "fox", 0.3), (2, "cat", 0.25),
                                                                          (3, "cat", 0.25)]
+
+
+def test_the_messages_docs_api_md_shows_are_the_ones_given():
+    """docs/api.md's table of checks: each request gives exactly the message shown next to it."""
+    import json
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\{.*\})` \| `(RefDrop: .*)` \|$", text, flags=re.M)
+    assert len(rows) >= 5
+    for request, message in rows:
+        with pytest.raises(RefDropError) as info:
+            from_args([json.loads(request)])
+        assert str(info.value) == message
+    known = re.search(r"unknown argument\(s\) strength; known: ([a-z_0-9, ]+)", text).group(1)
+    assert known.split(", ") == list(ARG_NAMES)
