@@ -7,6 +7,7 @@ is driven directly by the tests.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from .attn.patches import Guide, Patch, make_failing_patch, make_save_patch, mak
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, StoredRows
 from .errors import RefDropError
+from .images import parse_mask
 from .params import RefDropSettings
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
@@ -109,12 +111,14 @@ class RefDropRun:
             return None
         guides, images, layers = [], [], None
         for slot in self.settings.slots:
+            mask = slot.mask
             if slot.source == "reference":
                 reader = self._open_reference(slot, ctx)
                 if reader is None:
                     continue
                 layers = layers if layers is not None else list(reader.manifest["layers"])
                 source = StoredRows(reader)
+                mask = mask if mask is not None else self._stored_mask(slot.reference)
             elif slot.rfg == 0:
                 continue
             elif slot.source == "batch":
@@ -123,7 +127,7 @@ class RefDropRun:
                 image = self._image_latent(f"the image of slot {slot.index}", slot.image, ctx)
                 images.append(image)
                 source = PassRows(image.name)
-            guides.append(Guide(source, slot.rfg, _key_mask(slot.mask)))
+            guides.append(Guide(source, slot.rfg, _key_mask(mask)))
         if not guides:  # every coefficient is 0: a plain generation, exactly: no patch at all
             return None
         window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
@@ -151,6 +155,13 @@ class RefDropRun:
         reader = ReferenceReader(opened)
         self._readers.append(reader)
         return reader
+
+    def _stored_mask(self, name: str):
+        """The subject mask saved with a reference (the library's), decoded as the untrusted image it is."""
+        png = self.store.read_mask(name)
+        if png is None:
+            return None
+        return parse_mask(base64.b64encode(png).decode("ascii"), f"the mask of reference '{name}'")
 
     def _first_image_rows(self, ctx: PassContext) -> BatchRows:
         kept = self._first_images.setdefault(ctx.is_hr_pass, KeptRows(self._host_copies))

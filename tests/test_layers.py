@@ -12,10 +12,11 @@ HOST_ONLY = ("modules", "gradio", "fastapi", "starlette", "pydantic", "backend",
 ALLOWED = {
     "attn": set(),
     "reference": {"attn"},
-    "params": set(),
-    "run": {"attn", "reference", "params"},
+    "images": set(),  # images and masks from user input (PIL), decoded once
+    "params": {"images"},
+    "run": {"attn", "reference", "params", "images"},
     "standalone": {"attn", "reference", "params", "run"},
-    "webui": {"attn", "reference", "params", "run", "standalone"},
+    "webui": {"attn", "reference", "params", "images", "run", "standalone"},
 }
 SHARED = {"errors", "families", "__init__"}
 

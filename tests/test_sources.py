@@ -176,3 +176,30 @@ def test_an_image_reference_on_an_inpainting_model_is_refused():
             "c": {"c_crossattn": torch.zeros(2, 1, 1), "c_concat": torch.zeros(2, 5, 2, 2), "transformer_options": {}}}
     with pytest.raises(RefDropError, match="inpainting"):
         wrapper(lambda *a, **k: torch.zeros(2, 4, 2, 2), args)
+
+
+def test_a_mask_saved_with_the_reference_is_used_and_one_given_with_the_use_wins(pipe, store, tmp_path):
+    import io
+
+    own = ReferenceStore(tmp_path)
+    pipe.save_reference(own, "red", "square", seed=10_001)
+    unmasked = pipe.use_reference(own, "red", 0.5, SHAPES, [1, 2, 3])
+    png = io.BytesIO()
+    mask_of(0).save(png, format="PNG")
+    own.set_mask("red", png.getvalue())
+    assert own.read_mask("red") == png.getvalue()
+    stored_zeros = pipe.use_reference(own, "red", 0.5, SHAPES, [1, 2, 3])
+    assert torch.equal(stored_zeros, pipe.generate(SHAPES, [1, 2, 3]))  # all zeros: nothing of the reference
+    given_ones, = pipe.generate_with(own, [(SHAPES, [1, 2, 3])], reference="red", rfg=0.5, mask=mask_of(255))
+    assert torch.equal(given_ones, unmasked)
+    own.set_mask("red", None)
+    assert own.read_mask("red") is None
+    assert torch.equal(pipe.use_reference(own, "red", 0.5, SHAPES, [1, 2, 3]), unmasked)
+
+
+def test_a_stored_mask_that_is_no_image_is_refused_by_name(pipe, tmp_path):
+    own = ReferenceStore(tmp_path)
+    pipe.save_reference(own, "red", "square", seed=10_001)
+    own.set_mask("red", b"not a png")
+    with pytest.raises(RefDropError, match="mask of reference 'red'"):
+        pipe.use_reference(own, "red", 0.5, SHAPES, [1, 2, 3])

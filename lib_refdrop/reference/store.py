@@ -2,6 +2,7 @@
 
     <root>/<name>/manifest.json        what the reference is (model family, layers, sigmas, files, checksums)
     <root>/<name>/preview.png          the Save image
+    <root>/<name>/mask.png             the subject mask a user gave the reference later (optional)
     <root>/<name>/slot_0000_0.safetensors ...   the features of one saved model evaluation each
     <root>/.incoming/<id>/             a reference being written; renamed into place when complete
     <root>/.incoming/<id>.lock         held (flock) by the writing process for as long as <id> is its
@@ -51,6 +52,7 @@ from .safe_files import (
 
 MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
+MASK = "mask.png"
 INCOMING = ".incoming"
 TRASH = ".trash"
 LOCK_SUFFIX = ".lock"
@@ -412,7 +414,43 @@ class ReferenceStore:
     def read_preview(self, name: str) -> bytes | None:
         """The preview PNG's bytes, None if the reference has none. A preview that is a link, a FIFO or larger
         than ``MAX_PREVIEW_BYTES`` is refused with a message: nothing outside the reference is ever served."""
-        path = self._readable_folder(name) / PREVIEW
+        return self._read_picture(name, PREVIEW, "a preview")
+
+    def read_mask(self, name: str) -> bytes | None:
+        """The subject mask's PNG bytes, None if the reference has none; refused like a bad preview. Like the
+        preview it is not covered by the manifest's checksums: a caller decodes it as an untrusted image."""
+        return self._read_picture(name, MASK, "a mask")
+
+    def set_mask(self, name: str, png: bytes | None) -> None:
+        """Give reference ``name`` a subject mask (PNG bytes, checked by the caller), or remove it (None). The file
+        is replaced in one rename, so a Use reads the old mask or the new one."""
+        if png is not None and len(png) > MAX_PREVIEW_BYTES:
+            raise RefDropError(f"RefDrop: a mask may have at most {MAX_PREVIEW_BYTES // 2**20} MB")
+        with _lock:
+            folder = self._readable_folder(name)
+            if folder.is_symlink():
+                raise RefDropError(f"RefDrop: reference '{name}' is a link to another folder; change it on disk")
+            target = folder / MASK
+            try:
+                if png is None:
+                    if _exists(target):
+                        os.unlink(target)
+                    return
+                tmp = self._private_dir(INCOMING) / f".{MASK}.{uuid.uuid4().hex}.tmp"
+                try:
+                    with open(tmp, "xb") as fh:
+                        fh.write(png)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, target)
+                except BaseException:
+                    _remove_tree(tmp)
+                    raise
+            except OSError as exc:
+                raise RefDropError(f"RefDrop: the mask of reference '{name}' could not be written: {exc}") from None
+
+    def _read_picture(self, name: str, file: str, what: str) -> bytes | None:
+        path = self._readable_folder(name) / file
         try:
             return read_regular(path, MAX_PREVIEW_BYTES)
         except FileNotFoundError:
@@ -421,8 +459,8 @@ class ReferenceStore:
             raise _unusable(name, exc) from None
         except FileTooLarge as exc:
             raise RefDropError(
-                f"RefDrop: reference '{name}' has a preview of {exc.size} bytes, more than the "
-                f"{MAX_PREVIEW_BYTES // 2**20} MB a preview may have; it is not shown"
+                f"RefDrop: reference '{name}' has {what} of {exc.size} bytes, more than the "
+                f"{MAX_PREVIEW_BYTES // 2**20} MB {what} may have; it is not used"
             ) from None
         except OSError as exc:
             raise RefDropError(f"RefDrop: reference '{name}' cannot be read: {exc}") from None
