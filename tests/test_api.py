@@ -419,6 +419,10 @@ EQUIVALENT_FORMS = [
     ({"enabled": False, "mode": "Use", "reference": "cat"},
      [False, "Use", 0.3, "cat"]),
     ({}, []),
+    ({"mode": "use", "reference": "cat", "reference_2": "dog", "rfg_coefficient_2": 0.2, "source_3": "batch",
+      "coefficient_3": -0.1},
+     [True, "Use", 0.3, "cat", "", [], [], False, 0.0, 1.0, False, False, "", "reference", "generation", None, "",
+      None, "dog", 0.2, "reference", None, None, "", -0.1, "batch"]),
 ]
 
 
@@ -494,6 +498,9 @@ BAD_REQUESTS = [
     ({"mode": "use", "reference": "cat", "strength": 0.4}, "unknown argument(s) strength"),
     ({"mode": "use", "reference": "cat", "rfg": 2}, "RFG coefficient must lie in [-1, 1]"),
     ({"mode": "use", "reference": "lion"}, "reference 'lion' not found"),
+    ({"mode": "use", "source": "image", "image": base64.b64encode(b"GIF89a" + bytes(20)).decode()},
+     "'image' is not a PNG, JPEG or WebP image"),
+    ({"mode": "use", "reference": "cat", "rfg_2": 0.3}, "slot 2 is on (rfg_2 = 0.3) but no reference is selected"),
 ]
 
 
@@ -518,6 +525,17 @@ def test_named_form_takes_the_panel_defaults_for_what_it_does_not_name():
     panel = to_args(RefDropSettings(rfg=0.9, reference="dog", overwrite=True))  # e.g. Settings > default RFG 0.9
     settings = from_args(host_script_args([{"mode": "use", "reference": "cat"}], panel))
     assert (settings.rfg, settings.reference, settings.overwrite) == (0.9, "cat", True)
+
+
+def test_images_travel_as_base64_in_either_form():
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 4), (10, 200, 30)).save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    named = from_args(host_script_args([{"mode": "use", "source": "image", "image": f"data:image/png;base64,{image}",
+                                         "rfg": 0.5}]))
+    positional = from_args(host_script_args([True, "Use", 0.5, "", "", [], [], False, 0.0, 1.0, False, False, "",
+                                             "image", "generation", image]))
+    assert named == positional and named.slots[0].image.getpixel((0, 0)) == (10, 200, 30)
 
 
 def test_a_named_dict_without_mode_or_enabled_means_on():

@@ -44,6 +44,12 @@ def test_rfg_limits_are_accepted(value):
     ({"step_end": 10**400}, r"'step_end' must lie in \[0, 1\]"),  # beyond float range: float() overflows
     ({"disabled_blocks": "OUT٠١"}, "unknown block 'OUT٠١' in 'disabled_blocks'"),  # not ASCII
     ({"coefficient": 7}, "'coefficient'"),  # the alias the client used
+    ({"source": "photo"}, "'source' must be one of reference, batch, image"),
+    ({"save_from": ["image"]}, "'save_from' must be one of generation, image"),
+    ({"rfg_3": "0.3x"}, r"RFG coefficient must be a number in \[-1, 1\], got '0.3x' \(argument 'rfg_3'\)"),
+    ({"image": "data:image/png;base64,%%%"}, "'image' is neither an image nor base64 text"),
+    ({"mask_2": {"layers": [1]}}, "'mask_2' must be an image"),
+    ({"image_3": "x" * 40_000_000}, "'image_3' is 40,000,000 characters of base64, more than the"),
 ])
 def test_named_api_arguments_give_clear_errors(args, message):
     with pytest.raises(RefDropError, match=message):
