@@ -43,6 +43,9 @@
         mask: "White = the subject (attended), black = not attended. Paint over the reference's picture, or upload a " +
             "black-and-white mask. Empty: the whole reference.",
         mask_paint: "Put the reference's picture (its preview, or the image) in the mask to paint the subject on it.",
+        mask_keep: "Keep this mask with the selected saved reference: every Use of it without a mask of its own " +
+            "uses it.",
+        mask_forget: "Remove the mask kept with the selected saved reference.",
         more: "Up to two more references, each with its own coefficient: " +
             "Σ c_j·Attn(Q, K_j, V_j) + (1 − Σ c_j)·Attn(Q, K, V).",
         source_2: "Where reference 2 comes from (see Source above).",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 import shutil
@@ -244,19 +246,19 @@ def test_the_new_inputs_under_gradio_3(store):
 
 @pytest.mark.parametrize("mode, source, save_from, more, shown", [
     ("Use", "reference", "generation", ("reference", "reference"), {"use_box", "use_advanced", "reference_box",
-                                                                     "use_more"}),
+                                                                     "use_more", "mask_keep_box"}),
     ("Use", "image", "generation", ("reference", "reference"), {"use_box", "use_advanced", "image_box",
                                                                  "prompt_box", "use_more"}),
     ("Use", "batch", "image", ("reference", "reference"), {"use_box", "use_advanced", "use_more"}),
     ("Use", "batch", "generation", ("reference", "image"), {"use_box", "use_advanced", "prompt_box", "use_more"}),
     ("Save", "image", "generation", ("image", "image"), {"save_box", "save_advanced"}),
     ("Save", "reference", "image", ("reference", "reference"), {"save_box", "save_advanced", "reference_box",
-                                                                 "image_box", "prompt_box"}),
+                                                                 "image_box", "prompt_box", "mask_keep_box"}),
 ])
 def test_layout_shows_what_the_mode_and_sources_use(mode, source, save_from, more, shown):
     visibility = ui.layout_visibility(mode, source, save_from, *more)
     assert set(visibility) == set(ui.LAYOUT_BOXES)
-    assert {box for box, on in visibility.items() if on} == shown  # reference_box lies inside the hidden use_box
+    assert {box for box, on in visibility.items() if on} == shown  # boxes inside a hidden one may say True
 
 
 def test_each_layout_control_updates_the_boxes(store):
@@ -317,3 +319,26 @@ def test_what_the_panel_sends_is_valid_input(store):
     first, second = settings.slots
     assert first.image.getpixel((0, 0)) == (255, 255, 255) and first.mask.getbbox() == (2, 2, 6, 6)
     assert (second.index, second.source) == (2, "batch") and settings.mask_3 is None
+
+
+def test_a_mask_kept_with_a_saved_reference(store, saved_library):
+    """The library view gives a saved reference a mask (the engine uses it when a Use brings none)."""
+    copy_reference(saved_library, store, "fox")
+    demo, controls = build_page(store)
+    i, x = controls.inputs, controls.extras
+    (keep, dependency), = wired(demo, x["mask_keep"], "click")
+    assert dependency["inputs"] == [i["reference"]._id, i["mask"]._id]
+    assert dependency["outputs"] == [x["status"]._id, x["info"]._id]
+    strokes = Image.new("RGB", (8, 8), "black")
+    strokes.paste((255, 255, 255), (1, 2, 5, 7))
+    status, info = keep("fox", {"image": Image.new("RGB", (8, 8), "red"), "mask": strokes})
+    assert "keeps this subject mask" in status and info.endswith(" · subject mask kept")
+    kept = Image.open(io.BytesIO(store.read_mask("fox")))
+    assert kept.mode == "L" and kept.getbbox() == (1, 2, 5, 7)
+    assert "first" in keep("fox", None)[0] and "Select" in keep("", strokes)[0]
+    assert "not a PNG, JPEG or WebP" in keep("fox", base64.b64encode(b"GIF89a" + bytes(20)).decode())[0]
+    (forget, _), = wired(demo, x["mask_forget"], "click")
+    status, info = forget("fox")
+    assert "keeps no subject mask" in status and "mask" not in info and store.read_mask("fox") is None
+    assert "'gone' not found" in ui.keep_mask(store, "gone", strokes) and not (store.root / "gone").exists()
+    assert "'gone' not found" in ui.forget_mask(store, "gone")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import families
 from ..errors import RefDropError
+from ..images import parse_mask
 from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES, SAVE_FROM, SLOTS, SOURCES
 from ..reference.manifest import ReferenceInfo, reference_info
 from ..reference.profiles import PROFILES
@@ -51,7 +52,8 @@ ITEM_IDS = (
     "enabled", "mode", "rfg", "reference", "refresh", "preview", "info", "delete", "delete_confirm",
     "delete_cancel", "rename_to", "rename", "save_name", "status", "advanced", "disabled_groups",
     "disabled_blocks", "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile",
-    "source", "save_from", "image", "image_prompt", "mask_box", "mask", "mask_paint", "more",
+    "source", "save_from", "image", "image_prompt", "mask_box", "mask", "mask_paint", "mask_keep", "mask_forget",
+    "more",
     *(f"{item}_{k}" for k in MORE_SLOTS for item in ("source", "rfg", "reference", "refresh", "image", "mask_box",
                                                     "mask", "mask_paint")),
 )
@@ -92,7 +94,45 @@ def describe(store, name: str | None) -> tuple[Image.Image | None, str]:
         preview = decode_preview(name, store.read_preview(name))
     except RefDropError as exc:
         return None, f"⚠️ {exc}"
-    return preview, info_line(reference_info(manifest))
+    return preview, info_line(reference_info(manifest)) + _kept_mask_note(store, name)
+
+
+def _kept_mask_note(store, name: str) -> str:
+    try:
+        kept = store.read_mask(name) is not None
+    except RefDropError as exc:
+        return f" · ⚠️ {exc}"
+    return " · subject mask kept" if kept else ""
+
+
+def keep_mask(store, name: str | None, value) -> str:
+    """Keep the mask the panel holds with the saved reference ``name``: a Use without a mask of its own uses it."""
+    if not name:
+        return "Select a reference to keep the mask with."
+    try:
+        if not store.exists(name):
+            return store.missing_message(name)
+        mask = parse_mask(value, "mask")
+        if mask is None:
+            return "Paint or upload a subject mask first."
+        png = io.BytesIO()
+        mask.save(png, "PNG")
+        store.set_mask(name, png.getvalue())
+    except RefDropError as exc:
+        return str(exc)
+    return f"Reference **{name}** keeps this subject mask: a Use of it without a mask of its own uses it."
+
+
+def forget_mask(store, name: str | None) -> str:
+    if not name:
+        return "Select a reference whose kept mask to remove."
+    try:
+        if not store.exists(name):
+            return store.missing_message(name)
+        store.set_mask(name, None)
+    except RefDropError as exc:
+        return str(exc)
+    return f"Reference **{name}** keeps no subject mask now."
 
 
 def decode_preview(name: str, data: bytes | None) -> Image.Image | None:
@@ -182,7 +222,7 @@ def mode_visibility(mode: str) -> tuple[bool, bool]:
 
 
 LAYOUT_BOXES = ("use_box", "save_box", "use_advanced", "save_advanced", "reference_box", "image_box", "prompt_box",
-                "use_more")
+                "use_more", "mask_keep_box")
 
 
 def layout_visibility(mode: str, source: str, save_from: str, *more_sources: str) -> dict[str, bool]:
@@ -197,6 +237,7 @@ def layout_visibility(mode: str, source: str, save_from: str, *more_sources: str
         "image_box": image,
         "prompt_box": image or (use and "image" in more_sources),
         "use_more": use,
+        "mask_keep_box": source == "reference",  # inside use_more: keep slot 1's mask with its saved reference
     }
 
 
@@ -345,6 +386,9 @@ def build(
         with gr.Column(visible=use_visible) as x["use_more"]:
             with gr.Accordion("Subject mask", open=False, elem_id=elem_id("mask_box")) as x["mask_box"]:
                 i["mask"], x["mask_paint"] = _mask_input("Subject mask", elem_id, "")
+                with gr.Row() as x["mask_keep_box"]:
+                    x["mask_keep"] = gr.Button("Keep with the reference", size="sm", elem_id=elem_id("mask_keep"))
+                    x["mask_forget"] = gr.Button("Remove its kept mask", size="sm", elem_id=elem_id("mask_forget"))
             with gr.Accordion("More references", open=False, elem_id=elem_id("more")) as x["more"]:
                 for k in MORE_SLOTS:
                     _more_slot(c, elem_id, choices, k)
@@ -443,8 +487,9 @@ def _wire(c: Controls, get_store, get_status) -> None:
 
 
 def _wire_slots(c: Controls, get_store) -> None:
-    """Slots 2 and 3: each dropdown's 🔄, and the 🖌️ buttons that put a slot's picture in its mask to paint on.
-    Slot 1's 🔄, delete and rename refresh their lists too (the page's poll after a Save updates slot 1's only)."""
+    """Slots 2 and 3: each dropdown's 🔄, and the 🖌️ buttons that put a slot's picture in its mask to paint on;
+    keeping slot 1's mask with its saved reference. Slot 1's 🔄, delete and rename refresh the lists of slots 2 and
+    3 too (the page's poll after a Save updates slot 1's only)."""
     i, x = c.inputs, c.extras
 
     def on_refresh(current):
@@ -465,6 +510,15 @@ def _wire_slots(c: Controls, get_store) -> None:
                                 show_progress=False)
     for button in ("refresh", "delete_confirm", "rename"):
         x[button].click(on_library_change, inputs=others, outputs=others, show_progress=False)
+    def on_keep(name, mask):
+        return keep_mask(get_store(), name, mask), describe(get_store(), name)[1]
+
+    def on_forget(name):
+        return forget_mask(get_store(), name), describe(get_store(), name)[1]
+
+    x["mask_keep"].click(on_keep, inputs=[i["reference"], i["mask"]], outputs=[x["status"], x["info"]],
+                         show_progress=False)
+    x["mask_forget"].click(on_forget, inputs=[i["reference"]], outputs=[x["status"], x["info"]], show_progress=False)
     for suffix in ("", *(f"_{k}" for k in MORE_SLOTS)):
         x[f"mask_paint{suffix}"].click(on_paint, inputs=[i[f"source{suffix}"], i[f"reference{suffix}"],
                                                          i[f"image{suffix}"]],
