@@ -1,8 +1,8 @@
 """The reference sources' effect on the trained toy model, per block of seeds: the basis of the margins in
 tests/test_toymodel_sources.py.
 
-    python -m toymodel.measure_sources [--blocks 20] [--block-size 18] [--start 18] [--json out.json]
-    python -m toymodel.measure_sources --test-block       # only the test's own block (seeds 0..17), after the fact
+    python -m toymodel.measure_sources [--blocks 20] [--block-size 18] [--batch-block-size 72] [--parts all]
+    python -m toymodel.measure_sources --test-block       # only the test's own block (seeds 0..17, 0..71)
 
 Every gap is paired: a condition's share minus the share of the same seeds and prompts generated plainly.
 - image references (the 3 references of tests/test_toymodel.py, Saved from their generation): new images at the
@@ -43,12 +43,12 @@ from .sampling import ToyPipeline, to_pil
 RFG = 0.6
 N_REFS = 3           # the references of tests/test_toymodel.py
 BLOCK_SIZE = 18
-BATCH_BLOCK_SIZE = 36  # batch reference: seeds per block (cheaper images: one generation per group, no references)
+BATCH_BLOCK_SIZE = 72  # batch reference: seeds per block (12 groups; 36 left its shares' bounds below zero)
 GROUP = 6            # batch reference: images per generation (image 0 and the 5 that attend to it)
 BATCH_COUNT = 2      # "batch xN": each group generated as this many batches of GROUP / BATCH_COUNT images
 ATTRS = ("colour", "background", "both", "prompt")
+Images = dict[str, list[tuple[Reference, torch.Tensor]]]  # per condition, per reference: the block's images
 IMAGE_CONDITIONS = ("stored", "baked", "live", "shape mask", "background mask")
-BATCH_CONDITIONS = ("batch", f"batch x{BATCH_COUNT}", f"batch x{BATCH_COUNT} later")
 
 
 def share_of_matches(pairs: list[tuple[Attributes, Attributes, str]]) -> Shares:
@@ -97,45 +97,49 @@ def prepare_references(pipe: ToyPipeline, store: ReferenceStore, count: int = N_
     return out
 
 
-def image_reference_images(pipe: ToyPipeline, store: ReferenceStore, saved: list[SavedReference],
-                           seeds: list[int], conditions=IMAGE_CONDITIONS) -> tuple[dict, float]:
-    """Per condition, per reference, the attributes of the block's images; and the largest difference between the
-    baked and the live image reference's images (pixels in [-1, 1]) over the block."""
+def guided_images(pipe: ToyPipeline, store: ReferenceStore, s: SavedReference, seeds: list[int],
+                  condition: str) -> torch.Tensor:
+    """The block's images (prompts cycling the shapes) under one condition of ``IMAGE_CONDITIONS`` for one
+    reference; "baked" bakes the reference's image first, with the block's first seed (which seeds "live" too)."""
     shapes = prompts_for(len(seeds))
     batch = [(shapes, seeds)]
-    out: dict[str, list[tuple[Reference, list[Attributes]]]] = {c: [] for c in conditions}
-    worst = 0.0
-    for s in saved:
-        images = {}
-        if "stored" in conditions:
-            images["stored"] = pipe.use_reference(store, s.ref.name, RFG, shapes, seeds)
-        if "baked" in conditions or "live" in conditions:
-            baked_name = f"{s.ref.name}-baked"
-            pipe.bake_image(store, baked_name, s.pil, seed=seeds[0])
-            images["baked"], = pipe.generate_with(store, batch, reference=baked_name, rfg=RFG)
-        if "live" in conditions:
-            images["live"], = pipe.generate_with(store, batch, source="image", image=s.pil, rfg=RFG)
-            worst = max(worst, float((images["baked"] - images["live"]).abs().max()))
-        if "shape mask" in conditions:
-            images["shape mask"], = pipe.generate_with(store, batch, reference=s.ref.name, rfg=RFG, mask=s.mask)
-        if "background mask" in conditions:
-            images["background mask"], = pipe.generate_with(store, batch, reference=s.ref.name, rfg=RFG,
-                                                              mask=inverse(s.mask))
-        for condition in conditions:
-            out[condition].append((s.ref, [classify(img) for img in images[condition]]))
-    return out, worst
+    if condition == "stored":
+        return pipe.use_reference(store, s.ref.name, RFG, shapes, seeds)
+    if condition == "baked":
+        baked_name = f"{s.ref.name}-baked"
+        pipe.bake_image(store, baked_name, s.pil, seed=seeds[0])
+        return pipe.generate_with(store, batch, reference=baked_name, rfg=RFG)[0]
+    if condition == "live":
+        return pipe.generate_with(store, batch, source="image", image=s.pil, rfg=RFG)[0]
+    mask = {"shape mask": s.mask, "background mask": inverse(s.mask)}[condition]
+    return pipe.generate_with(store, batch, reference=s.ref.name, rfg=RFG, mask=mask)[0]
 
 
-def image_reference_gaps(per_condition: dict, plain: list[Attributes], shapes: list[str]) -> dict[str, float]:
-    """``"<condition> <attr>"``: the condition's share minus the plain share, pooled over the references."""
+def image_reference_images(pipe: ToyPipeline, store: ReferenceStore, saved: list[SavedReference],
+                           seeds: list[int], conditions=IMAGE_CONDITIONS) -> Images:
+    """Per condition, per reference, the block's images."""
+    return {c: [(s.ref, guided_images(pipe, store, s, seeds, c)) for s in saved] for c in conditions}
+
+
+def baked_live_difference(images: Images) -> float:
+    """The largest difference between the baked and the live image reference's images (pixels in [-1, 1])."""
+    return max(float((baked - live).abs().max())
+               for (_, baked), (_, live) in zip(images["baked"], images["live"], strict=True))
+
+
+def image_reference_gaps(images: Images, plain: list[Attributes],
+                         shapes: list[str]) -> dict[str, float]:
+    """``"<condition> <attr>"``: the condition's share minus the plain share, pooled over the references
+    (``"plain <attr>"``: the plain share itself)."""
     def shares(per_ref) -> Shares:
-        return share_of_matches([(ref.look, seen, shape) for ref, images in per_ref
-                                 for seen, shape in zip(images, shapes, strict=True)])
+        return share_of_matches([(ref.look, seen, shape) for ref, seen_all in per_ref
+                                 for seen, shape in zip(seen_all, shapes, strict=True)])
 
-    base = shares([(ref, plain) for ref, _ in next(iter(per_condition.values()))])
+    refs = [ref for ref, _ in next(iter(images.values()))]
+    base = shares([(ref, plain) for ref in refs])
     row = {f"plain {a}": getattr(base, a) for a in ATTRS}
-    for condition, per_ref in per_condition.items():
-        got = shares(per_ref)
+    for condition, per_ref in images.items():
+        got = shares([(ref, [classify(img) for img in batch]) for ref, batch in per_ref])
         row.update({f"{condition} {a}": getattr(got, a) - getattr(base, a) for a in ATTRS})
     return row
 
@@ -149,29 +153,43 @@ def pixel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().mean())
 
 
-def batch_reference_gaps(pipe: ToyPipeline, store: ReferenceStore, seeds: list[int]) -> dict[str, float]:
-    """``"<condition> <attr>"``: shares of images 1..n of each group with image 0's attributes, guided minus plain
-    (the same images generated plainly); image 0 is the plain image 0 (a batch source generates it plainly).
-    ``"<condition> distance"``: the images' mean pixel distance to image 0, guided minus plain (< 0: toward it)."""
-    pairs: dict[str, list] = {c: [] for c in ("plain", "plain later") + BATCH_CONDITIONS}
-    distances: dict[str, list[float]] = {c: [] for c in ("plain", "plain later") + BATCH_CONDITIONS}
+def batch_generation(pipe: ToyPipeline, store: ReferenceStore, shapes: list[str], seeds: list[int],
+                     count: int) -> torch.Tensor:
+    """One generation with the batch's first image as the reference: ``count`` batches of equal size."""
+    size = len(seeds) // count
+    return torch.cat(pipe.generate_with(store, [(shapes[i:i + size], seeds[i:i + size])
+                                                for i in range(0, len(seeds), size)], source="batch", rfg=RFG))
+
+
+def batch_reference_gaps(pipe: ToyPipeline, store: ReferenceStore, seeds: list[int],
+                         counts: tuple[int, ...] = (1, BATCH_COUNT)) -> dict[str, float]:
+    """Per group of ``GROUP`` seeds, one generation per batch count in ``counts``. ``"<condition> <attr>"``: shares
+    of images 1..n with image 0's attributes, guided minus plain (the same images generated plainly); image 0 is
+    the plain image 0 (a batch source generates it plainly). ``"<condition> distance"``: the images' mean pixel
+    distance to image 0, guided minus plain (< 0: toward it). "batch xN later": the images after the first batch.
+    """
+    conditions = {1: ("batch",), BATCH_COUNT: (f"batch x{BATCH_COUNT}", f"batch x{BATCH_COUNT} later")}
+    wanted = [c for count in counts for c in conditions[count]]
+    pairs: dict[str, list] = {c: [] for c in ["plain", "plain later"] + wanted}
+    distances: dict[str, list[float]] = {c: [] for c in pairs}
     split = GROUP // BATCH_COUNT
     for shape, group in batch_groups(seeds):
         shapes = [shape] * len(group)
         plain = pipe.generate(shapes, group)
-        one, = pipe.generate_with(store, [(shapes, group)], source="batch", rfg=RFG)
-        several = torch.cat(pipe.generate_with(store, [(shapes[i:i + split], group[i:i + split])
-                                                       for i in range(0, len(group), split)], source="batch", rfg=RFG))
+        images = {"plain": (plain, 1), "plain later": (plain, split)}
+        for count in counts:
+            guided = batch_generation(pipe, store, shapes, group, count)
+            images[conditions[count][0]] = (guided, 1)
+            if count > 1:
+                images[conditions[count][1]] = (guided, split)
         target = classify(plain[0])
-        images = {"plain": (plain, 1), "plain later": (plain, split), "batch": (one, 1),
-                  f"batch x{BATCH_COUNT}": (several, 1), f"batch x{BATCH_COUNT} later": (several, split)}
         for condition, (batch, first) in images.items():
             if classify(batch[0]) != target:
                 raise AssertionError(f"{condition}: image 0 is not the plain image 0")
             pairs[condition] += [(target, classify(img), shape) for img in batch[first:]]
             distances[condition] += [pixel_distance(img, batch[0]) for img in batch[first:]]
     row = {f"batch plain {a}": getattr(share_of_matches(pairs["plain"]), a) for a in ATTRS[:3]}
-    for condition in BATCH_CONDITIONS:
+    for condition in wanted:
         base = "plain later" if condition.endswith("later") else "plain"
         got, ref = share_of_matches(pairs[condition]), share_of_matches(pairs[base])
         row.update({f"{condition} {a}": getattr(got, a) - getattr(ref, a) for a in ATTRS[:3]})
@@ -179,21 +197,23 @@ def batch_reference_gaps(pipe: ToyPipeline, store: ReferenceStore, seeds: list[i
     return row
 
 
-def block_gaps(pipe: ToyPipeline, store: ReferenceStore, saved: list[SavedReference], seeds: list[int],
-               batch_seeds: list[int]) -> tuple[dict[str, float], float]:
-    """Every gap of one block (``seeds`` for the image references and masks, ``batch_seeds`` for the batch's first
-    image), and the baked-vs-live largest pixel difference."""
+def image_block_gaps(pipe: ToyPipeline, store: ReferenceStore, saved: list[SavedReference], seeds: list[int],
+                     conditions=IMAGE_CONDITIONS) -> tuple[dict[str, float], Images]:
+    """The image references' and masks' gaps over one block of seeds (with the paired contrasts), and the images."""
     shapes = prompts_for(len(seeds))
     plain = [classify(img) for img in pipe.generate(shapes, seeds)]
-    per_condition, worst = image_reference_images(pipe, store, saved, seeds)
-    row = image_reference_gaps(per_condition, plain, shapes)
-    row["baked - stored both"] = row["baked both"] - row["stored both"]
+    images = image_reference_images(pipe, store, saved, seeds, conditions)
+    row = image_reference_gaps(images, plain, shapes)
+    if {"stored", "baked"} <= set(conditions):
+        row["baked - stored both"] = row["baked both"] - row["stored both"]
     for attr in ("colour", "background"):
-        row[f"shape mask - unmasked {attr}"] = row[f"shape mask {attr}"] - row[f"stored {attr}"]
-        row[f"shape - background mask {attr}"] = row[f"shape mask {attr}"] - row[f"background mask {attr}"]
-    row["shape mask colour - background"] = row["shape mask colour"] - row["shape mask background"]
-    row.update(batch_reference_gaps(pipe, store, batch_seeds))
-    return row, worst
+        if {"stored", "shape mask"} <= set(conditions):
+            row[f"shape mask - unmasked {attr}"] = row[f"shape mask {attr}"] - row[f"stored {attr}"]
+        if {"shape mask", "background mask"} <= set(conditions):
+            row[f"shape - background mask {attr}"] = row[f"shape mask {attr}"] - row[f"background mask {attr}"]
+    if "shape mask" in conditions:
+        row["shape mask colour - background"] = row["shape mask colour"] - row["shape mask background"]
+    return row, images
 
 
 def summary(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, float, float]]:
@@ -214,6 +234,8 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=None, help="first seed of calibration block 1 (default: size)")
     ap.add_argument("--batch-start", type=int, default=None, help="same, batch reference (default: its size)")
     ap.add_argument("--test-block", action="store_true", help="measure only the test's block (seeds 0..size-1)")
+    ap.add_argument("--parts", choices=("all", "images", "batch"), default="all",
+                    help="images: image references and masks only; batch: the batch's first image only")
     ap.add_argument("--json", type=Path, help="also write every block's gaps here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -233,8 +255,12 @@ def main() -> None:
         looks = ", ".join(f"{s.ref.look.colour}/{s.ref.look.background} {s.ref.shape}" for s in saved)
         print(f"references: {looks}; c = {RFG}; blocks of {size} seeds; batch groups of {GROUP}", flush=True)
         for b, (first, bfirst) in enumerate(starts):
-            row, w = block_gaps(pipe, store, saved, list(range(first, first + size)),
-                                list(range(bfirst, bfirst + bsize)))
+            row, w = {}, 0.0
+            if args.parts in ("all", "images"):
+                row, images = image_block_gaps(pipe, store, saved, list(range(first, first + size)))
+                w = baked_live_difference(images)
+            if args.parts in ("all", "batch"):
+                row.update(batch_reference_gaps(pipe, store, list(range(bfirst, bfirst + bsize))))
             rows.append(row)
             worst.append(w)
             print(f"block {b + (0 if args.test_block else 1)} seeds {first}..{first + size - 1}, batch seeds "
