@@ -302,7 +302,8 @@ def test_xyz_axes_registered_once_and_refused_when_panel_off(host, tmp_path):
     script_callbacks.callbacks["before_ui"][-1]()  # and again from on_before_ui: no duplicates
     labels = [o.label for o in xyz_module.axis_options]
     assert labels == ["Nothing", "[RefDrop] RFG coefficient", "[RefDrop] Reference", "[RefDrop] Mode",
-                      "[RefDrop] Step end"]
+                      "[RefDrop] Step end", "[RefDrop] RFG coefficient (slot 2)", "[RefDrop] Reference (slot 2)",
+                      "[RefDrop] RFG coefficient (slot 3)", "[RefDrop] Reference (slot 3)"]
     axes = {o.label: o for o in xyz_module.axis_options}
 
     script = module.RefDropScript()

@@ -203,3 +203,10 @@ def test_a_stored_mask_that_is_no_image_is_refused_by_name(pipe, tmp_path):
     own.set_mask("red", b"not a png")
     with pytest.raises(RefDropError, match="mask of reference 'red'"):
         pipe.use_reference(own, "red", 0.5, SHAPES, [1, 2, 3])
+
+
+def test_a_mask_for_a_missing_reference_says_not_found(tmp_path):
+    from lib_refdrop.errors import ReferenceNotFound
+
+    with pytest.raises(ReferenceNotFound, match="'nobody'"):
+        ReferenceStore(tmp_path).set_mask("nobody", b"")

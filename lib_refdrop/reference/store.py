@@ -427,9 +427,9 @@ class ReferenceStore:
         if png is not None and len(png) > MAX_PREVIEW_BYTES:
             raise RefDropError(f"RefDrop: a mask may have at most {MAX_PREVIEW_BYTES // 2**20} MB")
         with _lock:
-            folder = self._readable_folder(name)
-            if folder.is_symlink():
-                raise RefDropError(f"RefDrop: reference '{name}' is a link to another folder; change it on disk")
+            folder = self._readable_folder(name)  # a link: refused
+            if not folder.is_dir():
+                raise ReferenceNotFound(self.missing_message(name))
             target = folder / MASK
             try:
                 if png is None:
