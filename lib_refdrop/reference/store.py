@@ -436,16 +436,7 @@ class ReferenceStore:
                     if _exists(target):
                         os.unlink(target)
                     return
-                tmp = self._private_dir(INCOMING) / f".{MASK}.{uuid.uuid4().hex}.tmp"
-                try:
-                    with open(tmp, "xb") as fh:
-                        fh.write(png)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, target)
-                except BaseException:
-                    _remove_tree(tmp)
-                    raise
+                write_bytes_atomic(target, png, tmp_dir=self._private_dir(INCOMING))
             except OSError as exc:
                 raise RefDropError(f"RefDrop: the mask of reference '{name}' could not be written: {exc}") from None
 
@@ -651,12 +642,18 @@ def _no_constant(value: str):
 
 
 def write_json_atomic(path: Path, data: dict, tmp_dir: Path | None = None) -> None:
-    """Write JSON so that ``path`` is always either the old or the new file. ``tmp_dir`` (same file system) keeps
+    """Write JSON so that ``path`` is always either the old or the new file (``write_bytes_atomic``)."""
+    text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False)
+    write_bytes_atomic(path, text.encode("utf-8"), tmp_dir)
+
+
+def write_bytes_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` so that ``path`` is always either the old or the new file. ``tmp_dir`` (same file system) keeps
     the temporary file out of a visible folder, where a crash would leave it."""
     tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False, allow_nan=False)
+        with open(tmp, "xb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
