@@ -210,3 +210,27 @@ def test_a_mask_for_a_missing_reference_says_not_found(tmp_path):
 
     with pytest.raises(ReferenceNotFound, match="'nobody'"):
         ReferenceStore(tmp_path).set_mask("nobody", b"")
+
+
+def test_the_batch_reference_image_keeps_its_own_attention_whatever_the_kernel():
+    """Image 0 attends to itself through the reference term too; its rows are its own attention, bit for bit, even
+    with a kernel whose result depends on the call (another batch layout, another algorithm)."""
+    from lib_refdrop.attn.patches import Guide, UsePlan, make_use_patch
+    from lib_refdrop.attn.sources import BatchRows, KeptRows
+    from tests.support.hostsim import host_attention
+
+    calls = []
+
+    def drifting_attention(q, k, v, extra_options):  # each call a little off, like another kernel would be
+        calls.append(1)
+        return host_attention(q, k, v, extra_options) + 1e-3 * len(calls)
+
+    source = BatchRows(KeptRows(), first_batch=True, keep=False)
+    patch = make_use_patch([Guide(source, 0.5)], UsePlan(), drifting_attention, host_attention)
+    q, k, v = (torch.randn(4, 16, 8) for _ in range(3))
+    options = {"block": ("input", 1), "block_index": 0, "cond_or_uncond": [1, 0], "n_heads": 2, "dim_head": 4,
+               "sigmas": torch.tensor([1.0, 1.0])}
+    out = patch(q, k, v, options)
+    own = host_attention(q, k, v, options)
+    assert torch.equal(out[[0, 2]], own[[0, 2]])  # image 0 of each chunk
+    assert not torch.equal(out[[1, 3]], own[[1, 3]])
