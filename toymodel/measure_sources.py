@@ -247,6 +247,7 @@ def main() -> None:
     starts = [(0, 0)] if args.test_block else [(start + b * size, bstart + b * bsize) for b in range(args.blocks)]
     if not args.test_block and (start < size or bstart < bsize):
         raise SystemExit("calibration blocks must not overlap the test's seeds (0..size-1, 0..batch size-1)")
+    images_on, batch_on = args.parts in ("all", "images"), args.parts in ("all", "batch")
     pipe = ToyPipeline.load()
     rows, worst = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,31 +256,37 @@ def main() -> None:
         looks = ", ".join(f"{s.ref.look.colour}/{s.ref.look.background} {s.ref.shape}" for s in saved)
         print(f"references: {looks}; c = {RFG}; blocks of {size} seeds; batch groups of {GROUP}", flush=True)
         for b, (first, bfirst) in enumerate(starts):
-            row, w = {}, 0.0
-            if args.parts in ("all", "images"):
+            row, done = {}, []
+            if images_on:
                 row, images = image_block_gaps(pipe, store, saved, list(range(first, first + size)))
-                w = baked_live_difference(images)
-            if args.parts in ("all", "batch"):
+                worst.append(baked_live_difference(images))
+                done.append(f"seeds {first}..{first + size - 1} (baked-live max |diff| {worst[-1]:.2e})")
+            if batch_on:
                 row.update(batch_reference_gaps(pipe, store, list(range(bfirst, bfirst + bsize))))
+                done.append(f"batch seeds {bfirst}..{bfirst + bsize - 1}")
             rows.append(row)
-            worst.append(w)
-            print(f"block {b + (0 if args.test_block else 1)} seeds {first}..{first + size - 1}, batch seeds "
-                  f"{bfirst}..{bfirst + bsize - 1} done, baked-live max |diff| {w:.2e} "
-                  f"({time.monotonic() - started:.0f}s)", flush=True)
+            print(f"block {b + (0 if args.test_block else 1)}: {', '.join(done)} ({time.monotonic() - started:.0f}s)",
+                  flush=True)
+    print_report(rows, [first if images_on else bfirst for first, bfirst in starts])
+    if worst:
+        print(f"baked vs live: largest pixel difference over every block {max(worst):.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(dict(starts=starts, size=size, batch_size=bsize, rows=rows,
+                                             baked_live_max=worst), indent=1))
+    print(f"({time.monotonic() - started:.0f}s)")
+
+
+def print_report(rows: list[dict[str, float]], firsts: list[int]) -> None:
+    """Every block's gaps, then (over two blocks or more) each gap's mean, sd and 3-sd bounds."""
     keys = list(rows[0])
-    print("per block:", " | ".join(keys))
-    for (first, _), row in zip(starts, rows, strict=True):
+    print("per block (first seed):", " | ".join(keys))
+    for first, row in zip(firsts, rows, strict=True):
         print(f"  {first:>5}: " + " ".join(f"{row[k]:+.3f}" for k in keys))
     if len(rows) > 1:
-        print(f"\n{len(rows)} blocks: {size} seeds each ({starts[0][0]}..{starts[-1][0] + size - 1}), batch reference "
-              f"{bsize} ({starts[0][1]}..{starts[-1][1] + bsize - 1})")
+        print(f"\n{len(rows)} blocks")
         print(f"{'quantity':<36} {'mean':>7} {'sd':>6} {'mean-3sd':>9} {'mean+3sd':>9}")
         for key, (mean, sd, low, high) in summary(rows).items():
             print(f"{key:<36} {mean:>7.3f} {sd:>6.3f} {low:>9.3f} {high:>9.3f}")
-    print(f"baked vs live: largest pixel difference over every block {max(worst):.2e}")
-    if args.json:
-        args.json.write_text(json.dumps(dict(starts=starts, size=size, rows=rows, baked_live_max=worst), indent=1))
-    print(f"({time.monotonic() - started:.0f}s)")
 
 
 if __name__ == "__main__":
