@@ -15,9 +15,11 @@ Every gap is paired: a condition's share minus the share of the same seeds and p
 - the batch's first image: the block's seeds cut into groups of ``GROUP`` with one prompt per group (the shapes in
   turn); each group is one generation at c = 0.6, as one batch ("batch") and as ``BATCH_COUNT`` batches
   ("batch xN"; "batch xN later" = the images of the batches after the first); shares of images 1..n with image
-  0's colour / background / look, against the same images generated plainly.
-Blocks 1..N (seeds ``start + (b-1)*size`` ...) calibrate; block 0 (seeds 0..size-1) is the test's and is measured
-only with ``--test-block``, once the thresholds are fixed.
+  0's colour / background / look, and their mean pixel distance to image 0, against the same images generated
+  plainly.
+Blocks 1..N (seeds from ``--start`` / ``--batch-start``, default: right after the test's) calibrate; block 0 (seeds
+0..size-1 and 0..batch size-1) is the test's and is measured only with ``--test-block``, once the thresholds are
+fixed. Per block the gaps are printed, then each gap's mean, sd and mean -/+ 3 sd over the blocks.
 """
 
 from __future__ import annotations
