@@ -58,6 +58,13 @@ def parse_mask(value, name: str) -> Image.Image | None:
     return None if image is None else _binary(_grey(image))
 
 
+def mask_from_file(data: bytes, name: str) -> Image.Image:
+    """A mask from a file's bytes (the one kept with a stored reference: untrusted like any argument)."""
+    image = _open(data, name)
+    _check_size(image.width, image.height, name)
+    return _binary(_grey(image))
+
+
 def mask_digest(mask: Image.Image) -> str:
     """12 hex digits naming a mask's content, for the record in an infotext (its size and pixels, not a file's
     bytes, so the same mask gives the same digest whatever encoder wrote or reads it)."""

@@ -7,7 +7,6 @@ is driven directly by the tests.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from .attn.patches import Guide, Patch, make_failing_patch, make_save_patch, mak
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, StoredRows
 from .errors import RefDropError
-from .images import parse_mask
+from .images import mask_from_file
 from .params import RefDropSettings
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
@@ -63,6 +62,7 @@ class RefDropRun:
         self._readers: list[ReferenceReader] = []  # Use: one per sampling pass, closed by ``release``
         self.model_wrapper: Wrapper | None = None   # this pass's model function wrapper (image references)
         self._first_images: dict[bool, KeptRows] = {}  # the batch's first image, kept per kind of pass (hires)
+        self._images: dict[tuple[str, bool], ImageLatent] = {}  # encoded once per kind of pass, not every batch
         self._host_copies = _HostCopies()
 
     def patch_for_pass(self, ctx: PassContext) -> Patch | None:
@@ -161,7 +161,7 @@ class RefDropRun:
         png = self.store.read_mask(name)
         if png is None:
             return None
-        return parse_mask(base64.b64encode(png).decode("ascii"), f"the mask of reference '{name}'")
+        return mask_from_file(png, f"the mask of reference '{name}'")
 
     def _first_image_rows(self, ctx: PassContext) -> BatchRows:
         kept = self._first_images.setdefault(ctx.is_hr_pass, KeptRows(self._host_copies))
@@ -170,6 +170,14 @@ class RefDropRun:
         return BatchRows(kept, first_batch=ctx.batch_index == 0, keep=ctx.batch_count > 1)
 
     def _image_latent(self, name: str, image, ctx: PassContext) -> ImageLatent:
+        """The image as the U-Net sees it in this kind of pass (the first pass, or the hires pass at its size),
+        encoded at its first batch: every batch then attends to the same latent, noise and prompt."""
+        key = (name, ctx.is_hr_pass)
+        if key not in self._images:
+            self._images[key] = self._encode_image(name, image, ctx)
+        return self._images[key]
+
+    def _encode_image(self, name: str, image, ctx: PassContext) -> ImageLatent:
         if image is None:
             raise RefDropError(f"RefDrop: {name} is missing: give an image")
         if ctx.encode_image is None or ctx.encode_prompt is None:
@@ -184,6 +192,7 @@ class RefDropRun:
             reader.close()
         self._readers.clear()
         self._first_images.clear()
+        self._images.clear()
         self._host_copies.release()
 
     def finish_save(self, generation: dict, preview) -> str:

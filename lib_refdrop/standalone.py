@@ -146,8 +146,10 @@ def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **
     fixed = sorted(set(settings) & set(_SET_BY_USE_PATCH))
     if fixed:
         raise RefDropError(f"RefDrop: use_patch sets {', '.join(fixed)} itself; pass only the other Use arguments")
-    values = {**settings, "enabled": True, "mode": "Use", "reference": name, "rfg": rfg}
-    return RefDropRun(build(values), store).plan_patch(ctx)
+    patches = start_use(store, **settings, reference=name, rfg=rfg).for_pass(ctx)
+    if patches.model_wrapper is not None:
+        raise RefDropError("RefDrop: an image reference needs its model function wrapper too: use start_use")
+    return patches.attn1
 
 
 class UseSession:

@@ -234,3 +234,11 @@ def test_the_batch_reference_image_keeps_its_own_attention_whatever_the_kernel()
     own = host_attention(q, k, v, options)
     assert torch.equal(out[[0, 2]], own[[0, 2]])  # image 0 of each chunk
     assert not torch.equal(out[[1, 3]], own[[1, 3]])
+
+
+def test_use_patch_refuses_a_source_that_needs_a_model_wrapper(pipe, store):
+    from lib_refdrop.standalone import use_patch
+
+    image = to_pil(pipe.generate(["square"], [1])[0], scale=1)
+    with pytest.raises(RefDropError, match="use start_use"):
+        use_patch(store, "", 0.3, pass_context(1, pipe.prompts), source="image", image=image)

@@ -41,6 +41,7 @@ from lib_refdrop.reference.store import ReferenceStore
 from .data import BACKGROUNDS, SHAPE_COLOURS, SHAPES, Attributes, classify
 from .measure import Reference, Shares, prompts_for, save_references
 from .sampling import ToyPipeline, to_pil
+from .spread import summary
 
 RFG = 0.6
 N_REFS = 3           # the references of tests/test_toymodel.py
@@ -216,16 +217,6 @@ def image_block_gaps(pipe: ToyPipeline, store: ReferenceStore, saved: list[Saved
     if "shape mask" in conditions:
         row["shape mask colour - background"] = row["shape mask colour"] - row["shape mask background"]
     return row, images
-
-
-def summary(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, float, float]]:
-    """Per column: mean, sample standard deviation, mean - 3 sd and mean + 3 sd over the blocks."""
-    out = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        mean, sd = statistics.fmean(values), statistics.stdev(values)
-        out[key] = (mean, sd, mean - 3 * sd, mean + 3 * sd)
-    return out
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def sub_block_gaps(images: dict[str, list[tuple[Reference, list[Attributes]]]], 
     return rows
 
 
-def summary(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, float]]:
+def summary(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, float, float]]:
     """Per column: mean, sample standard deviation, mean - 3 sd and mean + 3 sd over the blocks."""
     out = {}
     for key in rows[0]:

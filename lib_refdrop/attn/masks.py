@@ -9,6 +9,8 @@ match; here image i attends only to the reference's subject tokens, wherever its
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -17,16 +19,8 @@ KEEP_COVERAGE = 0.5
 
 def token_grid(tokens: int, aspect: float) -> tuple[int, int]:
     """``(h, w)`` with ``h * w == tokens`` whose ``w / h`` is closest to ``aspect`` (latent grids are exact)."""
-    best = None
-    for h in range(1, int(tokens ** 0.5) + 2):
-        for rows in (h, tokens // h):
-            if rows == 0 or tokens % rows:
-                continue
-            cols = tokens // rows
-            error = abs(torch.log(torch.tensor(cols / rows / aspect)).item())
-            if best is None or error < best[0]:
-                best = (error, rows, cols)
-    return best[1], best[2]
+    grids = [(rows, tokens // rows) for rows in range(1, tokens + 1) if tokens % rows == 0]
+    return min(grids, key=lambda grid: abs(math.log(grid[1] / grid[0] / aspect)))
 
 
 class KeyMask:

@@ -55,16 +55,17 @@ def reference_pass_wrapper(images: list[ImageLatent], wanted: Callable[[float], 
     The pass at a sigma depends on nothing but the sigma, so calls at the sigma of the previous call (a
     second-order sampler's corrector and the next predictor, cond and uncond run as separate calls) reuse what it
     recorded: a Save records each sigma once."""
-    last_sigma: list[float | None] = [None]
+    last_sigma: float | None = None
 
     def refdrop_reference_pass(apply_model, args):
+        nonlocal last_sigma
         x, timestep, c = args["input"], args["timestep"], args["c"]
         if "c_concat" in c:  # the pass would need the image's own concat input (a masked image) too
             raise RefDropError("RefDrop: an image reference does not work with an inpainting or instruct model; "
                                "use a saved reference or the first image of the batch")
         sigma = timestep.reshape(-1)[:1]
-        if last_sigma[0] != float(sigma) and wanted(float(sigma)):
-            last_sigma[0] = float(sigma)
+        if last_sigma != float(sigma) and wanted(float(sigma)):
+            last_sigma = float(sigma)
             options = c.get("transformer_options", {})
             for image in images:
                 transformer_options = {**options, "cond_or_uncond": [0], "sigmas": sigma, PASS_KEY: image.name}

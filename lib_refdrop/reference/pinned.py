@@ -1,7 +1,7 @@
 """Device <-> host copies that never block the sampling thread.
 
 Pinned (page-locked) host memory is what makes CUDA copies asynchronous, but allocating it is slow (one
-allocation per tensor made Save 11x slower in our measurements), so tensors are packed into large pinned slabs
+allocation per tensor made Save 11x slower when measured), so tensors are packed into large pinned slabs
 that are allocated once and recycled. On a CPU device there is nothing to overlap and a plain copy is used.
 """
 

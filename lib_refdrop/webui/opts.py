@@ -119,13 +119,17 @@ def ram_budget_mb() -> int:
     return int(number)
 
 
-def default_rfg() -> float:
-    key = "refdrop_default_rfg"
+def _validated(key: str, parse, what: str, fallback):
+    """The setting ``key`` through a params validator, or ``fallback`` with one printed line."""
     value = _get(key)
     try:
-        return parse_rfg(value, key)
+        return parse(value, key)
     except RefDropError:
-        return _instead(key, value, "is not an RFG coefficient in [-1, 1]", DEFAULT_RFG)
+        return _instead(key, value, what, fallback)
+
+
+def default_rfg() -> float:
+    return _validated("refdrop_default_rfg", parse_rfg, "is not an RFG coefficient in [-1, 1]", DEFAULT_RFG)
 
 
 def default_profile() -> str:
@@ -139,12 +143,7 @@ def default_profile() -> str:
 
 
 def overwrite_default() -> bool:
-    key = "refdrop_overwrite_default"
-    value = _get(key)
-    try:
-        return parse_bool(value, key)
-    except RefDropError:
-        return _instead(key, value, "is not true or false", False)
+    return _validated("refdrop_overwrite_default", parse_bool, "is not true or false", False)
 
 
 def apply_ram_budget() -> None:
