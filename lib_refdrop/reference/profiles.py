@@ -38,6 +38,12 @@ class Profile:
     name: str
     storage: str = "native"      # native | int8
     sigma_stride: int = 1        # keep every n-th distinct sigma
+    keep: str = "kv"             # kv: K and V as the layer computed them | input: the attn1 input, K/V recomputed
+
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        """The stored tensors of one layer and chunk: K and V, or the layer's input (Use projects it again)."""
+        return ("x",) if self.keep == "input" else ("k", "v")
 
     def keeps_sigma(self, ordinal: int) -> bool:
         """Whether the ``ordinal``-th distinct sigma of a Save is stored."""

@@ -13,9 +13,6 @@ import torch
 from ..errors import RefDropError
 from .profiles import Profile, split_entry
 
-_TENSORS = ("k", "v")
-
-
 def _corrupt(name: str, file: str, why: str) -> RefDropError:
     return RefDropError(f"RefDrop: reference '{name}' is corrupt: {file} {why}")
 
@@ -31,7 +28,7 @@ def expected_form(key: str, manifest: dict, profile: Profile, compute_dtype: tor
     """(dtype, shape) a stored tensor named ``key`` must have, or None if no such tensor belongs in a slot."""
     lid, chunk, tensor, suffix = split_entry(key)
     layer = manifest["layers"].get(lid)
-    if layer is None or chunk not in manifest["chunks"] or tensor not in _TENSORS:
+    if layer is None or chunk not in manifest["chunks"] or tensor not in profile.tensors:
         return None
     forms = profile.stored_forms(layer["n_heads"] * layer["dim_head"], layer["tokens"], compute_dtype)
     return forms.get(suffix)
