@@ -13,6 +13,7 @@ import torch
 from ..errors import RefDropError
 from .profiles import Profile, split_entry
 
+
 def _corrupt(name: str, file: str, why: str) -> RefDropError:
     return RefDropError(f"RefDrop: reference '{name}' is corrupt: {file} {why}")
 
