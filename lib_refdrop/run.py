@@ -12,9 +12,18 @@ from dataclasses import dataclass
 
 from . import families
 from .attn.masks import KeyMask, mask_tensor
-from .attn.patches import Guide, Patch, make_failing_patch, make_save_patch, make_use_patch, plan_use
+from .attn.patches import (
+    Guide,
+    InputPatch,
+    Patch,
+    make_failing_patch,
+    make_input_save_patch,
+    make_save_patch,
+    make_use_patch,
+    plan_use,
+)
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
-from .attn.sources import BatchRows, KeptRows, PassRows, StoredRows
+from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
@@ -48,6 +57,9 @@ class PassContext:
     encode_prompt: Callable | None = None
     batch_index: int = 0           # which batch of the batch count this pass belongs to
     batch_count: int = 1
+    # Layer id -> that attn1 layer's (to_k, to_v) in the model of this pass: for a reference that keeps each
+    # layer's input (attn/sources.py StoredRows). None where the caller cannot reach the model's layers.
+    projections: Projections | None = None
 
 
 class RefDropRun:
@@ -61,6 +73,7 @@ class RefDropRun:
         self.family = "unknown"
         self._readers: list[ReferenceReader] = []  # Use: one per sampling pass, closed by ``release``
         self.model_wrapper: Wrapper | None = None   # this pass's model function wrapper (image references)
+        self.input_patch: InputPatch | None = None  # this pass's attn1_patch (a Save that keeps each layer's input)
         self._first_images: dict[bool, KeptRows] = {}  # the batch's first image, kept per kind of pass (hires)
         self._images: dict[tuple[str, bool], ImageLatent] = {}  # encoded once per kind of pass, not every batch
         self._host_copies = _HostCopies()
@@ -76,7 +89,7 @@ class RefDropRun:
     def plan_patch(self, ctx: PassContext) -> Patch | None:
         """The attn1 patch for this pass, None to leave it plain; RefDropError when it cannot be planned. Where the
         pass needs a model function wrapper too (image references), ``model_wrapper`` holds it afterwards."""
-        self.model_wrapper = None
+        self.model_wrapper = self.input_patch = None
         if self.settings.saving:
             return self._save_patch(ctx)
         if self.settings.using:
@@ -91,11 +104,14 @@ class RefDropRun:
         self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite)
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
-        if self.settings.save_from != "image":
-            return make_save_patch(self.recorder, ctx.inner)
-        image = self._image_latent("image", self.settings.image, ctx)
-        self.model_wrapper = reference_pass_wrapper([image])
-        return make_save_patch(self.recorder, ctx.inner, from_image=image.name)
+        from_image = None
+        if self.settings.save_from == "image":
+            image = self._image_latent("image", self.settings.image, ctx)
+            self.model_wrapper = reference_pass_wrapper([image])
+            from_image = image.name
+        if profile.keep == "input":
+            self.input_patch = make_input_save_patch(self.recorder, from_image)
+        return make_save_patch(self.recorder, ctx.inner, from_image)
 
     def _free_automatic_name(self, seed) -> str:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""
@@ -117,7 +133,7 @@ class RefDropRun:
                 if reader is None:
                     continue
                 layers = layers if layers is not None else list(reader.manifest["layers"])
-                source = StoredRows(reader)
+                source = StoredRows(reader, ctx.projections)
                 mask = mask if mask is not None else self._stored_mask(slot.reference)
             elif slot.rfg == 0:
                 continue

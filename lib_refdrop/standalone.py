@@ -48,7 +48,7 @@ __all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context",
 
 def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,
             *, is_hr_pass: bool = False, encode_image: Callable | None = None, encode_prompt: Callable | None = None,
-            batch_index: int = 0, batch_count: int = 1) -> PassContext:
+            batch_index: int = 0, batch_count: int = 1, projections=None) -> PassContext:
     """One sampling pass of a caller with no earlier attn1 patch to chain: RefDrop wraps ``attention`` itself.
 
     ``family``: the model family ("sd15", "sdxl", ...), kept in a Save and checked by a Use; ``attention``:
@@ -56,11 +56,14 @@ def context(family: str, attention: Callable, percent_to_sigma: Callable[[float]
     sigma at a fraction of the steps (0 -> the highest sigma, 1 -> 0), for a Use's step window; ``seed``: names a
     Save made without a name, and seeds an image reference's noise; ``encode_image`` (image -> latent
     ``[1, C, h, w]``) and ``encode_prompt`` (text -> the model's conditioning keyword arguments for one row): for
-    image references; ``batch_index`` / ``batch_count``: for the batch's first image as the reference.
+    image references; ``batch_index`` / ``batch_count``: for the batch's first image as the reference;
+    ``projections`` (layer id -> that attn1 layer's ``(to_k, to_v)``): for a reference whose profile keeps each
+    layer's input.
     """
     return PassContext(family=family, is_hr_pass=is_hr_pass, percent_to_sigma=percent_to_sigma,
                        attention=attention, inner=attention, seed=seed, encode_image=encode_image,
-                       encode_prompt=encode_prompt, batch_index=batch_index, batch_count=batch_count)
+                       encode_prompt=encode_prompt, batch_index=batch_index, batch_count=batch_count,
+                       projections=projections)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class SaveSession:
         self._run = run
         self.patch = patch
         self.model_wrapper = run.model_wrapper  # a Save from an image: runs the image's pass
+        # A profile that keeps each layer's input: an attn1_patch (``(n, context, value, extra_options)`` -> the
+        # same, run before the projections) for every attn1 layer too.
+        self.input_patch = run.input_patch
 
     @property
     def name(self) -> str:

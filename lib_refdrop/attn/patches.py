@@ -78,13 +78,34 @@ def make_save_patch(recorder: Recorder, inner: Attention, from_image: str | None
     """Record every attn1 call of the generation, or (``from_image``) only those of that image's reference pass:
     the generation itself then stays plain."""
 
+    records_kv = recorder.profile.keep == "kv"
+
     def refdrop_save(q, k, v, extra_options):
         out = inner(q, k, v, extra_options)
-        if extra_options.get(PASS_KEY) == from_image:
-            recorder.record(k, v, extra_options)
+        if records_kv and extra_options.get(PASS_KEY) == from_image:
+            recorder.record({"k": k, "v": v}, extra_options)
         return out
 
     return refdrop_save
+
+
+InputPatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], tuple]
+
+
+def make_input_save_patch(recorder: Recorder, from_image: str | None = None) -> InputPatch:
+    """For a profile that stores each layer's input (``keep="input"``): an ``attn1_patch``, which the hosts run on
+    the normed hidden states just before ``to_q``/``to_k``/``to_v`` (docs/hosts.md), records what ``to_k`` and
+    ``to_v`` are about to project, and changes nothing."""
+
+    def refdrop_save_input(n, context, value, extra_options):
+        if extra_options.get(PASS_KEY) == from_image:
+            if value is not context and not torch.equal(value, context):
+                raise RefDropError("RefDrop: another extension gives this layer's K and V different inputs; save "
+                                   "with a profile that stores K and V (exact)")
+            recorder.record({"x": context}, extra_options)
+        return n, context, value
+
+    return refdrop_save_input
 
 
 def make_use_patch(guides: list[Guide], plan: UsePlan, attention: Attention, inner: Attention,

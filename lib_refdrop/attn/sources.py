@@ -11,6 +11,7 @@ Every source answers, for one attn1 call and one chunk (cond/uncond) of its rows
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -47,20 +48,33 @@ class Source(Protocol):
     def rows(self, call: LayerCall, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+Projections = Callable[[str], tuple[Callable, Callable]]  # layer id -> that layer's (to_k, to_v) of this model
+
+
 class StoredRows:
-    """A saved reference."""
+    """A saved reference: its K and V rows, or (a profile that keeps each layer's input) K and V projected from the
+    stored input by the layer's own ``to_k``/``to_v`` (``projections``)."""
 
     own_rows = ()  # rows of a chunk that are the reference itself (keep their own attention)
 
-    def __init__(self, reader: ReferenceReader):
+    def __init__(self, reader: ReferenceReader, projections: Projections | None = None):
         self.reader = reader
         self.name = reader.name
+        self.projections = projections
+        if reader.profile.keep == "input" and projections is None:
+            raise RefDropError(f"RefDrop: reference '{reader.name}' keeps each layer's input and needs the model's "
+                               "own projections to use it, which this caller does not give")
 
     def check_layer(self, lid: str, width: int) -> None:
         self.reader.check_layer(lid, width)
 
     def rows(self, call: LayerCall, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.reader.rows(call.lid, call.chunks[i], call.sigma, call.occurrences[i], call.q)
+        rows = self.reader.rows(call.lid, call.chunks[i], call.sigma, call.occurrences[i], call.q)
+        if self.projections is None or len(rows) == 2:
+            return rows
+        to_k, to_v = self.projections(call.lid)
+        x = rows[0]
+        return to_k(x), to_v(x)
 
 
 class PassRows:

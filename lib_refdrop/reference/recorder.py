@@ -38,18 +38,21 @@ class Recorder:
         self._parts: dict[int, int] = {}
         self._to_host: ToHost | None = None
 
-    def record(self, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> None:
+    def record(self, tensors: dict[str, torch.Tensor], extra_options: dict) -> None:
+        """Keep the first image's rows of one attn1 call: ``tensors`` are the profile's (``Profile.tensors``: K and V,
+        or the layer's input x), each ``[rows, tokens, C]``."""
+        first = next(iter(tensors.values()))
         lid = layer_id(extra_options)
         sigma = current_sigma(extra_options)
         names = chunk_names(extra_options["cond_or_uncond"])
-        rows = rows_per_chunk(k.shape[0], extra_options["cond_or_uncond"])
+        rows = rows_per_chunk(first.shape[0], extra_options["cond_or_uncond"])
         if self._to_host is None:
-            self._to_host = ToHost(k.device)
-            self.dtype = str(k.dtype).removeprefix("torch.")
+            self._to_host = ToHost(first.device)
+            self.dtype = str(first.dtype).removeprefix("torch.")
         self.layers.setdefault(lid, {
             "n_heads": int(extra_options["n_heads"]),
             "dim_head": int(extra_options["dim_head"]),
-            "tokens": int(k.shape[1]),
+            "tokens": int(first.shape[1]),
         })
         if sigma not in self._sigma_ordinals:
             self._sigma_ordinals[sigma] = len(self._sigma_ordinals)
@@ -60,8 +63,8 @@ class Recorder:
                 self.chunks.append(chunk)
             slot = self._slot(sigma, self._counter.next(lid, chunk, sigma))
             open_slot = self._open_slot(slot)
-            for tensor_name, tensor in (("k", k[i * rows]), ("v", v[i * rows])):
-                for key, stored in self.profile.encode_row(lid, chunk, tensor_name, tensor).items():
+            for tensor_name, tensor in tensors.items():
+                for key, stored in self.profile.encode_row(lid, chunk, tensor_name, tensor[i * rows]).items():
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
 
     def _slot(self, sigma: float, occurrence: int) -> Slot:

@@ -12,30 +12,35 @@ from tests.support.hostsim import DiscreteSchedule, host_attention, sample
 SCHEDULE = DiscreteSchedule()
 
 
-def context(family: str = "sd15", is_hr_pass: bool = False, seed: int = 1) -> standalone.PassContext:
-    return standalone.context(family, host_attention, SCHEDULE.percent_to_sigma, seed=seed, is_hr_pass=is_hr_pass)
+def context(family: str = "sd15", is_hr_pass: bool = False, seed: int = 1, host=None) -> standalone.PassContext:
+    """A pass on a hostsim U-Net; with ``host``, its layers' projections too (a profile that keeps the input)."""
+    return standalone.context(family, host_attention, SCHEDULE.percent_to_sigma, seed=seed, is_hr_pass=is_hr_pass,
+                              projections=host.projections if host is not None else None)
 
 
-def sample_with(host, patch, **sample_args):
-    """Sample with ``patch`` on every attn1 layer (None: plain), like a host for one generation."""
+def sample_with(host, patch, input_patch=None, **sample_args):
+    """Sample with ``patch`` on every attn1 layer (None: plain), and ``input_patch`` as an attn1_patch, like a host
+    for one generation."""
     host.patch = patch
+    host.attn1_patches = [input_patch] if input_patch is not None else []
     try:
         return sample(host, **sample_args)
     finally:
         host.patch = None
+        host.attn1_patches = []
 
 
 def save(host, store, name: str, family: str = "sd15", profile: str = "", **sample_args):
     """Generate with Save on; returns the latent once the reference is complete on disk."""
     seed = sample_args.get("seed", 1)
-    with standalone.start_save(store, name, context(family, seed=seed), profile=profile) as session:
-        latent = sample_with(host, session.patch, **sample_args)
+    with standalone.start_save(store, name, context(family, seed=seed, host=host), profile=profile) as session:
+        latent = sample_with(host, session.patch, session.input_patch, **sample_args)
         session.finish({"seed": seed})
     return latent
 
 
 def use(host, store, name: str, rfg: float, family: str = "sd15", settings: dict | None = None, **sample_args):
-    patch = standalone.use_patch(store, name, rfg, context(family, seed=sample_args.get("seed", 1)),
+    patch = standalone.use_patch(store, name, rfg, context(family, seed=sample_args.get("seed", 1), host=host),
                                  **(settings or {}))
     return sample_with(host, patch, **sample_args)
 

@@ -127,6 +127,7 @@ class AttnHost:
       ``(name, number)``; they win over ``patch``.
     - ``transformer_options``: custom keys copied (by reference) into every ``extra_options``, like
       ``unet.set_transformer_option``.
+    - ``attn1_patches``: ``set_model_attn1_patch``'s chain, run on the normed hidden states before the projections.
     - ``model_wrapper``: a model function wrapper, ``wrapper(apply_model, args)`` (``set_model_unet_function_wrapper``
       in both hosts); ``sampling.call_model`` calls the U-Net through it.
     - ``tome_ratio``: token-merging emulation on the highest-resolution attention level (query side only).  On
@@ -151,6 +152,7 @@ class AttnHost:
         self.patches_replace: dict[tuple, Patch] = {}
         self.transformer_options: dict = {}
         self.model_wrapper = None
+        self.attn1_patches: list = []  # set_model_attn1_patch: (n, context, value, extra_options) -> the same
         self.tome_ratio = tome_ratio
         self.host_flavour = host_flavour
         self.layers = layer_map(unet)
@@ -168,6 +170,16 @@ class AttnHost:
             attn = modules[layer.name]
             self._orig_processors[layer.name] = attn.processor
             attn.set_processor(_Attn1Processor(self, layer))
+
+    def projections(self, lid: str):
+        """``(to_k, to_v)`` of the attn1 layer ``lid`` (``"input1.0"``): what a host reaches through its diffusion
+        model by block and index."""
+        modules = dict(self.unet.named_modules())
+        for layer in self.layers:
+            if f"{layer.block[0]}{layer.block[1]}.{layer.block_index}" == lid:
+                attn = modules[layer.name]
+                return attn.to_k, attn.to_v
+        raise KeyError(f"no attn1 layer {lid}")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -282,7 +294,12 @@ class AttnHost:
         if self.tome_ratio > 0 and layer.level == self.tome_level:
             groups, n_keep = tome_groups(n.shape[1], self.tome_ratio)
             q_in = _tome_merge(n, groups, n_keep)  # Forge: ToMe attn1_patch shrinks n, context/value stay n
-        q, k, v = attn.to_q(q_in), attn.to_k(n), attn.to_v(n)
+        context = value = n
+        if self.attn1_patches:  # after ToMe's, like an attn1_patch appended by an extension
+            extra_options = self.extra_options(layer)
+            for attn1_patch in self.attn1_patches:
+                q_in, context, value = attn1_patch(q_in, context, value, extra_options)
+        q, k, v = attn.to_q(q_in), attn.to_k(context), attn.to_v(value)
         patch = self._lookup(layer)
         if patch is None:
             out = sdpa_attention(q, k, v, layer.n_heads)
