@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ...attn.patches import Attention, Patch, chain
 from ...run import PassContext, RefDropRun
 from .image_pass import host_encoders
+from .layers import projections_of
 from .model_function import CompleteExtraCall, ModelFunction, install_model_function, no_completion
 from .reporting import make_internal_error_patch, register_error_handler
 
@@ -44,6 +45,7 @@ class Host:
             attention=self.attention,
             inner=chain(earlier_attn1_patches(unet), self.attention),
             seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
+            projections=projections_of(unet),
             **host_extras(p),
         )
 
@@ -55,17 +57,19 @@ class Host:
         except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed: fail visibly
             return make_internal_error_patch(exc)
 
-    def install(self, p, patch: Patch | None, wrapper: ModelFunction | None = None) -> None:
-        """Put ``patch`` on every attn1 layer of a clone of this pass's U-Net and ``wrapper`` (``wrapper(apply_model,
-        args)``, see ``model_function.py``) around its model function, inside any wrapper already there; the patcher
-        it came from is unchanged (the host resets ``forge_objects`` before every pass, so nothing leaks into the
-        next one)."""
+    def install(self, p, patch: Patch | None, wrapper: ModelFunction | None = None, input_patch=None) -> None:
+        """Put ``patch`` on every attn1 layer of a clone of this pass's U-Net, ``input_patch`` (a Save that keeps
+        each layer's input) in its ``attn1_patch`` chain, and ``wrapper`` (``wrapper(apply_model, args)``, see
+        ``model_function.py``) around its model function, inside any wrapper already there; the patcher it came from
+        is unchanged (the host resets ``forge_objects`` before every pass, so nothing leaks into the next one)."""
         if patch is None and wrapper is None:
             return
         forge_objects = p.sd_model.forge_objects
         patched = forge_objects.unet.clone()
         if patch is not None:
             patched.set_model_replace_all(patch, "attn1")
+        if input_patch is not None:
+            patched.set_model_attn1_patch(input_patch)
         if wrapper is not None:
             install_model_function(patched, wrapper, self.complete_extra_call)
         forge_objects.unet = patched

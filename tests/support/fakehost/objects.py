@@ -44,6 +44,12 @@ class FakeUnetPatcher:
                 for transformer_index in range(16):
                     self.set_model_patch_replace(patch, target, block_name, number, transformer_index)
 
+    def set_model_attn1_patch(self, patch):
+        self.model_options["transformer_options"].setdefault("patches", {}).setdefault("attn1_patch", []).append(patch)
+
+    def attn1_input_patches(self) -> list:
+        return list(self.model_options["transformer_options"].get("patches", {}).get("attn1_patch", []))
+
     def attn1_patches(self) -> dict:
         return self.model_options["transformer_options"].get("patches_replace", {}).get("attn1", {})
 
@@ -81,5 +87,6 @@ def sample_patched(unet: FakeUnetPatcher, host_flavour=None, **kwargs):
 
     with AttnHost(unet.model.diffusion_model, host_flavour=host_flavour) as host:
         host.patches_replace = dict(unet.attn1_patches())
+        host.attn1_patches = unet.attn1_input_patches()
         host.model_wrapper = unet.model_options.get("model_function_wrapper")
         return sample(host, **kwargs)

@@ -1,0 +1,37 @@
+"""An attn1 layer of the host's U-Net by RefDrop's layer id, for a profile that keeps each layer's input.
+
+Both hosts' U-Nets (reForge ``ldm_patched/ldm/modules/diffusionmodules/openaimodel.py``, Forge
+``backend/nn/unet.py``) hold their blocks as ``input_blocks[n]``, ``middle_block`` and ``output_blocks[n]``; the block
+with attention has one module with ``transformer_blocks``, whose ``[block_index].attn1`` is the layer an attn1 patch
+of ``(block_name, n, block_index)`` runs in (docs/hosts.md). Its ``to_k``/``to_v`` are called as modules, so whatever
+the host does in a module's forward (LoRA applied on the fly, casts of low-precision weights) happens to the
+reference's rows too.
+"""
+
+from __future__ import annotations
+
+from ...attn.address import split_layer_id
+from ...errors import RefDropError
+
+
+def attn1_module(diffusion_model, lid: str):
+    name, number, index = split_layer_id(lid)
+    try:
+        block = diffusion_model.middle_block if name == "middle" else getattr(diffusion_model, f"{name}_blocks")[number]
+        transformer = next(module for module in block if hasattr(module, "transformer_blocks"))
+        return transformer.transformer_blocks[index].attn1
+    except (AttributeError, IndexError, StopIteration, TypeError):
+        raise RefDropError(f"RefDrop: the current model has no self-attention layer {lid}") from None
+
+
+def projections_of(unet):
+    """Layer id -> ``(to_k, to_v)`` of the model ``unet`` (a patcher) patches, looked up once per layer."""
+    found: dict[str, tuple] = {}
+
+    def projections(lid: str):
+        if lid not in found:
+            attn1 = attn1_module(unet.model.diffusion_model, lid)
+            found[lid] = (attn1.to_k, attn1.to_v)
+        return found[lid]
+
+    return projections
