@@ -18,6 +18,7 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import for_generation
 from lib_refdrop.run import RefDropRun, abandon_unfinished_saves
 from lib_refdrop.webui import hosts, infotext, opts, panel, xyz
+from lib_refdrop.webui.hosts import flux_install
 from lib_refdrop.webui.hosts.app import add_to_app
 from lib_refdrop.webui.hosts.save_status import status_line
 
@@ -71,11 +72,15 @@ class RefDropScript(scripts.Script):
             infotext.clear(p.extra_generation_params)  # X/Y/Z cells share this dict
             return
         host = hosts.detect()
-        wrapper = None
-        if run is not None:
-            patch = host.patch_for(p, run)
-            wrapper = run.model_wrapper  # an image's reference pass; None when the pass needs none
-        host.install(p, patch, wrapper)
+        if flux_install.is_flux(p):  # a DiT model: RefDrop works in its blocks' joint attention (docs/flux.md)
+            flux_install.install(host, p, run, patch)
+        else:
+            wrapper = input_patch = None
+            if run is not None:
+                patch = host.patch_for(p, run)
+                wrapper = run.model_wrapper  # an image's reference pass; None when the pass needs none
+                input_patch = run.input_patch  # a Save that keeps each layer's input
+            host.install(p, patch, wrapper, input_patch)
         if run is not None:
             profile = (run.settings.profile or run.default_profile) if run.settings.saving else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)

@@ -1,0 +1,118 @@
+"""The two Flux transformer blocks computed from their own modules, with the joint attention's image rows handed to
+a guide (eq. 15); written from the public Flux design (black-forest-labs/flux, ``DoubleStreamBlock`` and
+``SingleStreamBlock``).
+
+A double-stream block keeps separate weights for text and image tokens and attends over both jointly; a
+single-stream block runs on the concatenation ``[txt; img]``. In both, each token stream is modulated by the
+conditioning vector (shift, scale, gate), q and k are RMS-normed per head, and RoPE gives every token its position.
+The hosts differ in small ways (how a modulation module returns its chunks, how ``(1 + scale) * x + shift`` is
+computed, their attention kernel), so those come in as ``FluxOps`` from the host's adapter; the rest is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def no_guide(attn_img, q_img, k_img, v_img):
+    return attn_img
+
+
+def fp16_fix(x: torch.Tensor) -> torch.Tensor:
+    """Both hosts clamp a half-precision stream after each block (it overflows on some prompts)."""
+    if x.dtype == torch.float16:
+        return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+    return x
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (1 + scale) * x + shift
+
+
+def modulation_triples(modulation, vec: torch.Tensor) -> list[tuple]:
+    """``[(shift, scale, gate), ...]`` of a modulation module, whichever way it returns them: the reference design's
+    ``(ModulationOut, ModulationOut | None)`` (reForge) or the six or three chunks themselves (Forge)."""
+    out = modulation(vec)
+    if hasattr(out[0], "shift"):
+        return [(m.shift, m.scale, m.gate) for m in out if m is not None]
+    return [tuple(out[i:i + 3]) for i in range(0, len(out), 3)]
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, pe: torch.Tensor | None):
+    """Rotary position embedding of q and k ``[B, H, L, D]``; ``pe`` ``[B, 1, L, D / 2, 2, 2]`` holds each pair of
+    channels' rotation (EmbedND of the design). Computed in float32 like both hosts."""
+    if pe is None:
+        return q, k
+
+    def rotate(x):
+        pairs = x.to(pe.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+        return (pe[..., 0] * pairs[..., 0] + pe[..., 1] * pairs[..., 1]).reshape(*x.shape).type_as(x)
+
+    return rotate(q), rotate(k)
+
+
+@dataclass(frozen=True)
+class FluxOps:
+    """What a host does its own way inside a Flux block."""
+
+    # (q, k, v, attn_mask) [B, H, L, D], already roped -> [B, L, H * D]: the host's joint attention kernel
+    joint_attention: Callable
+    # (modulation module, vec) -> [(shift, scale, gate), ...]: two triples for a double block, one for a single
+    modulation: Callable = modulation_triples
+    modulate: Callable = modulate              # (x, shift, scale) -> (1 + scale) * x + shift
+    rope: Callable = apply_rope                # (q, k, pe) -> (q, k) with RoPE applied
+    fp16_fix: Callable = fp16_fix
+
+
+def _heads(qkv: torch.Tensor, n_heads: int):
+    """``[B, L, 3 * H * D]`` -> q, k, v ``[B, H, L, D]``."""
+    b, length, _ = qkv.shape
+    return qkv.view(b, length, 3, n_heads, -1).permute(2, 0, 3, 1, 4)
+
+
+def double_block(block, img, txt, vec, pe, attn_mask, ops: FluxOps, guide: Guide = no_guide):
+    """One double-stream block: ``(img, txt)`` out. ``guide`` sees the image rows of the joint attention and the
+    image tokens' roped q, k, v; the text rows are left as they are (eq. 15)."""
+    (img_shift1, img_scale1, img_gate1), (img_shift2, img_scale2, img_gate2) = ops.modulation(block.img_mod, vec)
+    (txt_shift1, txt_scale1, txt_gate1), (txt_shift2, txt_scale2, txt_gate2) = ops.modulation(block.txt_mod, vec)
+    heads = block.num_heads
+
+    img_q, img_k, img_v = _heads(block.img_attn.qkv(ops.modulate(block.img_norm1(img), img_shift1, img_scale1)), heads)
+    img_q, img_k = block.img_attn.norm(img_q, img_k, img_v)
+    txt_q, txt_k, txt_v = _heads(block.txt_attn.qkv(ops.modulate(block.txt_norm1(txt), txt_shift1, txt_scale1)), heads)
+    txt_q, txt_k = block.txt_attn.norm(txt_q, txt_k, txt_v)
+
+    q, k = ops.rope(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), pe)
+    v = torch.cat((txt_v, img_v), dim=2)
+    attn = ops.joint_attention(q, k, v, attn_mask)
+    text = txt.shape[1]
+    txt_attn = attn[:, :text]
+    img_attn = guide(attn[:, text:], q[:, :, text:], k[:, :, text:], v[:, :, text:])
+
+    img = img + img_gate1 * block.img_attn.proj(img_attn)
+    img = img + img_gate2 * block.img_mlp(ops.modulate(block.img_norm2(img), img_shift2, img_scale2))
+    txt = txt + txt_gate1 * block.txt_attn.proj(txt_attn)
+    txt = txt + txt_gate2 * block.txt_mlp(ops.modulate(block.txt_norm2(txt), txt_shift2, txt_scale2))
+    return img, ops.fp16_fix(txt)
+
+
+def single_block(block, x, vec, pe, attn_mask, text_tokens: int, ops: FluxOps, guide: Guide = no_guide):
+    """One single-stream block on ``x = [txt; img]``; ``text_tokens``: how many rows of ``x`` are text."""
+    ((shift, scale, gate),) = ops.modulation(block.modulation, vec)
+    qkv, mlp = torch.split(block.linear1(ops.modulate(block.pre_norm(x), shift, scale)),
+                           [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
+    q, k, v = _heads(qkv, block.num_heads)
+    q, k = block.norm(q, k, v)
+    q, k = ops.rope(q, k, pe)
+    attn = ops.joint_attention(q, k, v, attn_mask)
+    plain = attn[:, text_tokens:]
+    img_attn = guide(plain, q[:, :, text_tokens:], k[:, :, text_tokens:], v[:, :, text_tokens:])
+    if img_attn is not plain:  # the text rows stay as they are
+        attn = torch.cat((attn[:, :text_tokens], img_attn), dim=1)
+    out = block.linear2(torch.cat((attn, block.mlp_act(mlp)), dim=2))
+    return ops.fp16_fix(x + gate * out)

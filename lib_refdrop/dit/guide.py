@@ -1,0 +1,112 @@
+"""Eq. 15 through the engine: the image tokens of each Flux block's joint attention get the attn1-style patch
+(``attn/patches.py``) that RefDrop uses on a U-Net, the text tokens nothing.
+
+    X'_img <- X'_img + (patch(Q_img, K_img, V_img) - Attn(Q_img, K_img, V_img))
+
+``X'`` is the block's joint attention as the model computes it; ``patch`` is the Save, Use or failing patch of
+the run (its ``inner`` is ``FluxRefDrop.inner``: the image tokens' own attention ``Attn(Q_img, K_img, V_img)``,
+computed once and kept for the difference). A Use blends ``own + sum_j c_j (Attn(Q_img, K_ref_j, V_ref_j) - own)``,
+so the difference is the paper's ``c * (Attn_ref - Attn_img)``; where the patch returns ``own`` itself (a Save,
+a sigma or block the Use leaves out, a reference pass) the block is exactly the model's. Q and K are the roped ones:
+a reference's keys keep the positions they were computed at.
+
+The blocks do not receive the sampler's ``transformer_options`` (neither host passes them to a Flux block), so a
+model function wrapper (``model_function``) keeps the options of the model call in progress for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import RefDropInternalError
+from .blocks import FluxOps, double_block, single_block
+from .layers import DOUBLE, SINGLE, block_options
+
+
+def to_engine_layout(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, L, D]`` -> ``[B, L, H * D]``, the layout of the q, k, v an attn1 patch receives."""
+    b, heads, length, dim = x.shape
+    return x.transpose(1, 2).reshape(b, length, heads * dim)
+
+
+class FluxRefDrop:
+    """The run's patch on every block of one Flux model for one sampling pass.
+
+    ``attention``: ``(q, k, v, extra_options) -> out`` in the engine layout, the host's kernel (the same one for a
+    block's own image attention and for the reference's, so a reference that equals the image gives a zero
+    difference, bit for bit). ``own_needed``: False for a Save, whose patch only records and returns what ``inner``
+    gave; ``inner`` then computes nothing.
+    """
+
+    def __init__(self, patch: Callable, attention: Callable, ops: FluxOps, own_needed: bool = True):
+        self.patch = patch
+        self.attention = attention
+        self.ops = ops
+        self.own_needed = own_needed
+        self._calls: list[dict] = []     # transformer_options of the model calls in progress (innermost last)
+        self._text_tokens: list[int | None] = []
+        self._own: torch.Tensor | None = None
+
+    # -- the model call in progress -------------------------------------------------------------------------------
+
+    def model_function(self, engine_wrapper: Callable | None = None) -> Callable:
+        """A model function wrapper ``(apply_model, args)`` that keeps each model call's ``transformer_options``
+        for the blocks, inside ``engine_wrapper`` (the run's, for a reference pass) so its own calls are kept too."""
+
+        def refdrop_flux_calls(apply_model, args):
+            def apply(x, t, **c):
+                self._calls.append(c.get("transformer_options") or {})
+                self._text_tokens.append(None)
+                try:
+                    return apply_model(x, t, **c)
+                finally:
+                    self._calls.pop()
+                    self._text_tokens.pop()
+
+            if engine_wrapper is None:
+                return apply(args["input"], args["timestep"], **args["c"])
+            return engine_wrapper(apply, args)
+
+        return refdrop_flux_calls
+
+    def _options(self) -> dict:
+        if not self._calls:
+            raise RefDropInternalError("RefDrop: a Flux block ran outside the sampler's model function")
+        return self._calls[-1]
+
+    # -- the blocks ------------------------------------------------------------------------------------------------
+
+    def double(self, block, index: int, img, txt, vec, pe, attn_mask=None):
+        options = self._options()
+        self._text_tokens[-1] = int(txt.shape[1])
+        return double_block(block, img, txt, vec, pe, attn_mask, self.ops, self._guide(DOUBLE, index, block, options))
+
+    def single(self, block, index: int, x, vec, pe, attn_mask=None):
+        options = self._options()
+        text_tokens = self._text_tokens[-1]
+        if text_tokens is None:
+            raise RefDropInternalError("RefDrop: a Flux single-stream block ran before the double-stream blocks")
+        guide = self._guide(SINGLE, index, block, options)
+        return single_block(block, x, vec, pe, attn_mask, text_tokens, self.ops, guide)
+
+    def inner(self, q, k, v, extra_options):
+        """What the patch sees as the layer's own attention: the image tokens attending to themselves."""
+        self._own = self.attention(q, k, v, extra_options) if self.own_needed else q
+        return self._own
+
+    def _guide(self, kind: str, index: int, block, options: dict):
+        def guide(attn_img, q_img, k_img, v_img):
+            extra = block_options(options, kind, index, block.num_heads, q_img.shape[-1])
+            q, k, v = to_engine_layout(q_img), to_engine_layout(k_img), to_engine_layout(v_img)
+            self._own = None
+            out = self.patch(q, k, v, extra)
+            own, self._own = self._own, None
+            if out is own:
+                return attn_img  # RefDrop changes nothing here: the model's own block, exactly
+            if own is None or not self.own_needed:
+                own = self.attention(q, k, v, extra)
+            return attn_img + (out - own).to(attn_img.dtype)
+
+        return guide
