@@ -152,14 +152,15 @@ def _guided_attention(guide: Guide, call: LayerCall, own, attention: Attention, 
         if kept is not None and kept.numel() == 0:
             return None
         pairs = [(select_tokens(k, kept), select_tokens(v, kept)) for k, v in pairs]
-    own_rows = [i * call.rows + r for i in range(len(call.chunks)) for r in guide.source.own_rows]
+    own_rows = [i * call.rows + r for i, chunk in enumerate(call.chunks)
+                for r in (guide.source.own_rows if guide.source.guides(chunk) else range(call.rows))]
     if len(own_rows) == call.q.shape[0]:
-        return None  # every image here is the reference itself
+        return None  # every image here is the reference itself, or a chunk the reference leaves plain
     ref_k = expand_reference([k for k, _ in pairs], call.rows)
     ref_v = expand_reference([v for _, v in pairs], call.rows)
     ref = attention(call.q, ref_k, ref_v, extra_options)
     if own_rows:
-        ref[own_rows] = own[own_rows].to(ref.dtype)  # the reference image itself stays plain, bit for bit
+        ref[own_rows] = own[own_rows].to(ref.dtype)  # these rows stay plain, bit for bit
     return ref
 
 

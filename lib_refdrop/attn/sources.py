@@ -45,7 +45,14 @@ class Source(Protocol):
 
     def check_layer(self, lid: str, width: int) -> None: ...
 
+    def guides(self, chunk: str) -> bool: ...  # whether the rows of this chunk attend to the reference at all
+
     def rows(self, call: LayerCall, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class _GuidesEveryChunk:
+    def guides(self, chunk: str) -> bool:
+        return True
 
 
 Projections = Callable[[str], tuple[Callable, Callable]]  # layer id -> that layer's (to_k, to_v) of this model
@@ -68,6 +75,9 @@ class StoredRows:
     def check_layer(self, lid: str, width: int) -> None:
         self.reader.check_layer(lid, width)
 
+    def guides(self, chunk: str) -> bool:
+        return self.reader.profile.guides_chunk(chunk)  # a profile may leave uncond out and keep it plain
+
     def rows(self, call: LayerCall, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.reader.rows(call.lid, call.chunks[i], call.sigma, call.occurrences[i], call.q)
         if self.projections is None or len(rows) == 2:
@@ -77,7 +87,7 @@ class StoredRows:
         return to_k(x), to_v(x)
 
 
-class PassRows:
+class PassRows(_GuidesEveryChunk):
     """The K and V an image's reference pass recorded in every attn1 layer, for the U-Net call that follows it.
 
     Every chunk attends to the same rows: the pass is one row, conditioned on the image's own prompt."""
@@ -136,7 +146,7 @@ class KeptRows:
                 v.to(call.q.device, call.q.dtype, non_blocking=True))
 
 
-class BatchRows:
+class BatchRows(_GuidesEveryChunk):
     """The first image of the batch. In the first batch it is taken from the call itself (and kept when more batches
     follow); image 0 keeps its own attention, so it comes out as a plain generation."""
 

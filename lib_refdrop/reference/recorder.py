@@ -59,6 +59,8 @@ class Recorder:
         if not self.profile.keeps_sigma(self._sigma_ordinals[sigma]):
             return
         for i, chunk in enumerate(names):
+            if not self.profile.keeps_chunk(chunk):
+                continue
             if chunk not in self.chunks:
                 self.chunks.append(chunk)
             slot = self._slot(sigma, self._counter.next(lid, chunk, sigma))
