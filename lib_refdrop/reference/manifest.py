@@ -198,17 +198,25 @@ def _check_slots(slots, name: str) -> None:
 
 
 def is_plain_file_entry(entry) -> bool:
-    """A tensor file entry: a plain ``*.safetensors`` name inside the reference folder, with size and checksum."""
+    """A tensor file entry: a plain ``*.safetensors`` name inside the reference folder, with size and checksum;
+    a zstd-compressed one (``*.safetensors.zst``) also records the size it decompresses to."""
     if not isinstance(entry, dict):
         return False
     file = entry.get("file")
     return (
         isinstance(file, str)
-        and re.fullmatch(r"[A-Za-z0-9_\-]+\.safetensors", file) is not None
+        and re.fullmatch(r"[A-Za-z0-9_\-]+\.safetensors" + _FILE_SUFFIX.get(entry.get("encoding"), "(?!)"), file)
+        is not None
         and _is_int(entry.get("bytes"))
         and isinstance(entry.get("sha256"), str)
         and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None
+        and (entry.get("encoding") is None or _is_int(entry.get("raw_bytes")))
     )
+
+
+# A file entry's "encoding" (absent: the file is plain safetensors) -> what its file name ends with after
+# ".safetensors" (reference/compression.py); any other value is not one this version can read
+_FILE_SUFFIX = {None: "", "zstd": r"\.zst"}
 
 
 def file_entries(manifest: dict) -> list[dict]:

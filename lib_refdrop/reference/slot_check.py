@@ -1,7 +1,8 @@
 """Checks the tensors of one slot file against the manifest before Use touches them.
 
 A slot file passes its checksum whenever the manifest was re-sealed along with it, so a hand-made or planted
-reference can still hold tensors of other shapes, integer or boolean tensors, NaNs, or names no layer has.
+reference can still hold tensors of other shapes, integer or boolean tensors, NaNs, names no layer has, low-rank
+factors of a rank above the profile's bound or of two ranks that do not fit together, or half of a row.
 Each of these would reach the attention kernel (NaN: a black image; a wrong shape: a torch error deep in the
 U-Net); here they are refused with a message that names the reference and the file.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import RefDropError
-from .profiles import Profile, split_entry
+from .profiles import RANK, Profile, split_entry
+
+HEADER_ALLOWANCE = 256  # bytes of safetensors header per tensor (a name and its dtype, shape and offsets)
 
 
 def _corrupt(name: str, file: str, why: str) -> RefDropError:
@@ -25,31 +28,87 @@ def _compute_dtype(name: str, file: str, manifest: dict) -> torch.dtype:
     return dtype
 
 
+def _layer_forms(lid: str, manifest: dict, profile: Profile, compute_dtype: torch.dtype):
+    layer = manifest["layers"][lid]
+    width, tokens = layer["n_heads"] * layer["dim_head"], layer["tokens"]
+    return profile.stored_forms(width, tokens, compute_dtype), profile.max_rank(tokens, width)
+
+
 def expected_form(key: str, manifest: dict, profile: Profile, compute_dtype: torch.dtype):
-    """(dtype, shape) a stored tensor named ``key`` must have, or None if no such tensor belongs in a slot."""
+    """(dtype, shape) a stored tensor named ``key`` must have (``RANK`` for the row's rank), or None if no such
+    tensor belongs in a slot."""
     lid, chunk, tensor, suffix = split_entry(key)
-    layer = manifest["layers"].get(lid)
-    if layer is None or chunk not in manifest["chunks"] or tensor not in profile.tensors:
+    if lid not in manifest["layers"] or chunk not in manifest["chunks"] or tensor not in profile.tensors:
         return None
-    forms = profile.stored_forms(layer["n_heads"] * layer["dim_head"], layer["tokens"], compute_dtype)
+    forms, _ = _layer_forms(lid, manifest, profile, compute_dtype)
     return forms.get(suffix)
+
+
+def _shape_text(dtype: torch.dtype, shape) -> str:
+    dims = ", ".join("rank" if d == RANK else str(d) for d in shape)
+    return f"{str(dtype).removeprefix('torch.')} [{dims}]"
+
+
+def _rank_of(value: torch.Tensor, shape: tuple) -> int | None:
+    """The rank a stored tensor has where its form says ``RANK``; None if its shape does not fit the form."""
+    if value.dim() != len(shape):
+        return None
+    pairs = list(zip(value.shape, shape, strict=True))
+    ranks = {actual for actual, wanted in pairs if wanted == RANK}
+    if any(wanted != RANK and actual != wanted for actual, wanted in pairs) or len(ranks) > 1:
+        return None
+    return ranks.pop() if ranks else 0
 
 
 def check_slot_tensors(name: str, file: str, tensors: dict[str, torch.Tensor], manifest: dict,
                        profile: Profile) -> None:
     """Raise ``RefDropError`` unless every tensor of ``file`` is one the manifest's layers call for, with the
-    stored dtype and shape, and finite."""
+    stored dtype and shape (a rank from 1 to the profile's bound, the same in every part of a row), finite, and
+    every row complete."""
     compute_dtype = _compute_dtype(name, file, manifest)
+    rows: dict[tuple, dict[str, int]] = {}  # (layer, chunk, k|v) -> suffix -> rank (0: no rank in its shape)
     for key, value in tensors.items():
         form = expected_form(key, manifest, profile, compute_dtype)
         if form is None:
             raise _corrupt(name, file, f"holds a tensor {key!r} that no layer of the manifest has")
         dtype, shape = form
-        if value.dtype != dtype or tuple(value.shape) != shape:
+        rank = _rank_of(value, shape) if value.dtype == dtype else None
+        if rank is None:
             raise _corrupt(
                 name, file,
-                f"holds {key} as {str(value.dtype).removeprefix('torch.')} {list(value.shape)}; the manifest's "
-                f"layer needs {str(dtype).removeprefix('torch.')} {list(shape)}",
+                f"holds {key} as {_shape_text(value.dtype, tuple(value.shape))}; the manifest's layer needs "
+                f"{_shape_text(dtype, shape)}",
             )
-        if dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+        lid, chunk, tensor, suffix = split_entry(key)
+        _, max_rank = _layer_forms(lid, manifest, profile, compute_dtype)
+        if RANK in shape and not 1 <= rank <= max_rank:
+            raise _corrupt(name, file, f"holds {key} of rank {rank}; the profile stores ranks 1 to {max_rank}")
+        if dtype.is_floating_point and not bool(torch.isfinite(value.float() if value.element_size() == 1
+                                                                else value).all()):
             raise _corrupt(name, file, f"holds non-finite values (NaN or infinity) in {key}")
+        rows.setdefault((lid, chunk, tensor), {})[suffix] = rank
+    for row, parts in rows.items():
+        _check_row_parts(name, file, "/".join(row), parts, manifest, profile, compute_dtype)
+
+
+def _check_row_parts(name: str, file: str, row: str, parts: dict[str, int], manifest: dict, profile: Profile,
+                     compute_dtype: torch.dtype) -> None:
+    forms, _ = _layer_forms(row.split("/")[0], manifest, profile, compute_dtype)
+    missing = [suffix for suffix in forms if suffix not in parts]
+    if missing:
+        raise _corrupt(name, file, f"holds only part of {row}: {', '.join(f'{row}.{s}' for s in missing)} missing")
+    ranks = {rank for rank in parts.values() if rank}
+    if len(ranks) > 1:
+        raise _corrupt(name, file, f"holds the factors of {row} with different ranks ({sorted(ranks)})")
+
+
+def max_file_bytes(manifest: dict, profile: Profile) -> int:
+    """The most bytes one valid slot file of this reference can hold (every row of every layer and chunk at the
+    profile's largest rank, fp32 at most): a bound for what a compressed file may decompress to."""
+    total = 0
+    for layer in manifest["layers"].values():
+        width, tokens = layer["n_heads"] * layer["dim_head"], layer["tokens"]
+        forms = profile.stored_forms(width, tokens, torch.float32)
+        per_row = profile.row_bytes_bound(tokens, width, itemsize=4) + HEADER_ALLOWANCE * len(forms)
+        total += per_row * len(profile.tensors) * len(manifest["chunks"])
+    return total + HEADER_ALLOWANCE

@@ -19,6 +19,7 @@ from pathlib import Path
 import safetensors.torch
 
 from ..attn.sigmas import Slot
+from . import compression
 from .manifest import Recording, build_manifest, sha256_bytes
 from .names import validate_name
 from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
@@ -162,9 +163,13 @@ class ReferenceWriter:
             if release:
                 release()
         file = f"slot_{slot.index:04d}_{part}.safetensors"
+        entry = {}
+        if getattr(self, "file_encoding", "raw") == compression.ZSTD:  # set from the profile (Profile.file_encoding)
+            entry = {"encoding": compression.ZSTD, "raw_bytes": len(data)}
+            data, file = compression.compress(data), file + compression.SUFFIX
         _write_file(self.staging.folder / file, data)
         self._slot_files.setdefault(slot.index, []).append(
-            {"file": file, "bytes": len(data), "sha256": sha256_bytes(data)}
+            {"file": file, "bytes": len(data), "sha256": sha256_bytes(data), **entry}
         )
         self.status.bytes += len(data)
 
