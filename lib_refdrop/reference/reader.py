@@ -18,10 +18,11 @@ import torch
 from ..attn.address import entry_name
 from ..attn.sigmas import SigmaMap, Slot
 from ..errors import RefDropError
+from . import compression
 from .pinned import Arena, PinnedSlabPool
 from .profiles import get_profile
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
-from .slot_check import check_slot_tensors
+from .slot_check import check_slot_tensors, max_file_bytes
 from .store import OpenReference
 
 __all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "slots_of"]
@@ -168,7 +169,9 @@ class ReferenceReader:
         return decoded
 
     def _load_file(self, entry: dict) -> dict[str, torch.Tensor]:
-        data = self.opened.read(entry)
+        data = self.opened.read(entry)  # checked against its size and checksum on disk
+        if entry.get("encoding") == compression.ZSTD:  # at most what the manifest's layers can hold: no zip bomb
+            data = compression.decompress_entry(self.name, entry, data, max_file_bytes(self.manifest, self.profile))
         try:
             return safetensors.torch.load(data)
         except Exception as exc:  # noqa: BLE001 - SafetensorError and friends: a damaged or hand-made file
@@ -180,7 +183,7 @@ class ReferenceReader:
     def _decode(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         try:
             return self.profile.decode_slot(stored)
-        except KeyError as exc:  # an int8 row without its scales
+        except KeyError as exc:  # part of a row (scales, a factor) is missing
             raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
 
     def _submit(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> Future:
