@@ -6,7 +6,8 @@ pooled text (``vec``) that modulates every block (shift, scale, gate), double-st
 text and image, one joint attention), single-stream blocks on ``[txt; img]``, RMS-normed q and k, 3-axis RoPE.
 Attention runs on the hosts' stand-in kernel (``hostsim.sdpa_attention``, skip_reshape as both hosts call it).
 
-``TinyFlux(convention="reforge")`` looks block replacements up in ``transformer_options["patches_replace"]["dit"]``
+Each convention computes the modulation the way that host does (reForge: one ``addcmul``). ``Flux(convention=
+"reforge")`` looks block replacements up in ``transformer_options["patches_replace"]["dit"]``
 like reForge's ``Flux.forward_orig``; ``convention="forge"`` calls each block directly like Forge's
 ``IntegratedFluxTransformer2DModel.inner_forward`` (``block(img=, txt=, vec=, pe=)``), where the patcher's object
 patches reach it. ``FluxPatcher`` adds Forge's object patches (applied on load, put back on unload) to the fake
@@ -128,6 +129,18 @@ class Modulation(nn.Module):
         return ModulationOut(*out[:3]), ModulationOut(*out[3:]) if self.is_double else None
 
 
+def modulate(x, shift, scale):
+    return (1 + scale) * x + shift
+
+
+def modulate_addcmul(x, shift, scale):
+    """reForge's ``apply_mod``: the same modulation as one ``addcmul``, rounded differently."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+MODULATE = {"forge": modulate, "reforge": modulate_addcmul}
+
+
 def _mlp(hidden, ratio):
     return nn.Sequential(nn.Linear(hidden, int(hidden * ratio)), nn.GELU(approximate="tanh"),
                          nn.Linear(int(hidden * ratio), hidden))
@@ -139,8 +152,9 @@ def _split_heads(qkv, heads):
 
 
 class DoubleStreamBlock(nn.Module):
-    def __init__(self, hidden, heads, mlp_ratio):
+    def __init__(self, hidden, heads, mlp_ratio, modulate=modulate):
         super().__init__()
+        self.modulate = modulate
         self.num_heads, self.hidden_size = heads, hidden
         self.img_mod, self.txt_mod = Modulation(hidden, True), Modulation(hidden, True)
         self.img_norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
@@ -153,25 +167,27 @@ class DoubleStreamBlock(nn.Module):
     def forward(self, img, txt, vec, pe, attn_mask=None):
         img_mod1, img_mod2 = self.img_mod(vec)
         txt_mod1, txt_mod2 = self.txt_mod(vec)
+        mod = self.modulate
         img_q, img_k, img_v = _split_heads(
-            self.img_attn.qkv((1 + img_mod1.scale) * self.img_norm1(img) + img_mod1.shift), self.num_heads)
+            self.img_attn.qkv(mod(self.img_norm1(img), img_mod1.shift, img_mod1.scale)), self.num_heads)
         img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
         txt_q, txt_k, txt_v = _split_heads(
-            self.txt_attn.qkv((1 + txt_mod1.scale) * self.txt_norm1(txt) + txt_mod1.shift), self.num_heads)
+            self.txt_attn.qkv(mod(self.txt_norm1(txt), txt_mod1.shift, txt_mod1.scale)), self.num_heads)
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
         attn = attention(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2),
                          torch.cat((txt_v, img_v), dim=2), pe, attn_mask)
         txt_attn, img_attn = attn[:, :txt.shape[1]], attn[:, txt.shape[1]:]
         img = img + img_mod1.gate * self.img_attn.proj(img_attn)
-        img = img + img_mod2.gate * self.img_mlp((1 + img_mod2.scale) * self.img_norm2(img) + img_mod2.shift)
+        img = img + img_mod2.gate * self.img_mlp(mod(self.img_norm2(img), img_mod2.shift, img_mod2.scale))
         txt = txt + txt_mod1.gate * self.txt_attn.proj(txt_attn)
-        txt = txt + txt_mod2.gate * self.txt_mlp((1 + txt_mod2.scale) * self.txt_norm2(txt) + txt_mod2.shift)
+        txt = txt + txt_mod2.gate * self.txt_mlp(mod(self.txt_norm2(txt), txt_mod2.shift, txt_mod2.scale))
         return img, txt
 
 
 class SingleStreamBlock(nn.Module):
-    def __init__(self, hidden, heads, mlp_ratio):
+    def __init__(self, hidden, heads, mlp_ratio, modulate=modulate):
         super().__init__()
+        self.modulate = modulate
         self.num_heads, self.hidden_size = heads, hidden
         self.mlp_hidden_dim = int(hidden * mlp_ratio)
         self.linear1 = nn.Linear(hidden, hidden * 3 + self.mlp_hidden_dim)
@@ -183,7 +199,7 @@ class SingleStreamBlock(nn.Module):
 
     def forward(self, x, vec, pe, attn_mask=None):
         mod, _ = self.modulation(vec)
-        qkv, mlp = torch.split(self.linear1((1 + mod.scale) * self.pre_norm(x) + mod.shift),
+        qkv, mlp = torch.split(self.linear1(self.modulate(self.pre_norm(x), mod.shift, mod.scale)),
                                [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         q, k, v = _split_heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
@@ -217,8 +233,10 @@ class Flux(nn.Module):
         self.time_in, self.guidance_in = MLPEmbedder(256, HIDDEN), MLPEmbedder(256, HIDDEN)
         self.vector_in = MLPEmbedder(VEC_DIM, HIDDEN)
         self.txt_in = nn.Linear(CONTEXT_DIM, HIDDEN)
-        self.double_blocks = nn.ModuleList(DoubleStreamBlock(HIDDEN, HEADS, mlp_ratio) for _ in range(double_blocks))
-        self.single_blocks = nn.ModuleList(SingleStreamBlock(HIDDEN, HEADS, mlp_ratio) for _ in range(single_blocks))
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
+                                           for _ in range(double_blocks))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
+                                           for _ in range(single_blocks))
         self.final_layer = LastLayer(HIDDEN, self.patch_channels)
         with torch.no_grad():  # random weights of a size that keeps every block's contribution visible
             for name, parameter in self.named_parameters():

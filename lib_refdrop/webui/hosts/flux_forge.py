@@ -29,9 +29,11 @@ def object_name(kind: str, index: int) -> str:
 
 
 def earlier_block_patches(unet) -> list[str]:
-    """Object patches another extension already put on a Flux block."""
-    return sorted(name for name in getattr(unet, "object_patches", {}) if name.startswith(
-        ("diffusion_model.double_blocks.", "diffusion_model.single_blocks.")))
+    """Object patches another extension already put on a Flux block (RefDrop's own, on a clone Forge's hires pass
+    hands back before it resets ``forge_objects``, are replaced)."""
+    return sorted(name for name, obj in getattr(unet, "object_patches", {}).items()
+                  if name.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))
+                  and not getattr(obj, "__name__", "").startswith("refdrop_"))
 
 
 def install_blocks(unet, dit) -> None:

@@ -12,6 +12,8 @@ import dataclasses
 
 from ...attn.patches import make_failing_patch
 from ...dit.guide import FluxRefDrop
+from ...errors import RefDropError
+from ...reference.profiles import get_profile
 from . import flux_forge, flux_reforge
 from .model_function import install_model_function
 from .reporting import make_internal_error_patch
@@ -35,8 +37,13 @@ def is_flux(p) -> bool:
             and hasattr(model, "single_blocks"))
 
 
-def unsupported(settings) -> str | None:
-    """What a Flux pass cannot do yet: an image evaluated as a reference needs the model's own prompt encoding."""
+def unsupported(settings, default_profile: str = "") -> str | None:
+    """What a Flux pass cannot do yet: an image evaluated as a reference (it needs the model's own prompt encoding),
+    a profile that keeps each layer's input instead of K and V (a Flux block's K also depends on the conditioning
+    vector and the positions: it cannot be projected again from the input alone)."""
+    if settings.saving and getattr(get_profile(settings.profile or default_profile), "keep", "kv") != "kv":
+        return (f"RefDrop: the storage profile '{settings.profile or default_profile}' keeps each layer's input, "
+                "which does not work with Flux models; choose exact, balanced or compact")
     if settings.saving and settings.save_from == "image":
         return ("RefDrop: a Save from an image does not work with Flux models yet; save a reference from a "
                 "generation instead")
@@ -65,7 +72,7 @@ def install(host, p, run=None, failing_patch=None) -> None:
     earlier = adapter.earlier_block_patches(unet)
     if earlier:
         dit.patch = make_failing_patch(f"RefDrop: another extension already replaces blocks of this Flux model "
-                             f"({', '.join(earlier[:3])}); RefDrop cannot run together with it")
+                                       f"({', '.join(earlier[:3])}); RefDrop cannot run together with it")
     patched = unet.clone()
     adapter.install_blocks(patched, dit)
     install_model_function(patched, dit.model_function(wrapper), host.complete_extra_call)
@@ -74,10 +81,12 @@ def install(host, p, run=None, failing_patch=None) -> None:
 
 def _plan(host, p, run, dit):
     try:
-        problem = unsupported(run.settings)
+        problem = unsupported(run.settings, run.default_profile)
         if problem:
             return make_failing_patch(problem)
         ctx = dataclasses.replace(host.pass_context(p), family=FAMILY, inner=dit.inner)
         return run.patch_for_pass(ctx)
+    except RefDropError as exc:  # a problem the user can fix (an unknown profile): stops the generation with it
+        return make_failing_patch(str(exc))
     except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed by the host: fail visibly
         return make_internal_error_patch(exc)

@@ -30,7 +30,8 @@ def earlier_block_patches(unet) -> list[str]:
     """Block replacements another extension already registered on this Flux model."""
     options = getattr(unet, "model_options", None) or {}
     dit = options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    return sorted(f"{name} {number}" for name, number, *_ in dit)
+    return sorted(f"{key[0]} {key[1]}" for key, patch in dit.items()
+                  if not getattr(patch, "__name__", "").startswith("refdrop_"))
 
 
 def install_blocks(unet, dit) -> None:

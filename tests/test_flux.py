@@ -1,0 +1,327 @@
+"""RefDrop on Flux (docs/flux.md): eq. 15 on the image tokens of every block, through each host's way into the blocks.
+
+A tiny Flux-structured model with random weights (``tests/support/tinyflux.py``: double- and single-stream blocks,
+joint attention, RoPE, modulation) is sampled through the fake patcher the host adapters install on: reForge's
+``patches_replace["dit"]`` block replacements and Forge's object patches on each block's ``forward``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib_refdrop.attn.address import block_label
+from lib_refdrop.dit.blocks import FluxOps, double_block, single_block
+from lib_refdrop.dit.guide import FluxRefDrop
+from lib_refdrop.errors import RefDropError
+from lib_refdrop.params import build
+from lib_refdrop.reference import manifest as manifest_format
+from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.run import RefDropRun
+from tests.support import fakehost
+from tests.support import tinyflux as tf
+
+FLAVOURS = ("reforge", "forge")
+
+
+def _engine_names_dit_layers() -> bool:
+    """Whether the engine accepts Flux layer ids (``double3.0``) in a manifest and in a Use's block plan."""
+    try:
+        block_label("double0.0")
+    except KeyError:
+        return False
+    return bool(manifest_format._LAYER_RE.match("single37.0"))
+
+
+needs_dit_layers = pytest.mark.skipif(
+    not _engine_names_dit_layers(),
+    reason="the engine does not name Flux layers yet: attn/address.py _BLOCK_PREFIX and reference/manifest.py "
+           "_LAYER_RE need 'double' and 'single' (docs/flux.md, 'Engine')")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=FLAVOURS)
+def host(request):
+    with fakehost.activated(request.param):
+        from lib_refdrop.webui import hosts
+        from lib_refdrop.webui.hosts import flux_install
+
+        detected = hosts.detect()
+        assert detected.name == request.param
+        yield detected, flux_install
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ReferenceStore(tmp_path / "store")
+
+
+def run_pass(host, unet, values: dict, store, **sample_args):
+    """One generation: the run's patch installed by the Flux path on a clone of ``unet``, sampled; the run and p."""
+    detected, flux_install = host
+    run = RefDropRun(build({"enabled": True, **values}), store)
+    p = tf.make_p(unet)
+    flux_install.install(detected, p, run)
+    out = tf.sample(p.sd_model.forge_objects.unet, **sample_args)
+    return out, run, p
+
+
+def save(host, unet, store, name="fox", **sample_args):
+    out, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": name}, store, **sample_args)
+    run.finish_save({"seed": sample_args.get("seed", 1)}, None)
+    assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message
+    return out
+
+
+def use(host, unet, store, rfg, name="fox", **sample_args):
+    out, run, p = run_pass(host, unet, {"mode": "Use", "reference": name, "rfg": rfg}, store, **sample_args)
+    run.release()
+    return out, p
+
+
+# -- the block math -----------------------------------------------------------------------------------------------
+
+def _inputs(batch=2, img_tokens=16, txt_tokens=tf.TEXT_TOKENS, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(batch, img_tokens, tf.HIDDEN, generator=g)
+    txt = torch.randn(batch, txt_tokens, tf.HIDDEN, generator=g)
+    vec = torch.randn(batch, tf.HIDDEN, generator=g)
+    ids = torch.cat([torch.zeros(batch, txt_tokens, 3), torch.rand(batch, img_tokens, 3, generator=g) * 4], dim=1)
+    return img, txt, vec, tf.EmbedND(10000, tf.AXES)(ids)
+
+
+def _sdpa_ops(**kwargs) -> FluxOps:
+    from tests.support.hostsim import sdpa_attention
+
+    return FluxOps(joint_attention=lambda q, k, v, mask: sdpa_attention(q, k, v, q.shape[1], mask=mask,
+                                                                        skip_reshape=True), **kwargs)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_block_math_is_the_models_blocks_bit_for_bit(flavour):
+    """With each host's ops (reForge modulates with one ``addcmul``), the blocks computed by lib_refdrop/dit are the
+    model's own, bit for bit."""
+    with fakehost.activated(flavour):
+        from lib_refdrop.webui.hosts import flux_install
+
+        ops = flux_install.ADAPTERS[flavour].flux_ops()
+    model = tf.Flux(seed=1, convention=flavour)
+    img, txt, vec, pe = _inputs()
+    for block in model.double_blocks:
+        ours = double_block(block, img, txt, vec, pe, None, ops)
+        theirs = block(img=img, txt=txt, vec=vec, pe=pe)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    x = torch.cat((txt, img), 1)
+    for block in model.single_blocks:
+        assert torch.equal(single_block(block, x, vec, pe, None, txt.shape[1], ops), block(x, vec=vec, pe=pe))
+    other = tf.Flux(seed=1, convention="forge" if flavour == "reforge" else "reforge")
+    assert not torch.equal(double_block(other.double_blocks[0], img, txt, vec, pe, None, ops)[0],
+                           other.double_blocks[0](img=img, txt=txt, vec=vec, pe=pe)[0])  # the ops do matter
+
+
+def test_text_tokens_of_a_double_block_are_untouched_by_the_guide():
+    """Eq. 15: only the image rows of the joint attention change; the text stream's output is the plain one, bit for
+    bit, while the image stream's changes."""
+    model = tf.Flux(seed=2, convention="forge")  # the design's modulation, as _sdpa_ops computes it
+    img, txt, vec, pe = _inputs()
+    ops = _sdpa_ops()
+    g = torch.Generator().manual_seed(9)
+    ref_k, ref_v = torch.randn(1, 20, tf.HIDDEN, generator=g), torch.randn(1, 20, tf.HIDDEN, generator=g)
+
+    def use_like(q, k, v, extra_options):  # what a Use patch does with one reference at c = 0.5
+        own = dit.inner(q, k, v, extra_options)
+        ref = dit.attention(q, ref_k.expand(q.shape[0], -1, -1), ref_v.expand(q.shape[0], -1, -1), extra_options)
+        return torch.lerp(own, ref, 0.5)
+
+    from tests.support.hostsim import sdpa_attention
+
+    dit = FluxRefDrop(use_like, lambda q, k, v, eo: sdpa_attention(q, k, v, eo["n_heads"]), ops)
+    with _call_open(dit, {"cond_or_uncond": [0, 0], "sigmas": torch.tensor([0.5, 0.5])}):
+        guided = dit.double(model.double_blocks[0], 0, img, txt, vec, pe)
+    plain = model.double_blocks[0](img=img, txt=txt, vec=vec, pe=pe)
+    assert torch.equal(guided[1], plain[1])
+    assert (guided[0] - plain[0]).abs().max() > 1e-3
+
+
+class _call_open:
+    """A model call in progress for ``dit`` (what its model function wrapper opens around ``apply_model``)."""
+
+    def __init__(self, dit, options):
+        self.dit, self.options = dit, options
+
+    def __enter__(self):
+        self.dit._calls.append(self.options)
+        self.dit._text_tokens.append(None)
+
+    def __exit__(self, *exc):
+        self.dit._calls.pop()
+        self.dit._text_tokens.pop()
+
+
+def test_a_block_outside_a_model_call_is_a_clear_internal_error():
+    from lib_refdrop.errors import RefDropInternalError
+
+    model = tf.Flux(seed=2)
+    img, txt, vec, pe = _inputs()
+    dit = FluxRefDrop(lambda q, k, v, eo: q, None, _sdpa_ops())
+    with pytest.raises(RefDropInternalError, match="outside the sampler's model function"):
+        dit.double(model.double_blocks[0], 0, img, txt, vec, pe)
+
+
+# -- through each host's way into the blocks ----------------------------------------------------------------------
+
+@needs_dit_layers
+def test_zero_coefficient_installs_nothing(host, store):
+    unet = tf.make_patcher(host[0].name)
+    save(host, unet, store)
+    run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "fox", "rfg": 0.0}), store)
+    p = tf.make_p(unet)
+    host[1].install(host[0], p, run)
+    assert p.sd_model.forge_objects.unet is unet  # no clone, no patch: a plain generation
+    assert unet.object_patches == {} and unet.model_options == {"transformer_options": {}}
+
+
+def test_save_installs_on_a_clone_and_leaves_the_model_as_it_was(host, store):
+    unet = tf.make_patcher(host[0].name)
+    plain = tf.sample(unet, seed=3)
+    blocks = list(unet.model.diffusion_model.double_blocks) + list(unet.model.diffusion_model.single_blocks)
+    out, run, p = run_pass(host, unet, {"mode": "Save", "save_name": "fox"}, store, seed=3)
+    patched = p.sd_model.forge_objects.unet
+    assert patched is not unet and unet.object_patches == {} and unet.model_options["transformer_options"] == {}
+    if host[0].name == "forge":
+        assert len(patched.object_patches) == tf.DOUBLE_BLOCKS + tf.SINGLE_BLOCKS
+    else:
+        dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+        assert sorted(dit) == sorted([("double_block", i) for i in range(tf.DOUBLE_BLOCKS)]
+                                     + [("single_block", i) for i in range(tf.SINGLE_BLOCKS)])
+    # object patches are put back after the load (as Forge does: the bound method it found, on the block)
+    assert all(getattr(block.forward, "__func__", None) is type(block).forward for block in blocks)
+    assert torch.equal(out, plain)  # a Save records; the image is the plain one
+    assert torch.equal(tf.sample(unet, seed=3), plain)
+    run.writer.abort("test")
+
+
+@needs_dit_layers
+@pytest.mark.parametrize("rfg", [-0.5, 0.3, 1.0])
+def test_use_at_the_saves_settings_reproduces_the_save(host, store, rfg):
+    unet = tf.make_patcher(host[0].name)
+    saved = save(host, unet, store)
+    used, _ = use(host, unet, store, rfg)
+    assert torch.equal(used, saved)
+
+
+@needs_dit_layers
+def test_the_change_grows_with_the_coefficient(host, store):
+    unet = tf.make_patcher(host[0].name)
+    save(host, unet, store, seed=1)
+    plain = tf.sample(unet, seed=5)
+    change = {rfg: float((use(host, unet, store, rfg, seed=5)[0] - plain).abs().mean()) for rfg in (0.15, 0.3, 0.6)}
+    assert 0 < change[0.15] < change[0.3] < change[0.6]
+    away = float((use(host, unet, store, -0.3, seed=5)[0] - plain).abs().mean())
+    assert away > 0 and away == pytest.approx(change[0.3], rel=0.5)
+
+
+@needs_dit_layers
+def test_the_reference_holds_the_image_tokens_of_every_block(host, store):
+    unet = tf.make_patcher(host[0].name)
+    save(host, unet, store)
+    manifest = store.manifest("fox")
+    assert manifest["family"] == "flux" and manifest["chunks"] == ["cond0"]
+    expected = {f"double{i}.0" for i in range(tf.DOUBLE_BLOCKS)} | {f"single{i}.0" for i in range(tf.SINGLE_BLOCKS)}
+    assert set(manifest["layers"]) == expected
+    tokens = (64 // 16) ** 2  # a 64 px image: an 8x8 latent in 2x2 patches; the text tokens are not stored
+    assert all(layer == {"n_heads": tf.HEADS, "dim_head": tf.HIDDEN // tf.HEADS, "tokens": tokens}
+               for layer in manifest["layers"].values())
+
+
+@needs_dit_layers
+@pytest.mark.parametrize("split", [False, True])
+def test_real_cfg_layouts(host, store, split):
+    """Real CFG: uncond and cond rows in one call ([1, 0]) or two; each chunk is saved apart and Use pairs them.
+    A reference saved at CFG 1 guides a real-CFG generation too (its uncond rows take the cond rows)."""
+    unet = tf.make_patcher(host[0].name)
+    saved = save(host, unet, store, name="cfg", cfg=3.0, split=split)
+    assert store.manifest("cfg")["chunks"] == ["uncond0", "cond0"]
+    assert torch.equal(use(host, unet, store, 0.4, name="cfg", cfg=3.0, split=split)[0], saved)
+    save(host, unet, store, name="distilled")
+    plain = tf.sample(unet, seed=4, cfg=3.0, split=split)
+    guided = use(host, unet, store, 0.4, name="distilled", seed=4, cfg=3.0, split=split)[0]
+    assert (guided - plain).abs().mean() > 1e-3
+
+
+@needs_dit_layers
+def test_first_image_of_the_batch(host, store):
+    """Source "batch": image 0 is generated plainly (bit for bit the batch's plain first image), the others attend
+    to it."""
+    unet = tf.make_patcher(host[0].name)
+    plain = tf.sample(unet, seed=6, batch=2)
+    out, run, _ = run_pass(host, unet, {"mode": "Use", "source": "batch", "rfg": 0.5}, store, seed=6, batch=2)
+    run.release()
+    assert torch.equal(out[0], plain[0])
+    assert (out[1] - plain[1]).abs().mean() > 1e-3
+
+
+def test_unet_reference_is_refused_on_flux_and_flux_reference_on_a_unet(host, store):
+    from tests.support.refdrop_harness import save_synthetic
+
+    save_synthetic(store, "sd15-ref", {"seed": 1})
+    unet = tf.make_patcher(host[0].name)
+    run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "sd15-ref", "rfg": 0.3}), store)
+    p = tf.make_p(unet)
+    host[1].install(host[0], p, run)
+    with pytest.raises(RefDropError, match="'sd15-ref' was saved with an SD1.5 model, but the current model is Flux"):
+        tf.sample(p.sd_model.forge_objects.unet)
+    if not _engine_names_dit_layers():
+        return
+    save(host, unet, store, name="flux-ref")
+    from lib_refdrop.standalone import context, use_patch
+
+    with pytest.raises(RefDropError, match="'flux-ref' was saved with a Flux model, but the current model is SD1.5"):
+        use_patch(store, "flux-ref", 0.3, context("sd15", lambda q, k, v, eo: q, lambda percent: 1.0 - percent))
+
+
+def test_what_flux_cannot_do_yet_stops_the_generation_with_a_message(host, store):
+    from PIL import Image
+
+    unet = tf.make_patcher(host[0].name)
+    image = Image.new("RGB", (64, 64), "red")
+    cases = [({"mode": "Use", "source": "image", "image": image, "rfg": 0.3}, "an image as the reference"),
+             ({"mode": "Save", "save_from": "image", "image": image}, "a Save from an image")]
+    for values, message in cases:
+        run = RefDropRun(build({"enabled": True, **values}), store)
+        p = tf.make_p(unet)
+        host[1].install(host[0], p, run)
+        with pytest.raises(RefDropError, match=message):
+            tf.sample(p.sd_model.forge_objects.unet)
+
+
+def test_another_extensions_block_replacement_is_refused(host, store):
+    unet = tf.make_patcher(host[0].name)
+    if host[0].name == "forge":
+        unet.add_object_patch("diffusion_model.double_blocks.1.forward", lambda *a, **k: None)
+    else:
+        unet.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 1)
+    run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": "fox"}), store)
+    p = tf.make_p(unet)
+    host[1].install(host[0], p, run)
+    with pytest.raises(RefDropError, match="another extension already replaces blocks of this Flux model"):
+        tf.sample(p.sd_model.forge_objects.unet)
+    run.writer.abort("test")
+
+
+def test_is_flux_tells_the_model_apart():
+    from types import SimpleNamespace
+
+    from lib_refdrop.webui.hosts import flux_install
+    from tests.support.fakehost.objects import FakeUnetPatcher, make_p
+    from tests.support.hostsim import make_unet
+
+    assert flux_install.is_flux(tf.make_p(tf.make_patcher("forge")))
+    assert not flux_install.is_flux(make_p(FakeUnetPatcher(SimpleNamespace(diffusion_model=make_unet("sd15", "tiny")))))
