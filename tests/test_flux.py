@@ -325,3 +325,67 @@ def test_is_flux_tells_the_model_apart():
 
     assert flux_install.is_flux(tf.make_p(tf.make_patcher("forge")))
     assert not flux_install.is_flux(make_p(FakeUnetPatcher(SimpleNamespace(diffusion_model=make_unet("sd15", "tiny")))))
+
+
+def _params_name_flux_blocks() -> bool:
+    from lib_refdrop.params import parse_blocks
+
+    try:
+        return parse_blocks(["D18", "S37"]) == ("D18", "S37")
+    except RefDropError:
+        return False
+
+
+needs_flux_block_names = pytest.mark.skipif(
+    not (_engine_names_dit_layers() and _params_name_flux_blocks()),
+    reason="params.py does not name Flux blocks yet (D00-D18, S00-S37; groups double, single): docs/flux.md, 'Engine'")
+
+
+@needs_flux_block_names
+def test_advanced_blocks_and_groups_by_the_names_users_see(host, store):
+    """D00-D18 / S00-S37 and the groups double / single address Flux's blocks; all of them off is a plain image."""
+    unet = tf.make_patcher(host[0].name)
+    save(host, unet, store)
+    plain = tf.sample(unet, seed=5)
+
+    def used(**settings):
+        out, run, _ = run_pass(host, unet, {"mode": "Use", "reference": "fox", "rfg": 0.5, **settings}, store, seed=5)
+        run.release()
+        return out
+
+    every = used()
+    assert torch.equal(used(disabled_groups=["double", "single"]), plain)
+    some = used(disabled_blocks=["D00", "S03"])
+    assert not torch.equal(some, every) and not torch.equal(some, plain)
+    assert not torch.equal(used(disabled_groups=["single"]), used(disabled_groups=["double"]))
+
+
+@needs_dit_layers
+def test_the_step_window_reads_flow_times(host, store):
+    """Flux's sigmas are flow times in (0, 1]: a window that ends before the first step guides nothing."""
+    unet = tf.make_patcher(host[0].name)
+    save(host, unet, store)
+    plain = tf.sample(unet, seed=5, steps=4)
+
+    def used(**settings):
+        out, run, _ = run_pass(host, unet, {"mode": "Use", "reference": "fox", "rfg": 0.5, **settings}, store, seed=5,
+                               steps=4)
+        run.release()
+        return out
+
+    assert torch.equal(used(step_start=0.9, step_end=1.0), plain)  # flow times below the last sampled one
+    late, early = used(step_start=0.5), used(step_end=0.5)
+    assert not torch.equal(late, plain) and not torch.equal(early, plain) and not torch.equal(late, early)
+
+
+def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
+    """A profile that keeps each layer's input (Use projects K and V again) cannot work on Flux: a block's K depends
+    on the conditioning vector and RoPE too."""
+    from types import SimpleNamespace
+
+    from lib_refdrop.webui.hosts import flux_install
+
+    settings = build({"enabled": True, "mode": "Save", "save_name": "fox", "profile": "exact"})
+    assert flux_install.unsupported(settings, "exact") is None
+    monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="input"))
+    assert "keeps each layer's input, which does not work with Flux" in flux_install.unsupported(settings, "exact")
