@@ -1,11 +1,15 @@
 """Run by the WebUI (in a subprocess) when the extension is installed or the WebUI starts.
 
-RefDrop needs only torch and safetensors, which both hosts already ship; install safetensors only if it is missing.
+RefDrop needs torch and safetensors, which both hosts already ship, and zstandard for the storage profiles that
+compress their files (neither host's environment has it); each is installed only if it is missing.
 """
 
 import importlib.util
 
-if importlib.util.find_spec("safetensors") is None:
-    import launch
+REQUIREMENTS = {"safetensors": "safetensors", "zstandard": "zstandard==0.25.0"}  # module -> pip requirement
 
-    launch.run_pip("install safetensors", "safetensors for sd-refdrop")
+for module, requirement in REQUIREMENTS.items():
+    if importlib.util.find_spec(module) is None:
+        import launch
+
+        launch.run_pip(f"install {requirement}", f"{module} for sd-refdrop")

@@ -29,7 +29,9 @@ U, W = "u", "w"  # the suffixes of a low-rank row's factors: ``input1.0/cond0/k.
 RANK = -1        # in a shape from ``stored_forms``: the row's rank, 1 to ``Profile.max_rank`` (the same in u and w)
 STORAGES = ("native", *quantize.FORMATS)
 FILE_ENCODINGS = ("raw", "zstd")
-KEPT_TENSORS = {"kv": ("k", "v"), "input": ("x",)}  # Profile.keep -> the tensors of a stored row
+# Profile.keep -> the tensors of a stored row; a trajectory keeps no layer rows, only the reference's latent at each
+# sampled sigma and its conditioning (reference/trajectory.py), and Use evaluates the rows again
+KEPT_TENSORS = {"kv": ("k", "v"), "input": ("x",), "trajectory": ()}
 
 
 def split_entry(key: str) -> tuple[str, str, str, str]:
@@ -58,7 +60,7 @@ class Profile:
 
     def __post_init__(self):
         choices = {"storage": STORAGES, "file_encoding": FILE_ENCODINGS, "chunks": ("all", "cond"),
-                   "uncond_use": ("cond", "plain"), "keep": ("kv", "input")}
+                   "uncond_use": ("cond", "plain"), "keep": tuple(KEPT_TENSORS)}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"profile {self.name}: {field} must be one of {allowed}")
@@ -166,6 +168,8 @@ CANDIDATES: dict[str, Profile] = {p.name: p for p in (
     Profile("lowrank-half", rank_budget=0.5),                                               # <= 1/2
     Profile("lowrank-quarter", rank_budget=0.25),                                           # <= 1/4
     Profile("int8-zstd", storage="int8", file_encoding="zstd"),                             # 1/2, then zstd
+    Profile("fp8-zstd", storage="fp8", file_encoding="zstd"),                               # 1/2, then zstd
+    Profile("fp8-stride2-zstd", storage="fp8", sigma_stride=2, file_encoding="zstd"),       # 1/4, then zstd
     Profile("int8-stride2", storage="int8", sigma_stride=2),                                # 1/4
     Profile("int8-stride2-zstd", storage="int8", sigma_stride=2, file_encoding="zstd"),     # 1/4, then zstd
     Profile("int8-stride3-zstd", storage="int8", sigma_stride=3, file_encoding="zstd"),     # 1/6, then zstd
