@@ -1,0 +1,91 @@
+"""scripts/refdrop.py on a Flux model in the fake hosts: the hooks take the Flux path (lib_refdrop/webui/hosts/
+flux_install.py), a Save's manifest says flux, a Use at the Save's settings gives the Save's image, and a bad argument
+stops the generation at the first block."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from lib_refdrop.errors import RefDropError
+from lib_refdrop.params import build, to_args
+from lib_refdrop.webui import opts as options
+from tests.support import fakehost
+from tests.support import tinyflux as tf
+from tests.test_flux import needs_dit_layers
+
+
+@pytest.fixture(params=["reforge", "forge"])
+def host(request, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with fakehost.activated(request.param, models_path=tmp_path / "models"):
+        yield SimpleNamespace(flavour=request.param, script_module=fakehost.load_script())
+    torch.set_num_threads(threads)
+
+
+def run_hooks(script, p, args) -> None:
+    script.before_process(p, *args)
+    script.process_before_every_sampling(p, *args, x=None, noise=None, c=None, uc=None)
+
+
+def finish(script, p, args):
+    from modules.processing import Processed
+
+    processed = Processed(p, [Image.new("RGB", (8, 8), "blue")])
+    script.postprocess(p, processed, *args)
+    return processed
+
+
+@needs_dit_layers
+def test_save_then_use_through_the_hooks(host):
+    script = host.script_module.RefDropScript()
+    unet = tf.make_patcher(host.flavour)
+    save_args = to_args(build({"enabled": True, "mode": "Save", "save_name": "fox"}))
+    p = tf.make_p(unet)
+    run_hooks(script, p, save_args)
+    assert p.sd_model.forge_objects.unet is not unet and unet.object_patches == {}
+    saved = tf.sample(p.sd_model.forge_objects.unet)
+    finish(script, p, save_args)
+    assert p.refdrop_run.writer.wait(60) and p.refdrop_run.writer.status.state == "saved"
+    manifest = options.get_store().manifest("fox")
+    assert manifest["family"] == "flux" and "double0.0" in manifest["layers"] and "single0.0" in manifest["layers"]
+
+    use_args = to_args(build({"enabled": True, "mode": "Use", "reference": "fox", "rfg": 0.4}))
+    p = tf.make_p(unet)
+    run_hooks(script, p, use_args)
+    assert torch.equal(tf.sample(p.sd_model.forge_objects.unet), saved)
+    assert p.extra_generation_params["refdrop_reference"] == "fox"
+    finish(script, p, use_args)
+
+
+def test_disabled_leaves_the_model_alone(host):
+    script = host.script_module.RefDropScript()
+    unet = tf.make_patcher(host.flavour)
+    p = tf.make_p(unet)
+    run_hooks(script, p, to_args(build({})))
+    assert p.sd_model.forge_objects.unet is unet
+
+
+def test_a_bad_argument_stops_the_generation_at_the_first_block(host):
+    """The failing patch of a bad argument goes into the blocks too: on Flux there is no attn1 layer to raise in."""
+    script = host.script_module.RefDropScript()
+    unet = tf.make_patcher(host.flavour)
+    p = tf.make_p(unet)
+    bad = to_args(build({"enabled": True, "mode": "Use", "reference": "fox", "rfg": 0.4}))
+    bad[8], bad[9] = 0.9, 0.1  # step window start >= end
+    run_hooks(script, p, bad)
+    assert p.sd_model.forge_objects.unet is not unet
+    with pytest.raises(RefDropError, match="step window is empty"):
+        tf.sample(p.sd_model.forge_objects.unet)
+
+
+def test_a_missing_reference_stops_the_generation_with_its_message(host):
+    script = host.script_module.RefDropScript()
+    p = tf.make_p(tf.make_patcher(host.flavour))
+    run_hooks(script, p, to_args(build({"enabled": True, "mode": "Use", "reference": "nowhere", "rfg": 0.4})))
+    with pytest.raises(RefDropError, match="'nowhere' not found"):
+        tf.sample(p.sd_model.forge_objects.unet)
