@@ -1,8 +1,10 @@
 """Decoded reference slots kept in RAM across generations, within a byte budget (Settings → RefDrop).
 
 Entries are keyed by a reference's content identity (its manifest checksum, which covers every file's checksum)
-and the slot, never by folder or date: an overwritten reference can never be answered from the old one's
-entries. The store drops a reference's entries when it deletes, renames or overwrites it, to free the memory.
+first, then its name and the slot, never by date: an overwritten reference can never be answered from the old
+one's entries, and a copy under another name (same identity, files of its own) has its files checked when first
+read. The store drops a reference's entries when it deletes, renames or overwrites it, to free the memory.
+A Save fills the cache too (``reader.WriteThrough``): the first Use of a fresh reference then reads no file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ class RamCache:
 
     def __init__(self, budget: int = DEFAULT_RAM_BUDGET):
         self.budget = int(budget)
-        self._items: OrderedDict = OrderedDict()  # (identity, slot index) -> (value, nbytes)
+        self._items: OrderedDict = OrderedDict()  # (identity, name, slot index) -> (value, nbytes)
         self._lock = threading.Lock()
         self.used = 0
 

@@ -8,6 +8,7 @@ thread, so a slow or stuck read of one reference (a network drive) never holds u
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -19,13 +20,14 @@ from ..attn.address import entry_name
 from ..attn.sigmas import SigmaMap, Slot
 from ..errors import RefDropError
 from . import compression
+from .manifest import SEAL
 from .pinned import Arena, PinnedSlabPool
 from .profiles import get_profile
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
 from .slot_check import check_slot_tensors, max_file_bytes
 from .store import OpenReference
 
-__all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "slots_of"]
+__all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "WriteThrough", "slots_of"]
 
 READ_TIMEOUT_S = 300.0  # one slot; a local disk needs well under a second, a stalled network drive forever
 
@@ -34,12 +36,16 @@ def slots_of(manifest: dict) -> list[Slot]:
     return [Slot(int(s["index"]), float(s["sigma"]), int(s["occurrence"])) for s in manifest["slots"]]
 
 
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 class ReferenceReader:
     """The tensors of one opened reference, by slot, on the device the U-Net runs on."""
 
     DEVICE_SLOTS = 3  # the two slots around the current sigma and the prefetched next one
 
-    def __init__(self, opened: OpenReference, cache: RamCache = RAM_CACHE):
+    def __init__(self, opened: OpenReference, cache: RamCache = RAM_CACHE, prefetch_first: bool = True):
         self.opened = opened
         self.name = opened.name
         self.manifest = opened.manifest
@@ -53,6 +59,16 @@ class ReferenceReader:
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._checked_layers: set[str] = set()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
+        self._early: dict[int, Future] = {}  # host-side reads started when the Use was planned
+        if prefetch_first:
+            self._start_first_slot()
+
+    def _start_first_slot(self) -> None:
+        """Start reading the slot a sampler evaluates first (the highest sigma) as soon as the Use is planned, before
+        sampling starts, so that the first step waits for no read, checksum or decoding (the RAM cache may hold it
+        already: then this costs a lookup)."""
+        first = self.sigma_map.lookup(math.inf)
+        self._early[first.index] = self._loader.submit(self._read_host, first.index)
 
     def close(self) -> None:
         """Stop loading and close the reference's files (the end of the generation): where open files cannot be
@@ -61,9 +77,10 @@ class ReferenceReader:
         from a finalizer, which could run inside another executor's submit and deadlock on its lock."""
         if self._loader is None:
             return
-        for future in self._pending.values():
+        for future in [*self._pending.values(), *self._early.values()]:
             future.cancel()
         self._pending.clear()
+        self._early.clear()
         self._loader.submit(self.opened.close)  # after a read still in flight, on the same thread
         self._loader.shutdown(wait=False)
         self._loader = None
@@ -155,18 +172,45 @@ class ReferenceReader:
 
     def host_tensors(self, index: int) -> dict[str, torch.Tensor]:
         """Decoded CPU tensors of one slot, from the RAM cache or the disk (checked against the manifest)."""
-        key = (self.opened.identity, index)
-        cached = self._cache.get(key)
+        early = self._early.pop(index, None)  # started when the Use was planned: read once, not twice
+        return early.result() if early is not None else self._read_host(index)
+
+    def _cache_key(self, index: int) -> tuple:
+        """The content identity first (``RamCache.forget``), then the name: a copy of a reference under another
+        name has the same identity but files of its own, which are checked when they are first read."""
+        return self.opened.identity, self.name, index
+
+    def _read_host(self, index: int) -> dict[str, torch.Tensor]:
+        cached = self._cache.get(self._cache_key(index))
         if cached is not None:
             return cached
-        stored: dict[str, torch.Tensor] = {}
-        for entry in self._entries[index]:
-            tensors = self._load_file(entry)
-            check_slot_tensors(self.name, entry["file"], tensors, self.manifest, self.profile)
-            stored.update(tensors)
-        decoded = self._decode(stored)
-        self._cache.put(key, decoded, sum(t.numel() * t.element_size() for t in decoded.values()))
+        files = ((entry["file"], self._load_file(entry)) for entry in self._entries[index])  # one file at a time
+        decoded = self._checked_decoded(files)
+        self._cache.put(self._cache_key(index), decoded, tensor_bytes(decoded))
         return decoded
+
+    def adopt(self, index: int, files: list[dict[str, torch.Tensor]], room: int) -> int:
+        """Put slot ``index`` into the RAM cache from the tensors its files were serialised from (``files``, in the
+        manifest's order), as this process's writer hands them over: checked and decoded exactly like a read from
+        disk, without reading back and hashing what was just written. Kept only if it takes at most ``room`` bytes;
+        returns the bytes it takes in the cache (0: not kept)."""
+        entries = self._entries[index]
+        if len(files) != len(entries) or any(tensors is None for tensors in files):
+            return 0
+        decoded = self._checked_decoded(zip([entry["file"] for entry in entries], files, strict=True))
+        nbytes = tensor_bytes(decoded)
+        if nbytes > room:
+            return 0
+        self._cache.put(self._cache_key(index), decoded, nbytes)
+        return nbytes
+
+    def _checked_decoded(self, files) -> dict[str, torch.Tensor]:
+        """One slot's rows from its files' tensors, ``(file name, tensors)`` each, checked against the manifest."""
+        stored: dict[str, torch.Tensor] = {}
+        for file, tensors in files:
+            check_slot_tensors(self.name, file, tensors, self.manifest, self.profile)
+            stored.update(tensors)
+        return self._decode(stored)
 
     def _load_file(self, entry: dict) -> dict[str, torch.Tensor]:
         data = self.opened.read(entry)  # checked against its size and checksum on disk
@@ -210,3 +254,71 @@ class ReferenceReader:
         event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
         arena.release()
         return out, event
+
+
+class WriteThrough:
+    """The slots of a Save, handed to the RAM cache once the reference is complete, so that the first Use of a
+    freshly saved reference reads no file (and a repeated one is no faster than it).
+
+    The writer serialises each slot file from a dict of tensors; ``keeping`` holds on to them (a copy where the
+    writer reuses their buffers) while they fit the cache's byte budget, earliest slots first, since a Use needs
+    those first; ``hand_over`` puts them into the cache under the finished reference's identity, through the
+    reader's own tensor checks and decoding. Nothing read from the store is trusted more than before: these
+    tensors never left this process, and the files were written from them byte for byte."""
+
+    def __init__(self, cache: RamCache = RAM_CACHE):
+        self._cache = cache
+        self._slots: dict[int, dict[int, dict[str, torch.Tensor]]] = {}  # slot index -> part -> tensors
+        self._bytes = 0
+        self._full = cache.budget <= 0
+
+    def keeping(self, slot: Slot, part: int, tensors: dict, ready, release=None):
+        """The writer's arguments for one slot file, with a ``release`` that first keeps the tensors: the writer
+        calls it once ``ready()`` has returned (their copies are done) and before their buffers are reused."""
+
+        def keep_then_release():
+            try:
+                self._keep(slot.index, part, tensors, copy=release is not None)
+            finally:
+                if release:
+                    release()
+
+        return slot, part, tensors, ready, keep_then_release
+
+    def _keep(self, index: int, part: int, tensors: dict, copy: bool) -> None:
+        if self._full:
+            return
+        nbytes = tensor_bytes(tensors)
+        if self._bytes + nbytes > self._cache.budget:
+            self._full = True  # later slots are not kept either: a Use reads them from disk, as before
+            self._bytes -= sum(tensor_bytes(t) for t in self._slots.pop(index, {}).values())  # whole slots only
+            return
+        self._slots.setdefault(index, {})[part] = {k: t.clone() for k, t in tensors.items()} if copy else tensors
+        self._bytes += nbytes
+
+    def hand_over(self, store, name: str, manifest: dict) -> int:
+        """Put the kept slots into the cache as slots of ``name``, just committed with ``manifest``; returns the bytes
+        cached. Never raises: the reference is saved either way, and a Use reads what is not cached from disk."""
+        slots, self._slots = self._slots, {}
+        if not slots:
+            return 0
+        cached = 0
+        try:
+            opened = store.open(name)
+        except Exception:  # noqa: BLE001 - deleted or replaced already: nothing to cache
+            return 0
+        try:
+            if opened.identity != manifest.get(SEAL):
+                return 0  # another client replaced it between the commit and here
+            reader = ReferenceReader(opened, self._cache, prefetch_first=False)
+            for index in sorted(slots):
+                parts = slots.pop(index)
+                added = reader.adopt(index, [parts.get(p) for p in range(len(parts))], self._cache.budget - cached)
+                if not added:
+                    break
+                cached += added
+        except Exception:  # noqa: BLE001 - e.g. a tensor check refused a slot: a Use reads it and says why
+            pass
+        finally:
+            opened.close()
+        return cached

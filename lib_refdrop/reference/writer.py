@@ -22,6 +22,7 @@ from ..attn.sigmas import Slot
 from . import compression
 from .manifest import Recording, build_manifest, sha256_bytes
 from .names import validate_name
+from .reader import WriteThrough
 from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
 
 # The one registry of Saves in flight in this process: name -> writers still working on it (two clients may race).
@@ -74,6 +75,7 @@ class ReferenceWriter:
         self._slot_files: dict[int, list[dict]] = {}
         self._done = threading.Event()
         self.ended = False  # finish or abort was called: nothing more comes from the generation
+        self._write_through = WriteThrough(store.cache)  # the slots, for the RAM cache once saved
         self.staging: Staging | None = None
         try:
             self.staging = store.begin(self.name, overwrite)  # RefDropError (name taken) goes to the caller
@@ -123,7 +125,7 @@ class ReferenceWriter:
             while True:
                 kind, payload = self._queue.get()
                 if kind == "slot":
-                    self._write_slot(*payload)
+                    self._write_slot(*self._write_through.keeping(*payload))
                 elif kind == "finish":
                     self._finish(*payload)
                     return
@@ -185,6 +187,7 @@ class ReferenceWriter:
         self.store.commit(self.staging, self.name, self.overwrite)
         self.status.state = "saved"
         self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})"
+        self._write_through.hand_over(self.store, self.name, manifest)  # before ``wait`` returns: a Use reads no file
 
 
 def _write_file(path: Path, data: bytes) -> None:
