@@ -334,3 +334,15 @@ def test_a_zstd_reference_without_zstandard_names_the_fix(store, monkeypatch):
                                            r"zstandard==0\.25\.0"):
         read_slot(store, "r")
     assert not compression.available()
+
+
+def test_a_zstd_save_without_zstandard_fails_with_the_fix_in_its_status(store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    writer = ReferenceWriter(store, "r", overwrite=False)
+    writer.file_encoding = "zstd"
+    writer.put_slot(Slot(0, 14.6, 0), 0, {"input1.0/cond0/k": torch.zeros(48, 16)}, lambda: None)
+    writer.finish("sd15", {}, Recording({"input1.0": {"n_heads": 2, "dim_head": 8, "tokens": 48}}, ["cond0"],
+                                        "float32", "zstd", [Slot(0, 14.6, 0)]))
+    assert writer.wait(30) and writer.status.state == "failed"
+    assert "needs the Python package zstandard" in writer.status.message and "pip install" in writer.status.message
+    assert not store.exists("r")
