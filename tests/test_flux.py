@@ -389,3 +389,24 @@ def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     assert flux_install.unsupported(settings, "exact") is None
     monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="input"))
     assert "keeps each layer's input, which does not work with Flux" in flux_install.unsupported(settings, "exact")
+
+
+@needs_dit_layers
+def test_a_subject_mask_selects_the_references_image_tokens(host, store):
+    """Key-side masks work on Flux's image-token grid (16 x 16 px per token): a mask that keeps everything is no
+    mask; one that keeps half of the reference guides differently."""
+    from PIL import Image
+
+    unet = tf.make_patcher(host[0].name)
+    save(host, unet, store)
+
+    def used(mask):
+        values = {"mode": "Use", "reference": "fox", "rfg": 0.5, "mask": mask}
+        out, run, _ = run_pass(host, unet, values, store, seed=5)
+        run.release()
+        return out
+
+    everything, left = Image.new("L", (64, 64), 255), Image.new("L", (64, 64), 0)
+    left.paste(255, (0, 0, 32, 64))
+    assert torch.equal(used(everything), used(None))
+    assert not torch.equal(used(left), used(None))
