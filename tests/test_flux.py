@@ -410,3 +410,21 @@ def test_a_subject_mask_selects_the_references_image_tokens(host, store):
     left.paste(255, (0, 0, 32, 64))
     assert torch.equal(used(everything), used(None))
     assert not torch.equal(used(left), used(None))
+
+
+@needs_dit_layers
+def test_several_references(host, store):
+    """Eq. 7 on Flux: a second slot at 0 is the single reference exactly; both on guide toward both."""
+    unet = tf.make_patcher(host[0].name)
+    save(host, unet, store, name="fox", seed=1)
+    save(host, unet, store, name="owl", seed=2)
+
+    def used(**values):
+        out, run, _ = run_pass(host, unet, {"mode": "Use", "reference": "fox", "rfg": 0.3, **values}, store, seed=5)
+        run.release()
+        return out
+
+    single = used()
+    assert torch.equal(used(reference_2="owl", rfg_2=0.0), single)
+    both = used(reference_2="owl", rfg_2=0.3)
+    assert not torch.equal(both, single)
