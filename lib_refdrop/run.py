@@ -24,6 +24,7 @@ from .attn.patches import (
 )
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
+from .attn.trajectory import TrajectoryInput, trajectory_save_wrapper
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
@@ -111,6 +112,11 @@ class RefDropRun:
             from_image = image.name
         if profile.keep == "input":
             self.input_patch = make_input_save_patch(self.recorder, from_image)
+        if profile.keep == "trajectory":
+            if from_image is not None:
+                raise RefDropError(f"RefDrop: profile '{profile.name}' keeps a generation's latents; an image is "
+                                   "saved with a profile that stores the layers' rows")
+            self.model_wrapper = trajectory_save_wrapper(self.recorder)
         return make_save_patch(self.recorder, ctx.inner, from_image)
 
     def _free_automatic_name(self, seed) -> str:
@@ -133,7 +139,12 @@ class RefDropRun:
                 if reader is None:
                     continue
                 layers = layers if layers is not None else list(reader.manifest["layers"])
-                source = StoredRows(reader, ctx.projections)
+                if reader.profile.keep == "trajectory":  # evaluated again from its latents, like an image
+                    trajectory = TrajectoryInput(f"reference '{reader.name}' (slot {slot.index})", reader)
+                    images.append(trajectory)
+                    source = PassRows(trajectory.name)
+                else:
+                    source = StoredRows(reader, ctx.projections)
                 mask = mask if mask is not None else self._stored_mask(slot.reference)
             elif slot.rfg == 0:
                 continue

@@ -78,12 +78,15 @@ def make_save_patch(recorder: Recorder, inner: Attention, from_image: str | None
     """Record every attn1 call of the generation, or (``from_image``) only those of that image's reference pass:
     the generation itself then stays plain."""
 
-    records_kv = recorder.profile.keep == "kv"
+    keep = recorder.profile.keep
 
     def refdrop_save(q, k, v, extra_options):
         out = inner(q, k, v, extra_options)
-        if records_kv and extra_options.get(PASS_KEY) == from_image:
-            recorder.record({"k": k, "v": v}, extra_options)
+        if extra_options.get(PASS_KEY) == from_image:
+            if keep == "kv":
+                recorder.record({"k": k, "v": v}, extra_options)
+            elif keep == "trajectory":
+                recorder.note_layer(k, extra_options)  # what Use checks a model against; the rows are evaluated again
         return out
 
     return refdrop_save
@@ -119,7 +122,7 @@ def make_use_patch(guides: list[Guide], plan: UsePlan, attention: Attention, inn
         image = extra_options.get(PASS_KEY)
         lid = layer_id(extra_options)
         if image is not None:
-            passes[image].record(lid, k, v)
+            passes[image].record(lid, k, v, chunk_names(extra_options["cond_or_uncond"]))
             return inner(q, k, v, extra_options)
         own = inner(q, k, v, extra_options)
         sigma = current_sigma(extra_options)

@@ -33,9 +33,14 @@ class ImageLatent:
     latent: torch.Tensor            # [1, C, h, w], in the sampler's latent space
     noise: torch.Tensor             # same shape
     conditioning: dict
+    per_evaluation = False          # its pass at a sigma is the same for every evaluation there
 
     def at(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return (self.latent + sigma.reshape(1, 1, 1, 1).to(self.latent) * self.noise).to(like.device, like.dtype)
+
+    def inputs(self, sigma: torch.Tensor, like: torch.Tensor):
+        """``(x, conditioning keyword arguments, cond_or_uncond)`` of the image's pass at ``sigma``: one cond row."""
+        return self.at(sigma, like), self.conditioning, [0]
 
 
 def fixed_noise(latent: torch.Tensor, seed: int) -> torch.Tensor:
@@ -48,29 +53,51 @@ def _moved(conditioning: dict, like: torch.Tensor) -> dict:
             for key, value in conditioning.items()}
 
 
-def reference_pass_wrapper(images: list[ImageLatent], wanted: Callable[[float], bool] = lambda sigma: True) -> Wrapper:
-    """The model function wrapper that runs each image's pass before the U-Net call it wraps, at the sigmas
-    ``wanted`` accepts (a Use's step window: outside it nothing reads the pass).
+class Evaluations:
+    """Which U-Net calls start a new evaluation of the model: a new sigma, or at the same sigma a new latent (a
+    second-order sampler's corrector and the next step's predictor); cond and uncond run as separate calls on the
+    same latent continue one evaluation. Counted the same at Save and at Use, so their occurrences line up."""
 
-    The pass at a sigma depends on nothing but the sigma, so calls at the sigma of the previous call (a
-    second-order sampler's corrector and the next predictor, cond and uncond run as separate calls) reuse what it
-    recorded: a Save records each sigma once."""
-    last_sigma: float | None = None
+    def __init__(self):
+        self._sigma: float | None = None
+        self._latent: torch.Tensor | None = None
+
+    def see(self, sigma: float, latent: torch.Tensor) -> tuple[bool, bool]:
+        """``(new sigma, new evaluation)`` for a call at ``sigma`` whose first image's input is ``latent``."""
+        new_sigma = sigma != self._sigma
+        new_evaluation = new_sigma or not torch.equal(latent, self._latent)
+        if new_evaluation:
+            self._sigma, self._latent = sigma, latent.clone()
+        return new_sigma, new_evaluation
+
+
+def reference_pass_wrapper(images: list, wanted: Callable[[float], bool] = lambda sigma: True) -> Wrapper:
+    """The model function wrapper that runs each image's pass before the U-Net call it wraps, at the sigmas
+    ``wanted`` accepts (a Use's step window: outside it nothing reads the pass). An "image" is an ``ImageLatent`` or
+    anything else with a ``name``, ``per_evaluation`` and ``inputs(sigma, like)`` (a stored trajectory:
+    ``trajectory.py``).
+
+    An image's pass depends on nothing but the sigma, so calls at the sigma of the previous call reuse what it
+    recorded (a Save records each sigma once); a trajectory's pass is redone for each new evaluation."""
+    evaluations = Evaluations()
 
     def refdrop_reference_pass(apply_model, args):
-        nonlocal last_sigma
         x, timestep, c = args["input"], args["timestep"], args["c"]
         if "c_concat" in c:  # the pass would need the image's own concat input (a masked image) too
             raise RefDropError("RefDrop: an image reference does not work with an inpainting or instruct model; "
                                "use a saved reference or the first image of the batch")
         sigma = timestep.reshape(-1)[:1]
-        if last_sigma != float(sigma) and wanted(float(sigma)):
-            last_sigma = float(sigma)
+        new_sigma, new_evaluation = evaluations.see(float(sigma), x[0])
+        if new_evaluation and wanted(float(sigma)):
             options = c.get("transformer_options", {})
             for image in images:
-                transformer_options = {**options, "cond_or_uncond": [0], "sigmas": sigma, PASS_KEY: image.name}
-                apply_model(image.at(sigma, x), sigma.to(timestep.dtype),
-                            **_moved(image.conditioning, x), transformer_options=transformer_options)
+                if not (new_sigma or image.per_evaluation):
+                    continue
+                x_pass, conditioning, cond_or_uncond = image.inputs(sigma, x)
+                transformer_options = {**options, "cond_or_uncond": cond_or_uncond, "sigmas": sigma,
+                                       PASS_KEY: image.name}
+                apply_model(x_pass, sigma.to(timestep.dtype).repeat(x_pass.shape[0]),
+                            **_moved(conditioning, x), transformer_options=transformer_options)
         return apply_model(x, timestep, **c)
 
     return refdrop_reference_pass

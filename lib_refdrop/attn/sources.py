@@ -88,29 +88,32 @@ class StoredRows:
 
 
 class PassRows(_GuidesEveryChunk):
-    """The K and V an image's reference pass recorded in every attn1 layer, for the U-Net call that follows it.
+    """The K and V a reference pass recorded in every attn1 layer, for the U-Net call that follows it.
 
-    Every chunk attends to the same rows: the pass is one row, conditioned on the image's own prompt."""
+    An image's pass is one cond row, conditioned on the image's own prompt, and every chunk attends to it; a stored
+    trajectory's pass has a row per saved chunk, and each chunk attends to its own (else to the first)."""
 
     own_rows = ()
 
     def __init__(self, name: str):
         self.name = name
-        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rows: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def check_layer(self, lid: str, width: int) -> None:
         pass  # recorded by the same model a moment ago
 
-    def record(self, lid: str, k: torch.Tensor, v: torch.Tensor) -> None:
-        self._rows[lid] = (k[0], v[0])
+    def record(self, lid: str, k: torch.Tensor, v: torch.Tensor, chunks: list[str] = ("cond0",)) -> None:
+        rows = k.shape[0] // len(chunks)
+        self._rows[lid] = {chunk: (k[i * rows], v[i * rows]) for i, chunk in enumerate(chunks)}
 
     def rows(self, call: LayerCall, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            return self._rows[call.lid]
+            by_chunk = self._rows[call.lid]
         except KeyError:
             raise RefDropInternalError(
                 f"RefDrop: the reference pass of {self.name} did not reach layer {call.lid}"
             ) from None
+        return by_chunk.get(call.chunks[i]) or by_chunk.get("cond0") or next(iter(by_chunk.values()))
 
 
 class KeptRows:

@@ -11,6 +11,7 @@ import torch
 
 from ..attn.address import OccurrenceCounter, chunk_names, current_sigma, layer_id, rows_per_chunk
 from ..attn.sigmas import Slot
+from ..attn.trajectory import LATENT, TRAJECTORY_LAYER
 from .manifest import Recording
 from .pinned import ToHost
 from .profiles import Profile
@@ -37,37 +38,74 @@ class Recorder:
         self._open: dict[int, _OpenSlot] = {}
         self._parts: dict[int, int] = {}
         self._to_host: ToHost | None = None
+        self._latent_slot: _OpenSlot | None = None  # a trajectory's slot of the current sigma
 
     def record(self, tensors: dict[str, torch.Tensor], extra_options: dict) -> None:
         """Keep the first image's rows of one attn1 call: ``tensors`` are the profile's (``Profile.tensors``: K and V,
         or the layer's input x), each ``[rows, tokens, C]``."""
         first = next(iter(tensors.values()))
-        lid = layer_id(extra_options)
+        lid = self.note_layer(first, extra_options)
         sigma = current_sigma(extra_options)
         names = chunk_names(extra_options["cond_or_uncond"])
         rows = rows_per_chunk(first.shape[0], extra_options["cond_or_uncond"])
-        if self._to_host is None:
-            self._to_host = ToHost(first.device)
-            self.dtype = str(first.dtype).removeprefix("torch.")
-        self.layers.setdefault(lid, {
-            "n_heads": int(extra_options["n_heads"]),
-            "dim_head": int(extra_options["dim_head"]),
-            "tokens": int(first.shape[1]),
-        })
-        if sigma not in self._sigma_ordinals:
-            self._sigma_ordinals[sigma] = len(self._sigma_ordinals)
-        if not self.profile.keeps_sigma(self._sigma_ordinals[sigma]):
+        if not self._keeps(sigma):
             return
         for i, chunk in enumerate(names):
             if not self.profile.keeps_chunk(chunk):
                 continue
-            if chunk not in self.chunks:
-                self.chunks.append(chunk)
             slot = self._slot(sigma, self._counter.next(lid, chunk, sigma))
             open_slot = self._open_slot(slot)
             for tensor_name, tensor in tensors.items():
                 for key, stored in self.profile.encode_row(lid, chunk, tensor_name, tensor[i * rows]).items():
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
+
+    def note_layer(self, k: torch.Tensor, extra_options: dict) -> str:
+        """Remember one attn1 layer's shape and the call's chunks (what Use checks a model against); its id."""
+        lid = layer_id(extra_options)
+        if self._to_host is None:
+            self._to_host = ToHost(k.device)
+        if self.dtype is None:
+            self.dtype = str(k.dtype).removeprefix("torch.")
+        self.layers.setdefault(lid, {
+            "n_heads": int(extra_options["n_heads"]),
+            "dim_head": int(extra_options["dim_head"]),
+            "tokens": int(k.shape[1]),
+        })
+        for chunk in chunk_names(extra_options["cond_or_uncond"]):
+            if self.profile.keeps_chunk(chunk) and chunk not in self.chunks:
+                self.chunks.append(chunk)
+        return lid
+
+    def record_latent(self, sigma: float, latent: torch.Tensor) -> None:
+        """A trajectory profile: the first image's model input ``[C, h, w]`` at the first call of ``sigma`` (a later
+        visit of the same sigma is its next occurrence)."""
+        if self._to_host is None:
+            self._to_host = ToHost(latent.device)
+        if not self._keeps(sigma):
+            self._latent_slot = None
+            return
+        slot = self._slot(sigma, self._counter.next(TRAJECTORY_LAYER, "", sigma))
+        open_slot = self._open_slot(slot)
+        open_slot.tensors[LATENT] = self._to_host.copy(latent.contiguous(), open_slot.arena)
+        self._latent_slot = open_slot
+
+    def record_conditioning(self, conditioning: dict[str, torch.Tensor]) -> None:
+        """A trajectory profile: conditioning rows (``attn/trajectory.conditioning_key``) kept with the first slot;
+        the first call of each chunk at the first sigma brings its own."""
+        open_slot = self._latent_slot
+        if open_slot is None or open_slot.slot.index != 0:
+            return
+        for key, tensor in conditioning.items():
+            chunk = key.split("/")[1]
+            if key not in open_slot.tensors and self.profile.keeps_chunk(chunk):
+                open_slot.tensors[key] = self._to_host.copy(tensor.contiguous(), open_slot.arena)
+                if chunk not in self.chunks:
+                    self.chunks.append(chunk)
+
+    def _keeps(self, sigma: float) -> bool:
+        if sigma not in self._sigma_ordinals:
+            self._sigma_ordinals[sigma] = len(self._sigma_ordinals)
+        return self.profile.keeps_sigma(self._sigma_ordinals[sigma])
 
     def _slot(self, sigma: float, occurrence: int) -> Slot:
         slot = self._slots.get((sigma, occurrence))

@@ -18,15 +18,15 @@ def context(family: str = "sd15", is_hr_pass: bool = False, seed: int = 1, host=
                               projections=host.projections if host is not None else None)
 
 
-def sample_with(host, patch, input_patch=None, **sample_args):
-    """Sample with ``patch`` on every attn1 layer (None: plain), and ``input_patch`` as an attn1_patch, like a host
-    for one generation."""
-    host.patch = patch
+def sample_with(host, patch, input_patch=None, wrapper=None, **sample_args):
+    """Sample with ``patch`` on every attn1 layer (None: plain), ``input_patch`` as an attn1_patch and ``wrapper``
+    as the model function wrapper, like a host for one generation."""
+    host.patch, host.model_wrapper = patch, wrapper
     host.attn1_patches = [input_patch] if input_patch is not None else []
     try:
         return sample(host, **sample_args)
     finally:
-        host.patch = None
+        host.patch = host.model_wrapper = None
         host.attn1_patches = []
 
 
@@ -34,15 +34,17 @@ def save(host, store, name: str, family: str = "sd15", profile: str = "", **samp
     """Generate with Save on; returns the latent once the reference is complete on disk."""
     seed = sample_args.get("seed", 1)
     with standalone.start_save(store, name, context(family, seed=seed, host=host), profile=profile) as session:
-        latent = sample_with(host, session.patch, session.input_patch, **sample_args)
+        latent = sample_with(host, session.patch, session.input_patch, session.model_wrapper, **sample_args)
         session.finish({"seed": seed})
     return latent
 
 
 def use(host, store, name: str, rfg: float, family: str = "sd15", settings: dict | None = None, **sample_args):
-    patch = standalone.use_patch(store, name, rfg, context(family, seed=sample_args.get("seed", 1), host=host),
-                                 **(settings or {}))
-    return sample_with(host, patch, **sample_args)
+    """Generate with Use on (a trajectory reference's model function wrapper too)."""
+    ctx = context(family, seed=sample_args.get("seed", 1), host=host)
+    with standalone.start_use(store, reference=name, rfg=rfg, **(settings or {})) as session:
+        patches = session.for_pass(ctx)
+        return sample_with(host, patches.attn1, wrapper=patches.model_wrapper, **sample_args)
 
 
 def plain(host, **sample_args):
