@@ -18,6 +18,7 @@ import torch
 
 from ..attn.address import entry_name
 from ..attn.sigmas import SigmaMap, Slot
+from ..attn.trajectory import LATENT
 from ..errors import RefDropError
 from . import compression
 from .manifest import SEAL
@@ -112,11 +113,26 @@ class ReferenceReader:
         return "cond0" if "cond0" in saved else saved[0]
 
     def rows(self, lid: str, chunk: str, sigma: float, occurrence: int, like: torch.Tensor):
-        """The reference's K and V rows of layer ``lid`` for a Use chunk at ``sigma``: a saved row, or the two
-        saved rows around ``sigma`` blended linearly in log-sigma (``SigmaMap.blend``)."""
+        """The reference's rows of layer ``lid`` for a Use chunk at ``sigma`` (K and V, or the layer's input:
+        ``Profile.tensors``): a saved row, or the two saved rows around ``sigma`` blended linearly in log-sigma
+        (``SigmaMap.blend``)."""
         parts = self.sigma_map.blend(sigma, occurrence)
         source = self.source_chunk(chunk)
-        return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in ("k", "v"))
+        return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in self.profile.tensors)
+
+    def latent(self, sigma: float, occurrence: int, like: torch.Tensor) -> torch.Tensor:
+        """A trajectory reference (``attn/trajectory.py``): its latent at ``sigma``, saved or interpolated."""
+        parts = self.sigma_map.blend(sigma, occurrence)
+        shapes = {tuple(self.tensor(slot, LATENT, like.device, like.dtype).shape) for slot, _ in parts}
+        if len(shapes) > 1:
+            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: its latents differ in shape")
+        return self._interpolated(parts, LATENT, like)
+
+    def conditioning(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A trajectory reference: its conditioning rows by ``attn/trajectory.conditioning_key``."""
+        first = min(slots_of(self.manifest), key=lambda slot: slot.index)
+        tensors = self.tensors(first, like.device, like.dtype)
+        return {key: tensor for key, tensor in tensors.items() if key != LATENT}
 
     def _interpolated(self, parts, name: str, like: torch.Tensor) -> torch.Tensor:
         (first, _), *rest = parts

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import RefDropError
 from .profiles import RANK, Profile, split_entry
+from .trajectory_check import check_trajectory_tensors
 
 HEADER_ALLOWANCE = 256  # bytes of safetensors header per tensor (a name and its dtype, shape and offsets)
 
@@ -66,6 +67,8 @@ def check_slot_tensors(name: str, file: str, tensors: dict[str, torch.Tensor], m
     stored dtype and shape (a rank from 1 to the profile's bound, the same in every part of a row), finite, and
     every row complete."""
     compute_dtype = _compute_dtype(name, file, manifest)
+    if profile.keep == "trajectory":
+        return check_trajectory_tensors(name, file, tensors, manifest, compute_dtype)
     rows: dict[tuple, dict[str, int]] = {}  # (layer, chunk, k|v) -> suffix -> rank (0: no rank in its shape)
     for key, value in tensors.items():
         form = expected_form(key, manifest, profile, compute_dtype)
