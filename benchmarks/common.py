@@ -64,8 +64,9 @@ def drop_page_cache(folder: Path) -> None:
 
 def run_save(host, store, name, family, profile, sample_args):
     """Sample with Save on; returns (latent, seconds sampling, seconds until the reference is complete)."""
-    with standalone.start_save(store, name, context(family), profile=profile, overwrite=True) as save:
-        latent, seconds = timed(lambda: sample_with(host, save.patch, **sample_args))
+    with standalone.start_save(store, name, context(family, host=host), profile=profile, overwrite=True) as save:
+        latent, seconds = timed(lambda: sample_with(host, save.patch, save.input_patch, save.model_wrapper,
+                                                    **sample_args))
         start = time.perf_counter()
         save.finish({})
     return latent, seconds, time.perf_counter() - start
@@ -73,8 +74,9 @@ def run_save(host, store, name, family, profile, sample_args):
 
 def run_use(host, store, name, family, rfg, sample_args, settings=None):
     """Sample with Use; returns (latent, seconds sampling), the reference opened before the clock starts."""
-    patch = standalone.use_patch(store, name, rfg, context(family), **(settings or {}))
-    return timed(lambda: sample_with(host, patch, **sample_args))
+    with standalone.start_use(store, reference=name, rfg=rfg, **(settings or {})) as use:
+        patches = use.for_pass(context(family, host=host))
+        return timed(lambda: sample_with(host, patches.attn1, wrapper=patches.model_wrapper, **sample_args))
 
 
 def run_plain(host, sample_args):

@@ -178,6 +178,19 @@ CANDIDATES: dict[str, Profile] = {p.name: p for p in (
     Profile("int8-cond-stride2", storage="int8", chunks="cond", sigma_stride=2),            # 1/8
     Profile("int8-cond-lowrank-quarter-zstd", storage="int8", chunks="cond", rank_budget=0.25,
             file_encoding="zstd"),                                                           # <= 1/16, then zstd
+    # the attn1 input instead of K and V (Use projects it with the layer's to_k/to_v): 1/2 before anything else
+    Profile("input", keep="input"),                                                         # 1/2
+    Profile("input-int8", keep="input", storage="int8"),                                    # 1/4
+    Profile("input-int8-zstd", keep="input", storage="int8", file_encoding="zstd"),         # 1/4, then zstd
+    Profile("input-int8-cond", keep="input", storage="int8", chunks="cond"),                # 1/8
+    Profile("input-int8-cond-zstd", keep="input", storage="int8", chunks="cond", file_encoding="zstd"),
+    Profile("input-int8-stride2", keep="input", storage="int8", sigma_stride=2),            # 1/8
+    Profile("input-int8-stride2-zstd", keep="input", storage="int8", sigma_stride=2, file_encoding="zstd"),
+    Profile("input-int8-cond-stride2-zstd", keep="input", storage="int8", chunks="cond", sigma_stride=2,
+            file_encoding="zstd"),                                                           # 1/16, then zstd
+    Profile("input-fp8-stride2-zstd", keep="input", storage="fp8", sigma_stride=2, file_encoding="zstd"),
+    # the reference's latent at each sigma and its conditioning; Use evaluates the rows again (one more U-Net call)
+    Profile("trajectory", keep="trajectory"),
 )}
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (EXACT, BALANCED, COMPACT)}  # offered in the panel and Settings
