@@ -428,3 +428,17 @@ def test_several_references(host, store):
     assert torch.equal(used(reference_2="owl", rfg_2=0.0), single)
     both = used(reference_2="owl", rfg_2=0.3)
     assert not torch.equal(both, single)
+
+
+@needs_dit_layers
+def test_installing_twice_on_one_pass_is_refdrops_own_patch_not_another_extension(host, store):
+    """Forge runs process_before_every_sampling twice for a hires pass, the first time on the clone RefDrop patched
+    before the reset: RefDrop's own block patches there are replaced, not refused as another extension's."""
+    unet = tf.make_patcher(host[0].name)
+    saved = save(host, unet, store)
+    run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "fox", "rfg": 0.3}), store)
+    p = tf.make_p(unet)
+    host[1].install(host[0], p, run)
+    host[1].install(host[0], p, run)
+    assert torch.equal(tf.sample(p.sd_model.forge_objects.unet), saved)
+    run.release()
