@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from lib_refdrop.reference.store import ReferenceStore
-from lib_refdrop.standalone import PassContext, PassPatches, context, start_save, start_use, use_patch
+from lib_refdrop.standalone import PassContext, PassPatches, context, start_save, start_use
 from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, call_model, host_attention
 
 from .data import SIZE
@@ -26,15 +26,16 @@ SCHEDULE = DiscreteSchedule()
 
 
 def pass_context(seed: int, prompts: ShapePrompts | None = None, batch_index: int = 0,
-                 batch_count: int = 1) -> PassContext:
+                 batch_count: int = 1, host: AttnHost | None = None) -> PassContext:
     """The toy model's one sampling pass, for RefDrop (``seed``: the first image's). With ``prompts``, images can be
     references: the toy model works on pixels, so an image's "latent" is its pixels, and an image prompt names a
-    shape ("" = the empty prompt)."""
+    shape ("" = the empty prompt). With ``host``, its layers' projections (a profile that keeps the input)."""
+    projections = host.projections if host is not None else None
     if prompts is None:
-        return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed)
+        return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed, projections=projections)
     return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed, encode_image=from_pil,
                    encode_prompt=lambda text: {"c_crossattn": prompts.of(text or None)},
-                   batch_index=batch_index, batch_count=batch_count)
+                   batch_index=batch_index, batch_count=batch_count, projections=projections)
 
 
 @dataclass
@@ -53,11 +54,13 @@ class ToyPipeline:
         return cls(AttnHost(unet), prompts, **kwargs)
 
     @torch.no_grad()
-    def generate(self, shapes: list[str], seeds: list[int], patch=None, wrapper=None) -> torch.Tensor:
+    def generate(self, shapes: list[str], seeds: list[int], patch=None, wrapper=None,
+                 input_patch=None) -> torch.Tensor:
         """Images ``[B, 3, SIZE, SIZE]`` in [-1, 1], image i conditioned on ``shapes[i]`` with noise from ``seeds[i]``.
 
         ``patch``: RefDrop's attn1 patch, installed on every attn1 layer like a host does (None = plain);
-        ``wrapper``: its model function wrapper (image references).
+        ``wrapper``: its model function wrapper (image references, trajectories); ``input_patch``: its attn1_patch (a
+        Save that keeps each layer's input).
         """
         if len(shapes) != len(seeds):
             raise ValueError("one shape per seed")
@@ -71,11 +74,13 @@ class ToyPipeline:
         uncond = self.prompts.of(None).expand_as(cond)
         prompts = torch.cat([uncond, cond])
         self.host.patch, self.host.model_wrapper = patch, wrapper
+        self.host.attn1_patches = [input_patch] if input_patch is not None else []
         try:
             return SAMPLERS[self.sampler](self._denoiser(prompts), noise() * sigmas[0], sigmas, noise,
                                           lambda *_: None)
         finally:
             self.host.patch = self.host.model_wrapper = None
+            self.host.attn1_patches = []
 
     def _denoiser(self, prompts: torch.Tensor):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -89,15 +94,17 @@ class ToyPipeline:
     def save_reference(self, store: ReferenceStore, name: str, shape: str, seed: int,
                        profile: str = "") -> torch.Tensor:
         """Generate one image with RefDrop Save on; return it once the reference is on disk."""
-        with start_save(store, name, pass_context(seed), profile=profile, overwrite=True) as save:
-            image = self.generate([shape], [seed], save.patch)
+        with start_save(store, name, pass_context(seed, host=self.host), profile=profile, overwrite=True) as save:
+            image = self.generate([shape], [seed], save.patch, save.model_wrapper, save.input_patch)
             save.finish({"shape": shape, "seed": seed}, to_pil(image[0]))
         return image[0]
 
     def use_reference(self, store: ReferenceStore, name: str, rfg: float, shapes: list[str], seeds: list[int],
                       **settings) -> torch.Tensor:
         """Generate with RefDrop Use at strength ``rfg`` (other settings by their names in lib_refdrop.params)."""
-        return self.generate(shapes, seeds, use_patch(store, name, rfg, pass_context(seeds[0]), **settings))
+        with start_use(store, reference=name, rfg=rfg, **settings) as use:
+            patches = use.for_pass(pass_context(seeds[0], host=self.host))
+            return self.generate(shapes, seeds, patches.attn1, patches.model_wrapper)
 
     def bake_image(self, store: ReferenceStore, name: str, image: Image.Image, seed: int, image_prompt: str = "",
                    profile: str = "") -> None:
@@ -115,7 +122,8 @@ class ToyPipeline:
         out = []
         with start_use(store, **settings) as use:
             for index, (shapes, seeds) in enumerate(batches):
-                patches: PassPatches = use.for_pass(pass_context(seeds[0], self.prompts, index, len(batches)))
+                patches: PassPatches = use.for_pass(pass_context(seeds[0], self.prompts, index, len(batches),
+                                                                 self.host))
                 out.append(self.generate(shapes, seeds, patches.attn1, patches.model_wrapper))
         return out
 
