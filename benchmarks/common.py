@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: timing, memory peaks, a page-cache drop, and Save/Use runs."""
+"""Shared pieces of the benchmarks: timing, memory peaks, a page-cache drop, and plain / limit / Save / Use runs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import psutil
 import torch
 
 from lib_refdrop import standalone
+from tests.support.hostsim import AttnHost, host_attention
 from tests.support.refdrop_harness import context, sample_with
 
 
@@ -73,14 +74,50 @@ def run_save(host, store, name, family, profile, sample_args):
 
 
 def run_use(host, store, name, family, rfg, sample_args, settings=None):
-    """Sample with Use; returns (latent, seconds sampling), the reference opened before the clock starts."""
-    with standalone.start_use(store, reference=name, rfg=rfg, **(settings or {})) as use:
-        patches = use.for_pass(context(family, host=host))
-        return timed(lambda: sample_with(host, patches.attn1, wrapper=patches.model_wrapper, **sample_args))
+    """Sample with Use; returns (latent, seconds), the seconds counting the planning too (opening the reference,
+    which starts reading its first slot), as a host's generation does."""
+
+    def use():
+        with standalone.start_use(store, reference=name, rfg=rfg, **(settings or {})) as session:
+            patches = session.for_pass(context(family, host=host))
+            return sample_with(host, patches.attn1, wrapper=patches.model_wrapper, **sample_args)
+
+    return timed(use)
 
 
 def run_plain(host, sample_args):
     return timed(lambda: sample_with(host, None, **sample_args))
+
+
+def limit_patch(attention=host_attention):
+    """A plain generation's attn1 that computes its attention a second time, the one extra attention per layer a
+    Use cannot avoid (Attn(Q, K_ref, V_ref) with a reference as long as the image). The second result is added
+    with weight 0, so it must be computed (0 * NaN is NaN) while the image stays plain: every value is the plain
+    one (a -0.0 may become +0.0)."""
+
+    def limit(q, k, v, extra_options):
+        own = attention(q, k, v, extra_options)
+        return own.add(attention(q, k, v, extra_options), alpha=0.0)
+
+    return limit
+
+
+def run_limit(host, sample_args):
+    return timed(lambda: sample_with(host, limit_patch(), **sample_args))
+
+
+class DeviceHost(AttnHost):
+    """An ``AttnHost`` whose U-Net runs on another device or in another dtype than the sampler's state (fp32 on the
+    CPU, tests/support/hostsim/sampling.py): each call moves its inputs there and its output back."""
+
+    def forward(self, x, timestep, context, *, pooled=None, **kwargs):
+        weight = next(self.unet.parameters())
+        to_unet = lambda t: t.to(weight.device, weight.dtype) if torch.is_tensor(t) else t  # noqa: E731
+        out = super().forward(to_unet(x), timestep.to(weight.device) if torch.is_tensor(timestep) else timestep,
+                              to_unet(context), pooled=to_unet(pooled), **kwargs)
+        return out.to("cpu", torch.float32)
+
+    __call__ = forward
 
 
 def folder_bytes(folder: Path) -> int:

@@ -1,92 +1,195 @@
-"""Plain vs Save vs Use (warm: reference in the RAM cache; cold: read from disk) in one run.
+"""Plain, the limit, Save and Use (first, warm, cold) for every storage profile, in one run of interleaved rounds.
 
-    python -m benchmarks.speed                 # CPU: small SD1.5-architecture U-Net (any machine)
-    python -m benchmarks.speed --gpu           # GPU: SDXL-architecture random fp16 weights at 1024², 20 steps
+    python -m benchmarks.speed              # CPU: small SD1.5-architecture U-Net, latent 32² (a 256² image), 20 steps
+    python -m benchmarks.speed --gpu        # CUDA: SDXL architecture, random fp16 weights, 1024², 20 steps
+    python -m benchmarks.speed --gpu --device cpu --width tiny --size 16 --steps 3 --rounds 1   # that path on a CPU
 
-Prints ratios to plain, bytes on disk, peak host RAM and peak GPU memory per phase.
+Conditions, for every profile of lib_refdrop.reference.profiles.PROFILES (or those ``--profiles`` names):
+- plain: no RefDrop; limit: plain with every attn1 computing its attention a second time (``common.limit_patch``),
+  the one extra attention a Use cannot avoid, so that Use / limit is what reading, checking, decoding and
+  interpolating the reference cost;
+- Save: sampling with Save on (when the background write completes is printed apart);
+- first Use: the first Use right after that Save completed, as a user makes it;
+- warm Use: the reference in the RAM cache; cold Use: the RAM cache cleared and the files' pages dropped from the
+  OS cache, so every slot comes from the disk.
+Use timings include the planning (opening the reference). A round runs, per profile, plain, limit, Save, first,
+warm and cold back to back (every other round in the reverse order, the Save still before its first Use), so that
+load from other work hits every condition alike; ratios are taken within each such block, and their median over
+the rounds is printed with their range.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from lib_refdrop.reference.profiles import PROFILES
 from lib_refdrop.reference.reader import RAM_CACHE
 from lib_refdrop.reference.store import ReferenceStore
-from tests.support.hostsim import AttnHost, make_unet
+from tests.support.hostsim import make_unet
 
-from .common import Peaks, drop_page_cache, folder_bytes, gb, run_plain, run_save, run_use
+from .common import DeviceHost, Peaks, drop_page_cache, folder_bytes, gb, run_limit, run_plain, run_save, run_use
+
+CONDITIONS = ("plain", "limit", "Save", "first Use", "warm Use", "cold Use")
+RFG = 0.3
+
+
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="SDXL at 1024², fp16, on CUDA")
+    parser.add_argument("--device", default=None, help="override the device (e.g. cpu, to run the --gpu path here)")
+    parser.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: fp16 --gpu, fp32 CPU)")
+    parser.add_argument("--arch", default=None, help="sd15 | sdxl (default: sd15 on CPU, sdxl with --gpu)")
+    parser.add_argument("--width", default=None, help="tiny | full U-Net channels (default: tiny CPU, full --gpu)")
+    parser.add_argument("--size", type=int, default=None, help="latent side (default 32 CPU, 128 --gpu)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each runs every condition once)")
+    parser.add_argument("--profiles", default="", help="comma-separated profiles (default: every profile)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the loader thread comes on top)")
+    parser.add_argument("--ram-gb", type=float, default=None,
+                        help="RAM cache budget, GB (default: 4, the Settings default; 64 with --gpu, so that warm "
+                             "holds a whole SDXL exact reference)")
+    parser.add_argument("--store", default=None, help="store folder (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    unknown = [p for p in filter(None, args.profiles.split(",")) if p not in PROFILES]
+    if unknown:
+        parser.error(f"unknown profile(s) {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
+    return args
+
+
+class Bench:
+    """The U-Net, the store and the timings of one run."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.device = torch.device(args.device or ("cuda" if args.gpu else "cpu"))
+        self.arch = args.arch or ("sdxl" if args.gpu else "sd15")
+        width = args.width or ("full" if args.gpu else "tiny")
+        self.size = args.size or (128 if args.gpu else 32)
+        self.dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.gpu else torch.float32)
+        self.host = DeviceHost(make_unet(self.arch, width, seed=0).to(device=self.device, dtype=self.dtype))
+        self.sample_args = {"steps": args.steps, "sampler": "euler", "seed": 1, "cfg": 7.0,
+                            "height": self.size, "width": self.size}
+        self.store = ReferenceStore(args.store or tempfile.mkdtemp(prefix="refdrop-bench-"))
+        self.describe = (f"{self.arch}/{width} U-Net, latent {self.size}² ({self.size * 8}² image), {args.steps} "
+                         f"steps, Euler, CFG 7, c = {RFG}, {str(self.dtype).removeprefix('torch.')}, {self.device} "
+                         f"({self._device_name()}), {torch.get_num_threads()} torch threads")
+        self.runs: dict[tuple[str, str], list[dict]] = defaultdict(list)  # (profile, condition) -> runs
+        self.complete_s: dict[str, list[float]] = defaultdict(list)
+        self.bytes: dict[str, int] = {}
+
+    def _device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return platform.processor() or platform.machine() or "cpu"
+
+    def name(self, profile: str) -> str:
+        return f"bench-{profile}"
+
+    def measure(self, profile: str, condition: str) -> dict:
+        fn = self._condition(profile, condition)
+        cpu = time.process_time()
+        with Peaks() as peaks:
+            seconds = fn()
+        run = {"s": seconds, "cpu": time.process_time() - cpu, "host": peaks.host_peak, "gpu": peaks.gpu_peak}
+        self.runs[(profile, condition)].append(run)
+        return run
+
+    def _condition(self, profile: str, condition: str):
+        name, args = self.name(profile), (self.host, self.store)
+        use = lambda: run_use(*args, name, self.arch, RFG, self.sample_args)[1]  # noqa: E731
+        if condition == "plain":
+            return lambda: run_plain(self.host, self.sample_args)[1]
+        if condition == "limit":
+            return lambda: run_limit(self.host, self.sample_args)[1]
+        if condition == "Save":
+            return lambda: self._save(profile)
+        if condition == "cold Use":
+            RAM_CACHE.clear()
+            drop_page_cache(Path(self.store.path(name)))
+        return use
+
+    def _save(self, profile: str) -> float:
+        _, seconds, complete = run_save(self.host, self.store, self.name(profile), self.arch, profile,
+                                        self.sample_args)
+        self.complete_s[profile].append(complete)
+        self.bytes[profile] = folder_bytes(Path(self.store.path(self.name(profile))))
+        return seconds
+
+    def block(self, profile: str, reverse: bool) -> None:
+        """Every condition once for ``profile``; ratios to this block's plain and limit."""
+        order = list(CONDITIONS) if not reverse else ["Save", "first Use", "warm Use", "cold Use", "limit", "plain"]
+        runs = {condition: self.measure(profile, condition) for condition in order}
+        for run in runs.values():
+            run["x plain"] = run["s"] / runs["plain"]["s"]
+            run["/ limit"] = run["s"] / runs["limit"]["s"]
+            run["cpu / limit"] = run["cpu"] / runs["limit"]["cpu"]  # all threads: less swayed by others' load
+
+
+def plain_equals_limit(bench: Bench) -> bool:
+    plain = run_plain(bench.host, bench.sample_args)[0]
+    return bool(torch.equal(plain, run_limit(bench.host, bench.sample_args)[0]))
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    med = statistics.median(values)
+    return f"{med:{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})" if len(values) > 1 else f"{med:{fmt}}"
+
+
+def report(bench: Bench, profiles: list[str]) -> None:
+    print("\n| profile | condition | seconds, median (range) | × plain | Use / limit | CPU time / limit's "
+          "| peak host RAM | peak GPU |")
+    print("|---|---|---|---|---|---|---|---|")
+    everywhere = {c: [r for p in profiles for r in bench.runs[(p, c)]] for c in ("plain", "limit")}
+    for condition, runs in everywhere.items():
+        print(f"| all | {condition} | {_spread([r['s'] for r in runs], '.2f')} | "
+              f"{_spread([r['x plain'] for r in runs], '.3f')} | {_spread([r['/ limit'] for r in runs], '.3f')} | "
+              f"{_spread([r['cpu / limit'] for r in runs], '.3f')} | {gb(max(r['host'] for r in runs))} | "
+              f"{gb(max(r['gpu'] for r in runs))} |")
+    for profile in profiles:
+        for condition in CONDITIONS[2:]:
+            runs = bench.runs[(profile, condition)]
+            use = condition != "Save"
+            limit = _spread([r["/ limit"] for r in runs], ".3f") if use else "–"
+            cpu = _spread([r["cpu / limit"] for r in runs], ".3f") if use else "–"
+            print(f"| `{profile}` | {condition} | {_spread([r['s'] for r in runs], '.2f')} | "
+                  f"{_spread([r['x plain'] for r in runs], '.3f')} | {limit} | {cpu} | "
+                  f"{gb(max(r['host'] for r in runs))} | {gb(max(r['gpu'] for r in runs))} |")
+    print("\n| profile | on disk | write complete after sampling, s (median, worst) |")
+    print("|---|---|---|")
+    for profile in profiles:
+        done = bench.complete_s[profile]
+        print(f"| `{profile}` | {gb(bench.bytes[profile])} | {statistics.median(done):.2f}, {max(done):.2f} |")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="SDXL at 1024² on CUDA (fp16)")
-    parser.add_argument("--arch", default=None, help="sd15 | sdxl (default: sd15 on CPU, sdxl on GPU)")
-    parser.add_argument("--width", default=None, help="tiny | full U-Net channels (default: tiny CPU, full GPU)")
-    parser.add_argument("--size", type=int, default=None, help="latent side (default 32 CPU, 128 GPU)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--profile", default="exact")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per phase (best is reported)")
-    parser.add_argument("--store", default=None, help="store folder (default: a temporary folder)")
-    args = parser.parse_args(argv)
-
-    device = torch.device("cuda" if args.gpu else "cpu")
-    arch = args.arch or ("sdxl" if args.gpu else "sd15")
-    width = args.width or ("full" if args.gpu else "tiny")
-    size = args.size or (128 if args.gpu else 32)
-    dtype = torch.float16 if args.gpu else torch.float32
-    unet = make_unet(arch, width, seed=0).to(device=device, dtype=dtype)
-    host = AttnHost(unet)
-    sample_args = {"steps": args.steps, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": size, "width": size}
-    store = ReferenceStore(args.store or tempfile.mkdtemp(prefix="refdrop-bench-"))
-    print(f"# {arch}/{width} U-Net, latent {size}x{size} ({size * 8}² image), {args.steps} steps, CFG, "
-          f"{dtype}, {device} ({torch.cuda.get_device_name() if args.gpu else platform.processor() or 'cpu'}), "
-          f"profile {args.profile}")
-
-    run_plain(host, sample_args)  # warm-up (kernels, allocator)
-    rows = []
-
-    def phase(label, fn, setup=None):
-        best = None
-        for _ in range(args.repeats):
-            if setup:
-                setup()
-            with Peaks() as peaks:
-                seconds = fn()
-            best = seconds if best is None else min(best, seconds)
-        rows.append((label, best, peaks.host_peak, peaks.gpu_peak))
-        return best
-
-    plain_s = phase("plain", lambda: run_plain(host, sample_args)[1])
-    write_s = []
-
-    def save():
-        _, seconds, complete = run_save(host, store, "bench", arch, args.profile, sample_args)
-        write_s.append(complete)
-        return seconds
-
-    phase("save", save)
-    folder = Path(store.path("bench"))
-    size_on_disk = folder_bytes(folder)
-    RAM_CACHE.set_budget(max(RAM_CACHE.budget, 2 * size_on_disk))
-    run_use(host, store, "bench", arch, 0.3, sample_args)  # fill the RAM cache
-
-    phase("use warm", lambda: run_use(host, store, "bench", arch, 0.3, sample_args)[1])
-
-    def cold():
-        RAM_CACHE.clear()
-        drop_page_cache(folder)
-
-    phase("use cold", lambda: run_use(host, store, "bench", arch, 0.3, sample_args)[1], setup=cold)
-
-    print(f"reference on disk: {gb(size_on_disk)}; complete {max(write_s):.2f} s after sampling ended (worst)")
-    print(f"{'phase':10} {'seconds':>9} {'x plain':>8} {'peak host RAM':>14} {'peak GPU':>10}")
-    for label, seconds, host_peak, gpu_peak in rows:
-        print(f"{label:10} {seconds:9.2f} {seconds / plain_s:8.3f} {gb(host_peak):>14} {gb(gpu_peak):>10}")
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    profiles = [p for p in filter(None, args.profiles.split(","))] or list(PROFILES)
+    bench = Bench(args)
+    ram_gb = args.ram_gb if args.ram_gb is not None else (64.0 if args.gpu else 4.0)
+    RAM_CACHE.set_budget(int(ram_gb * 1e9))
+    print(f"# {bench.describe}; RAM cache {ram_gb:g} GB; {args.rounds} interleaved rounds; profiles "
+          f"{', '.join(profiles)}; load average before {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for profile in profiles:  # warm-up, untimed: kernels, allocator, each profile's code paths
+        bench._save(profile)
+        run_use(bench.host, bench.store, bench.name(profile), bench.arch, RFG, bench.sample_args)
+    bench.runs.clear()
+    bench.complete_s.clear()
+    print(f"limit = plain bit for bit: {'yes' if plain_equals_limit(bench) else 'NO'}")
+    for r in range(args.rounds):
+        for i in range(len(profiles)):
+            profile = profiles[(i + r) % len(profiles)]
+            bench.block(profile, reverse=r % 2 == 1)
+        print(f"round {r + 1} done; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    report(bench, profiles)
 
 
 if __name__ == "__main__":

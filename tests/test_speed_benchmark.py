@@ -1,0 +1,44 @@
+"""benchmarks/speed.py: the limit is a plain image that pays a second attention; every profile's conditions run,
+also on the --gpu code path (here on a CPU, with a tiny SDXL-architecture U-Net in fp16)."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks import speed
+from benchmarks.common import limit_patch
+from lib_refdrop.reference.profiles import PROFILES
+from tests.support.hostsim import host_attention
+
+
+def test_the_limit_computes_a_second_attention_and_returns_the_plain_one():
+    calls = []
+
+    def attention(q, k, v, extra_options):
+        calls.append(q)
+        return host_attention(q, k, v, extra_options)
+
+    q, k, v = (torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    options = {"n_heads": 2}
+    out = limit_patch(attention)(q, k, v, options)
+    assert len(calls) == 2
+    assert torch.equal(out, host_attention(q, k, v, options))
+
+
+def test_the_limits_second_attention_reaches_the_output_so_it_cannot_be_skipped():
+    answers = iter([torch.zeros(1, 2, 2), torch.full((1, 2, 2), float("nan"))])
+    out = limit_patch(lambda q, k, v, eo: next(answers))(None, None, None, {})
+    assert torch.isnan(out).all()
+
+
+def test_every_profile_runs_on_the_gpu_code_path_on_a_cpu(tmp_path, capsys):
+    speed.main(["--gpu", "--device", "cpu", "--width", "tiny", "--size", "8", "--steps", "1", "--rounds", "1",
+                "--ram-gb", "1", "--store", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "sdxl/tiny U-Net" in out and "float16, cpu" in out
+    assert "limit = plain bit for bit: yes" in out
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    for profile in PROFILES:
+        for condition in ("Save", "first Use", "warm Use", "cold Use"):
+            assert any(line.startswith(f"| `{profile}` | {condition} |") for line in rows), (profile, condition)
+        assert (tmp_path / f"bench-{profile}").is_dir()
