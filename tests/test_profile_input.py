@@ -23,11 +23,14 @@ from tests.support.refdrop_harness import context, plain, save, use
 
 BASE = {"steps": 6, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": 16, "width": 16}
 INPUT = dataclasses.replace(EXACT, name="test-input", keep="input")
+INT8_INPUT = dataclasses.replace(EXACT, name="test-input-int8", keep="input", storage="int8")
+ZSTD_INPUT = dataclasses.replace(INT8_INPUT, name="test-input-int8-zstd", file_encoding="zstd")
 
 
 @pytest.fixture(autouse=True)
 def input_profile(monkeypatch):
-    monkeypatch.setitem(PROFILES, INPUT.name, INPUT)
+    for profile in (INPUT, INT8_INPUT, ZSTD_INPUT):
+        monkeypatch.setitem(PROFILES, profile.name, profile)
 
 
 @pytest.fixture(scope="module", params=["sd15", "sdxl"])
@@ -122,3 +125,16 @@ def test_an_input_row_of_the_wrong_width_is_refused_by_name(tmp_path):
     (folder / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))
     with pytest.raises(RefDropError, match=f"corrupt: {entry['file']} holds {key}"):
         use(host, store, "x", 0.5, **BASE)
+
+
+def test_a_profile_with_zstd_files_saves_them_compressed_and_reads_them_back(tmp_path):
+    pytest.importorskip("zstandard")
+    host = AttnHost(make_unet("sd15", "tiny", seed=0))
+    store = ReferenceStore(tmp_path)
+    save(host, store, "raw", profile=INT8_INPUT.name, **BASE)
+    save(host, store, "z", profile=ZSTD_INPUT.name, **BASE)
+    files = [entry for slot in store.manifest("z")["slots"] for entry in slot["files"]]
+    assert all(entry.get("encoding") == "zstd" for entry in files)
+    assert store.manifest("z")["bytes"] < store.manifest("raw")["bytes"]
+    other = {**BASE, "seed": 3}
+    assert torch.equal(use(host, store, "z", 0.5, **other), use(host, store, "raw", 0.5, **other))  # lossless
