@@ -380,7 +380,7 @@ def test_the_step_window_reads_flow_times(host, store):
 
 def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     """A profile that keeps each layer's input (Use projects K and V again) cannot work on Flux: a block's K depends
-    on the conditioning vector and RoPE too."""
+    on the conditioning vector and RoPE too. A trajectory is refused until it keeps Flux's guidance."""
     from types import SimpleNamespace
 
     from lib_refdrop.webui.hosts import flux_install
@@ -389,6 +389,35 @@ def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     assert flux_install.unsupported(settings, "exact") is None
     monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="input"))
     assert "keeps each layer's input, which does not work with Flux" in flux_install.unsupported(settings, "exact")
+    monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="trajectory"))
+    monkeypatch.setattr(flux_install, "CONDITIONING_KEYS", ("c_crossattn", "y"))
+    assert "does not keep Flux's guidance yet" in flux_install.unsupported(settings, "exact")
+    monkeypatch.setattr(flux_install, "CONDITIONING_KEYS", ("c_crossattn", "y", "guidance"))
+    assert flux_install.unsupported(settings, "exact") is None
+
+
+def _trajectory_keeps_guidance() -> bool:
+    from lib_refdrop.attn.trajectory import CONDITIONING_KEYS
+
+    return "guidance" in CONDITIONING_KEYS
+
+
+@needs_dit_layers
+@pytest.mark.skipif(not _trajectory_keeps_guidance(),
+                    reason="attn/trajectory.py CONDITIONING_KEYS lacks 'guidance' (docs/flux.md, 'Engine')")
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_a_trajectory_reference_on_flux_is_the_exact_one(host, store, cfg):
+    """The trajectory (the reference's latents and conditioning, guidance included, evaluated again at Use) gives
+    what the exact reference gives, at the Save's settings and at another seed."""
+    unet = tf.make_patcher(host[0].name)
+    saved, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": "path", "profile": "trajectory"}, store,
+                             cfg=cfg)
+    run.finish_save({}, None)
+    assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message
+    save(host, unet, store, name="exact", cfg=cfg)
+    assert torch.equal(use(host, unet, store, 0.5, name="path", cfg=cfg)[0], saved)
+    assert torch.equal(use(host, unet, store, 0.5, name="path", seed=5, cfg=cfg)[0],
+                       use(host, unet, store, 0.5, name="exact", seed=5, cfg=cfg)[0])
 
 
 @needs_dit_layers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from ...attn.patches import make_failing_patch
+from ...attn.trajectory import CONDITIONING_KEYS
 from ...dit.guide import FluxRefDrop
 from ...errors import RefDropError
 from ...reference.profiles import get_profile
@@ -38,18 +39,31 @@ def is_flux(p) -> bool:
 
 
 def unsupported(settings, default_profile: str = "") -> str | None:
-    """What a Flux pass cannot do yet: an image evaluated as a reference (it needs the model's own prompt encoding),
-    a profile that keeps each layer's input instead of K and V (a Flux block's K also depends on the conditioning
-    vector and the positions: it cannot be projected again from the input alone)."""
-    if settings.saving and getattr(get_profile(settings.profile or default_profile), "keep", "kv") != "kv":
-        return (f"RefDrop: the storage profile '{settings.profile or default_profile}' keeps each layer's input, "
-                "which does not work with Flux models; choose exact, balanced or compact")
+    """What a Flux pass cannot do (yet), or None."""
+    if settings.saving:
+        problem = _profile_problem(settings.profile or default_profile)
+        if problem:
+            return problem
     if settings.saving and settings.save_from == "image":
         return ("RefDrop: a Save from an image does not work with Flux models yet; save a reference from a "
                 "generation instead")
     if settings.using and any(slot.source == "image" and slot.rfg != 0 for slot in settings.slots):
         return ("RefDrop: an image as the reference does not work with Flux models yet; use a saved reference or "
-                "the first image of the batch")
+                "the first image of the batch")  # the pass would need Flux's own prompt conditioning
+    return None
+
+
+def _profile_problem(name: str) -> str | None:
+    """A profile that keeps each layer's input cannot work: a Flux block's K also depends on the conditioning
+    vector and the positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps
+    the distilled guidance Flux is evaluated with (without it the reference would be evaluated wrongly)."""
+    keep = getattr(get_profile(name), "keep", "kv")
+    if keep == "input":
+        return (f"RefDrop: the storage profile '{name}' keeps each layer's input, which does not work with Flux "
+                "models; choose exact, balanced or compact")
+    if keep == "trajectory" and "guidance" not in CONDITIONING_KEYS:
+        return (f"RefDrop: the storage profile '{name}' does not keep Flux's guidance yet; choose exact, balanced "
+                "or compact")
     return None
 
 
