@@ -8,8 +8,6 @@ from __future__ import annotations
 
 DOUBLE = "double"
 SINGLE = "single"
-FLUX_DOUBLE_BLOCKS = 19  # Flux dev / schnell: 19 double-stream and 38 single-stream blocks
-FLUX_SINGLE_BLOCKS = 38
 
 
 def block_options(call_options: dict, kind: str, index: int, n_heads: int, dim_head: int) -> dict:
@@ -19,7 +17,3 @@ def block_options(call_options: dict, kind: str, index: int, n_heads: int, dim_h
     return {**call_options, "block": (kind, int(index)), "block_index": 0, "n_heads": int(n_heads),
             "dim_head": int(dim_head)}
 
-
-def layer_name(kind: str, index: int) -> str:
-    """What ``attn/address.py`` ``layer_id`` makes of ``block_options``: ``double3.0``."""
-    return f"{kind}{int(index)}.0"
