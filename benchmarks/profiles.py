@@ -3,6 +3,7 @@
     python -m benchmarks.profiles [--arch sd15] [--size 16] [--steps 8] [--seeds 3] [--rfg 0.3] [--only a,b]
     python -m benchmarks.profiles --zstd        # what zstd gains on each stored form (random weights, toy model)
     python -m benchmarks.profiles --svd-cost    # what the low-rank factorisation costs a Save per step (CPU)
+    python -m benchmarks.profiles --spread 4    # the test's measures over 4 seed pairs (tests/test_profiles.py)
 
 For each profile P (the offered ones and ``CANDIDATES``), on a hostsim U-Net with random weights:
 - bytes of a reference at SD1.5 512² and SDXL 1024² (20 steps, CFG, fp16 compute), from the real layer shapes
@@ -256,6 +257,35 @@ def svd_cost_report(args) -> None:
         print(f"| `{name}` | " + " | ".join(cells) + " |")
 
 
+def spread_report(args, names) -> None:
+    """tests/test_profiles.py's two measures (PSNR at c = 0.5 at the Save's seed s, effect kept at c = 0.3 at seed
+    s + 3) for Save seeds 1..n at the test's settings: its floors come from the lowest of these."""
+    host = AttnHost(make_unet(args.arch, "tiny", seed=0))
+    store = ReferenceStore(tempfile.mkdtemp(prefix="refdrop-spread-"))
+    base = {"steps": args.steps, "sampler": "euler", "cfg": 7.0, "height": args.size, "width": args.size}
+    psnrs: dict[str, list[float]] = {n: [] for n in names}
+    kept: dict[str, list[float]] = {n: [] for n in names}
+    with emulated_wiring():
+        for s in range(1, args.spread + 1):
+            same, other = {**base, "seed": s}, {**base, "seed": s + 3}
+            exact_image = run_save(host, store, f"exact-{s}", args.arch, "exact", same)[0]
+            exact = run_use(host, store, f"exact-{s}", args.arch, 0.3, other)[0]
+            plain = run_plain(host, other)[0]
+            for name in names:
+                ref = f"{name}-{s}"
+                run_save(host, store, ref, args.arch, name, same)
+                psnrs[name].append(psnr(run_use(host, store, ref, args.arch, 0.5, same)[0], exact_image))
+                out = run_use(host, store, ref, args.arch, 0.3, other)[0]
+                kept[name].append(1 - ((out - exact).norm() / (exact - plain).norm()).item())
+    print(f"# {args.arch}/tiny random weights, latent {args.size}², {args.steps} steps, Save seeds 1-{args.spread}")
+    print("| profile | lowest PSNR c=0.5 | effect kept c=0.3: min | mean | sd | max |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        k = kept[name]
+        print(f"| `{name}` | {min(psnrs[name]):.1f} dB | {min(k):.3f} | {statistics.mean(k):.3f} | "
+              f"{statistics.pstdev(k):.3f} | {max(k):.3f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="sd15")
@@ -267,6 +297,7 @@ def main(argv=None):
     parser.add_argument("--zstd", action="store_true", help="zstd's ratio on each stored form")
     parser.add_argument("--svd-cost", action="store_true", help="the low-rank factorisation's cost per step")
     parser.add_argument("--svd-profiles", default="lowrank-quarter,int8-lowrank-half")
+    parser.add_argument("--spread", type=int, default=0, help="the test's measures over this many seed pairs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.zstd:
@@ -274,6 +305,8 @@ def main(argv=None):
     if args.svd_cost:
         return svd_cost_report(args)
     names = ["exact", *[n for n in (args.only.split(",") if args.only else ALL_PROFILES) if n != "exact"]]
+    if args.spread:
+        return spread_report(args, names[1:])
     host = AttnHost(make_unet(args.arch, "tiny", seed=0))
     store = ReferenceStore(tempfile.mkdtemp(prefix="refdrop-profiles-"))
     base = {"steps": args.steps, "sampler": "euler", "cfg": 7.0, "height": args.size, "width": args.size}
