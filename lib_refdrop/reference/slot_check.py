@@ -107,11 +107,11 @@ def _check_row_parts(name: str, file: str, row: str, parts: dict[str, int], mani
 
 def max_file_bytes(manifest: dict, profile: Profile) -> int:
     """The most bytes one valid slot file of this reference can hold (every row of every layer and chunk at the
-    profile's largest rank, fp32 at most): a bound for what a compressed file may decompress to."""
+    profile's largest rank, 8 bytes a value at most): a bound for what a compressed file may decompress to."""
     total = 0
     for layer in manifest["layers"].values():
         width, tokens = layer["n_heads"] * layer["dim_head"], layer["tokens"]
         forms = profile.stored_forms(width, tokens, torch.float32)
-        per_row = profile.row_bytes_bound(tokens, width, itemsize=4) + HEADER_ALLOWANCE * len(forms)
+        per_row = profile.row_bytes_bound(tokens, width, itemsize=8) + HEADER_ALLOWANCE * len(forms)
         total += per_row * len(profile.tensors) * len(manifest["chunks"])
     return total + HEADER_ALLOWANCE
