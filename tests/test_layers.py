@@ -14,9 +14,10 @@ ALLOWED = {
     "reference": {"attn"},
     "images": set(),  # images and masks from user input (PIL), decoded once
     "params": {"images"},
+    "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
     "run": {"attn", "reference", "params", "images"},
     "standalone": {"attn", "reference", "params", "run"},
-    "webui": {"attn", "reference", "params", "images", "run", "standalone"},
+    "webui": {"attn", "reference", "params", "images", "run", "standalone", "dit"},
 }
 SHARED = {"errors", "families", "__init__"}
 

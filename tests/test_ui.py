@@ -81,7 +81,7 @@ def test_builds_twice_in_arg_order_with_default_settings(store, saved_library, w
 def test_block_choices_and_visibility(store):
     controls = build_panel(store)
     blocks = controls.inputs["disabled_blocks"]
-    assert set(ui.SD15_BLOCKS) | set(ui.SDXL_BLOCKS) == set(ui.BLOCK_CHOICES)
+    assert set(ui.SD15_BLOCKS) | set(ui.SDXL_BLOCKS) | set(ui.FLUX_BLOCKS) == set(ui.BLOCK_CHOICES)
     assert "SD1.5" in blocks.info and "SDXL" in blocks.info
     assert controls.inputs["save_name"].placeholder == "automatic: ref-<seed>-<time>"
     assert ui.mode_visibility("Save") == (False, True)

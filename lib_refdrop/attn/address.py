@@ -26,7 +26,7 @@ def split_layer_id(lid: str) -> tuple[str, int, int]:
     return name, int(head[len(name):]), int(index)
 
 
-_BLOCK_PREFIX = {"input": "IN", "middle": "M", "output": "OUT"}
+_BLOCK_PREFIX = {"input": "IN", "middle": "M", "output": "OUT", "double": "D", "single": "S"}
 
 
 def block_label(lid: str) -> str:

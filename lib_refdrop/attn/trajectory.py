@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # what a Save records into; attn itself never touches the dis
 LATENT = "latent"                  # the slot tensor of the reference's model input at that sigma
 TRAJECTORY_LAYER = "trajectory"    # the occurrence counter's key for the latents
 CONDITIONING = "conditioning"      # ``conditioning/<chunk>/<key>``: one row of the model's keyword argument <key>
-CONDITIONING_KEYS = ("c_crossattn", "y")  # the text conditioning (and SDXL's pooled/size vector) of a U-Net call
+# the text conditioning of a model call, SDXL's pooled/size vector, Flux's distilled guidance (one value per row)
+CONDITIONING_KEYS = ("c_crossattn", "y", "guidance")
 
 
 def conditioning_key(chunk: str, key: str) -> str:

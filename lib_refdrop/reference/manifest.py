@@ -21,7 +21,7 @@ from ..errors import RefDropError
 FORMAT_VERSION = 1
 SEAL = "manifest_sha256"
 REQUIRED_FIELDS = ("format_version", "name", "family", "layers", "chunks", "slots", "profile", "dtype")
-_LAYER_RE = re.compile(r"^(input|middle|output)\d{1,3}\.\d{1,3}$")
+_LAYER_RE = re.compile(r"^(input|middle|output|double|single)\d{1,3}\.\d{1,3}$")
 _CHUNK_RE = re.compile(r"^(un)?cond\d{1,3}$")
 
 

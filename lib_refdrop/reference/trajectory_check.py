@@ -31,6 +31,8 @@ def _fits(key: str, value: torch.Tensor, chunks) -> bool:
         return False
     if parsed[1] == "c_crossattn":
         return value.dim() == 2 and 1 <= value.shape[0] <= MAX_TEXT_TOKENS and 1 <= value.shape[1] <= MAX_WIDTH
+    if parsed[1] == "guidance":  # Flux's distilled guidance: one value per row
+        return value.dim() == 0
     return value.dim() == 1 and 1 <= value.shape[0] <= MAX_WIDTH
 
 

@@ -29,7 +29,9 @@ from ..reference.writer import format_bytes
 
 SD15_BLOCKS = ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12)))
 SDXL_BLOCKS = ("IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6)))
-BLOCK_CHOICES = tuple(sorted(set(SD15_BLOCKS) | set(SDXL_BLOCKS), key=lambda b: ({"I": 0, "M": 1, "O": 2}[b[0]], b)))
+FLUX_BLOCKS = (*(f"D{i:02d}" for i in range(19)), *(f"S{i:02d}" for i in range(38)))  # double- / single-stream
+BLOCK_CHOICES = (*sorted(set(SD15_BLOCKS) | set(SDXL_BLOCKS), key=lambda b: ({"I": 0, "M": 1, "O": 2}[b[0]], b)),
+                 *FLUX_BLOCKS)
 
 
 def _listed(blocks: tuple[str, ...]) -> str:
@@ -39,8 +41,8 @@ def _listed(blocks: tuple[str, ...]) -> str:
 
 
 BLOCKS_INFO = (
-    f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}. "
-    "A block the model lacks is ignored."
+    f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}; "
+    "Flux has D00-D18 (double-stream) and S00-S37 (single-stream). A block the model lacks is ignored."
 )
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
 MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)
