@@ -19,6 +19,7 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference import compression, lowrank, quantize
 from lib_refdrop.reference.manifest import Recording, seal_manifest
 from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, RANK, Profile, get_profile
+from lib_refdrop.reference.ramcache import RamCache
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.store import MANIFEST, ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
@@ -61,7 +62,8 @@ def write_reference(store: ReferenceStore, name: str, profile: Profile) -> dict[
 
 
 def read_slot(store: ReferenceStore, name: str, index: int = 0) -> dict[str, torch.Tensor]:
-    reader = ReferenceReader(store.open(name))
+    """Slot ``index`` read from disk (a cache of its own: the shared one holds equal references of other tests)."""
+    reader = ReferenceReader(store.open(name), cache=RamCache())
     try:
         return reader.host_tensors(index)
     finally:
