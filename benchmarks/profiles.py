@@ -135,7 +135,7 @@ def measure(host, store, family, base, rfg, seeds, names) -> dict[str, dict]:
             results[name] = {"psnr": same, "psnr_c1": same_c1, "kept": kept,
                              "zstd": zstd_ratios(fp16_rows, {name: get_profile(name)})[name] if zstd else 1.0,
                              "zstd_files": zstd_ratio(store, name) if zstd else 1.0,
-                             "fill": stored_bytes_share(store, name)}
+                             "fill": stored_bytes_share(store, name) if get_profile(name).low_rank else 1.0}
     return results
 
 
@@ -150,8 +150,12 @@ def print_table(results: dict[str, dict], header: str) -> None:
         sizes = {label: reference_bytes(profile, arch, latent) / r["zstd"]
                  for label, (arch, latent) in SHAPES.items()}
         kept = r["kept"]
-        print(f"| `{name}` | {gb(sizes['sd15 512²'])} | {gb(sizes['sdxl 1024²'])} | "
-              f"{raw['sdxl 1024²'] / sizes['sdxl 1024²']:.1f}× | {r['psnr']:.1f} / {r['psnr_c1']:.1f} dB | "
+        if not profile.tensors:  # no layer rows (a trajectory): its bytes are not a function of the layer shapes
+            bytes_cells = "- | - | -"
+        else:
+            bytes_cells = (f"{gb(sizes['sd15 512²'])} | {gb(sizes['sdxl 1024²'])} | "
+                           f"{raw['sdxl 1024²'] / sizes['sdxl 1024²']:.1f}×")
+        print(f"| `{name}` | {bytes_cells} | {r['psnr']:.1f} / {r['psnr_c1']:.1f} dB | "
               f"{100 * statistics.mean(kept):.1f} % ({100 * min(kept):.1f}-{100 * max(kept):.1f}) | "
               + (f"{r['zstd']:.3f} ({r['zstd_files']:.3f}) |" if profile.file_encoding == "zstd" else "- |"))
 
