@@ -18,7 +18,6 @@ For each profile P (the offered ones and ``CANDIDATES``), on a hostsim U-Net wit
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import statistics
 import tempfile
@@ -27,7 +26,7 @@ import time
 import safetensors.torch
 import torch
 
-from lib_refdrop.reference import compression, lowrank, recorder
+from lib_refdrop.reference import compression, lowrank
 from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, Profile, get_profile
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.store import ReferenceStore
@@ -67,23 +66,6 @@ def psnr(out, target) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
-@contextlib.contextmanager
-def emulated_wiring():
-    """Until recorder.py hands it to the writer: a Save's writer compresses as ``Profile.file_encoding`` says."""
-    init = recorder.Recorder.__init__
-
-    def recorder_init(self, writer_, profile, *args, **kwargs):
-        init(self, writer_, profile, *args, **kwargs)
-        if not hasattr(writer_, "file_encoding"):
-            writer_.file_encoding = profile.file_encoding
-
-    recorder.Recorder.__init__ = recorder_init
-    try:
-        yield
-    finally:
-        recorder.Recorder.__init__ = init
-
-
 def zstd_ratio(store: ReferenceStore, name: str) -> float:
     """Bytes before / after zstd over every slot file of a reference saved with a zstd profile."""
     entries = [e for slot in store.manifest(name)["slots"] for e in slot["files"]]
@@ -119,23 +101,22 @@ def stored_bytes_share(store: ReferenceStore, name: str) -> float:
 def measure(host, store, family, base, rfg, seeds, names) -> dict[str, dict]:
     """Per profile: PSNR at the Save's seed (c = rfg and c = 1) and the effect kept at ``seeds``."""
     results = {}
-    with emulated_wiring():
-        saved = {name: run_save(host, store, name, family, name, {**base, "seed": 1})[0] for name in names}
-        exact_other = {s: run_use(host, store, "exact", family, rfg, {**base, "seed": s})[0] for s in seeds}
-        plain_other = {s: run_plain(host, {**base, "seed": s})[0] for s in seeds}
-        fp16_rows = saved_rows(store, "exact")
-        for name in names:
-            same = psnr(run_use(host, store, name, family, rfg, {**base, "seed": 1})[0], saved["exact"])
-            same_c1 = psnr(run_use(host, store, name, family, 1.0, {**base, "seed": 1})[0], saved["exact"])
-            kept = []
-            for s in seeds:
-                out = run_use(host, store, name, family, rfg, {**base, "seed": s})[0]
-                kept.append(1 - ((out - exact_other[s]).norm() / (exact_other[s] - plain_other[s]).norm()).item())
-            zstd = get_profile(name).file_encoding == "zstd"
-            results[name] = {"psnr": same, "psnr_c1": same_c1, "kept": kept,
-                             "zstd": zstd_ratios(fp16_rows, {name: get_profile(name)})[name] if zstd else 1.0,
-                             "zstd_files": zstd_ratio(store, name) if zstd else 1.0,
-                             "fill": stored_bytes_share(store, name) if get_profile(name).low_rank else 1.0}
+    saved = {name: run_save(host, store, name, family, name, {**base, "seed": 1})[0] for name in names}
+    exact_other = {s: run_use(host, store, "exact", family, rfg, {**base, "seed": s})[0] for s in seeds}
+    plain_other = {s: run_plain(host, {**base, "seed": s})[0] for s in seeds}
+    fp16_rows = saved_rows(store, "exact")
+    for name in names:
+        same = psnr(run_use(host, store, name, family, rfg, {**base, "seed": 1})[0], saved["exact"])
+        same_c1 = psnr(run_use(host, store, name, family, 1.0, {**base, "seed": 1})[0], saved["exact"])
+        kept = []
+        for s in seeds:
+            out = run_use(host, store, name, family, rfg, {**base, "seed": s})[0]
+            kept.append(1 - ((out - exact_other[s]).norm() / (exact_other[s] - plain_other[s]).norm()).item())
+        zstd = get_profile(name).file_encoding == "zstd"
+        results[name] = {"psnr": same, "psnr_c1": same_c1, "kept": kept,
+                         "zstd": zstd_ratios(fp16_rows, {name: get_profile(name)})[name] if zstd else 1.0,
+                         "zstd_files": zstd_ratio(store, name) if zstd else 1.0,
+                         "fill": stored_bytes_share(store, name) if get_profile(name).low_rank else 1.0}
     return results
 
 
@@ -269,18 +250,17 @@ def spread_report(args, names) -> None:
     base = {"steps": args.steps, "sampler": "euler", "cfg": 7.0, "height": args.size, "width": args.size}
     psnrs: dict[str, list[float]] = {n: [] for n in names}
     kept: dict[str, list[float]] = {n: [] for n in names}
-    with emulated_wiring():
-        for s in range(1, args.spread + 1):
-            same, other = {**base, "seed": s}, {**base, "seed": s + 3}
-            exact_image = run_save(host, store, f"exact-{s}", args.arch, "exact", same)[0]
-            exact = run_use(host, store, f"exact-{s}", args.arch, 0.3, other)[0]
-            plain = run_plain(host, other)[0]
-            for name in names:
-                ref = f"{name}-{s}"
-                run_save(host, store, ref, args.arch, name, same)
-                psnrs[name].append(psnr(run_use(host, store, ref, args.arch, 0.5, same)[0], exact_image))
-                out = run_use(host, store, ref, args.arch, 0.3, other)[0]
-                kept[name].append(1 - ((out - exact).norm() / (exact - plain).norm()).item())
+    for s in range(1, args.spread + 1):
+        same, other = {**base, "seed": s}, {**base, "seed": s + 3}
+        exact_image = run_save(host, store, f"exact-{s}", args.arch, "exact", same)[0]
+        exact = run_use(host, store, f"exact-{s}", args.arch, 0.3, other)[0]
+        plain = run_plain(host, other)[0]
+        for name in names:
+            ref = f"{name}-{s}"
+            run_save(host, store, ref, args.arch, name, same)
+            psnrs[name].append(psnr(run_use(host, store, ref, args.arch, 0.5, same)[0], exact_image))
+            out = run_use(host, store, ref, args.arch, 0.3, other)[0]
+            kept[name].append(1 - ((out - exact).norm() / (exact - plain).norm()).item())
     print(f"# {args.arch}/tiny random weights, latent {args.size}², {args.steps} steps, Save seeds 1-{args.spread}")
     print("| profile | lowest PSNR c=0.5 | effect kept c=0.3: min | mean | sd | max |")
     print("|---|---|---|---|---|---|")

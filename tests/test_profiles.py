@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from benchmarks.profiles import emulated_wiring, stored_tensors
+from benchmarks.profiles import stored_tensors
 from lib_refdrop.reference.profiles import BALANCED, CANDIDATES, PROFILES, get_profile
 from lib_refdrop.reference.slot_check import HEADER_ALLOWANCE
 from lib_refdrop.reference.store import ReferenceStore
@@ -73,8 +73,7 @@ def host():
 @pytest.fixture(scope="module")
 def saved(host, tmp_path_factory):
     store = ReferenceStore(tmp_path_factory.mktemp("profiles"))
-    with emulated_wiring():
-        images = {name: save(host, store, name, profile=name, **BASE) for name in ALL}
+    images = {name: save(host, store, name, profile=name, **BASE) for name in ALL}
     return store, images
 
 
