@@ -28,6 +28,7 @@ from .attn.trajectory import TrajectoryInput, trajectory_save_wrapper
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
+from .reference import compression
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
 from .reference.profiles import get_profile
@@ -102,7 +103,10 @@ class RefDropRun:
             return None  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
         profile = get_profile(self.settings.profile or self.default_profile)
-        self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite)
+        if profile.file_encoding == compression.ZSTD and not compression.available():
+            raise RefDropError(f"RefDrop: the storage profile '{profile.name}' needs the Python package zstandard: "
+                               f"pip install {compression.PACKAGE}")
+        self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite, profile.file_encoding)
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
         from_image = None

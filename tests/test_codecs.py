@@ -44,8 +44,7 @@ def rows_of(seed: int) -> dict[str, torch.Tensor]:
 
 def write_reference(store: ReferenceStore, name: str, profile: Profile) -> dict[int, dict[str, torch.Tensor]]:
     """A reference written by the real writer from ``profile.encode_row`` of synthetic rows; returns the rows."""
-    writer = ReferenceWriter(store, name, overwrite=True)
-    writer.file_encoding = profile.file_encoding  # what recorder.py sets from the profile
+    writer = ReferenceWriter(store, name, overwrite=True, file_encoding=profile.file_encoding)
     written = {}
     for index, sigma in enumerate(SIGMAS):
         written[index] = rows = rows_of(index)
@@ -340,8 +339,7 @@ def test_a_zstd_reference_without_zstandard_names_the_fix(store, monkeypatch):
 
 def test_a_zstd_save_without_zstandard_fails_with_the_fix_in_its_status(store, monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)
-    writer = ReferenceWriter(store, "r", overwrite=False)
-    writer.file_encoding = "zstd"
+    writer = ReferenceWriter(store, "r", overwrite=False, file_encoding="zstd")
     writer.put_slot(Slot(0, 14.6, 0), 0, {"input1.0/cond0/k": torch.zeros(48, 16)}, lambda: None)
     writer.finish("sd15", {}, Recording({"input1.0": {"n_heads": 2, "dim_head": 8, "tokens": 48}}, ["cond0"],
                                         "float32", "zstd", [Slot(0, 14.6, 0)]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import pytest
 import safetensors.torch
@@ -138,3 +139,11 @@ def test_a_profile_with_zstd_files_saves_them_compressed_and_reads_them_back(tmp
     assert store.manifest("z")["bytes"] < store.manifest("raw")["bytes"]
     other = {**BASE, "seed": 3}
     assert torch.equal(use(host, store, "z", 0.5, **other), use(host, store, "raw", 0.5, **other))  # lossless
+
+
+def test_a_zstd_profile_without_zstandard_is_refused_before_sampling(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    store = ReferenceStore(tmp_path)
+    with pytest.raises(RefDropError, match="needs the Python package zstandard: pip install zstandard"):
+        standalone.start_save(store, "z", context("sd15"), profile=ZSTD_INPUT.name)
+    assert store.names() == []

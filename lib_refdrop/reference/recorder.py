@@ -29,7 +29,6 @@ class Recorder:
     def __init__(self, writer: ReferenceWriter, profile: Profile):
         self.writer = writer
         self.profile = profile
-        writer.file_encoding = profile.file_encoding  # the writer thread compresses each slot file as the profile says
         self.layers: dict[str, dict] = {}
         self.chunks: list[str] = []
         self.dtype: str | None = None

@@ -67,9 +67,10 @@ def failure_reason(exc: BaseException) -> str:
 
 
 class ReferenceWriter:
-    def __init__(self, store: ReferenceStore, name: str, overwrite: bool):
+    def __init__(self, store: ReferenceStore, name: str, overwrite: bool, file_encoding: str = "raw"):
         self.store = store
         self.overwrite = overwrite
+        self.file_encoding = file_encoding  # how each slot file is written (Profile.file_encoding)
         self.status = SaveStatus(name=validate_name(name))
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SLOTS)
         self._slot_files: dict[int, list[dict]] = {}
@@ -166,7 +167,7 @@ class ReferenceWriter:
                 release()
         file = f"slot_{slot.index:04d}_{part}.safetensors"
         entry = {}
-        if getattr(self, "file_encoding", "raw") == compression.ZSTD:  # set from the profile (Profile.file_encoding)
+        if self.file_encoding == compression.ZSTD:
             entry = {"encoding": compression.ZSTD, "raw_bytes": len(data)}
             data, file = compression.compress(data), file + compression.SUFFIX
         _write_file(self.staging.folder / file, data)
