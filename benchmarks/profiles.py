@@ -54,10 +54,17 @@ _LAYERS: dict[str, list] = {}
 def reference_bytes(profile: Profile, arch: str, latent: int, steps: int = 20, chunks=CFG_CHUNKS) -> int:
     """Bytes of one reference with this profile (before zstd), from the architecture's real attn1 layer shapes
     (fp16); for low rank at the profile's largest rank."""
-    per_step = sum(profile.row_bytes_bound((latent // 2**level) ** 2, width) for level, width in layer_shapes(arch))
     kept_steps = sum(profile.keeps_sigma(i) for i in range(steps))
     kept_chunks = sum(profile.keeps_chunk(c) for c in chunks)
+    if profile.keep == "trajectory":  # a 4-channel latent a step, and the prompt's conditioning once a chunk
+        return 2 * (4 * latent * latent * kept_steps + kept_chunks * sum(TRAJECTORY_CONDITIONING[arch]))
+    per_step = sum(profile.row_bytes_bound((latent // 2**level) ** 2, width) for level, width in layer_shapes(arch))
     return per_step * len(profile.tensors) * kept_chunks * kept_steps
+
+
+# Values of one row of each conditioning tensor a trajectory keeps (fp16): c_crossattn 77 tokens x the text width,
+# and SDXL's pooled text + size vector ``y``.
+TRAJECTORY_CONDITIONING = {"sd15": (77 * 768,), "sdxl": (77 * 2048, 2816)}
 
 
 def psnr(out, target) -> float:
