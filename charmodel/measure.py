@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lib_refdrop.reference.profiles import PROFILES
+from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 
 from .data import FREE, POSES, Attributes, classify
@@ -154,7 +154,7 @@ class Generated:
 
 def engine_patch(pipe: CharPipeline, store: ReferenceStore, rfg: float, **settings):
     """``patch_of`` for Generated.add: the engine's Use patch of each reference at ``rfg``."""
-    return lambda ref, seed: (pipe.use_patch(store, ref.name, rfg, seed, **settings), None)
+    return lambda ref, seed: pipe.use_patches(store, ref.name, rfg, seed, **settings)
 
 
 def psnr(out: torch.Tensor, target: torch.Tensor) -> float:
@@ -208,8 +208,7 @@ def effect_kept(store: ReferenceStore, profile_name: str, *, pipe: CharPipeline 
     seeds from ``first_seed`` (default: after the test's block), strength ``rfg``. The exact references and the
     plain and exact images are made on the first call and reused by later calls with the same arguments.
     """
-    if profile_name not in PROFILES:
-        raise ValueError(f"unknown storage profile {profile_name!r}; known: {', '.join(PROFILES)}")
+    get_profile(profile_name)  # an offered profile or a candidate; RefDropError naming the offered ones
     started = time.monotonic()
     pipe = pipe or CharPipeline.load()
     exact, made = _baseline(pipe, store, refs, blocks, block_size, rfg, first_seed)
@@ -219,7 +218,7 @@ def effect_kept(store: ReferenceStore, profile_name: str, *, pipe: CharPipeline 
     key = "exact" if profile_name == "exact" else f"profile {profile_name}"
     for gen in made:
         if key != "exact":
-            gen.add(key, lambda ref, seed: (pipe.use_patch(store, by_name[ref.name].name, rfg, seed), None))
+            gen.add(key, lambda ref, seed: pipe.use_patches(store, by_name[ref.name].name, rfg, seed))
         p, e = gen.gaps(key)["pooled"], gen.gaps("exact")["pooled"]
         ratios.append(p / e if e else math.nan)
         gap_p, gap_e = gap_p + p, gap_e + e
@@ -293,7 +292,8 @@ def main() -> None:
     ap.add_argument("--profile-blocks", type=int, default=2, help="blocks for effect_kept")
     ap.add_argument("--block-size", type=int, default=BLOCK_SIZE)
     ap.add_argument("--test-block", action="store_true", help="measure the test's own block (seeds 0..size-1)")
-    ap.add_argument("--profiles", action="store_true", help="also effect_kept for every storage profile")
+    ap.add_argument("--profiles", action="store_true", help="also effect_kept for every offered storage profile")
+    ap.add_argument("--candidates", action="store_true", help="and for every candidate profile")
     ap.add_argument("--no-sweep", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -318,7 +318,7 @@ def main() -> None:
         if args.profiles:
             print("\n| profile | share effect kept (per block) | pooled | continuous kept | PSNR c=0.3 | PSNR c=1 | "
                   "s |\n|---|---|---|---|---|---|---|")
-            for name in PROFILES:
+            for name in [*PROFILES, *(CANDIDATES if args.candidates else ())]:
                 try:
                     r = effect_kept(store, name, pipe=pipe, refs=args.refs, blocks=args.profile_blocks, block_size=size,
                                     first_seed=first)

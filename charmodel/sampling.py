@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lib_refdrop.reference.store import ReferenceStore
-from lib_refdrop.standalone import PassContext, context, start_save, use_patch
+from lib_refdrop.standalone import PassContext, PassPatches, context, start_save, start_use
 from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, call_model, host_attention
 
 from .data import SIZE
@@ -51,12 +51,17 @@ class CharPipeline:
         return cls(AttnHost(unet), prompts, **kwargs)
 
     @torch.no_grad()
-    def generate(self, poses: list[str], seeds: list[int], patch=None, input_patch=None) -> torch.Tensor:
+    def generate(self, poses: list[str], seeds: list[int], patch=None, input_patch=None,
+                 wrapper=None) -> torch.Tensor:
         """Images ``[B, 3, SIZE, SIZE]`` in [-1, 1], image i conditioned on ``poses[i]`` with noise from ``seeds[i]``.
 
-        ``patch``: an attn1 replace patch installed on every attn1 layer like a host does (None = plain);
-        ``input_patch``: an attn1_patch run before the projections (a Save that keeps each layer's input).
+        ``patch``: an attn1 replace patch installed on every attn1 layer like a host does (None = plain), or a Use's
+        ``PassPatches`` (its attn1 patch and model function wrapper); ``input_patch``: an attn1_patch run before the
+        projections (a Save that keeps each layer's input); ``wrapper``: a model function wrapper (a Save that keeps
+        the latent trajectory).
         """
+        if isinstance(patch, PassPatches):
+            patch, wrapper = patch.attn1, patch.model_wrapper
         if len(poses) != len(seeds):
             raise ValueError("one pose per seed")
         gens = [torch.Generator().manual_seed(s) for s in seeds]
@@ -68,14 +73,14 @@ class CharPipeline:
         cond = torch.cat([self.prompts.of(p) for p in poses])
         uncond = self.prompts.of(None).expand_as(cond)
         prompts = torch.cat([uncond, cond])
-        self.host.patch = patch
+        self.host.patch, self.host.model_wrapper = patch, wrapper
         if input_patch is not None:
             self.host.attn1_patches = [input_patch]
         try:
             return SAMPLERS[self.sampler](self._denoiser(prompts), noise() * sigmas[0], sigmas, noise,
                                           lambda *_: None)
         finally:
-            self.host.patch = None
+            self.host.patch = self.host.model_wrapper = None
             if input_patch is not None:
                 self.host.attn1_patches = []
 
@@ -92,18 +97,24 @@ class CharPipeline:
                        profile: str = "") -> torch.Tensor:
         """Generate one image with RefDrop Save on; return it once the reference is on disk."""
         with start_save(store, name, pass_context(seed), profile=profile, overwrite=True) as save:
-            image = self.generate([pose], [seed], save.patch, getattr(save, "input_patch", None))
+            image = self.generate([pose], [seed], save.patch, getattr(save, "input_patch", None), save.model_wrapper)
             save.finish({"pose": pose, "seed": seed}, to_pil(image[0]))
         return image[0]
 
-    def use_patch(self, store: ReferenceStore, name: str, rfg: float, seed: int, **settings):
-        """RefDrop Use's attn1 patch at strength ``rfg`` (other settings by their names in lib_refdrop.params)."""
-        return use_patch(store, name, rfg, pass_context(seed, self.host), **settings)
+    def use_patches(self, store: ReferenceStore, name: str, rfg: float, seed: int, **settings):
+        """RefDrop Use's ``PassPatches`` at strength ``rfg`` (other settings by their names in lib_refdrop.params) for
+        one generation, and the function that ends the Use (closes the reference)."""
+        use = start_use(store, **settings, reference=name, rfg=rfg)
+        return use.for_pass(pass_context(seed, self.host)), use.close
 
     def use_reference(self, store: ReferenceStore, name: str, rfg: float, poses: list[str], seeds: list[int],
                       **settings) -> torch.Tensor:
         """Generate with RefDrop Use at strength ``rfg``."""
-        return self.generate(poses, seeds, self.use_patch(store, name, rfg, seeds[0], **settings))
+        patches, close = self.use_patches(store, name, rfg, seeds[0], **settings)
+        try:
+            return self.generate(poses, seeds, patches)
+        finally:
+            close()
 
 
 def to_pil(image: torch.Tensor, scale: int = 2) -> Image.Image:
