@@ -31,7 +31,7 @@ from .params import RefDropSettings
 from .reference import compression
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
-from .reference.profiles import get_profile
+from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, get_profile
 from .reference.reader import ReferenceReader
 from .reference.recorder import Recorder
 from .reference.store import ReferenceStore
@@ -102,7 +102,7 @@ class RefDropRun:
         if ctx.is_hr_pass or self.writer is not None:
             return None  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
-        profile = get_profile(self.settings.profile or self.default_profile)
+        profile = get_profile(self.save_profile(ctx.family))
         if profile.file_encoding == compression.ZSTD and not compression.available():
             raise RefDropError(f"RefDrop: the storage profile '{profile.name}' needs the Python package zstandard: "
                                f"pip install {compression.PACKAGE}")
@@ -122,6 +122,16 @@ class RefDropRun:
                                    "saved with a profile that stores the layers' rows")
             self.model_wrapper = trajectory_save_wrapper(self.recorder)
         return make_save_patch(self.recorder, ctx.inner, from_image)
+
+    def save_profile(self, family: str) -> str:
+        """The storage profile of this run's Save: the one asked for, else the Settings default; a default that keeps
+        each layer's input (which a DiT block cannot project again) is ``DIT_DEFAULT_PROFILE`` on a DiT model."""
+        if self.settings.profile:
+            return self.settings.profile
+        default = self.default_profile or DEFAULT_PROFILE
+        if family in families.DIT_FAMILIES and get_profile(default).keep == "input":
+            return DIT_DEFAULT_PROFILE
+        return default
 
     def _free_automatic_name(self, seed) -> str:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""

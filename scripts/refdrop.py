@@ -82,7 +82,7 @@ class RefDropScript(scripts.Script):
                 input_patch = run.input_patch  # a Save that keeps each layer's input
             host.install(p, patch, wrapper, input_patch)
         if run is not None:
-            profile = (run.settings.profile or run.default_profile) if run.settings.saving else None
+            profile = run.save_profile(run.family) if run.settings.saving else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)
 
     def postprocess(self, p, processed, *args):

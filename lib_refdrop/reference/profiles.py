@@ -195,6 +195,9 @@ CANDIDATES: dict[str, Profile] = {p.name: p for p in (
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (EXACT, BALANCED, COMPACT)}  # offered in the panel and Settings
 DEFAULT_PROFILE = "exact"
+# A DiT block's K depends on the conditioning vector and the positions too, so a profile that keeps each layer's
+# input cannot serve a Flux model: a default that does is replaced there by this one (1/10 of raw fp16 K/V).
+DIT_DEFAULT_PROFILE = "compact"
 
 
 def get_profile(name: str) -> Profile:

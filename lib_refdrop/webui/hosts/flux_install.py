@@ -38,10 +38,11 @@ def is_flux(p) -> bool:
             and hasattr(model, "single_blocks"))
 
 
-def unsupported(settings, default_profile: str = "") -> str | None:
-    """What a Flux pass cannot do (yet), or None."""
+def unsupported(settings, profile: str = "") -> str | None:
+    """What a Flux pass cannot do (yet), or None; ``profile``: the Save's storage profile
+    (``RefDropRun.save_profile``)."""
     if settings.saving:
-        problem = _profile_problem(settings.profile or default_profile)
+        problem = _profile_problem(settings.profile or profile)
         if problem:
             return problem
     if settings.saving and settings.save_from == "image":
@@ -95,7 +96,7 @@ def install(host, p, run=None, failing_patch=None) -> None:
 
 def _plan(host, p, run, dit):
     try:
-        problem = unsupported(run.settings, run.default_profile)
+        problem = unsupported(run.settings, run.save_profile("flux"))
         if problem:
             return make_failing_patch(problem)
         ctx = dataclasses.replace(host.pass_context(p), family=FAMILY, inner=dit.inner)

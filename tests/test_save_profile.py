@@ -1,0 +1,36 @@
+"""Which storage profile a Save uses: the one asked for, else the Settings default; on a DiT model a default that
+keeps each layer's input (which a Flux block cannot project again) gives way to DIT_DEFAULT_PROFILE."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib_refdrop.params import build
+from lib_refdrop.reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, get_profile
+from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.run import RefDropRun
+from lib_refdrop.webui.hosts import flux_install
+
+
+def _run(tmp_path, profile="", default=""):
+    return RefDropRun(build({"enabled": True, "mode": "Save", "profile": profile}), ReferenceStore(tmp_path), default)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "unknown"])
+def test_a_unet_save_uses_the_settings_default(tmp_path, family):
+    assert _run(tmp_path, default="input-int8").save_profile(family) == "input-int8"
+    assert _run(tmp_path).save_profile(family) == DEFAULT_PROFILE
+
+
+def test_a_flux_save_replaces_an_input_keeping_default_and_keeps_any_other(tmp_path):
+    assert get_profile(DIT_DEFAULT_PROFILE).keep == "kv"
+    assert _run(tmp_path, default="input-int8").save_profile("flux") == DIT_DEFAULT_PROFILE
+    assert _run(tmp_path, default="balanced").save_profile("flux") == "balanced"
+    run = _run(tmp_path, default="input-int8")
+    assert flux_install.unsupported(run.settings, run.save_profile("flux")) is None
+
+
+def test_an_input_keeping_profile_asked_for_on_flux_is_refused_by_name(tmp_path):
+    run = _run(tmp_path, profile="input-int8")
+    assert run.save_profile("flux") == "input-int8"
+    assert "keeps each layer's input" in flux_install.unsupported(run.settings, run.save_profile("flux"))
