@@ -103,10 +103,10 @@ class RefDropRun:
             return None  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
         profile = get_profile(self.save_profile(ctx.family))
-        if profile.file_encoding == compression.ZSTD and not compression.available():
-            raise RefDropError(f"RefDrop: the storage profile '{profile.name}' needs the Python package zstandard: "
-                               f"pip install {compression.PACKAGE}")
-        self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite, profile.file_encoding)
+        encoding, note = profile.file_encoding, ""
+        if encoding == compression.ZSTD and not compression.available():  # zstd is lossless: the same reference
+            encoding, note = "raw", f"its files are not compressed: pip install {compression.PACKAGE} to compress them"
+        self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite, encoding, note)
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
         from_image = None

@@ -20,7 +20,7 @@ from lib_refdrop.reference.manifest import seal_manifest, sha256_bytes
 from lib_refdrop.reference.profiles import EXACT, PROFILES
 from lib_refdrop.reference.store import MANIFEST, ReferenceStore
 from tests.support.hostsim import AttnHost, make_unet
-from tests.support.refdrop_harness import context, plain, save, use
+from tests.support.refdrop_harness import context, plain, sample_with, save, use
 
 BASE = {"steps": 6, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": 16, "width": 16}
 INPUT = dataclasses.replace(EXACT, name="test-input", keep="input")
@@ -141,9 +141,15 @@ def test_a_profile_with_zstd_files_saves_them_compressed_and_reads_them_back(tmp
     assert torch.equal(use(host, store, "z", 0.5, **other), use(host, store, "raw", 0.5, **other))  # lossless
 
 
-def test_a_zstd_profile_without_zstandard_is_refused_before_sampling(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "zstandard", None)
+def test_a_zstd_profile_without_zstandard_saves_the_same_reference_uncompressed_and_says_so(tmp_path, monkeypatch):
+    host = AttnHost(make_unet("sd15", "tiny", seed=0))
     store = ReferenceStore(tmp_path)
-    with pytest.raises(RefDropError, match="needs the Python package zstandard: pip install zstandard"):
-        standalone.start_save(store, "z", context("sd15"), profile=ZSTD_INPUT.name)
-    assert store.names() == []
+    save(host, store, "raw", profile=INT8_INPUT.name, **BASE)
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    with standalone.start_save(store, "z", context("sd15", host=host), profile=ZSTD_INPUT.name) as session:
+        sample_with(host, session.patch, session.input_patch, **BASE)
+        status = session.finish({"seed": 1})
+    assert "not compressed: pip install zstandard" in status.message
+    assert all("encoding" not in entry for slot in store.manifest("z")["slots"] for entry in slot["files"])
+    other = {**BASE, "seed": 3}
+    assert torch.equal(use(host, store, "z", 0.5, **other), use(host, store, "raw", 0.5, **other))

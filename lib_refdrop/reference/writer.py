@@ -67,10 +67,12 @@ def failure_reason(exc: BaseException) -> str:
 
 
 class ReferenceWriter:
-    def __init__(self, store: ReferenceStore, name: str, overwrite: bool, file_encoding: str = "raw"):
+    def __init__(self, store: ReferenceStore, name: str, overwrite: bool, file_encoding: str = "raw",
+                 note: str = ""):
         self.store = store
         self.overwrite = overwrite
         self.file_encoding = file_encoding  # how each slot file is written (Profile.file_encoding)
+        self.note = note  # said after "saved reference ..." (how the Save differs from what its profile asks)
         self.status = SaveStatus(name=validate_name(name))
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SLOTS)
         self._slot_files: dict[int, list[dict]] = {}
@@ -187,7 +189,8 @@ class ReferenceWriter:
         write_json_atomic(self.staging.folder / MANIFEST, manifest)
         self.store.commit(self.staging, self.name, self.overwrite)
         self.status.state = "saved"
-        self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})"
+        self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})" + (
+            f"; {self.note}" if self.note else "")
         self._write_through.hand_over(self.store, self.name, manifest)  # before ``wait`` returns: a Use reads no file
 
 
