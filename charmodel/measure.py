@@ -52,9 +52,10 @@ def poses_for(n: int) -> list[str]:
     return [POSES[i % len(POSES)] for i in range(n)]
 
 
-def save_references(pipe: CharPipeline, store: ReferenceStore, count: int, profile: str = "",
+def save_references(pipe: CharPipeline, store: ReferenceStore, count: int, profile: str = "exact",
                     prefix: str = "ref") -> list[Reference]:
-    """The first ``count`` reference seeds whose image shows the prompted pose (poses in turn)."""
+    """The first ``count`` reference seeds whose image shows the prompted pose (poses in turn); ``exact`` unless
+    said, whatever the engine's default is: every measure here is relative to it."""
     refs: list[Reference] = []
     seed = REFERENCE_SEEDS
     while len(refs) < count:
