@@ -185,16 +185,20 @@ CANDIDATES: dict[str, Profile] = {p.name: p for p in (
     Profile("input-int8-cond", keep="input", storage="int8", chunks="cond"),                # 1/8
     Profile("input-int8-cond-zstd", keep="input", storage="int8", chunks="cond", file_encoding="zstd"),
     Profile("input-int8-stride2", keep="input", storage="int8", sigma_stride=2),            # 1/8
-    Profile("input-int8-stride2-zstd", keep="input", storage="int8", sigma_stride=2, file_encoding="zstd"),
     Profile("input-int8-cond-stride2-zstd", keep="input", storage="int8", chunks="cond", sigma_stride=2,
             file_encoding="zstd"),                                                           # 1/16, then zstd
     Profile("input-fp8-stride2-zstd", keep="input", storage="fp8", sigma_stride=2, file_encoding="zstd"),
-    # the reference's latent at each sigma and its conditioning; Use evaluates the rows again (one more U-Net call)
-    Profile("trajectory", keep="trajectory"),
 )}
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (EXACT, BALANCED, COMPACT)}  # offered in the panel and Settings
-DEFAULT_PROFILE = "exact"
+# The default: each layer's attn1 input instead of K and V (1/2), int8 per channel (1/2), every 2nd sampled sigma
+# (1/2), zstd files: 1/10 of raw fp16 K/V; chosen from the table in README "Storage profiles".
+LEAN = Profile("lean", keep="input", storage="int8", sigma_stride=2, file_encoding="zstd")
+# The smallest: the reference's latent at each sigma and its conditioning (a few MB); a Use evaluates the rows again,
+# one more U-Net call a step.
+TRAJECTORY = Profile("trajectory", keep="trajectory")
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (LEAN, EXACT, BALANCED, COMPACT, TRAJECTORY)}  # panel, Settings
+DEFAULT_PROFILE = "lean"
 # A DiT block's K depends on the conditioning vector and the positions too, so a profile that keeps each layer's
 # input cannot serve a Flux model: a default that does is replaced there by this one (1/10 of raw fp16 K/V).
 DIT_DEFAULT_PROFILE = "compact"
