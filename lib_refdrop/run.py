@@ -31,7 +31,7 @@ from .params import RefDropSettings
 from .reference import compression
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
-from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, get_profile
+from .reference.profiles import DEFAULT_PROFILE, NO_INPUT_DEFAULT_PROFILE, get_profile
 from .reference.reader import ReferenceReader
 from .reference.recorder import Recorder
 from .reference.store import ReferenceStore
@@ -102,7 +102,7 @@ class RefDropRun:
         if ctx.is_hr_pass or self.writer is not None:
             return None  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
-        profile = get_profile(self.save_profile(ctx.family))
+        profile = get_profile(self.save_profile(ctx.family, ctx.projections is not None))
         encoding, note = profile.file_encoding, ""
         if encoding == compression.ZSTD and not compression.available():  # zstd is lossless: the same reference
             encoding, note = "raw", f"its files are not compressed: pip install {compression.PACKAGE} to compress them"
@@ -123,14 +123,15 @@ class RefDropRun:
             self.model_wrapper = trajectory_save_wrapper(self.recorder)
         return make_save_patch(self.recorder, ctx.inner, from_image)
 
-    def save_profile(self, family: str) -> str:
-        """The storage profile of this run's Save: the one asked for, else the Settings default; a default that keeps
-        each layer's input (which a DiT block cannot project again) is ``DIT_DEFAULT_PROFILE`` on a DiT model."""
+    def save_profile(self, family: str, can_project: bool = True) -> str:
+        """The storage profile of this run's Save: the one asked for, else the Settings default. A default that keeps
+        each layer's input is ``NO_INPUT_DEFAULT_PROFILE`` where that input cannot be projected again: on a DiT model
+        (its K depends on more than the input), or for a caller that gives no projections (``PassContext``)."""
         if self.settings.profile:
             return self.settings.profile
         default = self.default_profile or DEFAULT_PROFILE
-        if family in families.DIT_FAMILIES and get_profile(default).keep == "input":
-            return DIT_DEFAULT_PROFILE
+        if get_profile(default).keep == "input" and (family in families.DIT_FAMILIES or not can_project):
+            return NO_INPUT_DEFAULT_PROFILE
         return default
 
     def _free_automatic_name(self, seed) -> str:
