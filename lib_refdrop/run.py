@@ -243,13 +243,22 @@ class RefDropRun:
             return ""
         self.recorder.flush()
         if not self.recorder.recorded_anything:
-            self.writer.abort("no self-attention layer was called")
+            self.writer.abort(_NOTHING_RECORDED.get(self.recorder.profile.keep, _NOTHING_RECORDED["kv"]))
         else:
             if self.settings.save_from == "image":  # the reference is the image, not what was generated
                 generation = {**generation, "source": "image", "image_prompt": self.settings.image_prompt}
                 preview = self.settings.image
             self.writer.finish(self.family, generation, self.recorder.recording(), preview)
         return f"{SAVING} '{self.save_name}' in the background"
+
+
+# Why a Save recorded nothing, by what its profile keeps: a caller must install the input patch (``attn1_patch``) or
+# the model function wrapper as well as the attn1 patch for those.
+_NOTHING_RECORDED = {
+    "kv": "no self-attention layer was called",
+    "input": "no layer input was recorded (the Save's input_patch must run as an attn1_patch)",
+    "trajectory": "no latent was recorded (the Save's model function wrapper must run around the model)",
+}
 
 
 def _key_mask(mask) -> KeyMask | None:

@@ -153,3 +153,13 @@ def test_a_zstd_profile_without_zstandard_saves_the_same_reference_uncompressed_
     assert all("encoding" not in entry for slot in store.manifest("z")["slots"] for entry in slot["files"])
     other = {**BASE, "seed": 3}
     assert torch.equal(use(host, store, "z", 0.5, **other), use(host, store, "raw", 0.5, **other))
+
+
+def test_a_save_whose_input_patch_never_ran_says_so(tmp_path):
+    host = AttnHost(make_unet("sd15", "tiny", seed=0))
+    store = ReferenceStore(tmp_path)
+    with standalone.start_save(store, "x", context("sd15", host=host), profile=INPUT.name) as session:
+        sample_with(host, session.patch, **BASE)  # the attn1 patch only
+        with pytest.raises(RefDropError, match="input_patch must run as an attn1_patch"):
+            session.finish({"seed": 1})
+    assert store.names() == []
