@@ -40,7 +40,7 @@ def reads(monkeypatch):
     return files
 
 
-def _save(store, name: str, profile: str = "") -> list:
+def _save(store, name: str, profile: str = "exact") -> list:
     with standalone.start_save(store, name, faultkit.pass_context(), profile=profile, overwrite=True) as save:
         outputs = faultkit.generate(save.patch, CALLS)
         save.finish({}, timeout=30)

@@ -31,14 +31,26 @@ def test_the_limits_second_attention_reaches_the_output_so_it_cannot_be_skipped(
     assert torch.isnan(out).all()
 
 
-def test_every_profile_runs_on_the_gpu_code_path_on_a_cpu(tmp_path, capsys):
+def _rows(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("| `")]
+
+
+def test_every_profile_runs_every_condition(tmp_path, capsys):
+    speed.main(["--size", "8", "--steps", "1", "--rounds", "1", "--ram-gb", "1", "--store", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "limit = plain bit for bit: yes" in out
+    for profile in PROFILES:
+        for condition in ("Save", "first Use", "warm Use", "cold Use"):
+            assert any(line.startswith(f"| `{profile}` | {condition} |") for line in _rows(out)), (profile, condition)
+        assert (tmp_path / f"bench-{profile}").is_dir()
+
+
+def test_the_gpu_code_path_runs_on_a_cpu(tmp_path, capsys):
     speed.main(["--gpu", "--device", "cpu", "--width", "tiny", "--size", "8", "--steps", "1", "--rounds", "1",
-                "--ram-gb", "1", "--store", str(tmp_path)])
+                "--ram-gb", "1", "--profiles", "exact,compact", "--store", str(tmp_path)])
     out = capsys.readouterr().out
     assert "sdxl/tiny U-Net" in out and "float16, cpu" in out
     assert "limit = plain bit for bit: yes" in out
-    rows = [line for line in out.splitlines() if line.startswith("| `")]
-    for profile in PROFILES:
+    for profile in ("exact", "compact"):
         for condition in ("Save", "first Use", "warm Use", "cold Use"):
-            assert any(line.startswith(f"| `{profile}` | {condition} |") for line in rows), (profile, condition)
-        assert (tmp_path / f"bench-{profile}").is_dir()
+            assert any(line.startswith(f"| `{profile}` | {condition} |") for line in _rows(out)), (profile, condition)
