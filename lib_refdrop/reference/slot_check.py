@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RefDropError
+from .finite import all_finite
 from .profiles import RANK, Profile, split_entry
 from .trajectory_check import check_trajectory_tensors
 
@@ -86,8 +87,7 @@ def check_slot_tensors(name: str, file: str, tensors: dict[str, torch.Tensor], m
         _, max_rank = _layer_forms(lid, manifest, profile, compute_dtype)
         if RANK in shape and not 1 <= rank <= max_rank:
             raise _corrupt(name, file, f"holds {key} of rank {rank}; the profile stores ranks 1 to {max_rank}")
-        if dtype.is_floating_point and not bool(torch.isfinite(value.float() if value.element_size() == 1
-                                                                else value).all()):
+        if dtype.is_floating_point and not all_finite(value):
             raise _corrupt(name, file, f"holds non-finite values (NaN or infinity) in {key}")
         rows.setdefault((lid, chunk, tensor), {})[suffix] = rank
     for row, parts in rows.items():

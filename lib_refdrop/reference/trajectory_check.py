@@ -1,8 +1,9 @@
 """Checks the tensors of one slot file of a trajectory reference (``attn/trajectory.py``) before Use touches them.
 
 Like every slot file (``slot_check.py``), one from another user's store may hold anything: only the latent and
-the conditioning rows of the manifest's chunks pass, floating point of the manifest's dtype, of bounded sizes, and
-finite; each slot holds a latent of the same shape as every other slot's (the reader checks across slots).
+the conditioning rows of the manifest's chunks pass, floating point of the manifest's dtype (or float32: the
+sampler's latent of a half-precision U-Net), of bounded sizes, and finite; each slot holds a latent of the same
+shape as every other slot's (the reader checks across slots).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from ..attn.trajectory import LATENT, split_conditioning_key
 from ..errors import RefDropError
+from .finite import all_finite
 
 MAX_LATENT_CHANNELS = 64
 MAX_LATENT_SIDE = 1024           # a 8192² image at 8x down-sampling
@@ -41,8 +43,8 @@ def check_trajectory_tensors(name: str, file: str, tensors: dict[str, torch.Tens
     if LATENT not in tensors:
         raise _corrupt(name, file, "holds no latent")
     for key, value in tensors.items():
-        if value.dtype != compute_dtype or not _fits(key, value, manifest["chunks"]):
+        if value.dtype not in (compute_dtype, torch.float32) or not _fits(key, value, manifest["chunks"]):
             raise _corrupt(name, file, f"holds {key!r} as {str(value.dtype).removeprefix('torch.')} "
                                        f"{list(value.shape)}, which no trajectory of this manifest has")
-        if not bool(torch.isfinite(value).all()):
+        if not all_finite(value):
             raise _corrupt(name, file, f"holds non-finite values (NaN or infinity) in {key}")

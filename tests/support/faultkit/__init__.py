@@ -136,9 +136,10 @@ def generate(patch, calls) -> list:
     return [(patch or host_attention)(q, k, v, eo) for q, k, v, eo in calls]
 
 
-def save_generation(store: ReferenceStore, name: str, calls, overwrite: bool = False) -> list:
-    """A generation of ``calls`` with Save on, through the library's entry point; its outputs, once saved."""
-    with standalone.start_save(store, name, pass_context(), overwrite=overwrite) as save:
+def save_generation(store: ReferenceStore, name: str, calls, overwrite: bool = False, profile: str = "exact") -> list:
+    """A generation of ``calls`` with Save on, through the library's entry point; its outputs, once saved. The
+    ``exact`` profile by default: the fault tests compare a Use with its Save bit for bit."""
+    with standalone.start_save(store, name, pass_context(), profile=profile, overwrite=overwrite) as save:
         outputs = generate(save.patch, calls)
         save.finish({}, timeout=30)
     return outputs
