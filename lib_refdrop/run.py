@@ -31,7 +31,7 @@ from .params import RefDropSettings
 from .reference import compression
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
-from .reference.profiles import DEFAULT_PROFILE, NO_INPUT_DEFAULT_PROFILE, get_profile
+from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, EXACT, get_profile
 from .reference.reader import ReferenceReader
 from .reference.recorder import Recorder
 from .reference.store import ReferenceStore
@@ -125,14 +125,17 @@ class RefDropRun:
 
     def save_profile(self, family: str, can_project: bool = True) -> str:
         """The storage profile of this run's Save: the one asked for, else the Settings default. A default that keeps
-        each layer's input is ``NO_INPUT_DEFAULT_PROFILE`` where that input cannot be projected again: on a DiT model
-        (its K depends on more than the input), or for a caller that gives no projections (``PassContext``)."""
+        each layer's input cannot be used where that input cannot be projected again: on a DiT model (its K depends
+        on more than the input) it is ``DIT_DEFAULT_PROFILE``; for a caller that gives no projections
+        (``PassContext.projections``, e.g. a sampler that installs only the attn1 patch) it is ``exact``."""
         if self.settings.profile:
             return self.settings.profile
         default = self.default_profile or DEFAULT_PROFILE
-        if get_profile(default).keep == "input" and (family in families.DIT_FAMILIES or not can_project):
-            return NO_INPUT_DEFAULT_PROFILE
-        return default
+        if get_profile(default).keep != "input":
+            return default
+        if family in families.DIT_FAMILIES:
+            return DIT_DEFAULT_PROFILE
+        return default if can_project else EXACT.name
 
     def _free_automatic_name(self, seed) -> str:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""

@@ -1,13 +1,13 @@
 """Which storage profile a Save uses: the one asked for, else the Settings default; a default that keeps each
-layer's input gives way to NO_INPUT_DEFAULT_PROFILE where the input cannot be projected again (a DiT model, a
-caller without projections)."""
+layer's input gives way where the input cannot be projected again: to DIT_DEFAULT_PROFILE on a DiT model, to exact
+for a caller without projections."""
 
 from __future__ import annotations
 
 import pytest
 
 from lib_refdrop.params import build
-from lib_refdrop.reference.profiles import DEFAULT_PROFILE, NO_INPUT_DEFAULT_PROFILE, get_profile
+from lib_refdrop.reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
 from lib_refdrop.webui.hosts import flux_install
@@ -24,8 +24,8 @@ def test_a_unet_save_uses_the_settings_default(tmp_path, family):
 
 
 def test_a_flux_save_replaces_an_input_keeping_default_and_keeps_any_other(tmp_path):
-    assert get_profile(NO_INPUT_DEFAULT_PROFILE).keep == "kv"
-    assert _run(tmp_path, default="input-int8").save_profile("flux") == NO_INPUT_DEFAULT_PROFILE
+    assert get_profile(DIT_DEFAULT_PROFILE).keep == "kv"
+    assert _run(tmp_path, default="input-int8").save_profile("flux") == DIT_DEFAULT_PROFILE
     assert _run(tmp_path, default="balanced").save_profile("flux") == "balanced"
     run = _run(tmp_path, default="input-int8")
     assert flux_install.unsupported(run.settings, run.save_profile("flux")) is None
@@ -39,5 +39,5 @@ def test_an_input_keeping_profile_asked_for_on_flux_is_refused_by_name(tmp_path)
 
 def test_a_caller_without_projections_saves_the_default_without_the_input(tmp_path):
     run = _run(tmp_path, default="input-int8")
-    assert run.save_profile("sd15", can_project=False) == NO_INPUT_DEFAULT_PROFILE
+    assert run.save_profile("sd15", can_project=False) == "exact"
     assert _run(tmp_path, profile="input-int8").save_profile("sd15", can_project=False) == "input-int8"

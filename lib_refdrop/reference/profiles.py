@@ -200,9 +200,9 @@ TRAJECTORY = Profile("trajectory", keep="trajectory")
 PROFILES: dict[str, Profile] = {p.name: p for p in (LEAN, EXACT, BALANCED, COMPACT, TRAJECTORY)}  # panel, Settings
 DEFAULT_PROFILE = "lean"
 # A DiT block's K depends on the conditioning vector and the positions too, so a profile that keeps each layer's
-# input cannot serve a Flux model (nor a caller that cannot reach the layers' projections): a default that does is
-# replaced there by this one (1/10 of raw fp16 K/V; RefDropRun.save_profile).
-NO_INPUT_DEFAULT_PROFILE = "compact"
+# input cannot serve a Flux model: a default that does is replaced there by this one (1/10 of raw fp16 K/V;
+# RefDropRun.save_profile).
+DIT_DEFAULT_PROFILE = "compact"
 
 
 def get_profile(name: str) -> Profile:
