@@ -197,7 +197,7 @@ class RefDropRun:
             if problem:
                 raise RefDropError(problem)
             return None
-        reader = ReferenceReader(opened)
+        reader = ReferenceReader(opened, projections=ctx.projections)
         self._readers.append(reader)
         return reader
 

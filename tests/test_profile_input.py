@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 
 import pytest
 import safetensors.torch
@@ -19,8 +20,8 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference.manifest import seal_manifest, sha256_bytes
 from lib_refdrop.reference.profiles import EXACT, PROFILES
 from lib_refdrop.reference.store import MANIFEST, ReferenceStore
-from tests.support.hostsim import AttnHost, make_unet
-from tests.support.refdrop_harness import context, plain, sample_with, save, use
+from tests.support.hostsim import AttnHost, host_attention, make_unet
+from tests.support.refdrop_harness import SCHEDULE, context, plain, sample_with, save, use
 
 BASE = {"steps": 6, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": 16, "width": 16}
 INPUT = dataclasses.replace(EXACT, name="test-input", keep="input")
@@ -163,3 +164,26 @@ def test_a_save_whose_input_patch_never_ran_says_so(tmp_path):
         with pytest.raises(RefDropError, match="input_patch must run as an attn1_patch"):
             session.finish({"seed": 1})
     assert store.names() == []
+
+
+def test_the_loader_thread_projects_the_stored_input_not_the_sampler(tmp_path):
+    """Use reads K and V like any profile: each saved slot is projected as the loader brings it to the device."""
+    host = AttnHost(make_unet("sd15", "tiny", seed=0))
+    store = ReferenceStore(tmp_path)
+    save(host, store, "x", profile=INPUT.name, **BASE)
+    threads = []
+
+    def projections(lid):
+        to_k, to_v = host.projections(lid)
+
+        def watched_k(x):
+            threads.append(threading.current_thread().name)
+            return to_k(x)
+
+        return watched_k, to_v
+
+    ctx = standalone.context("sd15", host_attention, SCHEDULE.percent_to_sigma, seed=3, projections=projections)
+    with standalone.start_use(store, reference="x", rfg=0.5) as session:
+        out = sample_with(host, session.for_pass(ctx).attn1, **{**BASE, "seed": 3})
+    assert threads and all(name.startswith("refdrop-loader") for name in threads)
+    assert torch.equal(out, use(host, store, "x", 0.5, **{**BASE, "seed": 3}))

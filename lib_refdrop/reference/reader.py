@@ -23,7 +23,7 @@ from ..errors import RefDropError
 from . import compression
 from .manifest import SEAL
 from .pinned import Arena, PinnedSlabPool
-from .profiles import get_profile
+from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
 from .slot_check import check_slot_tensors, max_file_bytes
 from .store import OpenReference
@@ -46,11 +46,17 @@ class ReferenceReader:
 
     DEVICE_SLOTS = 3  # the two slots around the current sigma and the prefetched next one
 
-    def __init__(self, opened: OpenReference, cache: RamCache = RAM_CACHE, prefetch_first: bool = True):
+    def __init__(self, opened: OpenReference, cache: RamCache = RAM_CACHE, prefetch_first: bool = True,
+                 projections=None):
         self.opened = opened
         self.name = opened.name
         self.manifest = opened.manifest
         self.profile = get_profile(self.manifest["profile"])
+        # A profile that keeps each layer's input, with the model's projections (layer id -> (to_k, to_v)): the
+        # loader projects each saved slot as it brings it to the device, so Use reads K and V like any profile (the
+        # projections are linear: interpolating projected slots = projecting the interpolated input).
+        self.projections = projections if self.profile.keep == "input" else None
+        self._row_tensors = ("k", "v") if self.projections is not None else self.profile.tensors
         self.sigma_map = SigmaMap(slots_of(self.manifest))
         self._entries = {int(s["index"]): s["files"] for s in self.manifest["slots"]}
         self._cache = cache
@@ -118,7 +124,7 @@ class ReferenceReader:
         (``SigmaMap.blend``)."""
         parts = self.sigma_map.blend(sigma, occurrence)
         source = self.source_chunk(chunk)
-        return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in self.profile.tensors)
+        return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in self._row_tensors)
 
     def latent(self, sigma: float, occurrence: int, like: torch.Tensor) -> torch.Tensor:
         """A trajectory reference (``attn/trajectory.py``): its latent at ``sigma``, saved or interpolated."""
@@ -254,7 +260,7 @@ class ReferenceReader:
     def _load(self, index: int, device: torch.device, dtype: torch.dtype):
         host = self.host_tensors(index)
         if device.type != "cuda":
-            return {k: t.to(device=device, dtype=dtype) for k, t in host.items()}, None
+            return self._projected({k: t.to(device=device, dtype=dtype) for k, t in host.items()}), None
         arena = Arena(self._pinned)
         if self._stream is None:
             self._stream = torch.cuda.Stream(device)
@@ -265,11 +271,29 @@ class ReferenceReader:
                 pinned = arena.empty(tensor.shape, tensor.dtype)
                 pinned.copy_(tensor)
                 out[key] = pinned.to(device=device, non_blocking=True).to(dtype)
+            out = self._projected(out)
         event = torch.cuda.Event()
         event.record(stream)
         event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
         arena.release()
         return out, event
+
+
+    def _projected(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """On the loader thread: each stored layer input ``lid/chunk/x`` as ``lid/chunk/k`` and ``lid/chunk/v``, by
+        that layer's own projections (nothing to do for other profiles)."""
+        if self.projections is None:
+            return tensors
+        out = {}
+        with torch.no_grad():
+            for key, x in tensors.items():
+                lid, chunk, tensor, _ = split_entry(key)
+                if tensor != "x":
+                    out[key] = x
+                    continue
+                to_k, to_v = self.projections(lid)
+                out[entry_name(lid, chunk, "k")], out[entry_name(lid, chunk, "v")] = to_k(x), to_v(x)
+        return out
 
 
 class WriteThrough:
