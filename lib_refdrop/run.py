@@ -162,7 +162,7 @@ class RefDropRun:
                     images.append(trajectory)
                     source = PassRows(trajectory.name)
                 else:
-                    source = StoredRows(reader, ctx.projections)
+                    source = StoredRows(reader)
                 mask = mask if mask is not None else self._stored_mask(slot.reference)
             elif slot.rfg == 0:
                 continue

@@ -59,16 +59,15 @@ Projections = Callable[[str], tuple[Callable, Callable]]  # layer id -> that lay
 
 
 class StoredRows:
-    """A saved reference: its K and V rows, or (a profile that keeps each layer's input) K and V projected from the
-    stored input by the layer's own ``to_k``/``to_v`` (``projections``)."""
+    """A saved reference. A profile that keeps each layer's input needs the model's projections, with which the
+    reader turns each saved slot into K and V as it loads it (``reference/reader.py``)."""
 
     own_rows = ()  # rows of a chunk that are the reference itself (keep their own attention)
 
-    def __init__(self, reader: ReferenceReader, projections: Projections | None = None):
+    def __init__(self, reader: ReferenceReader):
         self.reader = reader
         self.name = reader.name
-        self.projections = projections
-        if reader.profile.keep == "input" and projections is None:
+        if reader.profile.keep == "input" and reader.projections is None:
             raise RefDropError(f"RefDrop: reference '{reader.name}' keeps each layer's input and needs the model's "
                                "own projections to use it, which this caller does not give")
 
@@ -79,12 +78,7 @@ class StoredRows:
         return self.reader.profile.guides_chunk(chunk)  # a profile may leave uncond out and keep it plain
 
     def rows(self, call: LayerCall, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.reader.rows(call.lid, call.chunks[i], call.sigma, call.occurrences[i], call.q)
-        if self.projections is None or len(rows) == 2:
-            return rows
-        to_k, to_v = self.projections(call.lid)
-        x = rows[0]
-        return to_k(x), to_v(x)
+        return self.reader.rows(call.lid, call.chunks[i], call.sigma, call.occurrences[i], call.q)
 
 
 class PassRows(_GuidesEveryChunk):
