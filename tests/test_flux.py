@@ -16,6 +16,7 @@ from lib_refdrop.dit.guide import FluxRefDrop
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import build
 from lib_refdrop.reference import manifest as manifest_format
+from lib_refdrop.reference.profiles import DIT_DEFAULT_PROFILE, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
 from tests.support import fakehost
@@ -74,7 +75,8 @@ def run_pass(host, unet, values: dict, store, **sample_args):
 
 
 def save(host, unet, store, name="fox", **sample_args):
-    out, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": name}, store, **sample_args)
+    """A Save with the exact profile (the tests compare Use with it; a Flux Save with the default uses compact)."""
+    out, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": name, "profile": "exact"}, store, **sample_args)
     run.finish_save({"seed": sample_args.get("seed", 1)}, None)
     assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message
     return out
@@ -192,7 +194,7 @@ def test_save_installs_on_a_clone_and_leaves_the_model_as_it_was(host, store):
     unet = tf.make_patcher(host[0].name)
     plain = tf.sample(unet, seed=3)
     blocks = list(unet.model.diffusion_model.double_blocks) + list(unet.model.diffusion_model.single_blocks)
-    out, run, p = run_pass(host, unet, {"mode": "Save", "save_name": "fox"}, store, seed=3)
+    out, run, p = run_pass(host, unet, {"mode": "Save", "save_name": "fox", "profile": "exact"}, store, seed=3)
     patched = p.sd_model.forge_objects.unet
     assert patched is not unet and unet.object_patches == {} and unet.model_options["transformer_options"] == {}
     if host[0].name == "forge":
@@ -471,3 +473,15 @@ def test_installing_twice_on_one_pass_is_refdrops_own_patch_not_another_extensio
     host[1].install(host[0], p, run)
     assert torch.equal(tf.sample(p.sd_model.forge_objects.unet), saved)
     run.release()
+
+
+@needs_dit_layers
+def test_a_flux_save_with_the_default_profile_uses_compact(host, store):
+    """The default keeps each layer's input, which a Flux block cannot project again: a Flux Save left on the
+    default stores compact (RefDropRun.save_profile), and its Use at the Save's settings works."""
+    unet = tf.make_patcher(host[0].name)
+    _, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": "default"}, store)
+    run.finish_save({}, None)
+    assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message
+    assert get_profile("").keep == "input" and store.manifest("default")["profile"] == DIT_DEFAULT_PROFILE
+    assert use(host, unet, store, 0.5, name="default")[0].isfinite().all()

@@ -44,7 +44,7 @@ def finish(script, p, args):
 def test_save_then_use_through_the_hooks(host):
     script = host.script_module.RefDropScript()
     unet = tf.make_patcher(host.flavour)
-    save_args = to_args(build({"enabled": True, "mode": "Save", "save_name": "fox"}))
+    save_args = to_args(build({"enabled": True, "mode": "Save", "save_name": "fox", "profile": "exact"}))
     p = tf.make_p(unet)
     run_hooks(script, p, save_args)
     assert p.sd_model.forge_objects.unet is not unet and unet.object_patches == {}

@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+from lib_refdrop.reference.profiles import DEFAULT_PROFILE
 from lib_refdrop.reference.reader import RAM_CACHE
 from lib_refdrop.webui import opts as options
 from tests.support import fakehost
@@ -46,8 +47,8 @@ REFUSED = [
     (RAM, [512], 4096), (RAM, {"mb": 512}, 4096), (RAM, None, 4096), (RAM, True, 4096),
     (RFG, math.inf, 0.3), (RFG, math.nan, 0.3), (RFG, 10**400, 0.3), (RFG, 2, 0.3), (RFG, "abc", 0.3),
     (RFG, [0.5], 0.3), (RFG, None, 0.3), (RFG, True, 0.3),
-    (PROFILE, ["exact"], "exact"), (PROFILE, {"a": 1}, "exact"), (PROFILE, 10**5000, "exact"),
-    (PROFILE, "nope", "exact"), (PROFILE, math.nan, "exact"),
+    (PROFILE, ["exact"], DEFAULT_PROFILE), (PROFILE, {"a": 1}, DEFAULT_PROFILE), (PROFILE, 10**5000, DEFAULT_PROFILE),
+    (PROFILE, "nope", DEFAULT_PROFILE), (PROFILE, math.nan, DEFAULT_PROFILE),
     (OVERWRITE, "abc", False), (OVERWRITE, [True], False), (OVERWRITE, None, False), (OVERWRITE, 10**5000, False),
     (OVERWRITE, math.inf, False),
     (FOLDER, 5, None), (FOLDER, ["/tmp/x"], None), (FOLDER, {"a": 1}, None), (FOLDER, 10**5000, None),
@@ -76,7 +77,7 @@ def test_a_hostile_value_is_replaced_and_reported_once(config, tmp_path, capsys,
 @pytest.mark.parametrize("key, value, used", [
     (RAM, 512, 512), (RAM, 1024.9, 1024), (RAM, "512", 512), (RAM, 0, 0), (RAM, SLIDER_MAX_MB, SLIDER_MAX_MB),
     (RFG, -1, -1.0), (RFG, "0.45", 0.45), (RFG, 0.3, 0.3),
-    (PROFILE, "balanced", "balanced"), (PROFILE, "", "exact"), (PROFILE, None, "exact"),
+    (PROFILE, "balanced", "balanced"), (PROFILE, "", DEFAULT_PROFILE), (PROFILE, None, DEFAULT_PROFILE),
     (OVERWRITE, True, True), (OVERWRITE, "true", True), (OVERWRITE, False, False),
     (FOLDER, "", None), (FOLDER, "   ", None), (FOLDER, None, None),
 ])

@@ -15,6 +15,7 @@ from PIL import Image
 from lib_refdrop import run as generation
 from lib_refdrop.errors import RefDropError, RefDropInternalError
 from lib_refdrop.params import RefDropSettings, build, to_args
+from lib_refdrop.reference.profiles import DEFAULT_PROFILE
 from lib_refdrop.webui import infotext, xyz
 from lib_refdrop.webui import opts as options
 from tests.support import fakehost
@@ -84,7 +85,7 @@ def test_settings_page_values_are_read_and_applied(host, tmp_path):
     shared.opts.set("refdrop_ram_budget_mb", 512)
     try:
         assert options.get_store().root == (tmp_path / "elsewhere").resolve()
-        assert options.default_rfg() == 0.45 and options.default_profile() == "exact"
+        assert options.default_rfg() == 0.45 and options.default_profile() == DEFAULT_PROFILE
         assert options.overwrite_default() is True
         assert RAM_CACHE.budget == 512 * 1024 * 1024
     finally:
@@ -106,7 +107,8 @@ def test_disabled_installs_nothing_and_clears_infotext(host, diffusion_model):
 
 def test_save_then_use_through_the_hooks(host, diffusion_model):
     script = host.script_module.RefDropScript()
-    save_args = args_of(enabled=True, mode="Save", save_name="hero")
+    # exact: the fake hosts' U-Net is diffusers', which the layer lookup of an input-keeping profile does not know
+    save_args = args_of(enabled=True, mode="Save", save_name="hero", profile="exact")
     p, unet = new_p(host, diffusion_model)
     run_hook(script, p, save_args)
     patched = p.sd_model.forge_objects.unet

@@ -31,6 +31,10 @@ RISE_AT_06 = {"background": 0.10, "both": 0.05}    # c = 0.6 minus plain: 0.232 
 PROMPT_DROP_AT_06 = -0.29                          # c = 0.6 minus plain prompt share: -0.033 - 3 x 0.083
 FALL_AT_NEG = {"background": -0.02}                # c = -0.5 minus plain: -0.105 + 3 x 0.026
 PROFILE_RISE_AT_06 = {"balanced": 0.05, "compact": 0.03}  # look (both) gap: 0.154 - 3 x 0.033, 0.156 - 3 x 0.039
+# Not calibrated on this model by their own spread: a trajectory gives the exact profile's rows (tests/test_profile_
+# trajectory.py), so exact's floor; lean keeps more of the effect than compact on random weights (90 % vs 81 %) and
+# on the trained character model (97.7 % vs 86 %: README "Storage profiles"), so compact's floor.
+PROFILE_RISE_AT_06 |= {"trajectory": RISE_AT_06["both"], "lean": PROFILE_RISE_AT_06["compact"]}
 
 
 def gap(high: Shares, low: Shares, attr: str) -> tuple[float, str]:

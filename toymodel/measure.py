@@ -63,7 +63,7 @@ def prompts_for(n: int) -> list[str]:
     return [SHAPES[i % len(SHAPES)] for i in range(n)]
 
 
-def save_references(pipe: ToyPipeline, store: ReferenceStore, count: int, profile: str = "",
+def save_references(pipe: ToyPipeline, store: ReferenceStore, count: int, profile: str = "exact",
                     prefix: str = "ref") -> list[Reference]:
     """The first ``count`` reference seeds whose image clearly shows the prompted shape (shapes in turn)."""
     refs: list[Reference] = []

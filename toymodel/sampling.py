@@ -92,8 +92,9 @@ class ToyPipeline:
         return denoise
 
     def save_reference(self, store: ReferenceStore, name: str, shape: str, seed: int,
-                       profile: str = "") -> torch.Tensor:
-        """Generate one image with RefDrop Save on; return it once the reference is on disk."""
+                       profile: str = "exact") -> torch.Tensor:
+        """Generate one image with RefDrop Save on (the exact profile unless told: the toy measures compare against
+        it); return it once the reference is on disk."""
         with start_save(store, name, pass_context(seed, host=self.host), profile=profile, overwrite=True) as save:
             image = self.generate([shape], [seed], save.patch, save.model_wrapper, save.input_patch)
             save.finish({"shape": shape, "seed": seed}, to_pil(image[0]))

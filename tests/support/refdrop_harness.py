@@ -30,8 +30,9 @@ def sample_with(host, patch, input_patch=None, wrapper=None, **sample_args):
         host.attn1_patches = []
 
 
-def save(host, store, name: str, family: str = "sd15", profile: str = "", **sample_args):
-    """Generate with Save on; returns the latent once the reference is complete on disk."""
+def save(host, store, name: str, family: str = "sd15", profile: str = "exact", **sample_args):
+    """Generate with Save on (the exact profile unless told: tests compare Use with it); returns the latent once the
+    reference is complete on disk."""
     seed = sample_args.get("seed", 1)
     with standalone.start_save(store, name, context(family, seed=seed, host=host), profile=profile) as session:
         latent = sample_with(host, session.patch, session.input_patch, session.model_wrapper, **sample_args)
