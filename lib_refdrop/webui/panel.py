@@ -417,7 +417,9 @@ def build(
                 i["overwrite"] = gr.Checkbox(default_overwrite, label="Overwrite a reference of the same name",
                                              elem_id=elem_id("overwrite"))
                 i["profile"] = gr.Dropdown(choices=_NONE_FIRST + list(PROFILES), value="", label="Storage profile",
-                                           info="Empty: the default from Settings → RefDrop",
+                                           info="Empty: the default from Settings → RefDrop. lean: 1/10 of exact's "
+                                                "bytes; exact: Use reproduces the Save bit for bit; trajectory: a few "
+                                                "MB, one more U-Net call per step",
                                            allow_custom_value=True, elem_id=elem_id("profile"))
 
     _wire(c, get_store, get_status)
