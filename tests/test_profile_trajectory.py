@@ -134,3 +134,12 @@ def test_a_planted_trajectory_is_refused_by_name(tmp_path, edit, why):
     with pytest.raises(RefDropError, match=f"'t' is corrupt: {file} holds .*{why}" if why != "non-finite"
                        else f"'t' is corrupt: {file} holds non-finite"):
         use(host, store, "t", 0.5, **{**BASE, "seed": 2})
+
+
+def test_a_save_from_an_image_with_a_trajectory_profile_is_refused_by_name(tmp_path):
+    from toymodel.sampling import ToyPipeline, to_pil
+
+    pipe = ToyPipeline.load(steps=2)
+    image = to_pil(pipe.generate(["circle"], [1])[0])
+    with pytest.raises(RefDropError, match="keeps a generation's latents; an image is saved with a profile"):
+        pipe.bake_image(ReferenceStore(tmp_path), "b", image, seed=1, profile=TRAJECTORY.name)

@@ -58,14 +58,18 @@ class Evaluations:
     second-order sampler's corrector and the next step's predictor); cond and uncond run as separate calls on the
     same latent continue one evaluation. Counted the same at Save and at Use, so their occurrences line up."""
 
-    def __init__(self):
+    def __init__(self, track_latents: bool = True):
         self._sigma: float | None = None
         self._latent: torch.Tensor | None = None
+        self._track_latents = track_latents  # else every call at a new sigma starts one (no copy, no device sync)
 
     def see(self, sigma: float, latent: torch.Tensor) -> tuple[bool, bool]:
         """``(new sigma, new evaluation)`` for a call at ``sigma`` whose first image's input is ``latent``."""
         new_sigma = sigma != self._sigma
-        new_evaluation = new_sigma or not torch.equal(latent, self._latent)
+        if not self._track_latents:
+            self._sigma = sigma
+            return new_sigma, new_sigma
+        new_evaluation = new_sigma or not torch.equal(latent, self._latent)  # compared only at a repeated sigma
         if new_evaluation:
             self._sigma, self._latent = sigma, latent.clone()
         return new_sigma, new_evaluation
@@ -79,7 +83,7 @@ def reference_pass_wrapper(images: list, wanted: Callable[[float], bool] = lambd
 
     An image's pass depends on nothing but the sigma, so calls at the sigma of the previous call reuse what it
     recorded (a Save records each sigma once); a trajectory's pass is redone for each new evaluation."""
-    evaluations = Evaluations()
+    evaluations = Evaluations(track_latents=any(image.per_evaluation for image in images))
 
     def refdrop_reference_pass(apply_model, args):
         x, timestep, c = args["input"], args["timestep"], args["c"]

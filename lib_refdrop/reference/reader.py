@@ -278,7 +278,6 @@ class ReferenceReader:
         arena.release()
         return out, event
 
-
     def _projected(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """On the loader thread: each stored layer input ``lid/chunk/x`` as ``lid/chunk/k`` and ``lid/chunk/v``, by
         that layer's own projections (nothing to do for other profiles)."""
