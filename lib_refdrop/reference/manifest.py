@@ -25,14 +25,6 @@ _LAYER_RE = re.compile(r"^(input|middle|output|double|single)\d{1,3}\.\d{1,3}$")
 _CHUNK_RE = re.compile(r"^(un)?cond\d{1,3}$")
 
 
-# What a manifest's "generation" records about the generation that made the reference, and the type of each.
-GENERATION_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "width": int, "height": int, "steps": int, "sampler_name": str, "scheduler": str, "seed": int,
-    "prompt": str, "negative_prompt": str, "cfg_scale": (int, float), "denoising_strength": (int, float),
-    "model_name": str, "model_hash": str,
-}
-
-
 @dataclass(frozen=True)
 class Recording:
     """What a Save recorded, as the manifest describes it: layer shapes, chunks, compute dtype, profile, slots."""
