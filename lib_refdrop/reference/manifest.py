@@ -183,7 +183,7 @@ def _check_layers(layers, name: str) -> None:
 def _check_slots(slots, name: str) -> None:
     if not isinstance(slots, list) or not slots:
         raise broken(name, "no saved steps")
-    seen = set()
+    seen, files_seen = set(), set()
     for slot in slots:
         if not isinstance(slot, dict):
             raise broken(name, "bad slot entry")
@@ -194,6 +194,10 @@ def _check_slots(slots, name: str) -> None:
             raise broken(name, f"bad sigma in slot {index}")
         if not isinstance(files, list) or not files or not all(is_plain_file_entry(f) for f in files):
             raise broken(name, f"bad file list in slot {index}")
+        for entry in files:  # one file is one part of one slot: a store opens each file once
+            if entry["file"] in files_seen:
+                raise broken(name, f"{entry['file']} is listed more than once")
+            files_seen.add(entry["file"])
         seen.add(index)
 
 

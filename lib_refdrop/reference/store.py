@@ -385,7 +385,7 @@ class ReferenceStore:
         folder = self._readable_folder(name)
         fds: dict[str, int] = {}
         try:
-            for entry in file_entries(manifest):
+            for entry in file_entries(manifest):  # each file once: ``check_manifest`` refuses a name listed twice
                 fd = fds[entry["file"]] = open_regular(folder / entry["file"])
                 self._check_bytes(name, entry, size_of(fd))
         except FileNotFoundError:
