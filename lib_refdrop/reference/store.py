@@ -6,6 +6,7 @@
     <root>/<name>/slot_0000_0.safetensors ...   the features of one saved model evaluation each
     <root>/.incoming/<id>/             a reference being written; renamed into place when complete
     <root>/.incoming/<id>.lock         held (flock) by the writing process for as long as <id> is its
+    <root>/.incoming/.<file>.<hex>.tmp a lock, manifest or mask being written (``temp_name``), locked meanwhile
     <root>/.trash/deleted-<id>         a deleted reference on its way out
     <root>/.trash/replaced-<id>/<name> the reference an overwriting Save <id> displaced, until the new one is in
 
@@ -61,7 +62,7 @@ MAX_PREVIEW_BYTES = 64 * 1024 * 1024   # a 4096² PNG is ~30 MB; a planted spars
 OPEN_ATTEMPTS = 20                     # an overwrite in another process can change a reference while it is opened
 # What this module creates in its private folders; nothing else there is ever touched.
 _OWN_INCOMING = re.compile(r"^([0-9a-f]{32})(\.lock)?$")
-_OWN_INCOMING_TMP = re.compile(r"^\.([0-9a-f]{32}|manifest\.json\.[0-9a-f]{32})\.tmp$")
+_OWN_TEMP = re.compile(r"^\.(.+)\.[0-9a-f]{32}\.tmp$")  # ``temp_name``: the only temporary names this module makes
 _OWN_TRASH = re.compile(r"^(deleted|replaced)-([0-9a-f]{32})$")
 
 _lock = threading.RLock()  # list/delete/rename/commit are atomic with respect to each other in this process
@@ -85,7 +86,7 @@ class StagingPaths:
 
     @property
     def tmp_lock(self) -> Path:
-        return self.incoming / f".{self.key}.tmp"
+        return self.incoming / temp_name(self.lock.name, self.key)
 
     def displaced(self, trash: Path) -> Path:
         return trash / f"replaced-{self.key}"
@@ -609,7 +610,7 @@ class ReferenceStore:
 
     def _clean_incoming(self, incoming: Path) -> None:
         for entry in incoming.iterdir():
-            if _OWN_INCOMING_TMP.match(entry.name):  # a lock file being created, or a manifest being replaced
+            if _OWN_TEMP.match(entry.name):  # a lock file being created, a manifest or mask being replaced
                 if not _writer_alive(entry):
                     _remove_tree(entry)
                 continue
@@ -647,12 +648,20 @@ def write_json_atomic(path: Path, data: dict, tmp_dir: Path | None = None) -> No
     write_bytes_atomic(path, text.encode("utf-8"), tmp_dir)
 
 
+def temp_name(final: str, key: str | None = None) -> str:
+    """The name a file that becomes ``final`` has while it is written (``key``: 32 hex digits, fresh by default): the
+    one spelling of a temporary file, which clean-up recognises (``_OWN_TEMP``) and removes once its writer is gone."""
+    return f".{final}.{key or uuid.uuid4().hex}.tmp"
+
+
 def write_bytes_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write ``data`` so that ``path`` is always either the old or the new file. ``tmp_dir`` (same file system) keeps
-    the temporary file out of a visible folder, where a crash would leave it."""
-    tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    the temporary file out of a visible folder, where a crash would leave it; the file is locked while it is
+    written, so a clean-up in another process leaves it alone."""
+    tmp = (tmp_dir or path.parent) / temp_name(path.name)
     try:
         with open(tmp, "xb") as fh:
+            _lock_file(fh)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
