@@ -141,7 +141,7 @@ class RefDropRun:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""
         base = automatic_name(seed)
         name, n = base, 1
-        while self.store.exists(name) or pending_write(name) is not None:
+        while self.store.exists(name) or pending_write(self.store, name) is not None:
             n += 1
             name = f"{base}-{n}"
         return name
@@ -187,7 +187,7 @@ class RefDropRun:
         if not name:
             where = "" if slot.index == 1 else f" in slot {slot.index}"
             raise RefDropError(f"RefDrop: Use is on but no reference is selected{where}")
-        writer = pending_write(name)
+        writer = pending_write(self.store, name)
         if writer is not None and not writer.wait(WAIT_FOR_PENDING_SAVE_S):
             raise RefDropError(f"RefDrop: reference '{name}' is still being written; try again when it is saved")
         opened = self.store.open(name)  # one version, whatever another client writes meanwhile; not found: raises

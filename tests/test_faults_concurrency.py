@@ -79,7 +79,7 @@ def test_list_read_delete_rename_while_a_save_is_writing(tmp_path, slow_disk):
 def test_two_clients_save_the_same_name_at_once(tmp_path, slow_disk, overwrite):
     store = ReferenceStore(tmp_path)
     writers = [faultkit.start_reference(store, "same", seed=s, overwrite=overwrite) for s in (10, 11)]
-    assert pending_write("same") in writers
+    assert pending_write(store, "same") in writers
     for w in writers:
         assert w.wait(60)
     states = sorted(w.status.state for w in writers)
@@ -97,7 +97,7 @@ def test_two_clients_save_the_same_name_at_once(tmp_path, slow_disk, overwrite):
         faultkit.make_reference(other, "x", seed=seed)
         options.append(faultkit.snapshot(other.path("x")))
     assert faultkit.snapshot(store.path("same")) in options
-    assert pending_write("same") is None
+    assert pending_write(store, "same") is None
     assert faultkit.leftovers(tmp_path) == []
 
 
@@ -111,3 +111,27 @@ def test_use_waits_for_a_reference_that_is_still_being_written(tmp_path, slow_di
     patch = run.patch_for_pass(faultkit.pass_context())  # returns once the save is complete
     assert writer.status.state == "saved"
     assert patch.__name__ == "refdrop_use"
+
+
+def test_a_save_in_one_store_holds_up_nothing_of_the_same_name_in_another(tmp_path, monkeypatch):
+    """E.g. the store folder was changed in Settings while a Save ran (issue 18, item 7)."""
+    from lib_refdrop import run as run_module
+    from lib_refdrop.params import build
+    from lib_refdrop.run import RefDropRun
+    from lib_refdrop.webui import api
+
+    store_a, store_b = ReferenceStore(tmp_path / "a"), ReferenceStore(tmp_path / "b")
+    faultkit.make_reference(store_b, "same", seed=1)
+    writer = writer_module.ReferenceWriter(store_a, "same", overwrite=False)  # a Save in A, far from finished
+    try:
+        monkeypatch.setattr(run_module, "WAIT_FOR_PENDING_SAVE_S", 0.2)
+        run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "same", "rfg": 0.3}), store_b)
+        assert run.plan_patch(faultkit.pass_context()).__name__ == "refdrop_use"  # no wait, no "being written"
+        run.release()
+        assert api._list_entry(store_b, "same")["writing"] is False
+        assert api._list_entry(store_a, "same")["writing"] is True
+        assert api._delete(store_b, "same") == {"deleted": "same"}  # not 409 "being written"
+    finally:
+        writer.abort("the test is over")
+        assert writer.wait(10)
+
