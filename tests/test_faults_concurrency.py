@@ -3,14 +3,17 @@ No crash, no torn reference, nothing half-written ever listed."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference import writer as writer_module
-from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.reference.store import INCOMING, ReferenceStore
 from lib_refdrop.reference.writer import pending_write
 from tests.support import faultkit
 
@@ -135,3 +138,57 @@ def test_a_save_in_one_store_holds_up_nothing_of_the_same_name_in_another(tmp_pa
         writer.abort("the test is over")
         assert writer.wait(10)
 
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_save_that_lands_from_another_process_just_before_the_rename_is_reported_by_name(tmp_path, monkeypatch,
+                                                                                           overwrite):
+    """Another process's Save of the same new name lands between this commit's check and its rename (forced
+    timing): the loser says so in words, with no OS text or path, and the winner is untouched (issue 18, item 10)."""
+    store, other = ReferenceStore(tmp_path / "store"), ReferenceStore(tmp_path / "other")
+    faultkit.make_reference(other, "same", seed=2)
+    winner = faultkit.snapshot(other.path("same"))
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == store.root / "same" and Path(src).parent.name == INCOMING and not os.path.lexists(dst):
+            shutil.copytree(other.path("same"), dst)  # the other process's rename, a moment earlier
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    writer = faultkit.start_reference(store, "same", seed=3, overwrite=overwrite)
+    assert writer.wait(30)
+    assert writer.status.state == "failed"
+    assert writer.status.message == ("RefDrop: reference 'same' was not saved: a reference named 'same' appeared "
+                                     "while saving; not overwritten")
+    assert faultkit.snapshot(store.path("same")) == winner
+    store.verify("same")
+    assert faultkit.leftovers(store.root) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a second process (POSIX)")
+def test_the_check_then_rename_of_a_save_holds_across_processes(tmp_path):
+    """While another process holds the store's name lock (between its own check and rename), a Save's commit
+    waits for it."""
+    store = ReferenceStore(tmp_path)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the other process: no pytest, no cleanup handlers, only the lock
+        try:
+            with ReferenceStore(tmp_path).name_lock():
+                os.write(ready_w, b"locked")
+                time.sleep(1.0)
+        except BaseException:
+            os.write(ready_w, b"failed")
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 6) == b"locked", "the other process could not take the store's name lock"
+        start = time.monotonic()
+        faultkit.make_reference(store, "fresh", seed=5)
+        waited = time.monotonic() - start
+    finally:
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+    assert waited >= 0.5
+    store.verify("fresh")

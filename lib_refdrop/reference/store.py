@@ -32,6 +32,7 @@ import time
 import unicodedata
 import uuid
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,9 @@ LOCK_SUFFIX = ".lock"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any real manifest; a planted huge file is not read
 MAX_PREVIEW_BYTES = 64 * 1024 * 1024   # a 4096² PNG is ~30 MB; a planted sparse 8 GB "preview" is refused
 OPEN_ATTEMPTS = 20                     # an overwrite in another process can change a reference while it is opened
+NAME_LOCK_TIMEOUT_S = 30.0             # another process holds the name lock for one rename: milliseconds
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NAME_TAKEN = (errno.ENOTEMPTY, errno.EEXIST)  # a folder renamed onto a reference that is there
 # What this module creates in its private folders; nothing else there is ever touched.
 _OWN_INCOMING = re.compile(r"^([0-9a-f]{32})(\.lock)?$")
 _OWN_TEMP = re.compile(r"^\.(.+)\.[0-9a-f]{32}\.tmp$")  # ``temp_name``: the only temporary names this module makes
@@ -128,6 +132,17 @@ def _lock_file(fh) -> bool:
         return False
 
 
+def _flock(fd: int) -> bool:
+    """An exclusive, non-blocking flock on a descriptor (POSIX); False if another open descriptor holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
 def _writer_alive(lock_path: Path) -> bool:
     try:
         fd = open_regular(lock_path)  # a planted FIFO or link is no writer
@@ -170,6 +185,10 @@ def _fsync_dir(path: Path) -> None:
 
 def _exists(path: Path) -> bool:
     return os.path.lexists(path)
+
+
+def _appeared(name: str) -> ReferenceExists:
+    return ReferenceExists(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
 
 
 def _unusable(name: str, exc: NotRegularFile) -> RefDropError:
@@ -480,6 +499,27 @@ class ReferenceStore:
     def _trash_path(self, kind: str) -> Path:
         return self._private_dir(TRASH) / f"{kind}-{uuid.uuid4().hex}"
 
+    @contextmanager
+    def name_lock(self):
+        """Held from the check that a name is free to the rename that takes it, by every process that writes this
+        store: an flock on the ``.incoming`` folder itself, so no lock file is left (``_lock`` does the same between
+        threads, and is taken first). ``OSError`` if another process holds it for ``NAME_LOCK_TIMEOUT_S``. Where a
+        folder cannot be opened (Windows) there is none; a rename onto a reference is refused there all the same."""
+        if os.name == "nt":
+            yield
+            return
+        fd = os.open(self._private_dir(INCOMING), _DIR_FLAGS)  # a real folder: ``_private_dir`` set a link aside
+        try:
+            deadline = time.monotonic() + NAME_LOCK_TIMEOUT_S
+            while not _flock(fd):
+                if time.monotonic() > deadline:
+                    raise OSError(errno.EAGAIN, f"another process has held the store's name lock for "
+                                                f"{NAME_LOCK_TIMEOUT_S:.0f} s")
+                time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     # -- writing ---------------------------------------------------------------------------------------
 
     def begin(self, name: str, overwrite: bool) -> Staging:
@@ -516,28 +556,39 @@ class ReferenceStore:
         name = validate_name(name)
         target = self.root / name
         displaced_dir = None
-        with _lock:
+        with _lock, self.name_lock():
             existing = self.path(name)
             if _exists(existing):
                 if not overwrite:
-                    raise ReferenceExists(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
+                    raise _appeared(name)
                 old_identity = self._identity_on_disk(name)
                 displaced_dir = staging.paths.displaced(self._private_dir(TRASH))
                 displaced_dir.mkdir(exist_ok=True)
                 os.replace(existing, displaced_dir / existing.name)
                 try:
-                    os.replace(staging.folder, target)
+                    self._move_in(staging.folder, target, name)
                 except OSError:
                     os.replace(displaced_dir / existing.name, existing)  # put the old one back
                     raise
                 self.cache.forget(old_identity)
             else:
-                os.replace(staging.folder, target)
+                self._move_in(staging.folder, target, name)
             _fsync_dir(self.root)
         staging.release()
         if displaced_dir is not None:
             _remove_tree(displaced_dir)
         return target
+
+    @staticmethod
+    def _move_in(folder: Path, target: Path, name: str) -> None:
+        """Rename a complete reference to ``target``; a writer outside RefDrop's lock that got there first is named
+        like any other (the rename fails on a folder that is not empty, or a file)."""
+        try:
+            os.replace(folder, target)
+        except OSError as exc:
+            if exc.errno in _NAME_TAKEN or (exc.errno == errno.ENOTDIR and _exists(target)):
+                raise _appeared(name) from None
+            raise
 
     def discard(self, staging: Staging | None) -> None:
         if staging is None:
@@ -561,7 +612,7 @@ class ReferenceStore:
 
     def rename(self, old: str, new: str) -> str:
         new = validate_name(new)
-        with _lock:
+        with _lock, self.name_lock():
             source, target = self.path(old), self.path(new)
             if not source.is_dir():
                 raise ReferenceNotFound(self.missing_message(old))
