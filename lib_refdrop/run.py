@@ -62,6 +62,9 @@ class PassContext:
     # Layer id -> that attn1 layer's (to_k, to_v) in the model of this pass: for a reference that keeps each
     # layer's input (attn/sources.py StoredRows). None where the caller cannot reach the model's layers.
     projections: Projections | None = None
+    # Layer id -> the width (heads × head size) of that self-attention layer of this pass's model, None where it has
+    # none: a reference is checked against it before its first slot is read. None where the caller cannot tell.
+    layer_widths: Callable[[str], int | None] | None = None
 
 
 class RefDropRun:
@@ -197,7 +200,7 @@ class RefDropRun:
             if problem:
                 raise RefDropError(problem)
             return None
-        reader = ReferenceReader(opened, projections=ctx.projections)
+        reader = ReferenceReader(opened, projections=ctx.projections, layer_widths=ctx.layer_widths)
         self._readers.append(reader)
         return reader
 
