@@ -29,8 +29,10 @@ from PIL import Image, ImageChops, ImageOps
 
 from .errors import RefDropError
 
-MAX_BASE64_CHARS = 32 * 1024 * 1024  # 24 MB of image file: more than any PNG of MAX_PIXELS needs
 MAX_PIXELS = 4096 * 4096
+# Any 8-bit PNG, JPEG or WebP of MAX_PIXELS fits: at most 5 bytes a pixel (an uncompressed RGBA PNG takes 4, a JPEG
+# of noise at quality 100 about 4.1), as base64 (4/3) with line breaks (78/76) and a data-URL prefix: under 3/2
+MAX_BASE64_CHARS = 5 * MAX_PIXELS * 3 // 2  # 120 MiB (docs/api.md)
 FORMATS = ("PNG", "JPEG", "WEBP")
 SUBJECT_LEVEL = 128  # grey values from here up are the subject
 # An unpainted sketch's picture counts as a black-and-white mask when at most this share of its pixels is grey

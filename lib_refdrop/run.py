@@ -62,6 +62,9 @@ class PassContext:
     # Layer id -> that attn1 layer's (to_k, to_v) in the model of this pass: for a reference that keeps each
     # layer's input (attn/sources.py StoredRows). None where the caller cannot reach the model's layers.
     projections: Projections | None = None
+    # Layer id -> the width (heads × head size) of that self-attention layer of this pass's model, None where it has
+    # none: a reference is checked against it before its first slot is read. None where the caller cannot tell.
+    layer_widths: Callable[[str], int | None] | None = None
 
 
 class RefDropRun:
@@ -141,7 +144,7 @@ class RefDropRun:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""
         base = automatic_name(seed)
         name, n = base, 1
-        while self.store.exists(name) or pending_write(name) is not None:
+        while self.store.exists(name) or pending_write(self.store, name) is not None:
             n += 1
             name = f"{base}-{n}"
         return name
@@ -187,7 +190,7 @@ class RefDropRun:
         if not name:
             where = "" if slot.index == 1 else f" in slot {slot.index}"
             raise RefDropError(f"RefDrop: Use is on but no reference is selected{where}")
-        writer = pending_write(name)
+        writer = pending_write(self.store, name)
         if writer is not None and not writer.wait(WAIT_FOR_PENDING_SAVE_S):
             raise RefDropError(f"RefDrop: reference '{name}' is still being written; try again when it is saved")
         opened = self.store.open(name)  # one version, whatever another client writes meanwhile; not found: raises
@@ -197,7 +200,7 @@ class RefDropRun:
             if problem:
                 raise RefDropError(problem)
             return None
-        reader = ReferenceReader(opened, projections=ctx.projections)
+        reader = ReferenceReader(opened, projections=ctx.projections, layer_widths=ctx.layer_widths)
         self._readers.append(reader)
         return reader
 

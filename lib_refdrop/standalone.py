@@ -48,7 +48,7 @@ __all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context",
 
 def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,
             *, is_hr_pass: bool = False, encode_image: Callable | None = None, encode_prompt: Callable | None = None,
-            batch_index: int = 0, batch_count: int = 1, projections=None) -> PassContext:
+            batch_index: int = 0, batch_count: int = 1, projections=None, layer_widths=None) -> PassContext:
     """One sampling pass of a caller with no earlier attn1 patch to chain: RefDrop wraps ``attention`` itself.
 
     ``family``: the model family ("sd15", "sdxl", ...), kept in a Save and checked by a Use; ``attention``:
@@ -58,12 +58,13 @@ def context(family: str, attention: Callable, percent_to_sigma: Callable[[float]
     ``[1, C, h, w]``) and ``encode_prompt`` (text -> the model's conditioning keyword arguments for one row): for
     image references; ``batch_index`` / ``batch_count``: for the batch's first image as the reference;
     ``projections`` (layer id -> that attn1 layer's ``(to_k, to_v)``): for a reference whose profile keeps each
-    layer's input.
+    layer's input; ``layer_widths`` (layer id -> that self-attention layer's width, None where the model has none):
+    a Use then checks a reference's layers before it reads any of its files, and bounds what they may hold by them.
     """
     return PassContext(family=family, is_hr_pass=is_hr_pass, percent_to_sigma=percent_to_sigma,
                        attention=attention, inner=attention, seed=seed, encode_image=encode_image,
                        encode_prompt=encode_prompt, batch_index=batch_index, batch_count=batch_count,
-                       projections=projections)
+                       projections=projections, layer_widths=layer_widths)
 
 
 @dataclass(frozen=True)

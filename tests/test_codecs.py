@@ -21,7 +21,7 @@ from lib_refdrop.reference.manifest import Recording, seal_manifest
 from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, RANK, Profile, get_profile
 from lib_refdrop.reference.ramcache import RamCache
 from lib_refdrop.reference.reader import ReferenceReader
-from lib_refdrop.reference.store import MANIFEST, ReferenceStore
+from lib_refdrop.reference.store import MANIFEST, OpenReference, ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
 
 LAYERS = {"input1.0": (2, 8, 48), "middle0.0": (2, 16, 12)}  # heads, dim_head, tokens
@@ -346,3 +346,66 @@ def test_a_zstd_save_without_zstandard_fails_with_the_fix_in_its_status(store, m
     assert writer.wait(30) and writer.status.state == "failed"
     assert "needs the Python package zstandard" in writer.status.message and "pip install" in writer.status.message
     assert not store.exists("r")
+
+
+# -- decompression bounded by the current model, not by what the manifest claims (issue 18, item 2) -----------------
+
+MODEL_WIDTHS = {lid: heads * dim for lid, (heads, dim, _) in LAYERS.items()}  # the current model's layers
+
+
+def add_layer(store, name: str, lid: str, tokens: int, heads: int = 2, dim: int = 8) -> None:
+    """A layer no slot holds, added to the manifest (re-sealed): it raises what the manifest's layers can hold."""
+    manifest, _ = first_entry(store, name)
+    manifest["layers"][lid] = {"n_heads": heads, "dim_head": dim, "tokens": tokens}
+    (store.path(name) / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))
+
+
+@pytest.mark.parametrize("lid, heads, why", [
+    ("input99.0", 2, "has layer input99.0, which the current model does not have"),
+    ("input1.0", 4, "layer input1.0 is 32 wide, the current model's is 16"),
+])
+def test_layers_the_current_model_lacks_are_refused_before_any_slot_is_read(store, monkeypatch, lid, heads, why):
+    write_reference(store, "r", get_profile("zstd"))
+    add_layer(store, "r", lid, tokens=200_000, heads=heads)
+    data = compression.compress(b"\0" * 1000)
+    forge_first_file(store, "r", data, raw_bytes=1000)
+    reads = []
+    real_read = OpenReference.read
+    monkeypatch.setattr(OpenReference, "read", lambda self, entry: reads.append(entry) or real_read(self, entry))
+    opened = store.open("r")
+    with pytest.raises(RefDropError, match=rf"reference 'r' {why}"):
+        ReferenceReader(opened, cache=RamCache(), layer_widths=MODEL_WIDTHS.get)
+    assert reads == []
+    assert opened.closed  # a refused Use keeps no file open
+
+
+def test_the_model_check_runs_in_a_use_through_the_library(store):
+    from lib_refdrop import standalone
+    from tests.support.faultkit import percent_to_sigma
+    from tests.support.hostsim import host_attention
+
+    write_reference(store, "r", get_profile("zstd"))
+    add_layer(store, "r", "input99.0", tokens=200_000)
+    ctx = standalone.context("sd15", host_attention, percent_to_sigma, layer_widths=MODEL_WIDTHS.get)
+    with pytest.raises(RefDropError, match=r"reference 'r' has layer input99.0, which the current model does not"):
+        standalone.use_patch(store, "r", 0.5, ctx)
+
+
+def test_a_layer_larger_than_any_generation_breaks_the_manifest(store):
+    write_reference(store, "r", get_profile("zstd"))
+    add_layer(store, "r", "input99.0", tokens=10**12)
+    forge_first_file(store, "r", compression.compress(b"\0" * 1000), raw_bytes=2**40)
+    with pytest.raises(RefDropError, match=r"reference 'r' has a broken manifest \(layer input99.0 has "
+                                           r"1000000000000 tokens, more than .* 4096×4096 pixels"):
+        read_slot(store, "r")
+
+
+def test_a_huge_claimed_size_is_never_allocated_up_front(store):
+    """Without the model's layers the bound is the manifest's (a layer as wide as no model, at the most tokens a
+    generation has): decompression still streams, so a 1 TB claim costs what the file really holds."""
+    write_reference(store, "r", get_profile("zstd"))
+    add_layer(store, "r", "input99.0", tokens=4096 * 4096 // 64, heads=1024, dim=128)
+    file = forge_first_file(store, "r", compression.compress(b"\0" * 1000), raw_bytes=2**40)
+    with pytest.raises(RefDropError, match=rf"reference 'r' is corrupt: {file} decompresses to 1000 bytes; its "
+                                           rf"manifest entry records {2**40}"):
+        read_slot(store, "r")

@@ -140,3 +140,10 @@ def test_kill_after_random_delays(mp, pristine, tmp_path):
         for ref in listed:
             store.verify(ref)
         assert faultkit.snapshot(store.path("keep-b")) == before["keep-b"]
+
+
+def test_kill_while_keeping_a_mask_at_every_step(mp, pristine, tmp_path):
+    """The mask's temporary file is one of the store's own names: the next start removes it (issue 18, item 6)."""
+    _, after, outcomes = _scenario(mp, pristine, tmp_path, "set_mask", "keep-b")
+    assert "mask.png" in after["keep-b"]
+    assert all({"keep-a", "keep-b"} <= listed for listed in outcomes)

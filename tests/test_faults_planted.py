@@ -282,3 +282,26 @@ def test_a_stuck_read_of_one_reference_does_not_hold_up_another(tmp_path, monkey
         assert "reading reference 'stuck'" in str(stuck_outcome) and "did not finish in 2 s" in str(stuck_outcome)
     finally:
         release.set()
+
+
+# -- a manifest that lists one slot file in several slots (issue 18, item 1) ---------------------------------------
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd (Linux)")
+def test_a_manifest_that_lists_one_file_in_many_slots_is_refused_and_leaves_no_descriptor_open(tmp_path):
+    store = _store_with(tmp_path, "dup")
+    path = store.path("dup") / MANIFEST
+    manifest = json.loads(path.read_text())
+    first = manifest["slots"][0]
+    manifest["slots"] = [{**first, "index": i, "sigma": 14.6 - i * 1e-3} for i in range(3000)]
+    path.write_text(json.dumps(seal_manifest(manifest)))
+    before = _open_descriptors()
+    for _ in range(3):
+        with pytest.raises(RefDropError, match=rf"reference 'dup' has a broken manifest \({first['files'][0]['file']}"
+                                               r" is listed more than once\)"):
+            store.open("dup").close()
+    assert _open_descriptors() == before

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.webui.hosts.layers import attn1_module, projections_of
+from lib_refdrop.webui.hosts.layers import attn1_module, layer_widths_of, projections_of
 
 
 class _Attention(nn.Module):
     def __init__(self, width: int):
         super().__init__()
+        self.to_q = nn.Linear(width, width, bias=False)
         self.to_k, self.to_v = nn.Linear(width, width, bias=False), nn.Linear(width, width, bias=False)
 
 
@@ -66,3 +67,25 @@ def test_projections_are_the_layers_own_modules_looked_up_once():
     assert projections("output1.1")[0] is to_k
     x = torch.randn(5, 8)
     assert torch.equal(to_k(x), x @ attn1.to_k.weight.T)
+
+
+def test_layer_widths_are_the_models_and_none_where_it_has_no_such_layer():
+    """What a Use checks a reference's layers against before reading a slot (issue 18, item 2)."""
+    patcher = type("Patcher", (), {})()
+    patcher.model = type("Model", (), {})()
+    patcher.model.diffusion_model = _unet()
+    widths = layer_widths_of(patcher)
+    assert [widths(lid) for lid in ("input1.0", "middle0.1", "output1.2")] == [8, 8, 8]
+    assert [widths(lid) for lid in ("input7.0", "middle0.5", "double3.0", "input99.0")] == [None] * 4
+    patcher.model.diffusion_model = None  # a stand-in without U-Net blocks: nothing to check against
+    assert layer_widths_of(patcher) is None
+
+
+def test_flux_layer_widths_are_its_blocks_hidden_size():
+    from lib_refdrop.dit.layers import layer_widths_of as flux_widths
+
+    block = type("Block", (), {"hidden_size": 3072})()
+    model = type("Flux", (), {"double_blocks": [block] * 19, "single_blocks": [block] * 38})()
+    widths = flux_widths(model)
+    assert widths("double18.0") == widths("single37.0") == 3072
+    assert [widths(lid) for lid in ("double19.0", "single38.0", "double1.1", "input1.0")] == [None] * 4

@@ -7,6 +7,7 @@ import base64
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -239,5 +240,17 @@ def test_base64_text_over_the_limit_is_refused_before_decoding(monkeypatch):
 
 
 def test_the_limits_are_the_documented_ones():
-    assert images.MAX_BASE64_CHARS == 32 * 1024 * 1024 and images.MAX_PIXELS == 4096 * 4096
+    assert images.MAX_BASE64_CHARS == 120 * 1024 * 1024 and images.MAX_PIXELS == 4096 * 4096
     assert parse_image(Image.new("RGB", (4096, 4096)), "image").size == (4096, 4096)
+    api_doc = (Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    assert "At most 120 MiB of text and 4096 × 4096\npixels" in api_doc
+
+
+def test_any_8_bit_image_of_the_pixel_limit_fits_the_text_limit():
+    """Noise is the worst case of every format (a photo compresses better): as a JPEG of quality 100 without chroma
+    subsampling it takes more bytes a pixel than an uncompressed RGBA PNG (issue 18, item 8)."""
+    noise = np.random.default_rng(0).integers(0, 256, (4096, 4096, 3), dtype=np.uint8)
+    text = encoded(Image.fromarray(noise, "RGB"), "JPEG", quality=100, subsampling=0)
+    del noise
+    assert len(text) > 80 * 1024 * 1024  # far beyond the old 32 MiB cap
+    assert parse_image(text, "image").size == (4096, 4096)

@@ -44,9 +44,9 @@ def _save(store, name, calls, **kw):
     return outputs, status
 
 
-def _settled(name: str) -> None:
+def _settled(store, name: str) -> None:
     """Wait for a write of ``name`` that is ending in the background (an abort is handled by the writer thread)."""
-    writer = pending_write(name)
+    writer = pending_write(store, name)
     assert writer is None or writer.wait(30)
 
 
@@ -115,7 +115,7 @@ def test_finish_gives_up_waiting_after_its_timeout(tmp_path, calls, monkeypatch)
         with pytest.raises(RefDropError, match="'cat' is still being written after 0.05 s"):
             save.finish({}, timeout=0.05)
     disk.set()
-    _settled("cat")
+    _settled(store, "cat")
     assert store.names() == ["cat"]  # the write went on, and completed
 
 
@@ -127,7 +127,7 @@ def test_a_save_left_without_finish_leaves_nothing(tmp_path, calls, failed):
             faultkit.generate(save.patch, calls[:8])
             if failed:
                 raise RuntimeError("the sampler broke")
-    _settled("cat")
+    _settled(store, "cat")
     assert store.names() == [] and faultkit.leftovers(tmp_path) == []
     with pytest.raises(RefDropError, match="'cat' not found"):  # at once: no write of it is pending
         standalone.use_patch(store, "cat", 0.5, ctx())

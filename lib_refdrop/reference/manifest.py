@@ -23,6 +23,10 @@ SEAL = "manifest_sha256"
 REQUIRED_FIELDS = ("format_version", "name", "family", "layers", "chunks", "slots", "profile", "dtype")
 _LAYER_RE = re.compile(r"^(input|middle|output|double|single)\d{1,3}\.\d{1,3}$")
 _CHUNK_RE = re.compile(r"^(un)?cond\d{1,3}$")
+# The most tokens a layer can have: a latent cell (8×8 pixels) each, at the largest generation RefDrop takes (4096×4096
+# pixels, as ``images.MAX_PIXELS``). Bounds what a slot file may hold, and so what a compressed one may inflate to.
+MAX_GENERATION_SIDE = 4096
+MAX_LAYER_TOKENS = (MAX_GENERATION_SIDE // 8) ** 2
 
 
 @dataclass(frozen=True)
@@ -170,12 +174,15 @@ def _check_layers(layers, name: str) -> None:
             raise broken(name, f"bad layer {lid!r}")
         if not all(_is_int(layer.get(k), 1) for k in ("n_heads", "dim_head", "tokens")):
             raise broken(name, f"bad shape of layer {lid}")
+        if layer["tokens"] > MAX_LAYER_TOKENS:
+            raise broken(name, f"layer {lid} has {layer['tokens']} tokens, more than the {MAX_LAYER_TOKENS} of a "
+                               f"generation of {MAX_GENERATION_SIDE}×{MAX_GENERATION_SIDE} pixels")
 
 
 def _check_slots(slots, name: str) -> None:
     if not isinstance(slots, list) or not slots:
         raise broken(name, "no saved steps")
-    seen = set()
+    seen, files_seen = set(), set()
     for slot in slots:
         if not isinstance(slot, dict):
             raise broken(name, "bad slot entry")
@@ -186,6 +193,10 @@ def _check_slots(slots, name: str) -> None:
             raise broken(name, f"bad sigma in slot {index}")
         if not isinstance(files, list) or not files or not all(is_plain_file_entry(f) for f in files):
             raise broken(name, f"bad file list in slot {index}")
+        for entry in files:  # one file is one part of one slot: a store opens each file once
+            if entry["file"] in files_seen:
+                raise broken(name, f"{entry['file']} is listed more than once")
+            files_seen.add(entry["file"])
         seen.add(index)
 
 

@@ -47,10 +47,13 @@ class ReferenceReader:
     DEVICE_SLOTS = 3  # the two slots around the current sigma and the prefetched next one
 
     def __init__(self, opened: OpenReference, cache: RamCache = RAM_CACHE, prefetch_first: bool = True,
-                 projections=None):
+                 projections=None, layer_widths=None):
         self.opened = opened
         self.name = opened.name
         self.manifest = opened.manifest
+        self._checked_layers: set[str] = set()
+        if layer_widths is not None:
+            self._check_model_layers(layer_widths)
         self.profile = get_profile(self.manifest["profile"])
         # A profile that keeps each layer's input, with the model's projections (layer id -> (to_k, to_v)): the
         # loader projects each saved slot as it brings it to the device, so Use reads K and V like any profile (the
@@ -64,7 +67,6 @@ class ReferenceReader:
         self._pending: dict[int, Future] = {}
         self._stream = None  # the side stream for host -> device copies (CUDA only)
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
-        self._checked_layers: set[str] = set()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
         self._early: dict[int, Future] = {}  # host-side reads started when the Use was planned
         if prefetch_first:
@@ -91,6 +93,24 @@ class ReferenceReader:
         self._loader.submit(self.opened.close)  # after a read still in flight, on the same thread
         self._loader.shutdown(wait=False)
         self._loader = None
+
+    def _check_model_layers(self, layer_widths) -> None:
+        """Before any slot is read: every layer of the manifest is one the current model has, as wide
+        (``layer_widths``: layer id -> width, None where the model has no such layer). What a slot file may
+        decompress to is bounded by these layers, so a manifest cannot claim room the model never needs. A refused
+        reference's files are closed."""
+        try:
+            for lid in self.manifest["layers"]:
+                width = layer_widths(lid)
+                if width is None:
+                    raise RefDropError(
+                        f"RefDrop: reference '{self.name}' has layer {lid}, which the current model does not have: it "
+                        "was saved with a model of another architecture (or its manifest was made by hand)"
+                    )
+                self.check_layer(lid, width)
+        except BaseException:
+            self.opened.close()
+            raise
 
     def check_layer(self, lid: str, width: int) -> None:
         """A clear error when the current model's layer ``lid`` is not the reference's (checked once per layer)."""

@@ -6,6 +6,7 @@
     <root>/<name>/slot_0000_0.safetensors ...   the features of one saved model evaluation each
     <root>/.incoming/<id>/             a reference being written; renamed into place when complete
     <root>/.incoming/<id>.lock         held (flock) by the writing process for as long as <id> is its
+    <root>/.incoming/.<file>.<hex>.tmp a lock, manifest or mask being written (``temp_name``), locked meanwhile
     <root>/.trash/deleted-<id>         a deleted reference on its way out
     <root>/.trash/replaced-<id>/<name> the reference an overwriting Save <id> displaced, until the new one is in
 
@@ -31,6 +32,7 @@ import time
 import unicodedata
 import uuid
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +59,14 @@ INCOMING = ".incoming"
 TRASH = ".trash"
 LOCK_SUFFIX = ".lock"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any real manifest; a planted huge file is not read
-MAX_PREVIEW_BYTES = 64 * 1024 * 1024   # a 4096² PNG is ~30 MB; a planted sparse 8 GB "preview" is refused
+MAX_PREVIEW_BYTES = 64 * 1024 * 1024   # an RGB PNG of 4096² is at most ~50 MB; a planted sparse 8 GB one is refused
 OPEN_ATTEMPTS = 20                     # an overwrite in another process can change a reference while it is opened
+NAME_LOCK_TIMEOUT_S = 30.0             # another process holds the name lock for one rename: milliseconds
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NAME_TAKEN = (errno.ENOTEMPTY, errno.EEXIST)  # a folder renamed onto a reference that is there
 # What this module creates in its private folders; nothing else there is ever touched.
 _OWN_INCOMING = re.compile(r"^([0-9a-f]{32})(\.lock)?$")
-_OWN_INCOMING_TMP = re.compile(r"^\.([0-9a-f]{32}|manifest\.json\.[0-9a-f]{32})\.tmp$")
+_OWN_TEMP = re.compile(r"^\.(.+)\.[0-9a-f]{32}\.tmp$")  # ``temp_name``: the only temporary names this module makes
 _OWN_TRASH = re.compile(r"^(deleted|replaced)-([0-9a-f]{32})$")
 
 _lock = threading.RLock()  # list/delete/rename/commit are atomic with respect to each other in this process
@@ -85,7 +90,7 @@ class StagingPaths:
 
     @property
     def tmp_lock(self) -> Path:
-        return self.incoming / f".{self.key}.tmp"
+        return self.incoming / temp_name(self.lock.name, self.key)
 
     def displaced(self, trash: Path) -> Path:
         return trash / f"replaced-{self.key}"
@@ -122,6 +127,17 @@ def _lock_file(fh) -> bool:
             import fcntl
 
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _flock(fd: int) -> bool:
+    """An exclusive, non-blocking flock on a descriptor (POSIX); False if another open descriptor holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except OSError:
         return False
@@ -169,6 +185,10 @@ def _fsync_dir(path: Path) -> None:
 
 def _exists(path: Path) -> bool:
     return os.path.lexists(path)
+
+
+def _appeared(name: str) -> ReferenceExists:
+    return ReferenceExists(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
 
 
 def _unusable(name: str, exc: NotRegularFile) -> RefDropError:
@@ -385,7 +405,7 @@ class ReferenceStore:
         folder = self._readable_folder(name)
         fds: dict[str, int] = {}
         try:
-            for entry in file_entries(manifest):
+            for entry in file_entries(manifest):  # each file once: ``check_manifest`` refuses a name listed twice
                 fd = fds[entry["file"]] = open_regular(folder / entry["file"])
                 self._check_bytes(name, entry, size_of(fd))
         except FileNotFoundError:
@@ -479,6 +499,27 @@ class ReferenceStore:
     def _trash_path(self, kind: str) -> Path:
         return self._private_dir(TRASH) / f"{kind}-{uuid.uuid4().hex}"
 
+    @contextmanager
+    def name_lock(self):
+        """Held from the check that a name is free to the rename that takes it, by every process that writes this
+        store: an flock on the ``.incoming`` folder itself, so no lock file is left (``_lock`` does the same between
+        threads, and is taken first). ``OSError`` if another process holds it for ``NAME_LOCK_TIMEOUT_S``. Where a
+        folder cannot be opened (Windows) there is none; a rename onto a reference is refused there all the same."""
+        if os.name == "nt":
+            yield
+            return
+        fd = os.open(self._private_dir(INCOMING), _DIR_FLAGS)  # a real folder: ``_private_dir`` set a link aside
+        try:
+            deadline = time.monotonic() + NAME_LOCK_TIMEOUT_S
+            while not _flock(fd):
+                if time.monotonic() > deadline:
+                    raise OSError(errno.EAGAIN, f"another process has held the store's name lock for "
+                                                f"{NAME_LOCK_TIMEOUT_S:.0f} s")
+                time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     # -- writing ---------------------------------------------------------------------------------------
 
     def begin(self, name: str, overwrite: bool) -> Staging:
@@ -515,28 +556,39 @@ class ReferenceStore:
         name = validate_name(name)
         target = self.root / name
         displaced_dir = None
-        with _lock:
+        with _lock, self.name_lock():
             existing = self.path(name)
             if _exists(existing):
                 if not overwrite:
-                    raise ReferenceExists(f"RefDrop: a reference named '{name}' appeared while saving; not overwritten")
+                    raise _appeared(name)
                 old_identity = self._identity_on_disk(name)
                 displaced_dir = staging.paths.displaced(self._private_dir(TRASH))
                 displaced_dir.mkdir(exist_ok=True)
                 os.replace(existing, displaced_dir / existing.name)
                 try:
-                    os.replace(staging.folder, target)
+                    self._move_in(staging.folder, target, name)
                 except OSError:
                     os.replace(displaced_dir / existing.name, existing)  # put the old one back
                     raise
                 self.cache.forget(old_identity)
             else:
-                os.replace(staging.folder, target)
+                self._move_in(staging.folder, target, name)
             _fsync_dir(self.root)
         staging.release()
         if displaced_dir is not None:
             _remove_tree(displaced_dir)
         return target
+
+    @staticmethod
+    def _move_in(folder: Path, target: Path, name: str) -> None:
+        """Rename a complete reference to ``target``; a writer outside RefDrop's lock that got there first is named
+        like any other (the rename fails on a folder that is not empty, or a file)."""
+        try:
+            os.replace(folder, target)
+        except OSError as exc:
+            if exc.errno in _NAME_TAKEN or (exc.errno == errno.ENOTDIR and _exists(target)):
+                raise _appeared(name) from None
+            raise
 
     def discard(self, staging: Staging | None) -> None:
         if staging is None:
@@ -560,7 +612,7 @@ class ReferenceStore:
 
     def rename(self, old: str, new: str) -> str:
         new = validate_name(new)
-        with _lock:
+        with _lock, self.name_lock():
             source, target = self.path(old), self.path(new)
             if not source.is_dir():
                 raise ReferenceNotFound(self.missing_message(old))
@@ -609,7 +661,7 @@ class ReferenceStore:
 
     def _clean_incoming(self, incoming: Path) -> None:
         for entry in incoming.iterdir():
-            if _OWN_INCOMING_TMP.match(entry.name):  # a lock file being created, or a manifest being replaced
+            if _OWN_TEMP.match(entry.name):  # a lock file being created, a manifest or mask being replaced
                 if not _writer_alive(entry):
                     _remove_tree(entry)
                 continue
@@ -647,12 +699,20 @@ def write_json_atomic(path: Path, data: dict, tmp_dir: Path | None = None) -> No
     write_bytes_atomic(path, text.encode("utf-8"), tmp_dir)
 
 
+def temp_name(final: str, key: str | None = None) -> str:
+    """The name a file that becomes ``final`` has while it is written (``key``: 32 hex digits, fresh by default): the
+    one spelling of a temporary file, which clean-up recognises (``_OWN_TEMP``) and removes once its writer is gone."""
+    return f".{final}.{key or uuid.uuid4().hex}.tmp"
+
+
 def write_bytes_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write ``data`` so that ``path`` is always either the old or the new file. ``tmp_dir`` (same file system) keeps
-    the temporary file out of a visible folder, where a crash would leave it."""
-    tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    the temporary file out of a visible folder, where a crash would leave it; the file is locked while it is
+    written, so a clean-up in another process leaves it alone."""
+    tmp = (tmp_dir or path.parent) / temp_name(path.name)
     try:
         with open(tmp, "xb") as fh:
+            _lock_file(fh)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

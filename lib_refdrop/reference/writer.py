@@ -25,16 +25,17 @@ from .names import validate_name
 from .reader import WriteThrough
 from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
 
-# The one registry of Saves in flight in this process: name -> writers still working on it (two clients may race).
-_active: dict[str, list[ReferenceWriter]] = {}
+# The one registry of Saves in flight in this process: (store folder, name) -> writers still working on it (two
+# clients may race); a Save in one store says nothing about the same name in another.
+_active: dict[tuple[Path, str], list[ReferenceWriter]] = {}
 _active_lock = threading.Lock()
 QUEUE_SLOTS = 3  # slots waiting for the disk before the sampler is made to wait (bounds host RAM)
 
 
-def pending_write(name: str) -> ReferenceWriter | None:
-    """The writer still working on ``name``, if any (the most recent one)."""
+def pending_write(store: ReferenceStore, name: str) -> ReferenceWriter | None:
+    """The writer still working on ``name`` in ``store``, if any (the most recent one)."""
     with _active_lock:
-        writers = _active.get(name)
+        writers = _active.get((store.root, name))
         return writers[-1] if writers else None
 
 
@@ -87,13 +88,17 @@ class ReferenceWriter:
             self._done.set()
             return
         with _active_lock:
-            _active.setdefault(self.name, []).append(self)
+            _active.setdefault(self._key, []).append(self)
         self._thread = threading.Thread(target=self._run, name=f"refdrop-writer-{name}", daemon=True)
         self._thread.start()
 
     @property
     def name(self) -> str:
         return self.status.name
+
+    @property
+    def _key(self) -> tuple[Path, str]:
+        return self.store.root, self.name
 
     # -- called from the sampling thread ------------------------------------------------------------------
 
@@ -140,11 +145,11 @@ class ReferenceWriter:
             self._drain()
         finally:
             with _active_lock:
-                writers = _active.get(self.name, [])
+                writers = _active.get(self._key, [])
                 if self in writers:
                     writers.remove(self)
                 if not writers:
-                    _active.pop(self.name, None)
+                    _active.pop(self._key, None)
             self._done.set()
 
     def _fail(self, exc: BaseException) -> None:

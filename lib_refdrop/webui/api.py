@@ -339,7 +339,7 @@ def _list(store: ReferenceStore) -> dict:
 
 
 def _list_entry(store: ReferenceStore, name: str) -> dict:
-    entry = {"name": name, "writing": pending_write(name) is not None}
+    entry = {"name": name, "writing": pending_write(store, name) is not None}
     try:
         entry.update(summary(reference_info(store.manifest(name))))
     except (RefDropError, OSError) as exc:  # one broken reference must not take the list down
@@ -369,8 +369,8 @@ def _on_disk():
         raise _Unusable(str(exc)) from None
 
 
-def _not_being_written(name: str, action: str) -> None:
-    if pending_write(name) is not None:
+def _not_being_written(store: ReferenceStore, name: str, action: str) -> None:
+    if pending_write(store, name) is not None:
         raise _Conflict(f"RefDrop: reference '{name}' is being written; {action} it when the save has finished")
 
 
@@ -384,7 +384,7 @@ def _details(store: ReferenceStore, name: str) -> dict:
         preview, preview_error = None, _message(exc)
     return {
         "name": name,
-        "writing": pending_write(name) is not None,
+        "writing": pending_write(store, name) is not None,
         "summary": summary(reference_info(manifest)),
         "manifest": manifest,
         "preview": base64.b64encode(preview).decode("ascii") if preview is not None else None,
@@ -404,7 +404,7 @@ def _preview_response(store: ReferenceStore, name: str) -> Response:
 
 def _delete(store: ReferenceStore, name: str) -> dict:
     name = _existing(store, name)
-    _not_being_written(name, "delete")
+    _not_being_written(store, name, "delete")
     with _on_disk():
         store.delete(name)
     return {"deleted": name}
@@ -419,8 +419,8 @@ def _rename(store: ReferenceStore, name: str, payload) -> dict:
     if unknown:
         raise RefDropError(f"RefDrop: unknown field(s) {', '.join(unknown)}; only new_name is accepted")
     new_name = validate_name(new_name)
-    _not_being_written(name, "rename")
-    _not_being_written(new_name, "rename onto")
+    _not_being_written(store, name, "rename")
+    _not_being_written(store, new_name, "rename onto")
     with _on_disk():  # the store says when new_name is taken (ReferenceExists: 409)
         return {"old_name": name, "name": store.rename(name, new_name)}
 

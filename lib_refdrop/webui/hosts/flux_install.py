@@ -13,6 +13,7 @@ import dataclasses
 from ...attn.patches import make_failing_patch
 from ...attn.trajectory import CONDITIONING_KEYS
 from ...dit.guide import FluxRefDrop
+from ...dit.layers import layer_widths_of
 from ...errors import RefDropError
 from ...reference.profiles import get_profile
 from . import flux_forge, flux_reforge
@@ -99,7 +100,8 @@ def _plan(host, p, run, dit):
         problem = unsupported(run.settings, run.save_profile("flux"))
         if problem:
             return make_failing_patch(problem)
-        ctx = dataclasses.replace(host.pass_context(p), family=FAMILY, inner=dit.inner)
+        ctx = dataclasses.replace(host.pass_context(p), family=FAMILY, inner=dit.inner,
+                                  layer_widths=layer_widths_of(diffusion_model(p)))
         return run.patch_for_pass(ctx)
     except RefDropError as exc:  # a problem the user can fix (an unknown profile): stops the generation with it
         return make_failing_patch(str(exc))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ...attn.patches import Attention, Patch, chain
 from ...run import PassContext, RefDropRun
 from .image_pass import host_encoders
-from .layers import projections_of
+from .layers import layer_widths_of, projections_of
 from .model_function import CompleteExtraCall, ModelFunction, install_model_function, no_completion
 from .reporting import make_internal_error_patch, register_error_handler
 
@@ -46,6 +46,7 @@ class Host:
             inner=chain(earlier_attn1_patches(unet), self.attention),
             seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
             projections=projections_of(unet),
+            layer_widths=layer_widths_of(unet),
             **host_extras(p),
         )
 

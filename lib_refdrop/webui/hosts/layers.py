@@ -24,6 +24,24 @@ def attn1_module(diffusion_model, lid: str):
         raise RefDropError(f"RefDrop: the current model has no self-attention layer {lid}") from None
 
 
+def layer_widths_of(unet):
+    """Layer id -> the width (heads × head size) of that attn1 layer of the model ``unet`` (a patcher) patches, None
+    where it has no such layer: a Use checks a reference's layers against it before reading any slot. None where the
+    model holds no U-Net blocks to look in (a stand-in without layers): then the layers are checked as they run."""
+    model = getattr(getattr(unet, "model", None), "diffusion_model", None)
+    if not all(hasattr(model, blocks) for blocks in ("input_blocks", "middle_block", "output_blocks")):
+        return None
+
+    def width(lid: str) -> int | None:
+        try:
+            to_q = attn1_module(unet.model.diffusion_model, lid).to_q
+        except (RefDropError, AttributeError):
+            return None
+        return int(getattr(to_q, "out_features", None) or to_q.weight.shape[0])  # q's width: the layer's
+
+    return width
+
+
 def projections_of(unet):
     """Layer id -> ``(to_k, to_v)`` of the model ``unet`` (a patcher) patches, looked up once per layer."""
     found: dict[str, tuple] = {}

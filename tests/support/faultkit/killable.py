@@ -69,6 +69,9 @@ def run(root: str, op: str, name: str, new_name: str, kill_at: int, conn, jitter
     elif op == "delete":
         store.delete(name)
         result = "deleted"
+    elif op == "set_mask":
+        store.set_mask(name, faultkit.PNG)
+        result = "masked"
     else:
         raise ValueError(op)
     conn.send(("done", steps[0], result))
