@@ -21,7 +21,7 @@ from ..attn.sigmas import SigmaMap, Slot
 from ..attn.trajectory import LATENT
 from ..errors import RefDropError
 from . import compression
-from .manifest import SEAL
+from .manifest import SEAL, slot_chunks
 from .pinned import Arena, PinnedSlabPool
 from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
@@ -33,8 +33,10 @@ __all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "Wr
 READ_TIMEOUT_S = 300.0  # one slot; a local disk needs well under a second, a stalled network drive forever
 
 
-def slots_of(manifest: dict) -> list[Slot]:
-    return [Slot(int(s["index"]), float(s["sigma"]), int(s["occurrence"])) for s in manifest["slots"]]
+def slots_of(manifest: dict, chunk: str | None = None) -> list[Slot]:
+    """The saved evaluations of a reference; with ``chunk``, those that hold its rows."""
+    return [Slot(int(s["index"]), float(s["sigma"]), int(s["occurrence"])) for s in manifest["slots"]
+            if chunk is None or chunk in slot_chunks(manifest, s)]
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -58,6 +60,9 @@ class ReferenceReader:
         self.projections = projections if self.profile.keep == "input" else None
         self._row_tensors = ("k", "v") if self.projections is not None else self.profile.tensors
         self.sigma_map = SigmaMap(slots_of(self.manifest))
+        # per chunk, the slots that hold its rows: where a host evaluated the cond chunk alone, uncond is
+        # interpolated from the slots around that sigma that have it
+        self._chunk_maps = {chunk: SigmaMap(slots_of(self.manifest, chunk)) for chunk in self.manifest["chunks"]}
         self._entries = {int(s["index"]): s["files"] for s in self.manifest["slots"]}
         self._cache = cache
         self._on_device: OrderedDict[int, dict] = OrderedDict()
@@ -121,9 +126,9 @@ class ReferenceReader:
     def rows(self, lid: str, chunk: str, sigma: float, occurrence: int, like: torch.Tensor):
         """The reference's rows of layer ``lid`` for a Use chunk at ``sigma`` (K and V, or the layer's input:
         ``Profile.tensors``): a saved row, or the two saved rows around ``sigma`` blended linearly in log-sigma
-        (``SigmaMap.blend``)."""
-        parts = self.sigma_map.blend(sigma, occurrence)
+        (``SigmaMap.blend``) among the slots that hold that chunk."""
         source = self.source_chunk(chunk)
+        parts = self._chunk_maps[source].blend(sigma, occurrence)
         return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in self._row_tensors)
 
     def latent(self, sigma: float, occurrence: int, like: torch.Tensor) -> torch.Tensor:
