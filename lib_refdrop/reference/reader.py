@@ -25,7 +25,7 @@ from .manifest import SEAL, slot_chunks
 from .pinned import Arena, PinnedSlabPool
 from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
-from .slot_check import check_slot_tensors, max_file_bytes
+from .slot_check import check_decoded, check_slot_tensors, max_file_bytes
 from .store import OpenReference
 
 __all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "WriteThrough", "slots_of"]
@@ -265,7 +265,8 @@ class ReferenceReader:
     def _load(self, index: int, device: torch.device, dtype: torch.dtype):
         host = self.host_tensors(index)
         if device.type != "cuda":
-            return self._projected({k: t.to(device=device, dtype=dtype) for k, t in host.items()}), None
+            return self._checked_rows(index, self._projected({k: t.to(device=device, dtype=dtype)
+                                                               for k, t in host.items()})), None
         arena = Arena(self._pinned)
         if self._stream is None:
             self._stream = torch.cuda.Stream(device)
@@ -276,12 +277,17 @@ class ReferenceReader:
                 pinned = arena.empty(tensor.shape, tensor.dtype)
                 pinned.copy_(tensor)
                 out[key] = pinned.to(device=device, non_blocking=True).to(dtype)
-            out = self._projected(out)
+            out = self._checked_rows(index, self._projected(out))  # waits for the side stream only
         event = torch.cuda.Event()
         event.record(stream)
         event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
         arena.release()
         return out, event
+
+    def _checked_rows(self, index: int, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """On the loader thread: the rows exactly as the U-Net will see them, checked (``check_decoded``)."""
+        check_decoded(self.name, [entry["file"] for entry in self._entries[index]], rows)
+        return rows
 
     def _projected(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """On the loader thread: each stored layer input ``lid/chunk/x`` as ``lid/chunk/k`` and ``lid/chunk/v``, by
