@@ -27,6 +27,7 @@ from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
 from .slot_check import check_decoded, check_slot_tensors, max_file_bytes
 from .store import OpenReference
+from .trajectory_check import check_conditioning, check_latent_shapes
 
 __all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "WriteThrough", "slots_of"]
 
@@ -70,6 +71,7 @@ class ReferenceReader:
         self._stream = None  # the side stream for host -> device copies (CUDA only)
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._checked_layers: set[str] = set()
+        self._latent_shape: tuple | None = None  # a trajectory's, once every slot's is checked
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
         self._early: dict[int, Future] = {}  # host-side reads started when the Use was planned
         if prefetch_first:
@@ -132,18 +134,29 @@ class ReferenceReader:
         return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in self._row_tensors)
 
     def latent(self, sigma: float, occurrence: int, like: torch.Tensor) -> torch.Tensor:
-        """A trajectory reference (``attn/trajectory.py``): its latent at ``sigma``, saved or interpolated."""
-        parts = self.sigma_map.blend(sigma, occurrence)
-        shapes = {tuple(self.tensor(slot, LATENT, like.device, like.dtype).shape) for slot, _ in parts}
-        if len(shapes) > 1:
-            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: its latents differ in shape")
-        return self._interpolated(parts, LATENT, like)
+        """A trajectory reference (``attn/trajectory.py``): its latent at ``sigma``, saved or interpolated; ``like``
+        is the generation's model input. Before the first, every slot's latent is checked against the others' and
+        the model's channels (small files, read on the loader thread and kept in the RAM cache)."""
+        if self._latent_shape is None:
+            future = self._loader.submit(self._common_latent_shape, like.shape[1])
+            self._latent_shape = future.result(timeout=READ_TIMEOUT_S)
+        return self._interpolated(self.sigma_map.blend(sigma, occurrence), LATENT, like)
 
-    def conditioning(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A trajectory reference: its conditioning rows by ``attn/trajectory.conditioning_key``."""
+    def _common_latent_shape(self, channels: int) -> tuple:
+        shapes = {self._files_of(index): tuple(self.host_tensors(index)[LATENT].shape) for index in self._entries}
+        return check_latent_shapes(self.name, shapes, channels)
+
+    def conditioning(self, like: torch.Tensor, model_kwargs: dict) -> dict[str, torch.Tensor]:
+        """A trajectory reference: its conditioning rows by ``attn/trajectory.conditioning_key``, checked against
+        each other and the model's keyword arguments of this generation (``model_kwargs``)."""
         first = min(slots_of(self.manifest), key=lambda slot: slot.index)
         tensors = self.tensors(first, like.device, like.dtype)
-        return {key: tensor for key, tensor in tensors.items() if key != LATENT}
+        stored = {key: tensor for key, tensor in tensors.items() if key != LATENT}
+        check_conditioning(self.name, self._files_of(first.index), stored, self.manifest["chunks"], model_kwargs)
+        return stored
+
+    def _files_of(self, index: int) -> str:
+        return ", ".join(entry["file"] for entry in self._entries[index])
 
     def _interpolated(self, parts, name: str, like: torch.Tensor) -> torch.Tensor:
         (first, _), *rest = parts
