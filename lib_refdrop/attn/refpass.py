@@ -38,8 +38,9 @@ class ImageLatent:
     def at(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return (self.latent + sigma.reshape(1, 1, 1, 1).to(self.latent) * self.noise).to(like.device, like.dtype)
 
-    def inputs(self, sigma: torch.Tensor, like: torch.Tensor):
-        """``(x, conditioning keyword arguments, cond_or_uncond)`` of the image's pass at ``sigma``: one cond row."""
+    def inputs(self, sigma: torch.Tensor, like: torch.Tensor, model_kwargs: dict):
+        """``(x, conditioning keyword arguments, cond_or_uncond)`` of the image's pass at ``sigma``: one cond row
+        (encoded by the generation's own model: ``like`` and ``model_kwargs``, the generation's, need no check)."""
         return self.at(sigma, like), self.conditioning, [0]
 
 
@@ -78,7 +79,7 @@ class Evaluations:
 def reference_pass_wrapper(images: list, wanted: Callable[[float], bool] = lambda sigma: True) -> Wrapper:
     """The model function wrapper that runs each image's pass before the U-Net call it wraps, at the sigmas
     ``wanted`` accepts (a Use's step window: outside it nothing reads the pass). An "image" is an ``ImageLatent`` or
-    anything else with a ``name``, ``per_evaluation`` and ``inputs(sigma, like)`` (a stored trajectory:
+    anything else with a ``name``, ``per_evaluation`` and ``inputs(sigma, like, model_kwargs)`` (a stored trajectory:
     ``trajectory.py``).
 
     An image's pass depends on nothing but the sigma, so calls at the sigma of the previous call reuse what it
@@ -97,7 +98,7 @@ def reference_pass_wrapper(images: list, wanted: Callable[[float], bool] = lambd
             for image in images:
                 if not (new_sigma or image.per_evaluation):
                     continue
-                x_pass, conditioning, cond_or_uncond = image.inputs(sigma, x)
+                x_pass, conditioning, cond_or_uncond = image.inputs(sigma, x, c)
                 transformer_options = {**options, "cond_or_uncond": cond_or_uncond, "sigmas": sigma,
                                        PASS_KEY: image.name}
                 apply_model(x_pass, sigma.to(timestep.dtype).repeat(x_pass.shape[0]),

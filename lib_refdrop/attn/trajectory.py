@@ -12,6 +12,7 @@ Both sides go through the hosts' model function wrapper convention (``refpass.py
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,6 +42,11 @@ def split_conditioning_key(name: str) -> tuple[str, str] | None:
     if len(parts) != 3 or parts[0] != CONDITIONING or parts[2] not in CONDITIONING_KEYS:
         return None
     return parts[1], parts[2]
+
+
+def stored_chunks(chunks: list[str], stored: dict) -> list[str]:
+    """The chunks whose text conditioning a trajectory holds, in the manifest's order."""
+    return [chunk for chunk in chunks if conditioning_key(chunk, "c_crossattn") in stored]
 
 
 def first_image_conditioning(c: dict, cond_or_uncond, rows: int) -> dict[str, torch.Tensor]:
@@ -83,7 +89,7 @@ class TrajectoryReader(Protocol):
 
     def latent(self, sigma: float, occurrence: int, like: torch.Tensor) -> torch.Tensor: ...
 
-    def conditioning(self, like: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def conditioning(self, like: torch.Tensor, model_kwargs: dict) -> dict[str, torch.Tensor]: ...
 
 
 class TrajectoryInput:
@@ -98,23 +104,34 @@ class TrajectoryInput:
         self._visits: dict[float, int] = {}
         self._conditioning: dict | None = None  # read once: the same at every sigma
 
-    def inputs(self, sigma: torch.Tensor, like: torch.Tensor):
-        """``(x, conditioning keyword arguments, cond_or_uncond)`` of the pass at ``sigma``."""
+    def inputs(self, sigma: torch.Tensor, like: torch.Tensor, model_kwargs: dict):
+        """``(x, conditioning keyword arguments, cond_or_uncond)`` of the pass at ``sigma``; ``like`` and
+        ``model_kwargs`` are the generation's model input and keyword arguments, which the stored ones must fit."""
         s = float(sigma.reshape(-1)[0])
         occurrence = self._visits.get(s, 0)
         self._visits[s] = occurrence + 1
         latent = self.reader.latent(s, occurrence, like)
-        kwargs, cond_or_uncond = self._stored_conditioning(like)
+        kwargs, cond_or_uncond = self._stored_conditioning(like, model_kwargs)
         x = latent.unsqueeze(0).expand(len(cond_or_uncond), *latent.shape).to(like.device, like.dtype)
         return x, kwargs, cond_or_uncond
 
-    def _stored_conditioning(self, like: torch.Tensor):
+    def _stored_conditioning(self, like: torch.Tensor, model_kwargs: dict):
         if self._conditioning is None:
-            stored = self.reader.conditioning(like)
-            chunks = [c for c in self.reader.manifest["chunks"] if conditioning_key(c, "c_crossattn") in stored]
+            stored = self.reader.conditioning(like, model_kwargs)
+            chunks = stored_chunks(self.reader.manifest["chunks"], stored)
             if not chunks:
                 raise RefDropError(f"RefDrop: reference '{self.reader.name}' is corrupt: its conditioning is missing")
             keys = [key for key in CONDITIONING_KEYS if all(conditioning_key(c, key) in stored for c in chunks)]
-            kwargs = {key: torch.stack([stored[conditioning_key(c, key)] for c in chunks]) for key in keys}
+            kwargs = {key: _batched([stored[conditioning_key(c, key)] for c in chunks]) for key in keys}
             self._conditioning = (kwargs, [UNCOND if c.startswith("uncond") else 1 - UNCOND for c in chunks])
         return self._conditioning
+
+
+def _batched(rows: list[torch.Tensor]) -> torch.Tensor:
+    """One batch of the chunks' rows; text conditionings of different token counts (a long prompt beside a short
+    one) are repeated to their least common multiple, as the hosts batch them (attention over a repeated sequence
+    is the same)."""
+    if rows[0].dim() == 2 and len({row.shape[0] for row in rows}) > 1:
+        tokens = math.lcm(*(row.shape[0] for row in rows))
+        rows = [row.repeat(tokens // row.shape[0], 1) for row in rows]
+    return torch.stack(rows)

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from ..attn.sigmas import Slot
 from ..errors import RefDropError
@@ -31,13 +32,15 @@ MAX_LAYER_TOKENS = (MAX_GENERATION_SIDE // 8) ** 2
 
 @dataclass(frozen=True)
 class Recording:
-    """What a Save recorded, as the manifest describes it: layer shapes, chunks, compute dtype, profile, slots."""
+    """What a Save recorded, as the manifest describes it: layer shapes, chunks, compute dtype, profile, slots, and
+    the chunks whose rows each slot holds (none for a trajectory, which keeps no rows)."""
 
     layers: dict[str, dict]
     chunks: list[str]
     dtype: str
     profile: str
     slots: list[Slot]
+    slot_chunks: dict[int, list[str]] = dataclass_field(default_factory=dict)
 
 
 def build_manifest(name: str, family: str, generation: dict, recording: Recording,
@@ -45,10 +48,15 @@ def build_manifest(name: str, family: str, generation: dict, recording: Recordin
     """The sealed manifest of a finished Save; ``slot_files`` are the files the writer wrote for each slot.
 
     Slots without files (nothing reached the disk for them) are left out; it is validated like one read back."""
-    slots = [
-        {"index": slot.index, "sigma": slot.sigma, "occurrence": slot.occurrence, "files": slot_files[slot.index]}
-        for slot in sorted(recording.slots, key=lambda s: s.index) if slot_files.get(slot.index)
-    ]
+    slots = []
+    for slot in sorted(recording.slots, key=lambda s: s.index):
+        if not slot_files.get(slot.index):
+            continue
+        entry = {"index": slot.index, "sigma": slot.sigma, "occurrence": slot.occurrence,
+                 "files": slot_files[slot.index]}
+        if slot.index in recording.slot_chunks:
+            entry["chunks"] = list(recording.slot_chunks[slot.index])
+        slots.append(entry)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -163,7 +171,26 @@ def check_manifest(manifest, name: str) -> dict:
                                                                for c in chunks):
         raise broken(name, "bad chunk list")
     _check_slots(manifest["slots"], name)
+    _check_slot_chunks(manifest, name)
     return manifest
+
+
+def slot_chunks(manifest: dict, slot: dict) -> list[str]:
+    """The chunks whose rows a slot holds: its own list (a host may evaluate the cond chunk alone at some sigmas),
+    else every chunk of the reference (a manifest written before slots said so)."""
+    return slot.get("chunks", manifest["chunks"])
+
+
+def _check_slot_chunks(manifest: dict, name: str) -> None:
+    held = set()
+    for slot in manifest["slots"]:
+        chunks = slot_chunks(manifest, slot)
+        if (not isinstance(chunks, list) or not chunks or len(set(chunks)) != len(chunks)
+                or not all(isinstance(c, str) and c in manifest["chunks"] for c in chunks)):
+            raise broken(name, f"bad chunk list in slot {slot['index']}")
+        held.update(chunks)
+    if held != set(manifest["chunks"]):
+        raise broken(name, f"no slot holds {', '.join(sorted(set(manifest['chunks']) - held))}")
 
 
 def _check_layers(layers, name: str) -> None:

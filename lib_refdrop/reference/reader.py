@@ -21,20 +21,23 @@ from ..attn.sigmas import SigmaMap, Slot
 from ..attn.trajectory import LATENT
 from ..errors import RefDropError
 from . import compression
-from .manifest import SEAL
+from .manifest import SEAL, slot_chunks
 from .pinned import Arena, PinnedSlabPool
 from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
-from .slot_check import check_slot_tensors, max_file_bytes
+from .slot_check import check_decoded, check_slot_tensors, max_file_bytes
 from .store import OpenReference
+from .trajectory_check import check_conditioning, check_latent_shapes
 
 __all__ = ["DEFAULT_RAM_BUDGET", "RAM_CACHE", "RamCache", "ReferenceReader", "WriteThrough", "slots_of"]
 
 READ_TIMEOUT_S = 300.0  # one slot; a local disk needs well under a second, a stalled network drive forever
 
 
-def slots_of(manifest: dict) -> list[Slot]:
-    return [Slot(int(s["index"]), float(s["sigma"]), int(s["occurrence"])) for s in manifest["slots"]]
+def slots_of(manifest: dict, chunk: str | None = None) -> list[Slot]:
+    """The saved evaluations of a reference; with ``chunk``, those that hold its rows."""
+    return [Slot(int(s["index"]), float(s["sigma"]), int(s["occurrence"])) for s in manifest["slots"]
+            if chunk is None or chunk in slot_chunks(manifest, s)]
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -61,12 +64,16 @@ class ReferenceReader:
         self.projections = projections if self.profile.keep == "input" else None
         self._row_tensors = ("k", "v") if self.projections is not None else self.profile.tensors
         self.sigma_map = SigmaMap(slots_of(self.manifest))
+        # per chunk, the slots that hold its rows: where a host evaluated the cond chunk alone, uncond is
+        # interpolated from the slots around that sigma that have it
+        self._chunk_maps = {chunk: SigmaMap(slots_of(self.manifest, chunk)) for chunk in self.manifest["chunks"]}
         self._entries = {int(s["index"]): s["files"] for s in self.manifest["slots"]}
         self._cache = cache
         self._on_device: OrderedDict[int, dict] = OrderedDict()
         self._pending: dict[int, Future] = {}
         self._stream = None  # the side stream for host -> device copies (CUDA only)
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
+        self._latent_shape: tuple | None = None  # a trajectory's, once every slot's is checked
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
         self._early: dict[int, Future] = {}  # host-side reads started when the Use was planned
         if prefetch_first:
@@ -141,24 +148,35 @@ class ReferenceReader:
     def rows(self, lid: str, chunk: str, sigma: float, occurrence: int, like: torch.Tensor):
         """The reference's rows of layer ``lid`` for a Use chunk at ``sigma`` (K and V, or the layer's input:
         ``Profile.tensors``): a saved row, or the two saved rows around ``sigma`` blended linearly in log-sigma
-        (``SigmaMap.blend``)."""
-        parts = self.sigma_map.blend(sigma, occurrence)
+        (``SigmaMap.blend``) among the slots that hold that chunk."""
         source = self.source_chunk(chunk)
+        parts = self._chunk_maps[source].blend(sigma, occurrence)
         return tuple(self._interpolated(parts, entry_name(lid, source, kind), like) for kind in self._row_tensors)
 
     def latent(self, sigma: float, occurrence: int, like: torch.Tensor) -> torch.Tensor:
-        """A trajectory reference (``attn/trajectory.py``): its latent at ``sigma``, saved or interpolated."""
-        parts = self.sigma_map.blend(sigma, occurrence)
-        shapes = {tuple(self.tensor(slot, LATENT, like.device, like.dtype).shape) for slot, _ in parts}
-        if len(shapes) > 1:
-            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: its latents differ in shape")
-        return self._interpolated(parts, LATENT, like)
+        """A trajectory reference (``attn/trajectory.py``): its latent at ``sigma``, saved or interpolated; ``like``
+        is the generation's model input. Before the first, every slot's latent is checked against the others' and
+        the model's channels (small files, read on the loader thread and kept in the RAM cache)."""
+        if self._latent_shape is None:
+            future = self._loader.submit(self._common_latent_shape, like.shape[1])
+            self._latent_shape = future.result(timeout=READ_TIMEOUT_S)
+        return self._interpolated(self.sigma_map.blend(sigma, occurrence), LATENT, like)
 
-    def conditioning(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A trajectory reference: its conditioning rows by ``attn/trajectory.conditioning_key``."""
+    def _common_latent_shape(self, channels: int) -> tuple:
+        shapes = {self._files_of(index): tuple(self.host_tensors(index)[LATENT].shape) for index in self._entries}
+        return check_latent_shapes(self.name, shapes, channels)
+
+    def conditioning(self, like: torch.Tensor, model_kwargs: dict) -> dict[str, torch.Tensor]:
+        """A trajectory reference: its conditioning rows by ``attn/trajectory.conditioning_key``, checked against
+        each other and the model's keyword arguments of this generation (``model_kwargs``)."""
         first = min(slots_of(self.manifest), key=lambda slot: slot.index)
         tensors = self.tensors(first, like.device, like.dtype)
-        return {key: tensor for key, tensor in tensors.items() if key != LATENT}
+        stored = {key: tensor for key, tensor in tensors.items() if key != LATENT}
+        check_conditioning(self.name, self._files_of(first.index), stored, self.manifest["chunks"], model_kwargs)
+        return stored
+
+    def _files_of(self, index: int) -> str:
+        return ", ".join(entry["file"] for entry in self._entries[index])
 
     def _interpolated(self, parts, name: str, like: torch.Tensor) -> torch.Tensor:
         (first, _), *rest = parts
@@ -280,7 +298,8 @@ class ReferenceReader:
     def _load(self, index: int, device: torch.device, dtype: torch.dtype):
         host = self.host_tensors(index)
         if device.type != "cuda":
-            return self._projected({k: t.to(device=device, dtype=dtype) for k, t in host.items()}), None
+            return self._checked_rows(index, self._projected({k: t.to(device=device, dtype=dtype)
+                                                               for k, t in host.items()})), None
         arena = Arena(self._pinned)
         if self._stream is None:
             self._stream = torch.cuda.Stream(device)
@@ -291,12 +310,17 @@ class ReferenceReader:
                 pinned = arena.empty(tensor.shape, tensor.dtype)
                 pinned.copy_(tensor)
                 out[key] = pinned.to(device=device, non_blocking=True).to(dtype)
-            out = self._projected(out)
+            out = self._checked_rows(index, self._projected(out))  # waits for the side stream only
         event = torch.cuda.Event()
         event.record(stream)
         event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
         arena.release()
         return out, event
+
+    def _checked_rows(self, index: int, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """On the loader thread: the rows exactly as the U-Net will see them, checked (``check_decoded``)."""
+        check_decoded(self.name, [entry["file"] for entry in self._entries[index]], rows)
+        return rows
 
     def _projected(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """On the loader thread: each stored layer input ``lid/chunk/x`` as ``lid/chunk/k`` and ``lid/chunk/v``, by

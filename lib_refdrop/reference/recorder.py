@@ -34,6 +34,7 @@ class Recorder:
         self.dtype: str | None = None
         self._counter = OccurrenceCounter()
         self._slots: dict[tuple[float, int], Slot] = {}
+        self._slot_chunks: dict[int, list[str]] = {}  # slot index -> the chunks whose rows it holds
         self._sigma_ordinals: dict[float, int] = {}
         self._open: dict[int, _OpenSlot] = {}
         self._parts: dict[int, int] = {}
@@ -55,6 +56,9 @@ class Recorder:
                 continue
             slot = self._slot(sigma, self._counter.next(lid, chunk, sigma))
             open_slot = self._open_slot(slot)
+            held = self._slot_chunks.setdefault(slot.index, [])
+            if chunk not in held:  # a host may evaluate cond alone at some sigmas and cond + uncond at others
+                held.append(chunk)
             for tensor_name, tensor in tensors.items():
                 for key, stored in self.profile.encode_row(lid, chunk, tensor_name, tensor[i * rows]).items():
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
@@ -131,7 +135,8 @@ class Recorder:
     def recording(self) -> Recording:
         """What was recorded, for the manifest (after ``flush``)."""
         return Recording(layers=self.layers, chunks=list(self.chunks), dtype=self.dtype, profile=self.profile.name,
-                         slots=sorted(self._slots.values(), key=lambda s: s.index))
+                         slots=sorted(self._slots.values(), key=lambda s: s.index),
+                         slot_chunks={index: list(chunks) for index, chunks in self._slot_chunks.items()})
 
     @property
     def recorded_anything(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RefDropError
-from .finite import all_finite
+from .finite import DECODED_LIMIT, all_finite, beyond_limit
 from .profiles import RANK, Profile, split_entry
 from .trajectory_check import check_trajectory_tensors
 
@@ -103,6 +103,16 @@ def _check_row_parts(name: str, file: str, row: str, parts: dict[str, int], mani
     ranks = {rank for rank in parts.values() if rank}
     if len(ranks) > 1:
         raise _corrupt(name, file, f"holds the factors of {row} with different ranks ({sorted(ranks)})")
+
+
+def check_decoded(name: str, files: list[str], rows: dict[str, torch.Tensor]) -> None:
+    """Raise ``RefDropError`` if a row as Use gets it (decoded, projected, in the compute dtype) holds a value that
+    is not finite or beyond ``DECODED_LIMIT``: finite codes times a huge scale, or a projection of them, overflow
+    there and would give a NaN image."""
+    bad = beyond_limit(rows)
+    if bad is not None:
+        raise _corrupt(name, ", ".join(files), f"decodes to values beyond ±{DECODED_LIMIT:g} (or not finite) in "
+                                             f"{bad}: a stored scale or value is out of range")
 
 
 def max_file_bytes(manifest: dict, profile: Profile) -> int:
