@@ -22,22 +22,20 @@ attn1 patch: ``start_use`` gives, for each sampling pass, the attn1 patch and th
     image = sample(attn1_patch=patches.attn1, model_wrapper=patches.model_wrapper)
     use.close()
 
-Problems raise RefDropError here, at once. The WebUI wiring drives the same ``RefDropRun`` through
-``patch_for_pass`` instead, which turns them into a patch that fails at the first attn1 call.
+Problems raise RefDropError here, at once. The WebUI wiring drives the same ``RefDropRun.for_pass`` but installs
+``run.failing_pass`` instead of raising, since the WebUIs swallow exceptions raised in their hooks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .attn.patches import Patch
-from .attn.refpass import Wrapper
 from .errors import RefDropError
 from .params import build
 from .reference.store import ReferenceStore
 from .reference.writer import SaveStatus
-from .run import PassContext, RefDropRun
+from .run import PassContext, PassPatches, RefDropRun
 
 DEFAULT_SAVE_TIMEOUT_S = 300.0
 _SET_BY_USE_PATCH = ("enabled", "mode", "reference")
@@ -66,28 +64,20 @@ def context(family: str, attention: Callable, percent_to_sigma: Callable[[float]
                        projections=projections)
 
 
-@dataclass(frozen=True)
-class PassPatches:
-    """What to install for one sampling pass: the attn1 patch (None: nothing to change) and the model function
-    wrapper (None: none needed), ``wrapper(apply_model, args)`` in the hosts' convention (attn/refpass.py)."""
-
-    attn1: Patch | None
-    model_wrapper: Wrapper | None
-
-
 class SaveSession:
     """One Save in progress: ``patch`` goes on every attn1 layer for one generation, then ``finish`` writes it.
 
     As a context manager, a block left without ``finish`` (the generation failed) drops the half reference.
     """
 
-    def __init__(self, run: RefDropRun, patch: Patch):
+    def __init__(self, run: RefDropRun, patches: PassPatches):
         self._run = run
-        self.patch = patch
-        self.model_wrapper = run.model_wrapper  # a Save from an image: runs the image's pass
+        self.patches = patches
+        self.patch = patches.attn1
+        self.model_wrapper = patches.model_wrapper  # a Save from an image: runs the image's pass
         # A profile that keeps each layer's input: an attn1_patch (``(n, context, value, extra_options)`` -> the
         # same, run before the projections) for every attn1 layer too.
-        self.input_patch = run.input_patch
+        self.input_patch = patches.attn1_input
 
     @property
     def name(self) -> str:
@@ -135,10 +125,10 @@ def start_save(store: ReferenceStore, name: str, ctx: PassContext, profile: str 
     if image is not None:
         values.update(save_from="image", image=image, image_prompt=image_prompt)
     run = RefDropRun(build(values), store)
-    patch = run.plan_patch(ctx)
-    if patch is None:
+    patches = run.for_pass(ctx)
+    if patches.empty:
         raise RefDropError("RefDrop: a reference is saved from the first sampling pass, not from a hires pass")
-    return SaveSession(run, patch)
+    return SaveSession(run, patches)
 
 
 def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **settings) -> Patch | None:
@@ -166,8 +156,7 @@ class UseSession:
         self._run = run
 
     def for_pass(self, ctx: PassContext) -> PassPatches:
-        patch = self._run.plan_patch(ctx)
-        return PassPatches(patch, self._run.model_wrapper)
+        return self._run.for_pass(ctx)
 
     def close(self) -> None:
         self._run.release()

@@ -75,12 +75,7 @@ class RefDropScript(scripts.Script):
         if flux_install.is_flux(p):  # a DiT model: RefDrop works in its blocks' joint attention (docs/flux.md)
             flux_install.install(host, p, run, patch)
         else:
-            wrapper = input_patch = None
-            if run is not None:
-                patch = host.patch_for(p, run)
-                wrapper = run.model_wrapper  # an image's reference pass; None when the pass needs none
-                input_patch = run.input_patch  # a Save that keeps each layer's input
-            host.install(p, patch, wrapper, input_patch)
+            host.install(p, host.pass_patches(p, run, patch))
         if run is not None:
             profile = run.save_profile(run.family) if run.settings.saving else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)

@@ -385,17 +385,17 @@ def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     on the conditioning vector and RoPE too. A trajectory is refused until it keeps Flux's guidance."""
     from types import SimpleNamespace
 
-    from lib_refdrop.webui.hosts import flux_install
+    from lib_refdrop import run as generation
 
     settings = build({"enabled": True, "mode": "Save", "save_name": "fox", "profile": "exact"})
-    assert flux_install.unsupported(settings, "exact") is None
-    monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="input"))
-    assert "keeps each layer's input, which does not work with Flux" in flux_install.unsupported(settings, "exact")
-    monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="trajectory"))
-    monkeypatch.setattr(flux_install, "CONDITIONING_KEYS", ("c_crossattn", "y"))
-    assert "does not keep Flux's guidance yet" in flux_install.unsupported(settings, "exact")
-    monkeypatch.setattr(flux_install, "CONDITIONING_KEYS", ("c_crossattn", "y", "guidance"))
-    assert flux_install.unsupported(settings, "exact") is None
+    assert generation.dit_unsupported(settings, "exact") is None
+    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="input"))
+    assert "keeps each layer's input, which does not work with Flux" in generation.dit_unsupported(settings, "exact")
+    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="trajectory"))
+    monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y"))
+    assert "does not keep Flux's guidance yet" in generation.dit_unsupported(settings, "exact")
+    monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y", "guidance"))
+    assert generation.dit_unsupported(settings, "exact") is None
 
 
 def _trajectory_keeps_guidance() -> bool:

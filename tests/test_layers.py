@@ -15,7 +15,7 @@ ALLOWED = {
     "images": set(),  # images and masks from user input (PIL), decoded once
     "params": {"images"},
     "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
-    "run": {"attn", "reference", "params", "images"},
+    "run": {"attn", "reference", "params", "images", "dit"},
     "standalone": {"attn", "reference", "params", "run"},
     "webui": {"attn", "reference", "params", "images", "run", "standalone", "dit"},
 }

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import RefDropError
+from ..errors import RefDropError, RefDropInternalError
 from .address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id
 from .blend import expand_reference, rfg_blend_many
 from .masks import KeyMask, select_tokens
@@ -175,6 +175,17 @@ def make_failing_patch(message: str) -> Patch:
         raise RefDropError(message)
 
     return refdrop_error
+
+
+def make_internal_error_patch(exc: BaseException) -> Patch:
+    """An attn1 patch that stops the generation for a bug found while planning: raised as
+    ``RefDropInternalError`` from ``exc``, so the host prints the traceback of the cause and answers 500."""
+    message = f"RefDrop: internal error: {exc!r}"
+
+    def refdrop_internal_error(q, k, v, extra_options):
+        raise RefDropInternalError(message) from exc
+
+    return refdrop_internal_error
 
 
 # Both hosts look an attn1 replace patch up by ``(block_name, number, block_index)`` first, then by

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...attn.patches import Attention, Patch, chain
-from ...run import PassContext, RefDropRun
+from ...run import PassContext, PassPatches, RefDropRun, failing_pass, failing_patch
 from .image_pass import host_encoders
 from .layers import projections_of
-from .model_function import CompleteExtraCall, ModelFunction, install_model_function, no_completion
-from .reporting import make_internal_error_patch, register_error_handler
+from .model_function import CompleteExtraCall, install_model_function, no_completion
+from .reporting import register_error_handler
 
 _FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is_sd1", "sd15"))
 
@@ -49,29 +49,32 @@ class Host:
             **host_extras(p),
         )
 
-    def patch_for(self, p, run: RefDropRun) -> Patch | None:
-        """The run's attn1 patch for this pass; a bug while planning gives a patch that stops the generation with
-        its traceback, since the host would swallow an exception raised in the hook (docs/hosts.md, "Errors")."""
-        try:
-            return run.patch_for_pass(self.pass_context(p))
-        except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed: fail visibly
-            return make_internal_error_patch(exc)
+    def pass_patches(self, p, run: RefDropRun | None, failing: Patch | None = None) -> PassPatches:
+        """The run's patches for this pass, or ``failing`` (a problem with the settings) where they would go. A
+        problem found while planning, a bug too, becomes a failing patch: the host would swallow an exception
+        raised in the hook (docs/hosts.md, "Errors")."""
+        if failing is None:
+            try:
+                return run.for_pass(self.pass_context(p))
+            except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed: fail visibly
+                failing = failing_patch(exc)
+        return failing_pass(failing, self.attention)
 
-    def install(self, p, patch: Patch | None, wrapper: ModelFunction | None = None, input_patch=None) -> None:
-        """Put ``patch`` on every attn1 layer of a clone of this pass's U-Net, ``input_patch`` (a Save that keeps
-        each layer's input) in its ``attn1_patch`` chain, and ``wrapper`` (``wrapper(apply_model, args)``, see
-        ``model_function.py``) around its model function, inside any wrapper already there; the patcher it came from
-        is unchanged (the host resets ``forge_objects`` before every pass, so nothing leaks into the next one)."""
-        if patch is None and wrapper is None:
+    def install(self, p, patches: PassPatches) -> None:
+        """Put ``patches`` on a clone of this pass's U-Net: the attn1 patch on every attn1 layer, the input patch in
+        its ``attn1_patch`` chain, the wrapper (``wrapper(apply_model, args)``, see ``model_function.py``) around
+        its model function, inside any wrapper already there; the patcher it came from is unchanged (the host
+        resets ``forge_objects`` before every pass, so nothing leaks into the next one)."""
+        if patches.attn1 is None and patches.model_wrapper is None:
             return
         forge_objects = p.sd_model.forge_objects
         patched = forge_objects.unet.clone()
-        if patch is not None:
-            patched.set_model_replace_all(patch, "attn1")
-        if input_patch is not None:
-            patched.set_model_attn1_patch(input_patch)
-        if wrapper is not None:
-            install_model_function(patched, wrapper, self.complete_extra_call)
+        if patches.attn1 is not None:
+            patched.set_model_replace_all(patches.attn1, "attn1")
+        if patches.attn1_input is not None:
+            patched.set_model_attn1_patch(patches.attn1_input)
+        if patches.model_wrapper is not None:
+            install_model_function(patched, patches.model_wrapper, self.complete_extra_call)
         forge_objects.unet = patched
 
     def interrupted(self) -> bool:
