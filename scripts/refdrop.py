@@ -18,7 +18,6 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import for_generation
 from lib_refdrop.run import RefDropRun, abandon_unfinished_saves
 from lib_refdrop.webui import hosts, infotext, opts, panel, xyz
-from lib_refdrop.webui.hosts import flux_install
 from lib_refdrop.webui.hosts.app import add_to_app
 from lib_refdrop.webui.hosts.save_status import status_line
 
@@ -71,11 +70,8 @@ class RefDropScript(scripts.Script):
         if run is None and patch is None:
             infotext.clear(p.extra_generation_params)  # X/Y/Z cells share this dict
             return
-        host = hosts.detect()
-        if flux_install.is_flux(p):  # a DiT model: RefDrop works in its blocks' joint attention (docs/flux.md)
-            flux_install.install(host, p, run, patch)
-        else:
-            host.install(p, host.pass_patches(p, run, patch))
+        host = hosts.detect()  # a U-Net or a DiT model (Flux, docs/flux.md): the run plans either
+        host.install(p, host.pass_patches(p, run, patch))
         if run is not None:
             profile = run.save_profile(run.family) if run.settings.saving else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)

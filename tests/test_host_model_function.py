@@ -1,4 +1,4 @@
-"""The model function wrapper the host adapters install (lib_refdrop/webui/hosts/model_function.py, host.py):
+"""The model function wrapper the host adapters install (lib_refdrop/patcher/chain.py, install.py):
 on the pass's clone only, inside a wrapper registered earlier, the host's own call untouched, and the calls the
 engine makes itself completed with the keys each host derives per call."""
 
@@ -9,10 +9,10 @@ import copy
 import pytest
 import torch
 
+from lib_refdrop.patcher.chain import install_model_function
 from lib_refdrop.run import PassPatches
 from lib_refdrop.webui.hosts.forge import with_cond_marks
 from lib_refdrop.webui.hosts.host import Host
-from lib_refdrop.webui.hosts.model_function import install_model_function
 from lib_refdrop.webui.hosts.reforge import REFERENCE_PASS_UUID, with_chunk_uuids
 from tests.support import fakehost
 from tests.support.fakehost.objects import FakeUnetPatcher, make_model, make_p, sample_patched
@@ -48,8 +48,8 @@ def reference_pass_engine(x_ref):
 
 
 def fake_host(complete=lambda options: options):
-    return Host(name="fake", attention=None, schedule_attribute="predictor", error_message_key="errors",
-                complete_extra_call=complete)
+    return Host(name="fake", attention=None, flux_ops=None, schedule_attribute="predictor",
+                error_message_key="errors", complete_extra_call=complete)
 
 
 def test_install_puts_patch_and_wrapper_on_a_clone_only():
