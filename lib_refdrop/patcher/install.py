@@ -41,8 +41,9 @@ def install(unet, patches: PassPatches, complete_extra_call: CompleteExtraCall =
 
 def install_attn1(unet, patch, layers=None) -> None:
     """``patch`` on every attn1 layer of the patcher ``unet``."""
-    if hasattr(unet, "set_model_replace_all"):
-        unet.set_model_replace_all(patch, "attn1")
+    replace_all = getattr(unet, "set_model_replace_all", None)
+    if replace_all is not None:
+        replace_all(patch, "attn1")
         return
     keys = layers if layers is not None else unet_layers.attn1_layer_keys(unet.model.diffusion_model)
     for block_name, number, index in keys:
