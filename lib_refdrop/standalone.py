@@ -205,6 +205,8 @@ def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **
     if fixed:
         raise RefDropError(f"RefDrop: use_patch sets {', '.join(fixed)} itself; pass only the other Use arguments")
     patches = start_use(store, **settings, reference=name, rfg=rfg).for_pass(ctx)
+    if patches.blocks is not None:
+        raise RefDropError("RefDrop: on a DiT model RefDrop replaces its blocks, not attn1: use start_use")
     if patches.model_wrapper is not None:
         raise RefDropError("RefDrop: an image reference needs its model function wrapper too: use start_use")
     return patches.attn1

@@ -13,10 +13,9 @@ import traceback
 from modules import script_callbacks, scripts
 
 from lib_refdrop import TITLE
-from lib_refdrop.attn.patches import make_failing_patch
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import for_generation
-from lib_refdrop.run import RefDropRun, abandon_unfinished_saves
+from lib_refdrop.run import RefDropRun, abandon_unfinished_saves, failing_patch
 from lib_refdrop.webui import hosts, infotext, opts, panel, xyz
 from lib_refdrop.webui.hosts.app import add_to_app
 from lib_refdrop.webui.hosts.save_status import status_line
@@ -59,7 +58,7 @@ class RefDropScript(scripts.Script):
         try:
             settings = for_generation(args, xyz.overrides(p))  # RefDropError only if the args ask for RefDrop
         except RefDropError as exc:
-            p.refdrop_failing_patch = make_failing_patch(str(exc))
+            p.refdrop_failing_patch = failing_patch(exc)
             return
         if settings.enabled:
             p.refdrop_run = RefDropRun(settings, opts.get_store(), default_profile=opts.default_profile())

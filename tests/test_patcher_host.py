@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lib_refdrop import standalone
+from lib_refdrop.errors import RefDropError
 from lib_refdrop.patcher.unet_layers import attn1_layer_keys
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support import comfyhost
@@ -87,11 +89,11 @@ def test_save_and_use_on_flux_through_the_patcher_alone(tmp_path):
     off, use = comfyhost.use_node(model, store, "fox", 0.0, "", seed=2)
     use.close()
     assert off is model
+    with pytest.raises(RefDropError, match="on a DiT model RefDrop replaces its blocks"):  # not a bare attn1 patch
+        standalone.use_patch(store, "fox", 0.5, comfyhost.pass_context(model, "", seed=2))
 
 
 def test_a_graph_host_gets_the_error_itself_not_a_failing_patch(tmp_path):
-    from lib_refdrop.errors import RefDropError
-
     model = tf.make_patcher("reforge")
     model.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 1)
     with pytest.raises(RefDropError, match="another extension already replaces blocks of this Flux model"):
