@@ -154,8 +154,11 @@ class RefDropRun:
         if planned.attn1 is None:  # c = 0 (an image's pass comes with a patch, and DiT refuses images anyway)
             return PassPatches()
         if ctx.earlier_blocks:
-            raise RefDropError(f"RefDrop: another extension already replaces blocks of this Flux model "
-                               f"({', '.join(ctx.earlier_blocks[:3])}); RefDrop cannot run together with it")
+            message = (f"RefDrop: another extension already replaces blocks of this Flux model "
+                       f"({', '.join(ctx.earlier_blocks[:3])}); RefDrop cannot run together with it")
+            if self.writer is not None and not self.writer.ended:  # the Save this pass began never runs
+                self.writer.abort(message)
+            raise RefDropError(message)
         blocks.patch = planned.attn1
         return PassPatches(model_wrapper=blocks.model_function(planned.model_wrapper), blocks=blocks)
 

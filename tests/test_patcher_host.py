@@ -93,11 +93,23 @@ def test_save_and_use_on_flux_through_the_patcher_alone(tmp_path):
         standalone.use_patch(store, "fox", 0.5, comfyhost.pass_context(model, "", seed=2))
 
 
-def test_a_graph_host_gets_the_error_itself_not_a_failing_patch(tmp_path):
+def test_a_graph_host_gets_the_error_itself_and_nothing_is_left_pending(tmp_path, monkeypatch):
+    from lib_refdrop import run as generation
+
+    monkeypatch.setattr(generation, "WAIT_FOR_PENDING_SAVE_S", 5.0)
+    store = ReferenceStore(tmp_path)
     model = tf.make_patcher("reforge")
     model.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 1)
     with pytest.raises(RefDropError, match="another extension already replaces blocks of this Flux model"):
-        comfyhost.save_node(model, ReferenceStore(tmp_path), "fox", "", seed=2)
+        comfyhost.save_node(model, store, "fox", "", seed=2)
+    clean = tf.make_patcher("reforge")
+    clean.model.model_sampling = tf.FlowSchedule()
+    patched, save = comfyhost.save_node(clean, store, "fox", "", seed=2, profile="exact")
+    saved = tf.sample(patched, seed=2)
+    save.finish({})
+    used, use = comfyhost.use_node(clean, store, "fox", 0.5, "", seed=2)  # no Save of "fox" is still pending
+    with use:
+        assert torch.equal(tf.sample(used, seed=2), saved)
 
 
 def test_the_attn1_layer_walk_of_an_ldm_unet():
