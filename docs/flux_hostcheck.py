@@ -25,7 +25,6 @@ import torch  # noqa: E402
 from lib_refdrop.params import build  # noqa: E402
 from lib_refdrop.reference.store import ReferenceStore  # noqa: E402
 from lib_refdrop.run import RefDropRun  # noqa: E402
-from lib_refdrop.webui.hosts import flux_install  # noqa: E402
 from tests.support import tinyflux as tf  # noqa: E402
 
 torch.set_num_threads(1)
@@ -98,7 +97,7 @@ def diff(a, b):
 def generate(host, unet, values, store, seed, loaded=None):
     run = RefDropRun(build({"enabled": True, **values}), store)
     p = tf.make_p(unet)
-    flux_install.install(host, p, run)
+    host.install(p, host.pass_patches(p, run))  # the script's one path for a pass
     patched = p.sd_model.forge_objects.unet
     if loaded is not None:
         patched.loaded = types.MethodType(loaded, patched)

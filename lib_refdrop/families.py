@@ -1,7 +1,7 @@
 """Model families: a reference only fits models whose attention layers have the same addresses and widths.
 
 The host tells the family of its model (``webui/hosts/host.py`` ``family_of``; a Flux model is recognised by its
-blocks, ``webui/hosts/flux_install.py``); these are their names and the check. A U-Net reference holds attn1 layers
+blocks, ``patcher/dit_blocks.py``); these are their names and the check. A U-Net reference holds attn1 layers
 (``input4.1``), a Flux one the image tokens of its transformer blocks (``double3.0``, ``single12.0``): neither fits
 the other.
 """

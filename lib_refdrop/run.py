@@ -1,14 +1,14 @@
 """RefDrop's part in one generation: from validated settings to the patch of each sampling pass.
 
-The host wiring (``scripts/refdrop.py``) creates one ``RefDropRun`` per generation and asks it for a patch
-before every sampling pass; everything host-specific reaches it as plain values and callables, so this module
-is driven directly by the tests.
+A host creates one ``RefDropRun`` per generation and asks it, before every sampling pass, for the ``PassPatches``
+of that pass: one value with everything to install (``patcher/install.py`` installs it on a ModelPatcher).
+Everything host-specific reaches it as plain values and callables, so this module is driven directly by the tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import families
 from .attn.masks import KeyMask, mask_tensor
@@ -18,13 +18,16 @@ from .attn.patches import (
     Patch,
     make_failing_patch,
     make_input_save_patch,
+    make_internal_error_patch,
     make_save_patch,
     make_use_patch,
     plan_use,
 )
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
-from .attn.trajectory import TrajectoryInput, trajectory_save_wrapper
+from .attn.trajectory import CONDITIONING_KEYS, TrajectoryInput, trajectory_save_wrapper
+from .dit.blocks import FluxOps
+from .dit.guide import FluxRefDrop
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
@@ -65,6 +68,45 @@ class PassContext:
     # Layer id -> the width (heads × head size) of that self-attention layer of this pass's model, None where it has
     # none: a reference is checked against it before its first slot is read. None where the caller cannot tell.
     layer_widths: Callable[[str], int | None] | None = None
+    # A DiT model (Flux): the host's kernels inside its blocks; RefDrop then works in each block's joint attention
+    # (dit/guide.py) instead of on attn1 layers. None for a U-Net.
+    dit_ops: FluxOps | None = None
+    # Block patches another extension already put on this DiT model (names for the message): RefDrop cannot run
+    # together with them.
+    earlier_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PassPatches:
+    """Everything RefDrop installs for one sampling pass; None: nothing of that kind. Nothing at all (``empty``):
+    leave the model as it is (c = 0 is a plain generation, exactly)."""
+
+    attn1: Patch | None = None            # replaces every attn1 layer: ``patch(q, k, v, extra_options)``
+    model_wrapper: Wrapper | None = None   # ``wrapper(apply_model, args)`` around every model call
+    attn1_input: InputPatch | None = None  # an attn1_patch, run before the projections (a Save that keeps inputs)
+    blocks: FluxRefDrop | None = None      # a DiT model: computes every block, the patch in its joint attention
+
+    @property
+    def empty(self) -> bool:
+        return self.attn1 is None and self.attn1_input is None and self.model_wrapper is None and self.blocks is None
+
+
+def failing_patch(exc: BaseException) -> Patch:
+    """For a host that swallows the exceptions raised in its hooks (the WebUIs): ``exc`` raised from the first
+    attention call instead, which stops the generation with it. A RefDropError keeps its message; anything else is
+    a bug, raised as RefDropInternalError from ``exc`` so the host prints where it came from."""
+    if isinstance(exc, RefDropError):
+        return make_failing_patch(str(exc))
+    return make_internal_error_patch(exc)
+
+
+def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | None = None) -> PassPatches:
+    """``patch`` (a ``failing_patch``) where this pass's model calls attention: on every attn1 layer, or in every
+    block of a DiT model (``dit_ops``, ``attention``: as in ``PassContext``)."""
+    if dit_ops is None:
+        return PassPatches(attn1=patch)
+    blocks = FluxRefDrop(patch, attention, dit_ops, own_needed=False)
+    return PassPatches(model_wrapper=blocks.model_function(), blocks=blocks)
 
 
 class RefDropRun:
@@ -77,33 +119,55 @@ class RefDropRun:
         self.save_name: str | None = None
         self.family = "unknown"
         self._readers: list[ReferenceReader] = []  # Use: one per sampling pass, closed by ``release``
-        self.model_wrapper: Wrapper | None = None   # this pass's model function wrapper (image references)
-        self.input_patch: InputPatch | None = None  # this pass's attn1_patch (a Save that keeps each layer's input)
         self._first_images: dict[bool, KeptRows] = {}  # the batch's first image, kept per kind of pass (hires)
         self._images: dict[tuple[str, bool], ImageLatent] = {}  # encoded once per kind of pass, not every batch
         self._host_copies = _HostCopies()
 
     def patch_for_pass(self, ctx: PassContext) -> Patch | None:
-        """``plan_patch`` for a host: a problem becomes a patch that fails at the first attn1 call, since the hosts
-        swallow exceptions raised in their hooks but stop the generation with one raised inside a patch."""
+        """The attn1 patch of ``for_pass`` on a U-Net, for a caller that swallows exceptions: a problem becomes a
+        ``failing_patch``."""
         try:
-            return self.plan_patch(ctx)
+            return self.for_pass(ctx).attn1
         except RefDropError as exc:
-            return make_failing_patch(str(exc))
+            return failing_patch(exc)
 
-    def plan_patch(self, ctx: PassContext) -> Patch | None:
-        """The attn1 patch for this pass, None to leave it plain; RefDropError when it cannot be planned. Where the
-        pass needs a model function wrapper too (image references), ``model_wrapper`` holds it afterwards."""
-        self.model_wrapper = self.input_patch = None
+    def for_pass(self, ctx: PassContext) -> PassPatches:
+        """Everything to install for this sampling pass (empty: leave the model plain); RefDropError when it cannot
+        be planned. A host that swallows hook exceptions installs ``failing_pass(failing_patch(exc), ...)``
+        instead."""
+        if ctx.dit_ops is not None:
+            return self._dit_pass(ctx)
+        return self._plan(ctx)
+
+    def _plan(self, ctx: PassContext) -> PassPatches:
         if self.settings.saving:
-            return self._save_patch(ctx)
+            return self._save_patches(ctx)
         if self.settings.using:
-            return self._use_patch(ctx)
-        return None
+            return self._use_patches(ctx)
+        return PassPatches()
 
-    def _save_patch(self, ctx: PassContext) -> Patch | None:
+    def _dit_pass(self, ctx: PassContext) -> PassPatches:
+        """The same plan computed inside every block's joint attention, on the image tokens (dit/guide.py); the
+        model function wrapper keeps each model call's options for the blocks."""
+        problem = dit_unsupported(self.settings, self.save_profile(ctx.family))
+        if problem:
+            raise RefDropError(problem)
+        blocks = FluxRefDrop(None, ctx.attention, ctx.dit_ops, own_needed=not self.settings.saving)
+        planned = self._plan(replace(ctx, inner=blocks.inner))
+        if planned.attn1 is None:  # c = 0 (an image's pass comes with a patch, and DiT refuses images anyway)
+            return PassPatches()
+        if ctx.earlier_blocks:
+            message = (f"RefDrop: another extension already replaces blocks of this Flux model "
+                       f"({', '.join(ctx.earlier_blocks[:3])}); RefDrop cannot run together with it")
+            if self.writer is not None and not self.writer.ended:  # the Save this pass began never runs
+                self.writer.abort(message)
+            raise RefDropError(message)
+        blocks.patch = planned.attn1
+        return PassPatches(model_wrapper=blocks.model_function(planned.model_wrapper), blocks=blocks)
+
+    def _save_patches(self, ctx: PassContext) -> PassPatches:
         if ctx.is_hr_pass or self.writer is not None:
-            return None  # the reference is the first pass of the first batch
+            return PassPatches()  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
         profile = get_profile(self.save_profile(ctx.family, ctx.projections is not None))
         encoding, note = profile.file_encoding, ""
@@ -112,19 +176,19 @@ class RefDropRun:
         self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite, encoding, note)
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
-        from_image = None
+        from_image = wrapper = input_patch = None
         if self.settings.save_from == "image":
             image = self._image_latent("image", self.settings.image, ctx)
-            self.model_wrapper = reference_pass_wrapper([image])
+            wrapper = reference_pass_wrapper([image])
             from_image = image.name
         if profile.keep == "input":
-            self.input_patch = make_input_save_patch(self.recorder, from_image)
+            input_patch = make_input_save_patch(self.recorder, from_image)
         if profile.keep == "trajectory":
             if from_image is not None:
                 raise RefDropError(f"RefDrop: profile '{profile.name}' keeps a generation's latents; an image is "
                                    "saved with a profile that stores the layers' rows")
-            self.model_wrapper = trajectory_save_wrapper(self.recorder)
-        return make_save_patch(self.recorder, ctx.inner, from_image)
+            wrapper = trajectory_save_wrapper(self.recorder)
+        return PassPatches(make_save_patch(self.recorder, ctx.inner, from_image), wrapper, input_patch)
 
     def save_profile(self, family: str, can_project: bool = True) -> str:
         """The storage profile of this run's Save: the one asked for, else the Settings default. A default that keeps
@@ -149,9 +213,9 @@ class RefDropRun:
             name = f"{base}-{n}"
         return name
 
-    def _use_patch(self, ctx: PassContext) -> Patch | None:
+    def _use_patches(self, ctx: PassContext) -> PassPatches:
         if ctx.is_hr_pass and not self.settings.apply_hires:
-            return None
+            return PassPatches()
         guides, images, layers = [], [], None
         for slot in self.settings.slots:
             mask = slot.mask
@@ -177,12 +241,14 @@ class RefDropRun:
                 source = PassRows(image.name)
             guides.append(Guide(source, slot.rfg, _key_mask(mask)))
         if not guides:  # every coefficient is 0: a plain generation, exactly: no patch at all
-            return None
+            return PassPatches()
         window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
         passes = {g.source.name: g.source for g in guides if isinstance(g.source, PassRows)}
+        wrapper = None
         if images:
-            self.model_wrapper = reference_pass_wrapper(images, lambda sigma: window[1] <= sigma <= window[0])
-        return make_use_patch(guides, plan_use(self.settings, window, layers), ctx.attention, ctx.inner, passes)
+            wrapper = reference_pass_wrapper(images, lambda sigma: window[1] <= sigma <= window[0])
+        patch = make_use_patch(guides, plan_use(self.settings, window, layers), ctx.attention, ctx.inner, passes)
+        return PassPatches(attn1=patch, model_wrapper=wrapper)
 
     def _open_reference(self, slot, ctx: PassContext) -> ReferenceReader | None:
         """The reader of a slot's saved reference; None when its coefficient is 0 (checked all the same)."""
@@ -265,6 +331,36 @@ _NOTHING_RECORDED = {
     "input": "no layer input was recorded (the Save's input_patch must run as an attn1_patch)",
     "trajectory": "no latent was recorded (the Save's model function wrapper must run around the model)",
 }
+
+
+def dit_unsupported(settings, profile: str = "") -> str | None:
+    """What a pass on a DiT model cannot do (yet), or None; ``profile``: the Save's storage profile
+    (``RefDropRun.save_profile``)."""
+    if settings.saving:
+        problem = _dit_profile_problem(settings.profile or profile)
+        if problem:
+            return problem
+    if settings.saving and settings.save_from == "image":
+        return ("RefDrop: a Save from an image does not work with Flux models yet; save a reference from a "
+                "generation instead")
+    if settings.using and any(slot.source == "image" and slot.rfg != 0 for slot in settings.slots):
+        return ("RefDrop: an image as the reference does not work with Flux models yet; use a saved reference or "
+                "the first image of the batch")  # the pass would need Flux's own prompt conditioning
+    return None
+
+
+def _dit_profile_problem(name: str) -> str | None:
+    """A profile that keeps each layer's input cannot work: a Flux block's K also depends on the conditioning
+    vector and the positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps
+    the distilled guidance Flux is evaluated with (without it the reference would be evaluated wrongly)."""
+    keep = getattr(get_profile(name), "keep", "kv")
+    if keep == "input":
+        return (f"RefDrop: the storage profile '{name}' keeps each layer's input, which does not work with Flux "
+                "models; choose exact, balanced or compact")
+    if keep == "trajectory" and "guidance" not in CONDITIONING_KEYS:
+        return (f"RefDrop: the storage profile '{name}' does not keep Flux's guidance yet; choose exact, balanced "
+                "or compact")
+    return None
 
 
 def _key_mask(mask) -> KeyMask | None:

@@ -22,34 +22,36 @@ attn1 patch: ``start_use`` gives, for each sampling pass, the attn1 patch and th
     image = sample(attn1_patch=patches.attn1, model_wrapper=patches.model_wrapper)
     use.close()
 
-Problems raise RefDropError here, at once. The WebUI wiring drives the same ``RefDropRun`` through
-``patch_for_pass`` instead, which turns them into a patch that fails at the first attn1 call.
+Problems raise RefDropError here, at once. The WebUI wiring drives the same ``RefDropRun.for_pass`` but installs
+``run.failing_pass`` instead of raising, since the WebUIs swallow exceptions raised in their hooks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .attn.patches import Patch
-from .attn.refpass import Wrapper
 from .errors import RefDropError
 from .params import build
+from .reference.manifest import SEAL
+from .reference.names import validate_name
+from .reference.profiles import get_profile
 from .reference.store import ReferenceStore
-from .reference.writer import SaveStatus
-from .run import PassContext, RefDropRun
+from .reference.writer import SaveStatus, png_bytes
+from .run import PassContext, PassPatches, RefDropRun
 
 DEFAULT_SAVE_TIMEOUT_S = 300.0
 _SET_BY_USE_PATCH = ("enabled", "mode", "reference")
 
-__all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context", "start_save", "start_use",
-           "use_patch"]
+__all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context", "identity", "save_session",
+           "start_save", "start_use", "use_patch"]
 
 
 def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,
             *, is_hr_pass: bool = False, encode_image: Callable | None = None, encode_prompt: Callable | None = None,
-            batch_index: int = 0, batch_count: int = 1, projections=None, layer_widths=None) -> PassContext:
-    """One sampling pass of a caller with no earlier attn1 patch to chain: RefDrop wraps ``attention`` itself.
+            batch_index: int = 0, batch_count: int = 1, projections=None, layer_widths=None,
+            earlier: Patch | None = None, dit_ops=None, earlier_blocks: tuple[str, ...] = ()) -> PassContext:
+    """One sampling pass, as the caller describes it.
 
     ``family``: the model family ("sd15", "sdxl", ...), kept in a Save and checked by a Use; ``attention``:
     ``(q, k, v, extra_options) -> out``, what attn1 computes without RefDrop; ``percent_to_sigma``: the schedule's
@@ -60,40 +62,64 @@ def context(family: str, attention: Callable, percent_to_sigma: Callable[[float]
     ``projections`` (layer id -> that attn1 layer's ``(to_k, to_v)``): for a reference whose profile keeps each
     layer's input; ``layer_widths`` (layer id -> that self-attention layer's width, None where the model has none):
     a Use then checks a reference's layers before it reads any of its files, and bounds what they may hold by them.
+    ``earlier``: an attn1 patch that was there before RefDrop (another node's or extension's), kept
+    running underneath RefDrop's (default: ``attention``; ``patcher/chain.py`` ``chain`` makes one of a patcher's
+    per-layer patches); ``dit_ops`` (``dit/blocks.py`` ``FluxOps``, the host's kernels inside a block) for a DiT
+    model, whose ``PassPatches.blocks`` then replace the model's blocks, and ``earlier_blocks``: block patches
+    another extension already put there (RefDrop refuses to run with them).
     """
     return PassContext(family=family, is_hr_pass=is_hr_pass, percent_to_sigma=percent_to_sigma,
-                       attention=attention, inner=attention, seed=seed, encode_image=encode_image,
+                       attention=attention, inner=earlier or attention, seed=seed, encode_image=encode_image,
                        encode_prompt=encode_prompt, batch_index=batch_index, batch_count=batch_count,
-                       projections=projections, layer_widths=layer_widths)
+                       projections=projections, layer_widths=layer_widths, dit_ops=dit_ops,
+                       earlier_blocks=tuple(earlier_blocks))
 
 
-@dataclass(frozen=True)
-class PassPatches:
-    """What to install for one sampling pass: the attn1 patch (None: nothing to change) and the model function
-    wrapper (None: none needed), ``wrapper(apply_model, args)`` in the hosts' convention (attn/refpass.py)."""
-
-    attn1: Patch | None
-    model_wrapper: Wrapper | None
+def identity(store: ReferenceStore, name: str) -> str:
+    """A reference's identity: its manifest's seal, which changes whenever the reference does (an overwrite, a
+    rename). Cheap (one small file read): a graph host's output cache can key on it."""
+    return store.manifest(name)[SEAL]
 
 
 class SaveSession:
-    """One Save in progress: ``patch`` goes on every attn1 layer for one generation, then ``finish`` writes it.
+    """One Save: ``for_pass`` before the sampling run it is saved from, then ``finish`` writes it (``set_preview``
+    may follow). ``start_save`` plans the first pass at once: ``patch`` (on every attn1 layer), ``input_patch`` and
+    ``model_wrapper`` are that pass's ``patches``.
 
     As a context manager, a block left without ``finish`` (the generation failed) drops the half reference.
     """
 
-    def __init__(self, run: RefDropRun, patch: Patch):
+    def __init__(self, run: RefDropRun):
         self._run = run
-        self.patch = patch
-        self.model_wrapper = run.model_wrapper  # a Save from an image: runs the image's pass
-        # A profile that keeps each layer's input: an attn1_patch (``(n, context, value, extra_options)`` -> the
-        # same, run before the projections) for every attn1 layer too.
-        self.input_patch = run.input_patch
+        self.patches = PassPatches()  # the planned pass the reference is saved from
+
+    def for_pass(self, ctx: PassContext) -> PassPatches:
+        """What to install for a sampling run: the first one is recorded, later ones (a hires pass, the next batch)
+        are left plain (empty). RefDropError for a name that was taken meanwhile or a bad profile."""
+        patches = self._run.for_pass(ctx)
+        if self.patches.empty:
+            self.patches = patches
+        return patches
+
+    @property
+    def patch(self) -> Patch | None:
+        return self.patches.attn1
+
+    @property
+    def model_wrapper(self):
+        """A Save from an image or with a trajectory profile: runs around the model."""
+        return self.patches.model_wrapper
+
+    @property
+    def input_patch(self):
+        """A profile that keeps each layer's input: an attn1_patch (``(n, context, value, extra_options)`` -> the
+        same, run before the projections) for every attn1 layer too."""
+        return self.patches.attn1_input
 
     @property
     def name(self) -> str:
-        """The reference's name: the one asked for, or the automatic ``ref-<seed>-<time>``."""
-        return self._run.save_name
+        """The reference's name: the one asked for, or the automatic ``ref-<seed>-<time>`` once planned."""
+        return self._run.save_name or self._run.settings.save_name
 
     def finish(self, generation: dict, preview=None, timeout: float = DEFAULT_SAVE_TIMEOUT_S) -> SaveStatus:
         """The generation is done: write the rest and wait until the reference is complete on disk.
@@ -102,18 +128,30 @@ class SaveSession:
         PNG bytes or a PIL image. RefDropError, with the reason, when the reference was not saved or is still
         being written after ``timeout`` seconds.
         """
-        self._run.finish_save(generation, preview)
         writer = self._run.writer
+        if writer is None:
+            raise RefDropError(f"RefDrop: reference '{self.name}' was not saved: no sampling run was planned "
+                               "(call for_pass first)")
+        self._run.finish_save(generation, preview)
         if not writer.wait(timeout):
             raise RefDropError(f"RefDrop: reference '{self.name}' is still being written after {timeout:g} s")
         if writer.status.state != "saved":
             raise RefDropError(writer.status.message)
         return writer.status
 
+    def set_preview(self, image) -> None:
+        """Give the saved reference its preview (PNG bytes or a PIL image), e.g. once a graph host has decoded the
+        image after sampling."""
+        writer = self._run.writer
+        if writer is None or writer.status.state != "saved":
+            raise RefDropError(f"RefDrop: reference '{self.name}' is not saved yet; finish it before its preview")
+        self._run.store.set_preview(self.name, png_bytes(image))
+
     def abort(self, reason: str = "the generation did not finish") -> None:
         """Drop the Save: nothing of it reaches the store."""
-        if not self._run.writer.ended:
-            self._run.writer.abort(reason)
+        writer = self._run.writer
+        if writer is not None and not writer.ended:
+            writer.abort(reason)
 
     def __enter__(self) -> SaveSession:
         return self
@@ -123,23 +161,39 @@ class SaveSession:
         self.abort(reason)
 
 
-def start_save(store: ReferenceStore, name: str, ctx: PassContext, profile: str = "",
-               overwrite: bool = False, image=None, image_prompt: str = "") -> SaveSession:
-    """Start saving reference ``name`` ("" = automatic) from the generation ``ctx`` describes, or from ``image``.
+def save_session(store: ReferenceStore, name: str = "", profile: str = "", overwrite: bool = False, image=None,
+                 image_prompt: str = "") -> SaveSession:
+    """A Save of reference ``name`` ("" = automatic, from the seed) from settings alone; each sampling run is planned
+    with ``SaveSession.for_pass`` once the seed, the schedule and the model are known.
 
-    ``profile``: the storage profile ("" = the default, exact); ``overwrite``: replace a reference of that name;
+    ``profile``: the storage profile ("" = the default: ``lean``, or ``exact`` for a caller that gives no
+    ``projections``, a DiT model's own default for a DiT model); ``overwrite``: replace a reference of that name;
     ``image``: bake this image (PIL) instead, evaluated with ``image_prompt`` at every sigma of the generation (the
-    generation itself stays plain; install ``model_wrapper`` too). RefDropError for a bad name or profile, a name that
-    is taken, or a hires pass (a reference is the first pass).
+    generation itself stays plain; install ``model_wrapper`` too). RefDropError here, at once, for a bad name or
+    profile or a name that is taken.
     """
     values = {"enabled": True, "mode": "Save", "save_name": name, "profile": profile, "overwrite": overwrite}
     if image is not None:
         values.update(save_from="image", image=image, image_prompt=image_prompt)
-    run = RefDropRun(build(values), store)
-    patch = run.plan_patch(ctx)
-    if patch is None:
+    settings = build(values)
+    if settings.profile:
+        get_profile(settings.profile)
+    if settings.save_name:
+        checked = validate_name(settings.save_name)
+        if not overwrite and store.exists(checked):
+            raise RefDropError(f"RefDrop: a reference named '{checked}' already exists; choose another name or "
+                               "allow overwriting")
+    return SaveSession(RefDropRun(settings, store))
+
+
+def start_save(store: ReferenceStore, name: str, ctx: PassContext, profile: str = "",
+               overwrite: bool = False, image=None, image_prompt: str = "") -> SaveSession:
+    """``save_session`` planned at once for the generation ``ctx`` describes: ``patch`` (and ``input_patch``,
+    ``model_wrapper``) are ready to install. RefDropError also for a hires pass (a reference is the first pass)."""
+    save = save_session(store, name, profile, overwrite, image, image_prompt)
+    if save.for_pass(ctx).empty:
         raise RefDropError("RefDrop: a reference is saved from the first sampling pass, not from a hires pass")
-    return SaveSession(run, patch)
+    return save
 
 
 def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **settings) -> Patch | None:
@@ -154,6 +208,8 @@ def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **
     if fixed:
         raise RefDropError(f"RefDrop: use_patch sets {', '.join(fixed)} itself; pass only the other Use arguments")
     patches = start_use(store, **settings, reference=name, rfg=rfg).for_pass(ctx)
+    if patches.blocks is not None:
+        raise RefDropError("RefDrop: on a DiT model RefDrop replaces its blocks, not attn1: use start_use")
     if patches.model_wrapper is not None:
         raise RefDropError("RefDrop: an image reference needs its model function wrapper too: use start_use")
     return patches.attn1
@@ -167,8 +223,7 @@ class UseSession:
         self._run = run
 
     def for_pass(self, ctx: PassContext) -> PassPatches:
-        patch = self._run.plan_patch(ctx)
-        return PassPatches(patch, self._run.model_wrapper)
+        return self._run.for_pass(ctx)
 
     def close(self) -> None:
         self._run.release()

@@ -13,12 +13,10 @@ import traceback
 from modules import script_callbacks, scripts
 
 from lib_refdrop import TITLE
-from lib_refdrop.attn.patches import make_failing_patch
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import for_generation
-from lib_refdrop.run import RefDropRun, abandon_unfinished_saves
+from lib_refdrop.run import RefDropRun, abandon_unfinished_saves, failing_patch
 from lib_refdrop.webui import hosts, infotext, opts, panel, xyz
-from lib_refdrop.webui.hosts import flux_install
 from lib_refdrop.webui.hosts.app import add_to_app
 from lib_refdrop.webui.hosts.save_status import status_line
 
@@ -60,7 +58,7 @@ class RefDropScript(scripts.Script):
         try:
             settings = for_generation(args, xyz.overrides(p))  # RefDropError only if the args ask for RefDrop
         except RefDropError as exc:
-            p.refdrop_failing_patch = make_failing_patch(str(exc))
+            p.refdrop_failing_patch = failing_patch(exc)
             return
         if settings.enabled:
             p.refdrop_run = RefDropRun(settings, opts.get_store(), default_profile=opts.default_profile())
@@ -71,16 +69,8 @@ class RefDropScript(scripts.Script):
         if run is None and patch is None:
             infotext.clear(p.extra_generation_params)  # X/Y/Z cells share this dict
             return
-        host = hosts.detect()
-        if flux_install.is_flux(p):  # a DiT model: RefDrop works in its blocks' joint attention (docs/flux.md)
-            flux_install.install(host, p, run, patch)
-        else:
-            wrapper = input_patch = None
-            if run is not None:
-                patch = host.patch_for(p, run)
-                wrapper = run.model_wrapper  # an image's reference pass; None when the pass needs none
-                input_patch = run.input_patch  # a Save that keeps each layer's input
-            host.install(p, patch, wrapper, input_patch)
+        host = hosts.detect()  # a U-Net or a DiT model (Flux, docs/flux.md): the run plans either
+        host.install(p, host.pass_patches(p, run, patch))
         if run is not None:
             profile = run.save_profile(run.family) if run.settings.saving else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)

@@ -52,11 +52,10 @@ def _one_thread():
 def host(request):
     with fakehost.activated(request.param):
         from lib_refdrop.webui import hosts
-        from lib_refdrop.webui.hosts import flux_install
 
         detected = hosts.detect()
         assert detected.name == request.param
-        yield detected, flux_install
+        yield detected
 
 
 @pytest.fixture
@@ -64,12 +63,16 @@ def store(tmp_path):
     return ReferenceStore(tmp_path / "store")
 
 
+def install_pass(host, p, run):
+    """What the script does for a pass: the run's patches, installed by the detected host on a clone."""
+    host.install(p, host.pass_patches(p, run))
+
+
 def run_pass(host, unet, values: dict, store, **sample_args):
-    """One generation: the run's patch installed by the Flux path on a clone of ``unet``, sampled; the run and p."""
-    detected, flux_install = host
+    """One generation: the run's patches installed on a clone of ``unet``, sampled; the run and p."""
     run = RefDropRun(build({"enabled": True, **values}), store)
     p = tf.make_p(unet)
-    flux_install.install(detected, p, run)
+    install_pass(host, p, run)
     out = tf.sample(p.sd_model.forge_objects.unet, **sample_args)
     return out, run, p
 
@@ -111,9 +114,9 @@ def test_block_math_is_the_models_blocks_bit_for_bit(flavour):
     """With each host's ops (reForge modulates with one ``addcmul``), the blocks computed by lib_refdrop/dit are the
     model's own, bit for bit."""
     with fakehost.activated(flavour):
-        from lib_refdrop.webui.hosts import flux_install
+        from lib_refdrop.webui import hosts
 
-        ops = flux_install.ADAPTERS[flavour].flux_ops()
+        ops = hosts.detect().flux_ops()
     model = tf.Flux(seed=1, convention=flavour)
     img, txt, vec, pe = _inputs()
     for block in model.double_blocks:
@@ -181,23 +184,23 @@ def test_a_block_outside_a_model_call_is_a_clear_internal_error():
 
 @needs_dit_layers
 def test_zero_coefficient_installs_nothing(host, store):
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     save(host, unet, store)
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "fox", "rfg": 0.0}), store)
     p = tf.make_p(unet)
-    host[1].install(host[0], p, run)
+    install_pass(host, p, run)
     assert p.sd_model.forge_objects.unet is unet  # no clone, no patch: a plain generation
     assert unet.object_patches == {} and unet.model_options == {"transformer_options": {}}
 
 
 def test_save_installs_on_a_clone_and_leaves_the_model_as_it_was(host, store):
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     plain = tf.sample(unet, seed=3)
     blocks = list(unet.model.diffusion_model.double_blocks) + list(unet.model.diffusion_model.single_blocks)
     out, run, p = run_pass(host, unet, {"mode": "Save", "save_name": "fox", "profile": "exact"}, store, seed=3)
     patched = p.sd_model.forge_objects.unet
     assert patched is not unet and unet.object_patches == {} and unet.model_options["transformer_options"] == {}
-    if host[0].name == "forge":
+    if host.name == "forge":
         assert len(patched.object_patches) == tf.DOUBLE_BLOCKS + tf.SINGLE_BLOCKS
     else:
         dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
@@ -213,7 +216,7 @@ def test_save_installs_on_a_clone_and_leaves_the_model_as_it_was(host, store):
 @needs_dit_layers
 @pytest.mark.parametrize("rfg", [-0.5, 0.3, 1.0])
 def test_use_at_the_saves_settings_reproduces_the_save(host, store, rfg):
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     saved = save(host, unet, store)
     used, _ = use(host, unet, store, rfg)
     assert torch.equal(used, saved)
@@ -221,7 +224,7 @@ def test_use_at_the_saves_settings_reproduces_the_save(host, store, rfg):
 
 @needs_dit_layers
 def test_the_change_grows_with_the_coefficient(host, store):
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     save(host, unet, store, seed=1)
     plain = tf.sample(unet, seed=5)
     change = {rfg: float((use(host, unet, store, rfg, seed=5)[0] - plain).abs().mean()) for rfg in (0.15, 0.3, 0.6)}
@@ -232,7 +235,7 @@ def test_the_change_grows_with_the_coefficient(host, store):
 
 @needs_dit_layers
 def test_the_reference_holds_the_image_tokens_of_every_block(host, store):
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     save(host, unet, store)
     manifest = store.manifest("fox")
     assert manifest["family"] == "flux" and manifest["chunks"] == ["cond0"]
@@ -248,7 +251,7 @@ def test_the_reference_holds_the_image_tokens_of_every_block(host, store):
 def test_real_cfg_layouts(host, store, split):
     """Real CFG: uncond and cond rows in one call ([1, 0]) or two; each chunk is saved apart and Use pairs them.
     A reference saved at CFG 1 guides a real-CFG generation too (its uncond rows take the cond rows)."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     saved = save(host, unet, store, name="cfg", cfg=3.0, split=split)
     assert store.manifest("cfg")["chunks"] == ["uncond0", "cond0"]
     assert torch.equal(use(host, unet, store, 0.4, name="cfg", cfg=3.0, split=split)[0], saved)
@@ -262,7 +265,7 @@ def test_real_cfg_layouts(host, store, split):
 def test_first_image_of_the_batch(host, store):
     """Source "batch": image 0 is generated plainly (bit for bit the batch's plain first image), the others attend
     to it."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     plain = tf.sample(unet, seed=6, batch=2)
     out, run, _ = run_pass(host, unet, {"mode": "Use", "source": "batch", "rfg": 0.5}, store, seed=6, batch=2)
     run.release()
@@ -274,10 +277,10 @@ def test_unet_reference_is_refused_on_flux_and_flux_reference_on_a_unet(host, st
     from tests.support.refdrop_harness import save_synthetic
 
     save_synthetic(store, "sd15-ref", {"seed": 1})
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "sd15-ref", "rfg": 0.3}), store)
     p = tf.make_p(unet)
-    host[1].install(host[0], p, run)
+    install_pass(host, p, run)
     with pytest.raises(RefDropError, match="'sd15-ref' was saved with an SD1.5 model, but the current model is Flux"):
         tf.sample(p.sd_model.forge_objects.unet)
     if not _engine_names_dit_layers():
@@ -292,41 +295,40 @@ def test_unet_reference_is_refused_on_flux_and_flux_reference_on_a_unet(host, st
 def test_what_flux_cannot_do_yet_stops_the_generation_with_a_message(host, store):
     from PIL import Image
 
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     image = Image.new("RGB", (64, 64), "red")
     cases = [({"mode": "Use", "source": "image", "image": image, "rfg": 0.3}, "an image as the reference"),
              ({"mode": "Save", "save_from": "image", "image": image}, "a Save from an image")]
     for values, message in cases:
         run = RefDropRun(build({"enabled": True, **values}), store)
         p = tf.make_p(unet)
-        host[1].install(host[0], p, run)
+        install_pass(host, p, run)
         with pytest.raises(RefDropError, match=message):
             tf.sample(p.sd_model.forge_objects.unet)
 
 
 def test_another_extensions_block_replacement_is_refused(host, store):
-    unet = tf.make_patcher(host[0].name)
-    if host[0].name == "forge":
+    unet = tf.make_patcher(host.name)
+    if host.name == "forge":
         unet.add_object_patch("diffusion_model.double_blocks.1.forward", lambda *a, **k: None)
     else:
         unet.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 1)
     run = RefDropRun(build({"enabled": True, "mode": "Save", "save_name": "fox"}), store)
     p = tf.make_p(unet)
-    host[1].install(host[0], p, run)
+    install_pass(host, p, run)
     with pytest.raises(RefDropError, match="another extension already replaces blocks of this Flux model"):
         tf.sample(p.sd_model.forge_objects.unet)
     run.writer.abort("test")
 
 
 def test_is_flux_tells_the_model_apart():
-    from types import SimpleNamespace
 
-    from lib_refdrop.webui.hosts import flux_install
-    from tests.support.fakehost.objects import FakeUnetPatcher, make_p
+    from lib_refdrop.patcher.dit_blocks import is_flux
     from tests.support.hostsim import make_unet
 
-    assert flux_install.is_flux(tf.make_p(tf.make_patcher("forge")))
-    assert not flux_install.is_flux(make_p(FakeUnetPatcher(SimpleNamespace(diffusion_model=make_unet("sd15", "tiny")))))
+    assert is_flux(tf.make_patcher("forge").model.diffusion_model)
+    assert is_flux(tf.make_patcher("reforge").model.diffusion_model)
+    assert not is_flux(make_unet("sd15", "tiny")) and not is_flux(None)
 
 
 def _params_name_flux_blocks() -> bool:
@@ -346,7 +348,7 @@ needs_flux_block_names = pytest.mark.skipif(
 @needs_flux_block_names
 def test_advanced_blocks_and_groups_by_the_names_users_see(host, store):
     """D00-D18 / S00-S37 and the groups double / single address Flux's blocks; all of them off is a plain image."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     save(host, unet, store)
     plain = tf.sample(unet, seed=5)
 
@@ -365,7 +367,7 @@ def test_advanced_blocks_and_groups_by_the_names_users_see(host, store):
 @needs_dit_layers
 def test_the_step_window_reads_flow_times(host, store):
     """Flux's sigmas are flow times in (0, 1]: a window that ends before the first step guides nothing."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     save(host, unet, store)
     plain = tf.sample(unet, seed=5, steps=4)
 
@@ -385,17 +387,17 @@ def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     on the conditioning vector and RoPE too. A trajectory is refused until it keeps Flux's guidance."""
     from types import SimpleNamespace
 
-    from lib_refdrop.webui.hosts import flux_install
+    from lib_refdrop import run as generation
 
     settings = build({"enabled": True, "mode": "Save", "save_name": "fox", "profile": "exact"})
-    assert flux_install.unsupported(settings, "exact") is None
-    monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="input"))
-    assert "keeps each layer's input, which does not work with Flux" in flux_install.unsupported(settings, "exact")
-    monkeypatch.setattr(flux_install, "get_profile", lambda name: SimpleNamespace(keep="trajectory"))
-    monkeypatch.setattr(flux_install, "CONDITIONING_KEYS", ("c_crossattn", "y"))
-    assert "does not keep Flux's guidance yet" in flux_install.unsupported(settings, "exact")
-    monkeypatch.setattr(flux_install, "CONDITIONING_KEYS", ("c_crossattn", "y", "guidance"))
-    assert flux_install.unsupported(settings, "exact") is None
+    assert generation.dit_unsupported(settings, "exact") is None
+    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="input"))
+    assert "keeps each layer's input, which does not work with Flux" in generation.dit_unsupported(settings, "exact")
+    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="trajectory"))
+    monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y"))
+    assert "does not keep Flux's guidance yet" in generation.dit_unsupported(settings, "exact")
+    monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y", "guidance"))
+    assert generation.dit_unsupported(settings, "exact") is None
 
 
 def _trajectory_keeps_guidance() -> bool:
@@ -411,7 +413,7 @@ def _trajectory_keeps_guidance() -> bool:
 def test_a_trajectory_reference_on_flux_is_the_exact_one(host, store, cfg):
     """The trajectory (the reference's latents and conditioning, guidance included, evaluated again at Use) gives
     what the exact reference gives, at the Save's settings and at another seed."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     saved, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": "path", "profile": "trajectory"}, store,
                              cfg=cfg)
     run.finish_save({}, None)
@@ -428,7 +430,7 @@ def test_a_subject_mask_selects_the_references_image_tokens(host, store):
     mask; one that keeps half of the reference guides differently."""
     from PIL import Image
 
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     save(host, unet, store)
 
     def used(mask):
@@ -446,7 +448,7 @@ def test_a_subject_mask_selects_the_references_image_tokens(host, store):
 @needs_dit_layers
 def test_several_references(host, store):
     """Eq. 7 on Flux: a second slot at 0 is the single reference exactly; both on guide toward both."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     save(host, unet, store, name="fox", seed=1)
     save(host, unet, store, name="owl", seed=2)
 
@@ -465,12 +467,12 @@ def test_several_references(host, store):
 def test_installing_twice_on_one_pass_is_refdrops_own_patch_not_another_extension(host, store):
     """Forge runs process_before_every_sampling twice for a hires pass, the first time on the clone RefDrop patched
     before the reset: RefDrop's own block patches there are replaced, not refused as another extension's."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     saved = save(host, unet, store)
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "fox", "rfg": 0.3}), store)
     p = tf.make_p(unet)
-    host[1].install(host[0], p, run)
-    host[1].install(host[0], p, run)
+    install_pass(host, p, run)
+    install_pass(host, p, run)
     assert torch.equal(tf.sample(p.sd_model.forge_objects.unet), saved)
     run.release()
 
@@ -479,7 +481,7 @@ def test_installing_twice_on_one_pass_is_refdrops_own_patch_not_another_extensio
 def test_a_flux_save_with_the_default_profile_uses_compact(host, store):
     """The default keeps each layer's input, which a Flux block cannot project again: a Flux Save left on the
     default stores compact (RefDropRun.save_profile), and its Use at the Save's settings works."""
-    unet = tf.make_patcher(host[0].name)
+    unet = tf.make_patcher(host.name)
     _, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": "default"}, store)
     run.finish_save({}, None)
     assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message

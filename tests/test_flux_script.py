@@ -1,6 +1,6 @@
-"""scripts/refdrop.py on a Flux model in the fake hosts: the hooks take the Flux path (lib_refdrop/webui/hosts/
-flux_install.py), a Save's manifest says flux, a Use at the Save's settings gives the Save's image, and a bad argument
-stops the generation at the first block."""
+"""scripts/refdrop.py on a Flux model in the fake hosts: the run plans a DiT pass and the patcher replaces the
+blocks (lib_refdrop/patcher/dit_blocks.py), a Save's manifest says flux, a Use at the Save's settings gives the
+Save's image, and a bad argument stops the generation at the first block."""
 
 from __future__ import annotations
 

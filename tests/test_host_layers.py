@@ -1,4 +1,4 @@
-"""webui/hosts/layers.py: an attn1 layer of a host U-Net by layer id, laid out as both hosts lay out their U-Nets
+"""patcher/unet_layers.py: an attn1 layer of a host U-Net by layer id, laid out as both hosts lay out their U-Nets
 (``input_blocks[n]`` / ``middle_block`` / ``output_blocks[n]``, each a sequence of modules of which one has
 ``transformer_blocks``)."""
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.webui.hosts.layers import attn1_module, layer_widths_of, projections_of
+from lib_refdrop.patcher.unet_layers import attn1_module, layer_widths_of, projections_of
 
 
 class _Attention(nn.Module):

@@ -1,4 +1,4 @@
-"""The model function wrapper the host adapters install (lib_refdrop/webui/hosts/model_function.py, host.py):
+"""The model function wrapper the host adapters install (lib_refdrop/patcher/chain.py, install.py):
 on the pass's clone only, inside a wrapper registered earlier, the host's own call untouched, and the calls the
 engine makes itself completed with the keys each host derives per call."""
 
@@ -9,9 +9,10 @@ import copy
 import pytest
 import torch
 
+from lib_refdrop.patcher.chain import install_model_function
+from lib_refdrop.run import PassPatches
 from lib_refdrop.webui.hosts.forge import with_cond_marks
 from lib_refdrop.webui.hosts.host import Host
-from lib_refdrop.webui.hosts.model_function import install_model_function
 from lib_refdrop.webui.hosts.reforge import REFERENCE_PASS_UUID, with_chunk_uuids
 from tests.support import fakehost
 from tests.support.fakehost.objects import FakeUnetPatcher, make_model, make_p, sample_patched
@@ -47,8 +48,8 @@ def reference_pass_engine(x_ref):
 
 
 def fake_host(complete=lambda options: options):
-    return Host(name="fake", attention=None, schedule_attribute="predictor", error_message_key="errors",
-                complete_extra_call=complete)
+    return Host(name="fake", attention=None, flux_ops=None, schedule_attribute="predictor",
+                error_message_key="errors", complete_extra_call=complete)
 
 
 def test_install_puts_patch_and_wrapper_on_a_clone_only():
@@ -59,7 +60,7 @@ def test_install_puts_patch_and_wrapper_on_a_clone_only():
     def patch(q, k, v, extra_options):
         return q
 
-    fake_host().install(p, patch, wrapper=reference_pass_engine(torch.zeros(1, 4, 8, 8)))
+    fake_host().install(p, PassPatches(patch, model_wrapper=reference_pass_engine(torch.zeros(1, 4, 8, 8))))
     patched = p.sd_model.forge_objects.unet
     assert patched is not unet
     assert unet.model_options == before and "model_function_wrapper" not in unet.model_options
@@ -70,10 +71,10 @@ def test_install_puts_patch_and_wrapper_on_a_clone_only():
 def test_install_without_wrapper_sets_none_and_without_anything_leaves_the_unet():
     unet = FakeUnetPatcher(make_model("forge"))
     p = make_p(unet)
-    fake_host().install(p, None)
+    fake_host().install(p, PassPatches())
     assert p.sd_model.forge_objects.unet is unet
 
-    fake_host().install(p, lambda q, k, v, extra_options: q)
+    fake_host().install(p, PassPatches(lambda q, k, v, extra_options: q))
     assert "model_function_wrapper" not in p.sd_model.forge_objects.unet.model_options
 
 
@@ -180,7 +181,7 @@ def test_each_host_completes_the_engines_call_and_not_its_own(flavour):
         calls = []
         unet = FakeUnetPatcher(make_model(flavour))
         p = make_p(unet)
-        host.install(p, None, wrapper=reference_pass_engine(torch.zeros(1, 4, 8, 8)))
+        host.install(p, PassPatches(model_wrapper=reference_pass_engine(torch.zeros(1, 4, 8, 8))))
         args = host_args()
         args["c"]["transformer_options"].update(
             {"cond_mark": torch.tensor([1.0, 1.0, 0.0, 0.0]), "cond_indices": [2, 3], "uncond_indices": [0, 1]}
@@ -215,7 +216,7 @@ def test_an_extra_call_reaches_the_attn1_patch_with_its_own_keys():
 
     unet = FakeUnetPatcher(make_model("forge", make_unet("sd15", "tiny")))
     p = make_p(unet)
-    fake_host().install(p, patch, wrapper=engine)
+    fake_host().install(p, PassPatches(patch, model_wrapper=engine))
     sample_patched(p.sd_model.forge_objects.unet, steps=1, height=8, width=8, seed=1)
     marked = [entry for entry in seen if entry[0] == "img"]
     plain = [entry for entry in seen if entry[0] is None]

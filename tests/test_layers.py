@@ -1,5 +1,6 @@
 """The package's layers and their one-way arrows: run -> attn, reference; webui -> everything; nothing below webui
-imports the host (``modules``), gradio or fastapi; no import cycle among the package's modules."""
+imports the host (``modules``), gradio or fastapi, and only patcher/ the patcher hosts' kernel packages; no import
+cycle among the package's modules."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib_refdrop"
-HOST_ONLY = ("modules", "gradio", "fastapi", "starlette", "pydantic", "backend", "ldm_patched")
+HOST_ONLY = ("modules", "gradio", "fastapi", "starlette", "pydantic", "backend", "ldm_patched", "comfy")
+KERNEL_PACKAGES = ("backend", "ldm_patched", "comfy")  # what patcher/kernels.py imports when a host asks for it
 # layer -> layers it may import (besides itself and the package's top-level errors/families/TITLE)
 ALLOWED = {
     "attn": set(),
@@ -15,9 +17,10 @@ ALLOWED = {
     "images": set(),  # images and masks from user input (PIL), decoded once
     "params": {"images"},
     "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
-    "run": {"attn", "reference", "params", "images"},
+    "run": {"attn", "reference", "params", "images", "dit"},
     "standalone": {"attn", "reference", "params", "run"},
-    "webui": {"attn", "reference", "params", "images", "run", "standalone", "dit"},
+    "patcher": {"attn", "dit"},  # host-neutral ModelPatcher glue: installs what run planned, never plans
+    "webui": {"attn", "reference", "params", "images", "run", "standalone", "dit", "patcher"},
 }
 SHARED = {"errors", "families", "__init__"}
 
@@ -70,7 +73,7 @@ def test_each_layer_imports_only_the_layers_below_it():
             continue
         for target in imported:
             if target.split(".")[0] in HOST_ONLY:
-                if layer != "webui":
+                if layer != "webui" and not (layer == "patcher" and target.split(".")[0] in KERNEL_PACKAGES):
                     wrong.append(f"{module} imports the host-only {target}")
                 continue
             target_layer = _layer(target)

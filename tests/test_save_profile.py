@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from lib_refdrop import run as generation
 from lib_refdrop.params import build
 from lib_refdrop.reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
-from lib_refdrop.webui.hosts import flux_install
 
 
 def _run(tmp_path, profile="", default=""):
@@ -28,13 +28,13 @@ def test_a_flux_save_replaces_an_input_keeping_default_and_keeps_any_other(tmp_p
     assert _run(tmp_path, default="input-int8").save_profile("flux") == DIT_DEFAULT_PROFILE
     assert _run(tmp_path, default="balanced").save_profile("flux") == "balanced"
     run = _run(tmp_path, default="input-int8")
-    assert flux_install.unsupported(run.settings, run.save_profile("flux")) is None
+    assert generation.dit_unsupported(run.settings, run.save_profile("flux")) is None
 
 
 def test_an_input_keeping_profile_asked_for_on_flux_is_refused_by_name(tmp_path):
     run = _run(tmp_path, profile="input-int8")
     assert run.save_profile("flux") == "input-int8"
-    assert "keeps each layer's input" in flux_install.unsupported(run.settings, run.save_profile("flux"))
+    assert "keeps each layer's input" in generation.dit_unsupported(run.settings, run.save_profile("flux"))
 
 
 def test_a_caller_without_projections_saves_the_default_without_the_input(tmp_path):

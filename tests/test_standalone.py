@@ -172,3 +172,83 @@ def test_the_entry_point_imports_no_host_ui_or_test_code():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- sessions a graph host drives: settings first, the sampling run later, the image after that ------------------
+
+def test_a_save_built_from_settings_is_planned_per_run_and_given_its_preview_later(tmp_path, calls):
+    store = ReferenceStore(tmp_path)
+    save = standalone.save_session(store, "cat")  # no seed, schedule or model yet
+    patches = save.for_pass(ctx())
+    outputs = faultkit.generate(patches.attn1, calls)
+    assert save.for_pass(ctx(is_hr_pass=True)).empty  # a hires pass is not recorded
+    status = save.finish({"seed": 1})
+    assert status.state == "saved" and store.read_preview("cat") is None
+    seal = standalone.identity(store, "cat")
+    save.set_preview(faultkit.PNG)  # in a node graph the image is decoded after sampling
+    assert store.read_preview("cat") == faultkit.PNG
+    assert standalone.identity(store, "cat") == seal  # the preview is not part of what a Use reads
+    used = faultkit.generate(standalone.use_patch(store, "cat", 0.5, ctx()), calls)
+    assert all(torch.equal(a, b) for a, b in zip(used, outputs, strict=True))
+
+
+def test_the_identity_of_a_reference_changes_when_it_is_overwritten(tmp_path, calls):
+    store = ReferenceStore(tmp_path)
+    _save(store, "cat", calls)
+    first = standalone.identity(store, "cat")
+    assert isinstance(first, str) and first == standalone.identity(store, "cat")
+    _save(store, "cat", list(faultkit.trace_calls(limit=16, seed=5)), overwrite=True)
+    assert standalone.identity(store, "cat") != first
+    with pytest.raises(RefDropError, match="'dog' not found"):
+        standalone.identity(store, "dog")
+
+
+@pytest.mark.parametrize("name, kw, words", [
+    ("../escape", {}, "may not contain"),
+    ("cat", {"profile": "tiny"}, "unknown storage profile"),
+    ("taken", {}, "'taken' already exists"),
+])
+def test_a_save_session_refuses_when_built_not_at_the_first_call(tmp_path, name, kw, words):
+    store = ReferenceStore(tmp_path)
+    faultkit.make_reference(store, "taken")
+    with pytest.raises(RefDropError, match=words):
+        standalone.save_session(store, name, **kw)
+    assert store.names() == ["taken"]
+
+
+def test_finish_before_any_run_says_so(tmp_path):
+    with standalone.save_session(ReferenceStore(tmp_path), "cat") as save:
+        with pytest.raises(RefDropError, match="'cat' was not saved: no sampling run"):
+            save.finish({})
+
+
+def test_an_earlier_attn1_patch_keeps_running_underneath(tmp_path, calls):
+    ran = []
+
+    def earlier(q, k, v, extra_options):  # another node's patch
+        ran.append(extra_options["block"])
+        return host_attention(q, k, v, extra_options) * 0.5
+
+    store = ReferenceStore(tmp_path)
+    alone = faultkit.generate(earlier, calls)
+    chained_ctx = standalone.context("sd15", host_attention, faultkit.percent_to_sigma, seed=1, earlier=earlier)
+    with standalone.start_save(store, "cat", chained_ctx) as save:
+        ran.clear()
+        saved = faultkit.generate(save.patch, calls)
+        save.finish({})
+    assert len(ran) == len(calls)
+    assert all(torch.equal(a, b) for a, b in zip(saved, alone, strict=True))  # a Save returns what was there
+    ran.clear()
+    used = faultkit.generate(standalone.use_patch(store, "cat", 0.5, chained_ctx), calls)
+    assert len(ran) == len(calls)  # the layer's own attention is still the earlier patch's
+    assert all(not torch.equal(a, b) for a, b in zip(used, alone, strict=True))
+
+
+def test_docs_library_example_runs(tmp_path):
+    """docs/library.md's example, as a user would paste it, runs and checks itself."""
+    text = (REPO / "docs" / "library.md").read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Use at the Save's settings == Save: True" in out.stdout and "c = 0 == plain: True" in out.stdout

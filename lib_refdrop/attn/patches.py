@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import RefDropError
+from ..errors import RefDropError, RefDropInternalError
 from .address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id
 from .blend import expand_reference, rfg_blend_many
 from .masks import KeyMask, select_tokens
@@ -177,24 +177,13 @@ def make_failing_patch(message: str) -> Patch:
     return refdrop_error
 
 
-# Both hosts look an attn1 replace patch up by ``(block_name, number, block_index)`` first, then by
-# ``(block_name, number)``, and ``set_model_replace_all`` overwrites every 3-tuple key (docs/hosts.md, "The attn1
-# replace patch"): a patch another extension registered before RefDrop would silently stop working, so ``chain``
-# keeps calling it underneath RefDrop instead.
-def chain(earlier: dict, attention: Attention) -> Attention:
-    """What attn1 computes without RefDrop: the ``earlier`` patch registered for this layer (by the hosts' key
-    lookup), else ``attention``."""
-    if not earlier:
-        return attention
+def make_internal_error_patch(exc: BaseException) -> Patch:
+    """An attn1 patch that stops the generation for a bug found while planning: raised as
+    ``RefDropInternalError`` from ``exc``, so the host prints the traceback of the cause and answers 500."""
+    message = f"RefDrop: internal error: {exc!r}"
 
-    def inner(q, k, v, extra_options):
-        block = extra_options.get("block")
-        patch = None
-        if block is not None:
-            key = (block[0], block[1])
-            patch = earlier.get((*key, extra_options.get("block_index", 0))) or earlier.get(key)
-        if patch is None:
-            return attention(q, k, v, extra_options)
-        return patch(q, k, v, extra_options)
+    def refdrop_internal_error(q, k, v, extra_options):
+        raise RefDropInternalError(message) from exc
 
-    return inner
+    return refdrop_internal_error
+

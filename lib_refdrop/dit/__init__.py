@@ -3,5 +3,5 @@
 ``blocks`` computes a Flux double- or single-stream block from its modules with the joint attention made
 reachable; ``guide`` turns the engine's attn1-style patch (``attn/patches.py``) into the image-token correction
 ``X'_img + (patch(Q_img, K_img, V_img) - Attn(Q_img, K_img, V_img))``; ``layers`` names the blocks for the engine.
-Pure torch: the host adapters (``webui/hosts/flux_*.py``) hand in the host's own kernels.
+Pure torch: the hosts hand in their own kernels (``patcher/kernels.py``).
 """

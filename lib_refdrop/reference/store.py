@@ -444,13 +444,21 @@ class ReferenceStore:
     def set_mask(self, name: str, png: bytes | None) -> None:
         """Give reference ``name`` a subject mask (PNG bytes, checked by the caller), or remove it (None). The file
         is replaced in one rename, so a Use reads the old mask or the new one."""
+        self._set_picture(name, MASK, png, "mask")
+
+    def set_preview(self, name: str, png: bytes) -> None:
+        """Give reference ``name`` its preview (PNG bytes), replacing the one it has (e.g. when the image is decoded
+        after the Save was written); like the mask, the preview is not covered by the manifest's checksums."""
+        self._set_picture(name, PREVIEW, png, "preview")
+
+    def _set_picture(self, name: str, file: str, png: bytes | None, what: str) -> None:
         if png is not None and len(png) > MAX_PREVIEW_BYTES:
-            raise RefDropError(f"RefDrop: a mask may have at most {MAX_PREVIEW_BYTES // 2**20} MB")
+            raise RefDropError(f"RefDrop: a {what} may have at most {MAX_PREVIEW_BYTES // 2**20} MB")
         with _lock:
             folder = self._readable_folder(name)  # a link: refused
             if not folder.is_dir():
                 raise ReferenceNotFound(self.missing_message(name))
-            target = folder / MASK
+            target = folder / file
             try:
                 if png is None:
                     if _exists(target):
@@ -458,7 +466,7 @@ class ReferenceStore:
                     return
                 write_bytes_atomic(target, png, tmp_dir=self._private_dir(INCOMING))
             except OSError as exc:
-                raise RefDropError(f"RefDrop: the mask of reference '{name}' could not be written: {exc}") from None
+                raise RefDropError(f"RefDrop: the {what} of reference '{name}' could not be written: {exc}") from None
 
     def _read_picture(self, name: str, file: str, what: str) -> bytes | None:
         path = self._readable_folder(name) / file

@@ -187,7 +187,7 @@ class ReferenceWriter:
         if not self._slot_files:
             raise OSError("nothing was recorded (did the generation run any self-attention layer?)")
         if preview is not None:
-            png = _png_bytes(preview)
+            png = png_bytes(preview)
             _write_file(self.staging.folder / PREVIEW, png)
             self.status.bytes += len(png)
         manifest = build_manifest(self.name, family, generation, recording, self._slot_files, self.status.bytes)
@@ -206,7 +206,7 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _png_bytes(preview) -> bytes:
+def png_bytes(preview) -> bytes:
     if isinstance(preview, bytes):
         return preview
     import io

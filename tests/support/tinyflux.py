@@ -352,9 +352,21 @@ def _get(obj, path: str):
     return obj
 
 
+class IntegratedFluxTransformer2DModel(Flux):
+    """The model under the class name Forge's Flux model has (``backend/nn/flux.py``), which looks up no block
+    replacement: RefDrop reaches its blocks by object patches (``patcher/dit_blocks.py``)."""
+
+    def __init__(self, seed: int = 0, **model_args):
+        super().__init__(seed, convention="forge", **model_args)
+
+
 def make_patcher(flavour: str, seed: int = 0, **model_args) -> FluxPatcher:
-    """``unet`` of a Flux checkpoint in ``flavour``'s layout: the schedule where that host keeps it."""
-    diffusion_model = Flux(seed, convention=flavour, **model_args)
+    """``unet`` of a Flux checkpoint in ``flavour``'s layout: the model's class and the schedule where that host
+    keeps it."""
+    if flavour == "forge":
+        diffusion_model = IntegratedFluxTransformer2DModel(seed, **model_args)
+    else:
+        diffusion_model = Flux(seed, convention=flavour, **model_args)
     model = SimpleNamespace(diffusion_model=diffusion_model)
     setattr(model, "predictor" if flavour == "forge" else "model_sampling", FlowSchedule())
     return FluxPatcher(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...patcher import kernels
 from .common import importable
 from .host import Host
 
@@ -13,14 +14,9 @@ def available() -> bool:
 
 
 def host() -> Host:
-    from backend.attention import attention_function  # chosen once, when the host imports it
-
-    def forge_attention(q, k, v, extra_options):
-        return attention_function(q, k, v, extra_options["n_heads"])
-
     # KModel keeps the schedule on ``predictor``; webui.py _handle_exception puts str(exc) under "message"
-    return Host(name="forge", attention=forge_attention, schedule_attribute="predictor", error_message_key="message",
-                complete_extra_call=with_cond_marks)
+    return Host(name="forge", attention=kernels.backend_attention(), flux_ops=kernels.backend_flux_ops,
+                schedule_attribute="predictor", error_message_key="message", complete_extra_call=with_cond_marks)
 
 
 def with_cond_marks(options: dict) -> dict:

@@ -4,19 +4,24 @@
 The fields hold what differs between the families (docs/hosts.md, "Where Forge and reForge differ"); the methods do
 what is the same on both, through the host objects every Forge-derived WebUI shares: ``p`` (its
 ``sd_model.forge_objects.unet`` patcher, the model flags, the seeds and prompts), ``Processed`` and
-``modules.shared.state``.
+``modules.shared.state``. What only speaks to the patcher is in ``lib_refdrop/patcher/``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ...attn.patches import Attention, Patch, chain
-from ...run import PassContext, RefDropRun
+from ...attn.patches import Attention, Patch
+from ...dit.blocks import FluxOps
+from ...dit.layers import layer_widths_of as dit_layer_widths_of
+from ...patcher import dit_blocks
+from ...patcher.chain import CompleteExtraCall, chain, earlier_attn1_patches, no_completion
+from ...patcher.install import install
+from ...patcher.unet_layers import layer_widths_of, projections_of
+from ...run import PassContext, PassPatches, RefDropRun, failing_pass, failing_patch
 from .image_pass import host_encoders
-from .layers import layer_widths_of, projections_of
-from .model_function import CompleteExtraCall, ModelFunction, install_model_function, no_completion
-from .reporting import make_internal_error_patch, register_error_handler
+from .reporting import register_error_handler
 
 _FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is_sd1", "sd15"))
 
@@ -25,6 +30,7 @@ _FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is
 class Host:
     name: str                 # "forge" or "reforge"
     attention: Attention      # the host kernel as (q, k, v, extra_options) -> out, looked up once
+    flux_ops: Callable[[], FluxOps]  # the host's kernels inside a Flux block (patcher/kernels.py)
     schedule_attribute: str   # the attribute of ``unet.model`` that has ``percent_to_sigma``
     error_message_key: str    # where the host's API error body puts ``str(exc)``
     # the transformer_options keys the host derives from cond_or_uncond and sigmas, redone for a call RefDrop makes
@@ -35,45 +41,46 @@ class Host:
         schedule = getattr(unet.model, self.schedule_attribute)
         return float(schedule.percent_to_sigma(float(percent)))
 
-    def pass_context(self, p) -> PassContext:
+    def dit_ops(self, unet) -> FluxOps | None:
+        """The host's kernels inside the blocks of the model ``unet`` patches where it is a DiT model (Flux), where
+        RefDrop works in each block's joint attention (docs/flux.md); None for a U-Net."""
+        return self.flux_ops() if dit_blocks.is_flux(dit_blocks.diffusion_model(unet)) else None
+
+    def pass_context(self, p, dit_ops: FluxOps | None = None) -> PassContext:
         """What RefDrop needs to know about the sampling pass that is about to start on ``p``."""
         unet = p.sd_model.forge_objects.unet
         return PassContext(
-            family=family_of(p.sd_model),
+            family=dit_blocks.FAMILY if dit_ops is not None else family_of(p.sd_model),
             is_hr_pass=bool(getattr(p, "is_hr_pass", False)),
             percent_to_sigma=lambda percent: self.percent_to_sigma(unet, percent),
             attention=self.attention,
             inner=chain(earlier_attn1_patches(unet), self.attention),
             seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
             projections=projections_of(unet),
-            layer_widths=layer_widths_of(unet),
+            layer_widths=(dit_layer_widths_of(dit_blocks.diffusion_model(unet)) if dit_ops is not None
+                          else layer_widths_of(unet)),
+            dit_ops=dit_ops,
+            earlier_blocks=tuple(dit_blocks.earlier_block_patches(unet)) if dit_ops is not None else (),
             **host_extras(p),
         )
 
-    def patch_for(self, p, run: RefDropRun) -> Patch | None:
-        """The run's attn1 patch for this pass; a bug while planning gives a patch that stops the generation with
-        its traceback, since the host would swallow an exception raised in the hook (docs/hosts.md, "Errors")."""
-        try:
-            return run.patch_for_pass(self.pass_context(p))
-        except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed: fail visibly
-            return make_internal_error_patch(exc)
+    def pass_patches(self, p, run: RefDropRun | None, failing: Patch | None = None) -> PassPatches:
+        """The run's patches for this pass, or ``failing`` (a problem with the settings) where they would go. A
+        problem found while planning, a bug too, becomes a failing patch: the host would swallow an exception
+        raised in the hook (docs/hosts.md, "Errors")."""
+        dit_ops = self.dit_ops(p.sd_model.forge_objects.unet)
+        if failing is None:
+            try:
+                return run.for_pass(self.pass_context(p, dit_ops))
+            except Exception as exc:  # noqa: BLE001 - anything raised here would be swallowed: fail visibly
+                failing = failing_patch(exc)
+        return failing_pass(failing, self.attention, dit_ops)
 
-    def install(self, p, patch: Patch | None, wrapper: ModelFunction | None = None, input_patch=None) -> None:
-        """Put ``patch`` on every attn1 layer of a clone of this pass's U-Net, ``input_patch`` (a Save that keeps
-        each layer's input) in its ``attn1_patch`` chain, and ``wrapper`` (``wrapper(apply_model, args)``, see
-        ``model_function.py``) around its model function, inside any wrapper already there; the patcher it came from
-        is unchanged (the host resets ``forge_objects`` before every pass, so nothing leaks into the next one)."""
-        if patch is None and wrapper is None:
-            return
+    def install(self, p, patches: PassPatches) -> None:
+        """``patches`` on a clone of this pass's patcher (``patcher/install.py``); the patcher it came from is
+        unchanged (the host resets ``forge_objects`` before every pass, so nothing leaks into the next one)."""
         forge_objects = p.sd_model.forge_objects
-        patched = forge_objects.unet.clone()
-        if patch is not None:
-            patched.set_model_replace_all(patch, "attn1")
-        if input_patch is not None:
-            patched.set_model_attn1_patch(input_patch)
-        if wrapper is not None:
-            install_model_function(patched, wrapper, self.complete_extra_call)
-        forge_objects.unet = patched
+        forge_objects.unet = install(forge_objects.unet, patches, self.complete_extra_call)
 
     def interrupted(self) -> bool:
         """Whether the user interrupted the generation that is ending (postprocess still runs then)."""
@@ -102,13 +109,6 @@ def family_of(sd_model) -> str:
         if getattr(sd_model, flag, False) is True:
             return family
     return "unknown"
-
-
-def earlier_attn1_patches(unet) -> dict:
-    """A snapshot of the attn1 replace patches already on ``unet`` (another extension's), by layer key."""
-    options = getattr(unet, "model_options", None) or {}
-    replace = options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    return dict(replace)
 
 
 def generation_info(p) -> dict:

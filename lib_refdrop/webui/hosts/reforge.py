@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from ...patcher import kernels
 from .common import importable
 from .host import Host
 
@@ -12,20 +13,14 @@ REFERENCE_PASS_UUID = uuid.uuid5(uuid.NAMESPACE_URL, "refdrop:reference-pass")
 
 
 def available() -> bool:
-    return importable("ldm_patched.ldm.modules.attention")
+    return importable(kernels.LDM_PATCHED)
 
 
 def host() -> Host:
-    from ldm_patched.ldm.modules.attention import optimized_attention  # chosen once, when the host imports it
-
-    def reforge_attention(q, k, v, extra_options):
-        precision = extra_options.get("attn_precision")  # the layer's precision, as the host's own call passes it
-        return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=precision)
-
     # BaseModel keeps the schedule on ``model_sampling``; modules/api/api.py handle_exception puts str(exc) under
     # "errors"
-    return Host(name="reforge", attention=reforge_attention, schedule_attribute="model_sampling",
-                error_message_key="errors", complete_extra_call=with_chunk_uuids)
+    return Host(name="reforge", attention=kernels.optimized_attention(), flux_ops=kernels.optimized_flux_ops,
+                schedule_attribute="model_sampling", error_message_key="errors", complete_extra_call=with_chunk_uuids)
 
 
 def with_chunk_uuids(options: dict) -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ...errors import RefDropError, RefDropInternalError
+from ...errors import RefDropError
 
 # The key under which each host's handler puts ``str(exc)``: reForge's handle_exception says "errors", Forge's
 # webui._handle_exception "message" (the host adapters name theirs; this is the fallback).
@@ -89,13 +89,3 @@ def register_error_handler(app, message_key: str = DEFAULT_MESSAGE_KEY, print_li
     if live is not None:
         live.add_exception_handler(RefDropError, handler)
 
-
-def make_internal_error_patch(exc: BaseException):
-    """An attn1 patch that stops the generation for a bug found while planning: raised as
-    ``RefDropInternalError`` from ``exc``, so the host prints the traceback of the cause and answers 500."""
-    message = f"RefDrop: internal error: {exc!r}"
-
-    def refdrop_internal_error(q, k, v, extra_options):
-        raise RefDropInternalError(message) from exc
-
-    return refdrop_internal_error

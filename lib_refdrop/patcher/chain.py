@@ -1,6 +1,8 @@
-"""The model function wrapper RefDrop puts on the U-Net clone of a pass, chained with one already there.
+"""Chaining with what another extension put on the patcher first: its attn1 replace patches, and its model function
+wrapper.
 
-Both hosts call ``model_options["model_function_wrapper"](apply_model, args)`` around every batched U-Net call
+The model function wrapper RefDrop puts on the clone of a pass is chained with one already there. The hosts (ComfyUI,
+reForge, Forge) call ``model_options["model_function_wrapper"](apply_model, args)`` around every batched U-Net call
 (Forge ``backend/sampling/sampling_function.py`` ``calc_cond_uncond_batch``, reForge
 ``ldm_patched/modules/samplers.py`` ``_calc_cond_batch``) with ComfyUI's ``args`` = ``{"input", "timestep", "c",
 "cond_or_uncond"}``: ``input`` the noisy latent before the model's input scaling, ``timestep`` the sigma of each
@@ -22,6 +24,8 @@ row, ``c`` the keyword arguments of ``apply_model`` with the ``transformer_optio
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from ..attn.patches import Attention
 
 ModelFunction = Callable  # (apply_model, args) -> model output, the hosts' model_function_wrapper
 CompleteExtraCall = Callable[[dict], dict]  # transformer_options of an engine-made call -> with the host's keys
@@ -71,3 +75,33 @@ def install_model_function(unet, engine: ModelFunction, complete_extra_call: Com
     earlier = unet.model_options.get("model_function_wrapper")
     unet.set_model_unet_function_wrapper(
         chain_model_functions(earlier, refdrop_model_function(engine, complete_extra_call)))
+
+
+# Both hosts look an attn1 replace patch up by ``(block_name, number, block_index)`` first, then by
+# ``(block_name, number)``, and ``set_model_replace_all`` overwrites every 3-tuple key (docs/hosts.md, "The attn1
+# replace patch"): a patch another extension registered before RefDrop would silently stop working, so ``chain``
+# keeps calling it underneath RefDrop instead.
+def chain(earlier: dict, attention: Attention) -> Attention:
+    """What attn1 computes without RefDrop: the ``earlier`` patch registered for this layer (by the hosts' key
+    lookup), else ``attention``."""
+    if not earlier:
+        return attention
+
+    def inner(q, k, v, extra_options):
+        block = extra_options.get("block")
+        patch = None
+        if block is not None:
+            key = (block[0], block[1])
+            patch = earlier.get((*key, extra_options.get("block_index", 0))) or earlier.get(key)
+        if patch is None:
+            return attention(q, k, v, extra_options)
+        return patch(q, k, v, extra_options)
+
+    return inner
+
+
+def earlier_attn1_patches(unet) -> dict:
+    """A snapshot of the attn1 replace patches already on the patcher ``unet`` (another extension's), by layer key."""
+    options = getattr(unet, "model_options", None) or {}
+    replace = options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    return dict(replace)

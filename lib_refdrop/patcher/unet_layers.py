@@ -1,17 +1,32 @@
-"""An attn1 layer of the host's U-Net by RefDrop's layer id, for a profile that keeps each layer's input.
+"""The attn1 layers of a host's U-Net: their keys (for a patcher without ``set_model_replace_all``), and one layer by
+RefDrop's layer id, for a profile that keeps each layer's input.
 
-Both hosts' U-Nets (reForge ``ldm_patched/ldm/modules/diffusionmodules/openaimodel.py``, Forge
-``backend/nn/unet.py``) hold their blocks as ``input_blocks[n]``, ``middle_block`` and ``output_blocks[n]``; the block
-with attention has one module with ``transformer_blocks``, whose ``[block_index].attn1`` is the layer an attn1 patch
-of ``(block_name, n, block_index)`` runs in (docs/hosts.md). Its ``to_k``/``to_v`` are called as modules, so whatever
+The hosts' U-Nets (ComfyUI ``comfy/ldm/modules/diffusionmodules/openaimodel.py``, reForge
+``ldm_patched/ldm/modules/diffusionmodules/openaimodel.py``, Forge ``backend/nn/unet.py``) hold their blocks as
+``input_blocks[n]``, ``middle_block`` and ``output_blocks[n]``; the block with attention has one module with
+``transformer_blocks``, whose ``[block_index].attn1`` is the layer an attn1 patch of ``(block_name, n, block_index)``
+runs in (docs/hosts.md). Its ``to_k``/``to_v`` are called as modules, so whatever
 the host does in a module's forward (LoRA applied on the fly, casts of low-precision weights) happens to the
 reference's rows too.
 """
 
 from __future__ import annotations
 
-from ...attn.address import split_layer_id
-from ...errors import RefDropError
+from ..attn.address import split_layer_id
+from ..errors import RefDropError
+
+
+def attn1_layer_keys(diffusion_model) -> list[tuple[str, int, int]]:
+    """``(block_name, number, transformer_index)`` of every attn1 layer, the key an attn1 replace patch is set by."""
+    blocks = [("input", n, b) for n, b in enumerate(getattr(diffusion_model, "input_blocks", ()))]
+    if getattr(diffusion_model, "middle_block", None) is not None:
+        blocks.append(("middle", 0, diffusion_model.middle_block))
+    blocks += [("output", n, b) for n, b in enumerate(getattr(diffusion_model, "output_blocks", ()))]
+    keys = []
+    for name, number, block in blocks:
+        for module in block:
+            keys += [(name, number, index) for index in range(len(getattr(module, "transformer_blocks", ())))]
+    return keys
 
 
 def attn1_module(diffusion_model, lid: str):

@@ -1,0 +1,105 @@
+"""A DiT model's blocks computed by RefDrop (``dit/guide.py`` ``FluxRefDrop``) on a clone of its patcher, the one way
+the model lets another module reach its blocks.
+
+**Block replacements** (ComfyUI ``comfy/ldm/flux/model.py``, reForge ``ldm_patched/ldm/flux/model.py``):
+``Flux.forward_orig`` looks up ``transformer_options["patches_replace"]["dit"][("double_block", i)]`` (and
+``("single_block", i)``) and calls it as ``replace(args, {"original_block": ...})`` with ``args`` = ``{"img",
+"txt", "vec", "pe", "attn_mask"}`` (``{"img", "vec", "pe", "attn_mask"}`` for a single-stream block, whose ``img``
+is ``[txt; img]``); it returns ``{"img", "txt"}`` (``{"img"}``). ``set_model_patch_replace(patch, "dit",
+block_name, i)`` registers one on the clone's ``model_options`` only.
+
+**Object patches** (Forge ``backend/nn/flux.py``): ``IntegratedFluxTransformer2DModel.inner_forward`` calls
+``block(img=, txt=, vec=, pe=)`` for each double-stream block and ``block(img, vec=, pe=)`` for each single-stream
+one, with no ``transformer_options`` patch point. ``ModelPatcher.add_object_patch(name, obj)``
+(``backend/patcher/base.py``) sets ``name`` on the model when the clone is loaded (``forge_patch_model``) and puts
+back what was there when it is unloaded (``forge_unpatch_model``, which ``load_models_gpu`` runs before the next
+clone of the model is loaded). The patched names are ``diffusion_model.double_blocks.<i>.forward``: an attribute of
+that one block object, so no class or module attribute changes, the module tree (LoRA keys, device moves) is
+untouched, and the clone the host gave is unchanged.
+"""
+
+from __future__ import annotations
+
+FAMILY = "flux"
+# the class of the diffusion model: ComfyUI ``comfy.ldm.flux.model.Flux`` and reForge
+# ``ldm_patched.ldm.flux.model.Flux`` (dev, schnell, their fine-tunes, Kontext), Forge
+# ``backend.nn.flux.IntegratedFluxTransformer2DModel``
+FLUX_CLASSES = ("Flux", "IntegratedFluxTransformer2DModel")
+OBJECT_PATCHED = ("IntegratedFluxTransformer2DModel",)  # looks up no block replacement: reached by object patches
+
+
+def diffusion_model(unet):
+    """The model the patcher ``unet`` patches, None where it has none."""
+    return getattr(getattr(unet, "model", None), "diffusion_model", None)
+
+
+def is_flux(model) -> bool:
+    """Whether ``model`` (a patcher's ``model.diffusion_model``) is a Flux model (double- and single-stream blocks),
+    not a U-Net."""
+    return (type(model).__name__ in FLUX_CLASSES and hasattr(model, "double_blocks")
+            and hasattr(model, "single_blocks"))
+
+
+def _object_patched(unet) -> bool:
+    return type(diffusion_model(unet)).__name__ in OBJECT_PATCHED
+
+
+def earlier_block_patches(unet) -> list[str]:
+    """Block patches another extension already put on the Flux model of ``unet`` (RefDrop's own, on a clone Forge's
+    hires pass hands back before it resets ``forge_objects``, are replaced)."""
+    if _object_patched(unet):
+        return sorted(name for name, obj in getattr(unet, "object_patches", {}).items()
+                      if name.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))
+                      and not getattr(obj, "__name__", "").startswith("refdrop_"))
+    options = getattr(unet, "model_options", None) or {}
+    dit = options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    return sorted(f"{key[0]} {key[1]}" for key, patch in dit.items()
+                  if not getattr(patch, "__name__", "").startswith("refdrop_"))
+
+
+def install_blocks(unet, dit) -> None:
+    """Every block of the clone ``unet`` computed by ``dit`` (``dit/guide.py`` ``FluxRefDrop``)."""
+    model = unet.model.diffusion_model
+    if _object_patched(unet):
+        for index, block in enumerate(model.double_blocks):
+            unet.add_object_patch(object_name("double", index), _double_object(dit, block, index))
+        for index, block in enumerate(model.single_blocks):
+            unet.add_object_patch(object_name("single", index), _single_object(dit, block, index))
+        return
+    for index, block in enumerate(model.double_blocks):
+        unet.set_model_patch_replace(_double(dit, block, index), "dit", "double_block", index)
+    for index, block in enumerate(model.single_blocks):
+        unet.set_model_patch_replace(_single(dit, block, index), "dit", "single_block", index)
+
+
+def object_name(kind: str, index: int) -> str:
+    return f"diffusion_model.{kind}_blocks.{index}.forward"
+
+
+def _double(dit, block, index):
+    def refdrop_double_block(args, extra):
+        img, txt = dit.double(block, index, args["img"], args["txt"], args["vec"], args["pe"], args.get("attn_mask"))
+        return {"img": img, "txt": txt}
+
+    return refdrop_double_block
+
+
+def _single(dit, block, index):
+    def refdrop_single_block(args, extra):
+        return {"img": dit.single(block, index, args["img"], args["vec"], args["pe"], args.get("attn_mask"))}
+
+    return refdrop_single_block
+
+
+def _double_object(dit, block, index):
+    def refdrop_double_block(img, txt, vec, pe, attn_mask=None):
+        return dit.double(block, index, img, txt, vec, pe, attn_mask)
+
+    return refdrop_double_block
+
+
+def _single_object(dit, block, index):
+    def refdrop_single_block(x, vec, pe, attn_mask=None):
+        return dit.single(block, index, x, vec, pe, attn_mask)
+
+    return refdrop_single_block
