@@ -48,7 +48,8 @@ __all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context",
 
 def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,
             *, is_hr_pass: bool = False, encode_image: Callable | None = None, encode_prompt: Callable | None = None,
-            batch_index: int = 0, batch_count: int = 1, projections=None) -> PassContext:
+            batch_index: int = 0, batch_count: int = 1, projections=None,
+            size: tuple[int, int] | None = None) -> PassContext:
     """One sampling pass of a caller with no earlier attn1 patch to chain: RefDrop wraps ``attention`` itself.
 
     ``family``: the model family ("sd15", "sdxl", ...), kept in a Save and checked by a Use; ``attention``:
@@ -58,12 +59,13 @@ def context(family: str, attention: Callable, percent_to_sigma: Callable[[float]
     ``[1, C, h, w]``) and ``encode_prompt`` (text -> the model's conditioning keyword arguments for one row): for
     image references; ``batch_index`` / ``batch_count``: for the batch's first image as the reference;
     ``projections`` (layer id -> that attn1 layer's ``(to_k, to_v)``): for a reference whose profile keeps each
-    layer's input.
+    layer's input; ``size``: the (width, height) of the pass's images, the aspect ratio a subject mask of the
+    batch's first image is cut to (None: the mask's own).
     """
     return PassContext(family=family, is_hr_pass=is_hr_pass, percent_to_sigma=percent_to_sigma,
                        attention=attention, inner=attention, seed=seed, encode_image=encode_image,
                        encode_prompt=encode_prompt, batch_index=batch_index, batch_count=batch_count,
-                       projections=projections)
+                       projections=projections, size=size)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ class SaveSession:
     def finish(self, generation: dict, preview=None, timeout: float = DEFAULT_SAVE_TIMEOUT_S) -> SaveStatus:
         """The generation is done: write the rest and wait until the reference is complete on disk.
 
-        ``generation``: what the manifest keeps about the generation (JSON values: seed, prompt, ...); ``preview``:
+        ``generation``: what the manifest keeps about the generation (JSON values: seed, prompt, ...; its ``width``
+        and ``height``, or the context's ``size``, put a Use's subject mask on the reference's tokens); ``preview``:
         PNG bytes or a PIL image. RefDropError, with the reason, when the reference was not saved or is still
         being written after ``timeout`` seconds.
         """

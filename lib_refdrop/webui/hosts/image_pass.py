@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ...crop import centre_box
 from ...errors import RefDropError
 
 LATENT_FACTOR = 8  # the VAE's downsampling in every supported family
@@ -43,10 +44,7 @@ def crop_to_size(image, width: int, height: int):
     if image.width < 1 or image.height < 1:
         raise RefDropError("RefDrop: the reference image is empty")
     image = image.convert("RGB")
-    scale = max(width / image.width, height / image.height)  # cover the target, then cut what sticks out
-    crop_w, crop_h = min(image.width, round(width / scale)), min(image.height, round(height / scale))
-    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
-    box = (left, top, left + max(crop_w, 1), top + max(crop_h, 1))
+    box = centre_box(image.width, image.height, width, height)
     return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
 
 
