@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ...attn.patches import Attention, Patch, chain
 from ...run import PassContext, RefDropRun
-from .image_pass import host_encoders, pass_size
+from .image_pass import host_encoders, known_pass_size
 from .layers import projections_of
 from .model_function import CompleteExtraCall, ModelFunction, install_model_function, no_completion
 from .reporting import make_internal_error_patch, register_error_handler
@@ -92,7 +92,7 @@ def host_extras(p) -> dict:
         **host_encoders(p),
         "batch_index": int(getattr(p, "iteration", 0) or 0),
         "batch_count": int(getattr(p, "n_iter", 1) or 1),
-        "size": pass_size(p),
+        "size": known_pass_size(p),
     }
 
 

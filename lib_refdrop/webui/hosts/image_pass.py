@@ -34,6 +34,14 @@ def pass_size(p) -> tuple[int, int]:
     return int(p.width), int(p.height)
 
 
+def known_pass_size(p) -> tuple[int, int] | None:
+    """``pass_size`` where ``p`` has the sizes, else None (RefDrop then needs no size until an image is encoded)."""
+    try:
+        return pass_size(p)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def crop_to_size(image, width: int, height: int):
     """``image`` as RGB, centre-cropped to the aspect ratio of ``width`` x ``height`` and resized to it (the hosts'
     "Crop and resize")."""
