@@ -13,11 +13,12 @@ ALLOWED = {
     "attn": set(),
     "reference": {"attn"},
     "images": set(),  # images and masks from user input (PIL), decoded once
+    "crop": set(),  # the box an image and its mask are cut to a pass by
     "params": {"images"},
     "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
-    "run": {"attn", "reference", "params", "images"},
+    "run": {"attn", "reference", "params", "images", "crop"},
     "standalone": {"attn", "reference", "params", "run"},
-    "webui": {"attn", "reference", "params", "images", "run", "standalone", "dit"},
+    "webui": {"attn", "reference", "params", "images", "crop", "run", "standalone", "dit"},
 }
 SHARED = {"errors", "families", "__init__"}
 

@@ -72,7 +72,7 @@ def test_the_token_grid_is_the_references_not_the_masks():
 def test_a_wide_image_and_its_mask_are_cut_alike(pipe, tmp_path):
     """A 2:1 image whose centre square is the picture, with a mask on the left half of that square: the image is
     cut to the square generation and its mask by the same box, so the Use is the square picture's with a square
-    left-half mask, bit for bit (b9bbab8 mapped the 2:1 mask to a 2 x 8 grid: the top rows)."""
+    left-half mask, bit for bit (b9bbab8 read the 2:1 mask on grids of its own shape: every other row)."""
     store = ReferenceStore(tmp_path)
     square = to_pil(pipe.generate(["square"], [10_001])[0], scale=1)
     wide = Image.new("RGB", (2 * SIZE, SIZE), "black")
