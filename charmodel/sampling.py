@@ -98,7 +98,7 @@ class CharPipeline:
         """Generate one image with RefDrop Save on; return it once the reference is on disk."""
         with start_save(store, name, pass_context(seed), profile=profile, overwrite=True) as save:
             image = self.generate([pose], [seed], save.patch, getattr(save, "input_patch", None), save.model_wrapper)
-            save.finish({"pose": pose, "seed": seed}, to_pil(image[0]))
+            save.finish({"pose": pose, "seed": seed, "width": SIZE, "height": SIZE}, to_pil(image[0]))
         return image[0]
 
     def use_patches(self, store: ReferenceStore, name: str, rfg: float, seed: int, **settings):

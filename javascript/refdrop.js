@@ -1,74 +1,24 @@
-// RefDrop panel tooltips. Keys are the item ids of lib_refdrop/webui/panel.py (ITEM_IDS); elements are found by the
-// elem_id the script gives them: script_txt2img_refdrop_<item> / script_img2img_refdrop_<item>.
+// RefDrop panel tooltips. Their text is lib_refdrop/webui/panel.py's TOOLTIPS, keyed by its item ids (ITEM_IDS), which
+// each panel carries as JSON in a hidden element (script_<tab>_refdrop_tooltips); elements are found by the elem_id
+// the script gives them: script_txt2img_refdrop_<item> / script_img2img_refdrop_<item>.
 (function () {
-    const REFDROP_TOOLTIPS = {
-        enabled: "RefDrop: Save records the self-attention of a generation as a named reference; Use blends it into new generations.",
-        mode: "Save: record this generation as a reference. Use: steer this generation with a saved reference.",
-        rfg: "RFG coefficient c: out = c·Attn(Q, K_ref, V_ref) + (1−c)·Attn(Q, K, V). Positive pulls toward the reference " +
-            "(0.2–0.6 typical; 0.3–0.4 for a consistent subject, 0.2 for simple ones), negative pushes away for more " +
-            "diversity (−0.2 to −0.3). 0 = exactly a normal generation.",
-        reference: "The saved reference to blend in. It must come from a model of the same family (SD1.5, SDXL).",
-        refresh: "Reload the list of saved references and the status of the last Save.",
-        preview: "The image the reference was saved from.",
-        info: "Model family, size, steps, sampler, seed, prompt, disk size and date of the selected reference.",
-        delete: "Delete the selected reference from disk (asks for confirmation).",
-        delete_confirm: "Delete the selected reference for good.",
-        delete_cancel: "Keep the reference.",
-        rename_to: "New name for the selected reference: letters, digits, spaces and _ - . ( ) +.",
-        rename: "Rename the selected reference.",
-        save_name: "Name of the new reference. Empty: ref-<seed>-<time>.",
-        status: "Result of the last Save, delete or rename.",
-        advanced: "Where and when RefDrop acts, and how references are stored.",
-        disabled_groups: "Whole U-Net parts that keep their own attention (input = down-sampling, middle, output = up-sampling).",
-        disabled_blocks: "Single U-Net blocks that keep their own attention. SD1.5: IN01 IN02 IN04 IN05 IN07 IN08 M00 " +
-            "OUT03–OUT11; SDXL: IN04 IN05 IN07 IN08 M00 OUT00–OUT05.",
-        skip_first_up: "Leave the first up-sampling block with attention alone (the paper's ablation): the result copies " +
-            "less of the reference's pose and background while keeping its subject.",
-        step_start: "Fraction of the sampling schedule where RefDrop starts (0 = from the first step).",
-        step_end: "Fraction of the sampling schedule where RefDrop stops (1 = until the last step). Ending early keeps " +
-            "the reference's layout influence and frees the details.",
-        apply_hires: "Also blend the reference during the hires fix pass (the reference is looked up by noise level).",
-        overwrite: "Replace a reference that already has this name.",
-        profile: "How a Save stores the features: exact = as computed (Use at the same settings reproduces the image); " +
-            "compact profiles trade some fidelity for disk space. Empty = the default from Settings → RefDrop.",
-        source: "Where the reference comes from. Saved reference: one from the library. First image of the batch: " +
-            "image 0 is generated plainly and every other image of this generation attends to it (nothing is saved). " +
-            "Image: the picture below, evaluated alongside every step (nothing is saved).",
-        save_from: "This generation: record the image being generated. An image: record the picture below, evaluated " +
-            "with the loaded model, as a reference that later Uses read like any other.",
-        image: "The picture of a Save from an image, or of the Image source. PNG, JPEG or WebP, up to 4096×4096.",
-        image_prompt: "The prompt every picture of a Save from an image or of an Image source is evaluated with " +
-            "(empty: no prompt), as the prompt of a generation would be.",
-        mask_box: "Which part of the reference the generation attends to.",
-        mask: "White = the subject (attended), black = not attended. Paint over the reference's picture, or upload a " +
-            "black-and-white mask. Empty: the whole reference.",
-        mask_paint: "Put the reference's picture (its preview, or the image) in the mask to paint the subject on it.",
-        mask_keep: "Keep this mask with the selected saved reference: every Use of it without a mask of its own " +
-            "uses it.",
-        mask_forget: "Remove the mask kept with the selected saved reference.",
-        more: "Up to two more references, each with its own coefficient: " +
-            "Σ c_j·Attn(Q, K_j, V_j) + (1 − Σ c_j)·Attn(Q, K, V).",
-        source_2: "Where reference 2 comes from (see Source above).",
-        rfg_2: "RFG coefficient of reference 2; 0 = reference 2 is off.",
-        reference_2: "The saved reference used as reference 2.",
-        refresh_2: "Reload the list of saved references.",
-        image_2: "The picture of reference 2 when its source is Image. PNG, JPEG or WebP, up to 4096×4096.",
-        mask_box_2: "Which part of reference 2 the generation attends to.",
-        mask_2: "Subject mask of reference 2: white = attended, black = not. Empty: the whole reference.",
-        mask_paint_2: "Put reference 2's picture (its preview, or its image) in its mask to paint the subject on it.",
-        source_3: "Where reference 3 comes from (see Source above).",
-        rfg_3: "RFG coefficient of reference 3; 0 = reference 3 is off.",
-        reference_3: "The saved reference used as reference 3.",
-        refresh_3: "Reload the list of saved references.",
-        image_3: "The picture of reference 3 when its source is Image. PNG, JPEG or WebP, up to 4096×4096.",
-        mask_box_3: "Which part of reference 3 the generation attends to.",
-        mask_3: "Subject mask of reference 3: white = attended, black = not. Empty: the whole reference.",
-        mask_paint_3: "Put reference 3's picture (its preview, or its image) in its mask to paint the subject on it.",
-    };
+    function panelTooltips(tab) {
+        const holder = gradioApp().getElementById(`script_${tab}_refdrop_tooltips`);
+        const data = holder && holder.querySelector("[data-refdrop-tooltips]");
+        if (!data) {
+            return {};
+        }
+        try {
+            return JSON.parse(data.getAttribute("data-refdrop-tooltips"));
+        } catch (error) {
+            console.error("RefDrop: the panel's tooltips are not readable JSON", error);
+            return {};
+        }
+    }
 
     function applyRefDropTooltips() {
         for (const tab of ["txt2img", "img2img"]) {
-            for (const [item, text] of Object.entries(REFDROP_TOOLTIPS)) {
+            for (const [item, text] of Object.entries(panelTooltips(tab))) {
                 const element = gradioApp().getElementById(`script_${tab}_refdrop_${item}`);
                 if (element && !element.title) {
                     element.title = text;

@@ -28,10 +28,12 @@ from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
 from .attn.trajectory import CONDITIONING_KEYS, TrajectoryInput, trajectory_save_wrapper
 from .dit.blocks import FluxOps
 from .dit.guide import FluxRefDrop
+from .crop import centre_box, same_aspect
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
 from .reference import compression
+from .reference.manifest import reference_info
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
 from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, EXACT, get_profile
@@ -65,6 +67,9 @@ class PassContext:
     # Layer id -> that attn1 layer's (to_k, to_v) in the model of this pass: for a reference that keeps each
     # layer's input (attn/sources.py StoredRows). None where the caller cannot reach the model's layers.
     projections: Projections | None = None
+    # (width, height) of this pass's images: where the batch's first image is the reference, its mask is cut to
+    # this aspect ratio. None where the caller does not say (the mask's own aspect ratio is then taken).
+    size: tuple[int, int] | None = None
     # Layer id -> the width (heads × head size) of that self-attention layer of this pass's model, None where it has
     # none: a reference is checked against it before its first slot is read. None where the caller cannot tell.
     layer_widths: Callable[[str], int | None] | None = None
@@ -117,6 +122,7 @@ class RefDropRun:
         self.recorder: Recorder | None = None
         self.writer: ReferenceWriter | None = None
         self.save_name: str | None = None
+        self.save_size: tuple[int, int] | None = None  # the Save's pass size, where its caller says it
         self.family = "unknown"
         self._readers: list[ReferenceReader] = []  # Use: one per sampling pass, closed by ``release``
         self._first_images: dict[bool, KeptRows] = {}  # the batch's first image, kept per kind of pass (hires)
@@ -176,6 +182,7 @@ class RefDropRun:
         self.writer = ReferenceWriter(self.store, self.save_name, self.settings.overwrite, encoding, note)
         self.recorder = Recorder(self.writer, profile)
         self.family = ctx.family
+        self.save_size = ctx.size
         from_image = wrapper = input_patch = None
         if self.settings.save_from == "image":
             image = self._image_latent("image", self.settings.image, ctx)
@@ -231,15 +238,19 @@ class RefDropRun:
                 else:
                     source = StoredRows(reader)
                 mask = mask if mask is not None else self._stored_mask(slot.reference)
+                key_mask = _key_mask(mask, _recorded_size(reader.manifest))
             elif slot.rfg == 0:
                 continue
             elif slot.source == "batch":
                 source = self._first_image_rows(ctx)
+                key_mask = _key_mask(mask, ctx.size)
             else:
                 image = self._image_latent(f"the image of slot {slot.index}", slot.image, ctx)
                 images.append(image)
                 source = PassRows(image.name)
-            guides.append(Guide(source, slot.rfg, _key_mask(mask)))
+                _check_mask_fits_image(mask, slot.image, slot.index)
+                key_mask = _key_mask(mask, image.size)
+            guides.append(Guide(source, slot.rfg, key_mask))
         if not guides:  # every coefficient is 0: a plain generation, exactly: no patch at all
             return PassPatches()
         window = (ctx.percent_to_sigma(self.settings.step_start), ctx.percent_to_sigma(self.settings.step_end))
@@ -320,6 +331,9 @@ class RefDropRun:
             if self.settings.save_from == "image":  # the reference is the image, not what was generated
                 generation = {**generation, "source": "image", "image_prompt": self.settings.image_prompt}
                 preview = self.settings.image
+            if self.save_size is not None:  # where a Use puts a subject mask on this reference's tokens
+                width, height = self.save_size
+                generation = {"width": width, "height": height, **generation}
             self.writer.finish(self.family, generation, self.recorder.recording(), preview)
         return f"{SAVING} '{self.save_name}' in the background"
 
@@ -365,6 +379,32 @@ def _dit_profile_problem(name: str) -> str | None:
 
 def _key_mask(mask) -> KeyMask | None:
     return None if mask is None else KeyMask(mask_tensor(mask))
+def _key_mask(mask, frame: tuple[int, int] | None) -> KeyMask | None:
+    """A slot's mask (PIL "L") on the reference's token grids: cut to the aspect ratio of ``frame`` (the (width,
+    height) of the picture the reference's tokens come from) exactly as an image is cut to a pass; a ``frame`` of
+    None (not known) takes the mask's own aspect ratio."""
+    if mask is None:
+        return None
+    width, height = frame if frame is not None else mask.size
+    return KeyMask(mask_tensor(mask.crop(centre_box(mask.width, mask.height, width, height))), width / height)
+
+
+def _check_mask_fits_image(mask, image, slot: int) -> None:
+    """An image slot's image is cut to the generation's aspect ratio and its mask by the same box, so both must
+    have one aspect ratio: a mask of another is not on the image's pixels."""
+    if mask is not None and image is not None and not same_aspect(mask.size, image.size):
+        raise RefDropError(
+            f"RefDrop: the mask of slot {slot} is {mask.width}×{mask.height} pixels but its image is "
+            f"{image.width}×{image.height}: a mask is drawn on its image, with the image's aspect ratio"
+        )
+
+
+def _recorded_size(manifest: dict) -> tuple[int, int] | None:
+    """The (width, height) a reference's generation records (what its tokens saw), None where it records none."""
+    info = reference_info(manifest)
+    if info.width is None or info.height is None or info.width < 1 or info.height < 1:
+        return None
+    return info.width, info.height
 
 
 class _HostCopies:

@@ -50,7 +50,8 @@ __all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context",
 def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,
             *, is_hr_pass: bool = False, encode_image: Callable | None = None, encode_prompt: Callable | None = None,
             batch_index: int = 0, batch_count: int = 1, projections=None, layer_widths=None,
-            earlier: Patch | None = None, dit_ops=None, earlier_blocks: tuple[str, ...] = ()) -> PassContext:
+            earlier: Patch | None = None, dit_ops=None, earlier_blocks: tuple[str, ...] = (),
+            size: tuple[int, int] | None = None) -> PassContext:
     """One sampling pass, as the caller describes it.
 
     ``family``: the model family ("sd15", "sdxl", ...), kept in a Save and checked by a Use; ``attention``:
@@ -67,12 +68,14 @@ def context(family: str, attention: Callable, percent_to_sigma: Callable[[float]
     per-layer patches); ``dit_ops`` (``dit/blocks.py`` ``FluxOps``, the host's kernels inside a block) for a DiT
     model, whose ``PassPatches.blocks`` then replace the model's blocks, and ``earlier_blocks``: block patches
     another extension already put there (RefDrop refuses to run with them).
+    ``size``: the (width, height) of the pass's images, the aspect ratio a subject mask of the batch's first image
+    is cut to (None: the mask's own).
     """
     return PassContext(family=family, is_hr_pass=is_hr_pass, percent_to_sigma=percent_to_sigma,
                        attention=attention, inner=earlier or attention, seed=seed, encode_image=encode_image,
                        encode_prompt=encode_prompt, batch_index=batch_index, batch_count=batch_count,
                        projections=projections, layer_widths=layer_widths, dit_ops=dit_ops,
-                       earlier_blocks=tuple(earlier_blocks))
+                       earlier_blocks=tuple(earlier_blocks), size=size)
 
 
 def identity(store: ReferenceStore, name: str) -> str:
@@ -124,7 +127,8 @@ class SaveSession:
     def finish(self, generation: dict, preview=None, timeout: float = DEFAULT_SAVE_TIMEOUT_S) -> SaveStatus:
         """The generation is done: write the rest and wait until the reference is complete on disk.
 
-        ``generation``: what the manifest keeps about the generation (JSON values: seed, prompt, ...); ``preview``:
+        ``generation``: what the manifest keeps about the generation (JSON values: seed, prompt, ...; its ``width``
+        and ``height``, or the context's ``size``, put a Use's subject mask on the reference's tokens); ``preview``:
         PNG bytes or a PIL image. RefDropError, with the reason, when the reference was not saved or is still
         being written after ``timeout`` seconds.
         """

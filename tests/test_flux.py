@@ -25,19 +25,16 @@ from tests.support import tinyflux as tf
 FLAVOURS = ("reforge", "forge")
 
 
-def _engine_names_dit_layers() -> bool:
-    """Whether the engine accepts Flux layer ids (``double3.0``) in a manifest and in a Use's block plan."""
-    try:
-        block_label("double0.0")
-    except KeyError:
-        return False
-    return bool(manifest_format._LAYER_RE.match("single37.0"))
+def test_the_engine_names_flux_layers_and_blocks():
+    """Flux's layer ids in a manifest and a Use's plan, the block names users see, and the guidance a trajectory keeps:
+    what every test below stands on, so a regression is a failure here, never a skip."""
+    from lib_refdrop.attn.trajectory import CONDITIONING_KEYS
+    from lib_refdrop.params import parse_blocks
 
-
-needs_dit_layers = pytest.mark.skipif(
-    not _engine_names_dit_layers(),
-    reason="the engine does not name Flux layers yet: attn/address.py _BLOCK_PREFIX and reference/manifest.py "
-           "_LAYER_RE need 'double' and 'single' (docs/flux.md, 'Engine')")
+    assert (block_label("double0.0"), block_label("single37.0")) == ("D00", "S37")
+    assert manifest_format._LAYER_RE.match("double18.0") and manifest_format._LAYER_RE.match("single37.0")
+    assert parse_blocks(["D18", "S37"]) == ("D18", "S37")
+    assert "guidance" in CONDITIONING_KEYS
 
 
 @pytest.fixture(autouse=True)
@@ -182,7 +179,6 @@ def test_a_block_outside_a_model_call_is_a_clear_internal_error():
 
 # -- through each host's way into the blocks ----------------------------------------------------------------------
 
-@needs_dit_layers
 def test_zero_coefficient_installs_nothing(host, store):
     unet = tf.make_patcher(host.name)
     save(host, unet, store)
@@ -213,7 +209,6 @@ def test_save_installs_on_a_clone_and_leaves_the_model_as_it_was(host, store):
     run.writer.abort("test")
 
 
-@needs_dit_layers
 @pytest.mark.parametrize("rfg", [-0.5, 0.3, 1.0])
 def test_use_at_the_saves_settings_reproduces_the_save(host, store, rfg):
     unet = tf.make_patcher(host.name)
@@ -222,7 +217,6 @@ def test_use_at_the_saves_settings_reproduces_the_save(host, store, rfg):
     assert torch.equal(used, saved)
 
 
-@needs_dit_layers
 def test_the_change_grows_with_the_coefficient(host, store):
     unet = tf.make_patcher(host.name)
     save(host, unet, store, seed=1)
@@ -233,7 +227,6 @@ def test_the_change_grows_with_the_coefficient(host, store):
     assert away > 0 and away == pytest.approx(change[0.3], rel=0.5)
 
 
-@needs_dit_layers
 def test_the_reference_holds_the_image_tokens_of_every_block(host, store):
     unet = tf.make_patcher(host.name)
     save(host, unet, store)
@@ -246,7 +239,6 @@ def test_the_reference_holds_the_image_tokens_of_every_block(host, store):
                for layer in manifest["layers"].values())
 
 
-@needs_dit_layers
 @pytest.mark.parametrize("split", [False, True])
 def test_real_cfg_layouts(host, store, split):
     """Real CFG: uncond and cond rows in one call ([1, 0]) or two; each chunk is saved apart and Use pairs them.
@@ -261,7 +253,6 @@ def test_real_cfg_layouts(host, store, split):
     assert (guided - plain).abs().mean() > 1e-3
 
 
-@needs_dit_layers
 def test_first_image_of_the_batch(host, store):
     """Source "batch": image 0 is generated plainly (bit for bit the batch's plain first image), the others attend
     to it."""
@@ -283,8 +274,6 @@ def test_unet_reference_is_refused_on_flux_and_flux_reference_on_a_unet(host, st
     install_pass(host, p, run)
     with pytest.raises(RefDropError, match="'sd15-ref' was saved with an SD1.5 model, but the current model is Flux"):
         tf.sample(p.sd_model.forge_objects.unet)
-    if not _engine_names_dit_layers():
-        return
     save(host, unet, store, name="flux-ref")
     from lib_refdrop.standalone import context, use_patch
 
@@ -331,21 +320,6 @@ def test_is_flux_tells_the_model_apart():
     assert not is_flux(make_unet("sd15", "tiny")) and not is_flux(None)
 
 
-def _params_name_flux_blocks() -> bool:
-    from lib_refdrop.params import parse_blocks
-
-    try:
-        return parse_blocks(["D18", "S37"]) == ("D18", "S37")
-    except RefDropError:
-        return False
-
-
-needs_flux_block_names = pytest.mark.skipif(
-    not (_engine_names_dit_layers() and _params_name_flux_blocks()),
-    reason="params.py does not name Flux blocks yet (D00-D18, S00-S37; groups double, single): docs/flux.md, 'Engine'")
-
-
-@needs_flux_block_names
 def test_advanced_blocks_and_groups_by_the_names_users_see(host, store):
     """D00-D18 / S00-S37 and the groups double / single address Flux's blocks; all of them off is a plain image."""
     unet = tf.make_patcher(host.name)
@@ -364,7 +338,6 @@ def test_advanced_blocks_and_groups_by_the_names_users_see(host, store):
     assert not torch.equal(used(disabled_groups=["single"]), used(disabled_groups=["double"]))
 
 
-@needs_dit_layers
 def test_the_step_window_reads_flow_times(host, store):
     """Flux's sigmas are flow times in (0, 1]: a window that ends before the first step guides nothing."""
     unet = tf.make_patcher(host.name)
@@ -400,15 +373,6 @@ def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     assert generation.dit_unsupported(settings, "exact") is None
 
 
-def _trajectory_keeps_guidance() -> bool:
-    from lib_refdrop.attn.trajectory import CONDITIONING_KEYS
-
-    return "guidance" in CONDITIONING_KEYS
-
-
-@needs_dit_layers
-@pytest.mark.skipif(not _trajectory_keeps_guidance(),
-                    reason="attn/trajectory.py CONDITIONING_KEYS lacks 'guidance' (docs/flux.md, 'Engine')")
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_a_trajectory_reference_on_flux_is_the_exact_one(host, store, cfg):
     """The trajectory (the reference's latents and conditioning, guidance included, evaluated again at Use) gives
@@ -424,7 +388,6 @@ def test_a_trajectory_reference_on_flux_is_the_exact_one(host, store, cfg):
                        use(host, unet, store, 0.5, name="exact", seed=5, cfg=cfg)[0])
 
 
-@needs_dit_layers
 def test_a_subject_mask_selects_the_references_image_tokens(host, store):
     """Key-side masks work on Flux's image-token grid (16 x 16 px per token): a mask that keeps everything is no
     mask; one that keeps half of the reference guides differently."""
@@ -445,7 +408,6 @@ def test_a_subject_mask_selects_the_references_image_tokens(host, store):
     assert not torch.equal(used(left), used(None))
 
 
-@needs_dit_layers
 def test_several_references(host, store):
     """Eq. 7 on Flux: a second slot at 0 is the single reference exactly; both on guide toward both."""
     unet = tf.make_patcher(host.name)
@@ -463,7 +425,6 @@ def test_several_references(host, store):
     assert not torch.equal(both, single)
 
 
-@needs_dit_layers
 def test_installing_twice_on_one_pass_is_refdrops_own_patch_not_another_extension(host, store):
     """Forge runs process_before_every_sampling twice for a hires pass, the first time on the clone RefDrop patched
     before the reset: RefDrop's own block patches there are replaced, not refused as another extension's."""
@@ -477,7 +438,6 @@ def test_installing_twice_on_one_pass_is_refdrops_own_patch_not_another_extensio
     run.release()
 
 
-@needs_dit_layers
 def test_a_flux_save_with_the_default_profile_uses_compact(host, store):
     """The default keeps each layer's input, which a Flux block cannot project again: a Flux Save left on the
     default stores compact (RefDropRun.save_profile), and its Use at the Save's settings works."""

@@ -15,7 +15,6 @@ from lib_refdrop.params import build, to_args
 from lib_refdrop.webui import opts as options
 from tests.support import fakehost
 from tests.support import tinyflux as tf
-from tests.test_flux import needs_dit_layers
 
 
 @pytest.fixture(params=["reforge", "forge"])
@@ -40,7 +39,6 @@ def finish(script, p, args):
     return processed
 
 
-@needs_dit_layers
 def test_save_then_use_through_the_hooks(host):
     script = host.script_module.RefDropScript()
     unet = tf.make_patcher(host.flavour)

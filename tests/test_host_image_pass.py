@@ -185,3 +185,4 @@ def test_the_pass_context_carries_the_encoders_and_the_batch(flavour):
         ctx = hosts.detect().pass_context(p)
     assert callable(ctx.encode_image) and callable(ctx.encode_prompt)
     assert (ctx.batch_index, ctx.batch_count) == (1, 4)
+    assert ctx.size == (p.width, p.height)  # the batch's first image's mask is cut to it

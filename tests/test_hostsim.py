@@ -16,10 +16,7 @@ from tests.support.hostsim import (
     sample,
     sdpa_attention,
     split_forwards,
-    traces_dir,
 )
-
-needs_traces = pytest.mark.skipif(traces_dir() is None, reason="shared/host-traces not found beside the repo")
 
 # case -> sample() kwargs reproducing the request (all: 128x128 -> 16x16 latent, Euler a, 4 steps, CFG 7, seed 1)
 SD15_CASES = {
@@ -82,7 +79,6 @@ def _assert_matches(ours, recorded, full_shape=True, heads=True):
         assert a["sigmas"] == pytest.approx(b["sigmas"]["values"], rel=1e-3), f"call {i}"
 
 
-@needs_traces
 @pytest.mark.parametrize("case", sorted(SD15_CASES))
 def test_sd15_matches_forge_trace(sd15, case):
     kwargs = dict(SD15_CASES[case])
@@ -93,7 +89,6 @@ def test_sd15_matches_forge_trace(sd15, case):
     assert latent.dtype == torch.float32 and torch.isfinite(latent).all()
 
 
-@needs_traces
 def test_sdxl_matches_forge_trace_layers(sdxl):
     calls, _, _ = _run(sdxl, steps=3, height=8, width=8)
     depth = {layer.block: layer.block_index + 1 for layer in layer_map(sdxl)}  # tiny depth per block
@@ -103,7 +98,6 @@ def test_sdxl_matches_forge_trace_layers(sdxl):
     _assert_matches(calls, recorded, full_shape=False, heads=False)
 
 
-@needs_traces
 @pytest.mark.parametrize("flavour", ["forge", "reforge"])
 def test_extra_options_keys_and_values_match_host(sd15, flavour):
     calls, _, _ = _run(sd15, host_flavour=flavour, tome_ratio=0.5)
@@ -189,7 +183,6 @@ def test_split_and_batched_layouts_agree(sd15):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@needs_traces
 def test_replay_calls_rebuilds_recorded_arguments():
     trace = load_trace("reforge", "t2i_batch2")
     n = 0

@@ -15,12 +15,13 @@ ALLOWED = {
     "attn": set(),
     "reference": {"attn"},
     "images": set(),  # images and masks from user input (PIL), decoded once
+    "crop": set(),  # the box an image and its mask are cut to a pass by
     "params": {"images"},
     "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
-    "run": {"attn", "reference", "params", "images", "dit"},
+    "run": {"attn", "reference", "params", "images", "crop", "dit"},
     "standalone": {"attn", "reference", "params", "run"},
     "patcher": {"attn", "dit"},  # host-neutral ModelPatcher glue: installs what run planned, never plans
-    "webui": {"attn", "reference", "params", "images", "run", "standalone", "dit", "patcher"},
+    "webui": {"attn", "reference", "params", "images", "crop", "run", "standalone", "dit", "patcher"},
 }
 SHARED = {"errors", "families", "__init__"}
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
-import re
 import shutil
 import struct
+import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.support import fakehost
 from tests.support.refdrop_harness import save_synthetic
 
 JS = Path(__file__).resolve().parents[1] / "javascript" / "refdrop.js"
+TOOLTIP_HARNESS = Path(__file__).resolve().parent / "refdrop_tooltip_harness.js"
 
 
 GENERATION = {"width": 512, "height": 768, "steps": 20, "sampler_name": "Euler a", "scheduler": "Karras",
@@ -78,11 +80,24 @@ def test_builds_twice_in_arg_order_with_default_settings(store, saved_library, w
         assert args[0].accordion_id == "script_txt2img_refdrop_enabled"
 
 
-def test_block_choices_and_visibility(store):
+def _model_blocks(arch: str) -> set[str]:
+    """The names of the attn1 blocks of a U-Net of SD1.5's or SDXL's structure (hostsim's, as the hosts address
+    them): the truth the panel's lists are checked against."""
+    from tests.support.hostsim import layer_map, make_unet
+
+    prefix = {"input": "IN", "middle": "M", "output": "OUT"}
+    return {f"{prefix[layer.block[0]]}{layer.block[1]:02d}" for layer in layer_map(make_unet(arch, "tiny"))}
+
+
+def test_block_choices_are_the_models_blocks_and_visibility(store):
     controls = build_panel(store)
     blocks = controls.inputs["disabled_blocks"]
-    assert set(ui.SD15_BLOCKS) | set(ui.SDXL_BLOCKS) | set(ui.FLUX_BLOCKS) == set(ui.BLOCK_CHOICES)
-    assert "SD1.5" in blocks.info and "SDXL" in blocks.info
+    flux = {f"D{i:02d}" for i in range(19)} | {f"S{i:02d}" for i in range(38)}  # Flux.1: 19 double, 38 single
+    assert set(ui.SD15_BLOCKS) == _model_blocks("sd15") and set(ui.SDXL_BLOCKS) == _model_blocks("sdxl")
+    assert set(ui.FLUX_BLOCKS) == flux
+    assert set(blocks.choices if isinstance(blocks.choices[0], str) else [c[1] for c in blocks.choices]) == (
+        _model_blocks("sd15") | _model_blocks("sdxl") | flux)
+    assert "SD1.5" in blocks.info and "SDXL" in blocks.info and "D00-D18" in blocks.info
     assert controls.inputs["save_name"].placeholder == "automatic: ref-<seed>-<time>"
     assert ui.mode_visibility("Save") == (False, True)
     assert ui.mode_visibility("Use") == (True, False)
@@ -90,15 +105,58 @@ def test_block_choices_and_visibility(store):
     assert controls.extras["delete_confirm"].visible is False
 
 
-def test_every_item_has_a_unique_elem_id_and_a_tooltip(store):
+def test_every_item_has_a_unique_elem_id_and_a_tooltip_on_the_page(store):
     controls = build_panel(store)
     ids = [getattr(c, "elem_id", None) for c in [*controls.inputs.values(), *controls.extras.values()]]
     named = [i for i in ids if i and i.startswith("script_txt2img_refdrop_")]
     assert len(named) == len(set(named))
     items = {i.removeprefix("script_txt2img_refdrop_") for i in named}
     assert set(ui.ITEM_IDS) <= items | {"advanced"}
-    tooltips = set(re.findall(r"^\s+(\w+): \"", JS.read_text(encoding="utf-8"), flags=re.M))
-    assert set(ui.ITEM_IDS) == tooltips
+    assert set(ui.ITEM_IDS) == set(ui.TOOLTIPS) and all(ui.TOOLTIPS.values())
+    assert page_tooltips(controls) == ui.TOOLTIPS  # the text, as the browser reads it from the page
+
+
+def page_tooltips(controls) -> dict:
+    """The tooltips the panel's page carries, read from its HTML as a browser does."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Reader(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(value for name, value in attrs if name == "data-refdrop-tooltips")
+
+    Reader().feed(controls.extras["tooltips"].value)
+    assert len(found) == 1, controls.extras["tooltips"].value
+    return json.loads(found[0])
+
+
+def test_the_tooltips_name_what_the_panel_offers():
+    """Every storage profile, block group and model family the controls offer is in its tooltip."""
+    from lib_refdrop.params import BLOCK_GROUPS
+    from lib_refdrop.reference.profiles import PROFILES
+
+    assert set(ui.PROFILE_NOTES) == set(PROFILES)
+    assert all(f"{name}: " in ui.TOOLTIPS["profile"] for name in PROFILES)
+    assert all(group in ui.TOOLTIPS["disabled_groups"] for group in BLOCK_GROUPS)
+    assert ui.TOOLTIPS["disabled_blocks"] == ui.BLOCKS_INFO
+    assert all(label in ui.TOOLTIPS["reference"] for label in ("SD1.5", "SDXL", "Flux"))
+
+
+def test_the_script_sets_the_pages_tooltips_as_titles(store, tmp_path):
+    """javascript/refdrop.js takes its text from the page, in both tabs: a title is exactly the Python table's."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script is not run")
+    controls = build_panel(store)
+    page = tmp_path / "page.json"
+    page.write_text(json.dumps({"attribute": json.dumps(page_tooltips(controls)), "items": list(ui.ITEM_IDS)}),
+                    encoding="utf-8")
+    done = subprocess.run([node, str(TOOLTIP_HARNESS), str(JS), str(page)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    titles = json.loads(done.stdout)
+    assert titles == {"txt2img": ui.TOOLTIPS, "img2img": ui.TOOLTIPS}
 
 
 def test_unopenable_store_still_builds(tmp_path):

@@ -1,7 +1,9 @@
 """Subject masks: which of a reference's tokens a Use attends to, at each layer's token grid.
 
-A mask is drawn on the reference image (1 = subject). A layer of ``n`` tokens sees the image on a grid of ``h x w``
-tokens (``h * w = n``, the image's aspect); each token is kept when the subject covers at least half of its area.
+A mask is drawn on the reference image (1 = subject) and cut to the picture the reference's tokens come from, as
+that image was (``lib_refdrop/crop.py``). A layer of ``n`` tokens sees that picture on a grid of ``h x w`` tokens
+(``h * w = n``, the picture's aspect ratio, which the caller gives: a mask's own size says nothing about the
+reference's grid); each token is kept when the subject covers at least half of its area.
 Masking the key side keeps what eq. 6 of the RefDrop paper wants (no reference background) without its ambiguity:
 eq. 6 multiplies the *output* rows of the new image by a mask drawn on the *reference*, whose positions need not
 match; here image i attends only to the reference's subject tokens, wherever its own subject is.
@@ -26,12 +28,15 @@ def token_grid(tokens: int, aspect: float) -> tuple[int, int]:
 class KeyMask:
     """A reference image's subject mask, resized on demand to each layer's token grid."""
 
-    def __init__(self, mask: torch.Tensor):
-        """``mask``: ``[H, W]``, values in [0, 1] (1 = subject)."""
+    def __init__(self, mask: torch.Tensor, aspect: float):
+        """``mask``: ``[H, W]``, values in [0, 1] (1 = subject), covering the reference's picture; ``aspect``: that
+        picture's width / height, the aspect ratio of the reference's token grids."""
         if mask.ndim != 2 or mask.numel() == 0:
             raise ValueError("a mask is one [H, W] image")
+        if not aspect > 0:
+            raise ValueError("a token grid's aspect ratio is positive")
         self.mask = mask.to(torch.float32).clamp(0, 1)
-        self.aspect = mask.shape[1] / mask.shape[0]
+        self.aspect = float(aspect)
         self.full = bool((self.mask >= KEEP_COVERAGE).all())   # every token kept at every grid: no mask at all
         self.empty = bool((self.mask < KEEP_COVERAGE).all())
         self._kept: dict[int, torch.Tensor | None] = {}

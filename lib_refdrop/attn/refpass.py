@@ -35,6 +35,11 @@ class ImageLatent:
     conditioning: dict
     per_evaluation = False          # its pass at a sigma is the same for every evaluation there
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the latent: the aspect ratio of the image's tokens, as cut to the pass."""
+        return int(self.latent.shape[-1]), int(self.latent.shape[-2])
+
     def at(self, sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return (self.latent + sigma.reshape(1, 1, 1, 1).to(self.latent) * self.noise).to(like.device, like.dtype)
 

@@ -4,15 +4,19 @@ with a shim that accepts gradio-3 code).
 ``build`` only creates components and wires their events: no registration, no globals, so the host can call it
 once per tab and the API once more to read the defaults. The reference-library callbacks are plain functions of
 a ``ReferenceStore`` (``refresh``, ``describe``, ``delete``, ``rename``, ``poll``) so they are tested on a temporary
-store. Tooltips live in ``javascript/refdrop.js``, keyed by the item ids below; the same file clicks the hidden poll
-button while a Save is written in the background (the host gives scripts no event after a generation).
+store. Tooltips are ``TOOLTIPS``, keyed by the item ids below, built from the same tables as the controls' choices
+and carried by the page as JSON (``tooltips_html``); ``javascript/refdrop.js`` sets them as the elements' titles, and
+clicks the hidden poll button while a Save is written in the background (the host gives scripts no event after a
+generation).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import html
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +48,16 @@ BLOCKS_INFO = (
     f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}; "
     "Flux has D00-D18 (double-stream) and S00-S37 (single-stream). A block the model lacks is ignored."
 )
+# What each offered storage profile trades (the panel's and Settings' choices, reference/profiles.py PROFILES).
+PROFILE_NOTES = {
+    "lean": "each layer's input in int8 at every 2nd step, zstd: 1/10 of exact's bytes",
+    "exact": "K and V as computed: Use at the Save's settings reproduces the Save bit for bit",
+    "balanced": "int8: 1/2 of exact's bytes",
+    "compact": "int8 at every 5th step: 1/10 of exact's bytes",
+    "trajectory": "the latents and conditioning only, a few MB: a Use makes one more model call per step",
+}
+PROFILE_INFO = "Empty: the default from Settings → RefDrop. " + "; ".join(
+    f"{name}: {PROFILE_NOTES[name]}" for name in PROFILES)
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
 MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)
 MORE_SLOTS = SLOTS[1:]
@@ -59,6 +73,74 @@ ITEM_IDS = (
     *(f"{item}_{k}" for k in MORE_SLOTS for item in ("source", "rfg", "reference", "refresh", "image", "mask_box",
                                                     "mask", "mask_paint")),
 )
+
+_FAMILIES = ", ".join(families.LABELS[f] for f in ("sd15", "sdxl", "flux"))
+_SLOT_TOOLTIPS = {
+    "source_{k}": "Where reference {k} comes from (see Source above).",
+    "rfg_{k}": "RFG coefficient of reference {k}; 0 = reference {k} is off.",
+    "reference_{k}": "The saved reference used as reference {k}.",
+    "refresh_{k}": "Reload the list of saved references.",
+    "image_{k}": "The picture of reference {k} when its source is Image. PNG, JPEG or WebP, up to 4096×4096.",
+    "mask_box_{k}": "Which part of reference {k} the generation attends to.",
+    "mask_{k}": "Subject mask of reference {k}: white = attended, black = not. Empty: the whole reference.",
+    "mask_paint_{k}": "Put reference {k}'s picture (its preview, or its image) in its mask to paint the subject on it.",
+}
+# The title of each item of the panel (ITEM_IDS): what javascript/refdrop.js shows on hover.
+TOOLTIPS = {
+    "enabled": "RefDrop: Save records the self-attention of a generation as a named reference; Use blends it into "
+               "new generations.",
+    "mode": "Save: record this generation as a reference. Use: steer this generation with a saved reference.",
+    "rfg": "RFG coefficient c: out = c·Attn(Q, K_ref, V_ref) + (1−c)·Attn(Q, K, V). Positive pulls toward the "
+           "reference (0.2–0.6 typical; 0.3–0.4 for a consistent subject, 0.2 for simple ones), negative pushes away "
+           "for more diversity (−0.2 to −0.3). 0 = exactly a normal generation.",
+    "reference": f"The saved reference to blend in. It must come from a model of the same family ({_FAMILIES}).",
+    "refresh": "Reload the list of saved references and the status of the last Save.",
+    "preview": "The image the reference was saved from.",
+    "info": "Model family, size, steps, sampler, seed, prompt, disk size and date of the selected reference.",
+    "delete": "Delete the selected reference from disk (asks for confirmation).",
+    "delete_confirm": "Delete the selected reference for good.",
+    "delete_cancel": "Keep the reference.",
+    "rename_to": "New name for the selected reference: letters, digits, spaces and _ - . ( ) +.",
+    "rename": "Rename the selected reference.",
+    "save_name": "Name of the new reference. Empty: ref-<seed>-<time>.",
+    "status": "Result of the last Save, delete or rename.",
+    "advanced": "Where and when RefDrop acts, and how references are stored.",
+    "disabled_groups": "Whole parts of the model that keep their own attention: on a U-Net input (down-sampling), "
+                       "middle, output (up-sampling); on Flux double (double-stream blocks), single (single-stream).",
+    "disabled_blocks": BLOCKS_INFO,
+    "skip_first_up": "Leave the first up-sampling block with attention alone (the paper's ablation): the result "
+                     "copies less of the reference's pose and background while keeping its subject.",
+    "step_start": "Fraction of the sampling schedule where RefDrop starts (0 = from the first step).",
+    "step_end": "Fraction of the sampling schedule where RefDrop stops (1 = until the last step). Ending early keeps "
+                "the reference's layout influence and frees the details.",
+    "apply_hires": "Also blend the reference during the hires fix pass (the reference is looked up by noise level).",
+    "overwrite": "Replace a reference that already has this name.",
+    "profile": f"How a Save stores the features. {PROFILE_INFO}.",
+    "source": "Where the reference comes from. Saved reference: one from the library. First image of the batch: "
+              "image 0 is generated plainly and every other image of this generation attends to it (nothing is "
+              "saved). Image: the picture below, evaluated alongside every step (nothing is saved).",
+    "save_from": "This generation: record the image being generated. An image: record the picture below, evaluated "
+                 "with the loaded model, as a reference that later Uses read like any other.",
+    "image": "The picture of a Save from an image, or of the Image source. PNG, JPEG or WebP, up to 4096×4096.",
+    "image_prompt": "The prompt every picture of a Save from an image or of an Image source is evaluated with "
+                    "(empty: no prompt), as the prompt of a generation would be.",
+    "mask_box": "Which part of the reference the generation attends to.",
+    "mask": "White = the subject (attended), black = not attended. Paint over the reference's picture, or upload a "
+            "black-and-white mask of its aspect ratio. Empty: the whole reference.",
+    "mask_paint": "Put the reference's picture (its preview, or the image) in the mask to paint the subject on it.",
+    "mask_keep": "Keep this mask with the selected saved reference: every Use of it without a mask of its own uses it.",
+    "mask_forget": "Remove the mask kept with the selected saved reference.",
+    "more": "Up to two more references, each with its own coefficient: "
+            "Σ c_j·Attn(Q, K_j, V_j) + (1 − Σ c_j)·Attn(Q, K, V).",
+    **{item.format(k=k): text.format(k=k) for k in MORE_SLOTS for item, text in _SLOT_TOOLTIPS.items()},
+}
+
+
+def tooltips_html() -> str:
+    """The page's copy of ``TOOLTIPS``: JSON in a data attribute of a hidden element, read by javascript/refdrop.js
+    (no copy of the text in the script that could go stale)."""
+    return f'<div hidden data-refdrop-tooltips="{html.escape(json.dumps(TOOLTIPS), quote=True)}"></div>'
+
 
 
 @dataclass
@@ -398,6 +480,7 @@ def build(
         x["status"] = gr.Markdown(store_problem or status, elem_id=elem_id("status"))
         # Clicked by javascript/refdrop.js while a Save is written; its label counts the answers (see ``poll``).
         x["poll"] = gr.Button("0", visible=False, elem_id=elem_id("poll"))
+        x["tooltips"] = gr.HTML(tooltips_html(), visible=False, elem_id=elem_id("tooltips"))
         x["shown"] = gr.State({"choices": choices, "status": status, "polls": 0})
         with gr.Accordion("Advanced", open=False, elem_id=elem_id("advanced")):
             with gr.Column(visible=use_visible) as x["use_advanced"]:
@@ -417,9 +500,7 @@ def build(
                 i["overwrite"] = gr.Checkbox(default_overwrite, label="Overwrite a reference of the same name",
                                              elem_id=elem_id("overwrite"))
                 i["profile"] = gr.Dropdown(choices=_NONE_FIRST + list(PROFILES), value="", label="Storage profile",
-                                           info="Empty: the default from Settings → RefDrop. lean: 1/10 of exact's "
-                                                "bytes; exact: Use reproduces the Save bit for bit; trajectory: a few "
-                                                "MB, one more U-Net call per step",
+                                           info=PROFILE_INFO,
                                            allow_custom_value=True, elem_id=elem_id("profile"))
 
     _wire(c, get_store, get_status)

@@ -20,7 +20,7 @@ from ...patcher.chain import CompleteExtraCall, chain, earlier_attn1_patches, no
 from ...patcher.install import install
 from ...patcher.unet_layers import layer_widths_of, projections_of
 from ...run import PassContext, PassPatches, RefDropRun, failing_pass, failing_patch
-from .image_pass import host_encoders
+from .image_pass import host_encoders, known_pass_size
 from .reporting import register_error_handler
 
 _FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is_sd1", "sd15"))
@@ -95,11 +95,12 @@ class Host:
 
 def host_extras(p) -> dict:
     """What a reference pass needs from the host for the pass on ``p``: the image and prompt encoders
-    (``image_pass.py``) and where this batch is in the batch count."""
+    (``image_pass.py``), where this batch is in the batch count, and the pass's image size."""
     return {
         **host_encoders(p),
         "batch_index": int(getattr(p, "iteration", 0) or 0),
         "batch_count": int(getattr(p, "n_iter", 1) or 1),
+        "size": known_pass_size(p),
     }
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ...crop import centre_box
 from ...errors import RefDropError
 
 LATENT_FACTOR = 8  # the VAE's downsampling in every supported family
@@ -33,6 +34,14 @@ def pass_size(p) -> tuple[int, int]:
     return int(p.width), int(p.height)
 
 
+def known_pass_size(p) -> tuple[int, int] | None:
+    """``pass_size`` where ``p`` has the sizes, else None (RefDrop then needs no size until an image is encoded)."""
+    try:
+        return pass_size(p)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def crop_to_size(image, width: int, height: int):
     """``image`` as RGB, centre-cropped to the aspect ratio of ``width`` x ``height`` and resized to it (the hosts'
     "Crop and resize")."""
@@ -43,10 +52,7 @@ def crop_to_size(image, width: int, height: int):
     if image.width < 1 or image.height < 1:
         raise RefDropError("RefDrop: the reference image is empty")
     image = image.convert("RGB")
-    scale = max(width / image.width, height / image.height)  # cover the target, then cut what sticks out
-    crop_w, crop_h = min(image.width, round(width / scale)), min(image.height, round(height / scale))
-    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
-    box = (left, top, left + max(crop_w, 1), top + max(crop_h, 1))
+    box = centre_box(image.width, image.height, width, height)
     return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
 
 

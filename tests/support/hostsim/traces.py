@@ -19,22 +19,21 @@ REPO = Path(__file__).resolve().parents[3]
 _SHAPE_KEYS = ("pass", "q", "k", "v", "dtype")
 
 
-def traces_dir() -> Path | None:
-    """The host-traces folder, or None when it is not available."""
+def traces_dir() -> Path:
+    """The host-traces folder. A test that needs it fails where it is missing (FileNotFoundError naming where it
+    looked), never skips: a checkout without the traces must not pass for one that checked against them."""
     candidates = [os.environ.get("HOSTSIM_TRACES"), REPO.parent / "shared" / "host-traces",
                   REPO / "shared" / "host-traces"]
     for cand in candidates:
         if cand and Path(cand).is_dir():
             return Path(cand)
-    return None
+    looked = ", ".join(str(c) for c in candidates if c)
+    raise FileNotFoundError(f"shared/host-traces not found (looked in {looked}; or set HOSTSIM_TRACES)")
 
 
 def load_trace(host: str, case: str) -> dict:
     """``<traces>/<host>/<case>.json`` as a dict (``host`` is "forge" or "reforge")."""
-    root = traces_dir()
-    if root is None:
-        raise FileNotFoundError(f"host-traces not found (looked beside {REPO})")
-    with open(root / host / f"{case}.json", encoding="utf-8") as fh:
+    with open(traces_dir() / host / f"{case}.json", encoding="utf-8") as fh:
         return json.load(fh)
 
 
