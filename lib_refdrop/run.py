@@ -26,9 +26,9 @@ from .attn.patches import (
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
 from .attn.trajectory import CONDITIONING_KEYS, TrajectoryInput, trajectory_save_wrapper
+from .crop import centre_box, same_aspect
 from .dit.blocks import FluxOps
 from .dit.guide import FluxRefDrop
-from .crop import centre_box, same_aspect
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
