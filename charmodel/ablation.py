@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from lib_refdrop.attn.address import OccurrenceCounter, chunk_names, current_sigma, layer_id
 from lib_refdrop.attn.blend import expand_reference, rfg_blend
 from lib_refdrop.attn.sources import StoredRows, layer_call
+from lib_refdrop.reference.address import OccurrenceCounter, chunk_names, current_sigma, layer_id
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import host_attention, layer_map

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from lib_refdrop.attn import sources
-from lib_refdrop.attn.address import current_sigma
+from lib_refdrop.reference.address import current_sigma
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import call_model, host_attention
 

@@ -28,7 +28,7 @@ SLOTS = (1, 2, 3)  # slot 1 is the reference of the single-reference arguments; 
 BLOCK_GROUPS = ("input", "middle", "output", "double", "single")  # U-Net; Flux's double- and single-stream blocks
 # ASCII digits only: "\d" would also take "OUT٠١" (Arabic-Indic digits), which int() reads but the rest does not.
 _BLOCK_RE = re.compile(r"(IN|OUT|D|S)[0-9]{2}|M00", re.ASCII)
-_LAST_BLOCK = {"IN": 11, "M": 0, "OUT": 11, "D": 18, "S": 37}  # D00-D18, S00-S37: Flux (attn/address.py block_label)
+_LAST_BLOCK = {"IN": 11, "M": 0, "OUT": 11, "D": 18, "S": 37}  # D00-D18, S00-S37: Flux (address.block_label)
 # Number text as a user types it; float() alone would also take "٠.٣" (Arabic-Indic digits) and "1_0".
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 MAX_SHOWN_CHARS = 60  # of a bad value quoted in a message: values come from API clients and can be huge

@@ -25,7 +25,7 @@ from .attn.patches import (
 )
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
-from .attn.trajectory import CONDITIONING_KEYS, TrajectoryInput, trajectory_save_wrapper
+from .attn.trajectory import TrajectoryInput, trajectory_save_wrapper
 from .crop import centre_box, same_aspect
 from .dit.blocks import FluxOps
 from .dit.guide import FluxRefDrop
@@ -33,6 +33,7 @@ from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
 from .reference import compression
+from .reference.address import CONDITIONING_KEYS
 from .reference.manifest import reference_info
 from .reference.names import automatic_name
 from .reference.pinned import ToHost

@@ -23,12 +23,12 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lib_refdrop.attn.address import entry_name
 from lib_refdrop.attn.patches import make_failing_patch
-from lib_refdrop.attn.sigmas import Slot
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import RefDropSettings, from_args, to_args
+from lib_refdrop.reference.address import entry_name
 from lib_refdrop.reference.manifest import Recording
+from lib_refdrop.reference.sigmas import Slot
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
 from lib_refdrop.run import RefDropRun

@@ -13,14 +13,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from lib_refdrop.attn.address import entry_name
-from lib_refdrop.attn.sigmas import Slot
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference import compression, lowrank, quantize
+from lib_refdrop.reference.address import entry_name
 from lib_refdrop.reference.manifest import Recording, seal_manifest
 from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, RANK, Profile, get_profile
 from lib_refdrop.reference.ramcache import RamCache
 from lib_refdrop.reference.reader import ReferenceReader
+from lib_refdrop.reference.sigmas import Slot
 from lib_refdrop.reference.store import MANIFEST, OpenReference, ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
 

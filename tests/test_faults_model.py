@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_refdrop.attn.sigmas import SigmaMap
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference.reader import ReferenceReader, slots_of
+from lib_refdrop.reference.sigmas import SigmaMap
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support import faultkit
 

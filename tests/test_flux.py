@@ -10,12 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_refdrop.attn.address import block_label
 from lib_refdrop.dit.blocks import FluxOps, double_block, single_block
 from lib_refdrop.dit.guide import FluxRefDrop
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import build
-from lib_refdrop.reference import manifest as manifest_format
+from lib_refdrop.reference.address import LAYER_ID_RE, block_label
 from lib_refdrop.reference.profiles import DIT_DEFAULT_PROFILE, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
@@ -28,11 +27,11 @@ FLAVOURS = ("reforge", "forge")
 def test_the_engine_names_flux_layers_and_blocks():
     """Flux's layer ids in a manifest and a Use's plan, the block names users see, and the guidance a trajectory keeps:
     what every test below stands on, so a regression is a failure here, never a skip."""
-    from lib_refdrop.attn.trajectory import CONDITIONING_KEYS
     from lib_refdrop.params import parse_blocks
+    from lib_refdrop.reference.address import CONDITIONING_KEYS
 
     assert (block_label("double0.0"), block_label("single37.0")) == ("D00", "S37")
-    assert manifest_format._LAYER_RE.match("double18.0") and manifest_format._LAYER_RE.match("single37.0")
+    assert LAYER_ID_RE.match("double18.0") and LAYER_ID_RE.match("single37.0")
     assert parse_blocks(["D18", "S37"]) == ("D18", "S37")
     assert "guidance" in CONDITIONING_KEYS
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lib_refdrop.attn.address import (
+from lib_refdrop.reference.address import (
     OccurrenceCounter,
     block_label,
     chunk_names,
@@ -14,7 +14,7 @@ from lib_refdrop.attn.address import (
     rows_per_chunk,
     split_layer_id,
 )
-from lib_refdrop.attn.sigmas import SigmaMap, Slot
+from lib_refdrop.reference.sigmas import SigmaMap, Slot
 
 
 def test_layer_ids_and_block_labels():

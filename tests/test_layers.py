@@ -1,6 +1,8 @@
-"""The package's layers and their one-way arrows: run -> attn, reference; webui -> everything; nothing below webui
-imports the host (``modules``), gradio or fastapi, and only patcher/ the patcher hosts' kernel packages; no import
-cycle among the package's modules."""
+"""The package's layers and their one-way arrows: run -> attn -> reference (the on-disk format, which imports no
+other layer); webui -> everything; nothing below webui imports the host (``modules``), gradio or fastapi, and only
+patcher/ the patcher hosts' kernel packages; no import cycle among the package's modules or its layers. Imports only
+made for type checkers (``if TYPE_CHECKING``) count like any other: they are arrows a reader follows too. The
+WebUI's entry script (``scripts/``) stands above the webui layer."""
 
 from __future__ import annotations
 
@@ -12,15 +14,15 @@ HOST_ONLY = ("modules", "gradio", "fastapi", "starlette", "pydantic", "backend",
 KERNEL_PACKAGES = ("backend", "ldm_patched", "comfy")  # what patcher/kernels.py imports when a host asks for it
 # layer -> layers it may import (besides itself and the package's top-level errors/families/TITLE)
 ALLOWED = {
-    "attn": set(),
-    "reference": {"attn"},
+    "reference": set(),  # the on-disk format: names, manifests, the store, reading and writing
+    "attn": {"reference"},
     "images": set(),  # images and masks from user input (PIL), decoded once
     "crop": set(),  # the box an image and its mask are cut to a pass by
     "params": {"images"},
     "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
     "run": {"attn", "reference", "params", "images", "crop", "dit"},
     "standalone": {"attn", "reference", "params", "run"},
-    "patcher": {"attn", "dit"},  # host-neutral ModelPatcher glue: installs what run planned, never plans
+    "patcher": {"attn", "dit", "reference", "run"},  # host-neutral ModelPatcher glue: installs what run planned
     "webui": {"attn", "reference", "params", "images", "crop", "run", "standalone", "dit", "patcher"},
 }
 SHARED = {"errors", "families", "__init__"}
@@ -31,17 +33,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute names of everything ``path`` imports at run time (``if TYPE_CHECKING`` blocks left out)."""
+def _imports(path: Path, package: str | None = None) -> set[str]:
+    """Absolute names of everything ``path`` imports, ``if TYPE_CHECKING`` blocks included (``package``: the package
+    its relative imports start from, where it is not inside lib_refdrop)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
-    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
-                   for n in ast.walk(node)}
+    if package is None:
+        package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -106,3 +105,41 @@ def test_no_import_cycle():
 
     for module in graph:
         visit(module)
+
+
+def test_no_import_cycle_between_layers():
+    """A cycle of layers (attn -> reference -> attn) is invisible to the module check when it passes through
+    different modules of each; the layers' own graph must be acyclic too."""
+    graph: dict[str, set[str]] = {}
+    for module, imported in _modules().items():
+        layer = _layer(module)
+        targets = {_layer(t) for t in imported if t.startswith("lib_refdrop.")} - {layer} - SHARED
+        graph.setdefault(layer, set()).update(targets)
+    done, path = set(), []
+
+    def visit(layer):
+        if layer in path:
+            raise AssertionError(" -> ".join(path[path.index(layer):] + [layer]))
+        if layer in done:
+            return
+        path.append(layer)
+        for target in graph.get(layer, ()):
+            visit(target)
+        path.pop()
+        done.add(layer)
+
+    for layer in graph:
+        visit(layer)
+
+
+def test_the_entry_script_stands_above_the_webui_layer():
+    """The script the WebUI loads may import what the webui layer may, and the webui layer."""
+    scripts = PACKAGE.parent / "scripts"
+    allowed = {"webui", *ALLOWED["webui"], *SHARED}
+    modules = _modules()
+    wrong = []
+    for path in scripts.glob("*.py"):
+        for target in _imports(path, package="scripts") & modules.keys():
+            if _layer(target) not in allowed:
+                wrong.append(f"{path.name} imports {target}")
+    assert wrong == []

@@ -130,9 +130,9 @@ def test_property_a_manifest_is_either_usable_or_refused_with_a_message(real_man
     """Whatever a manifest holds, ``check_manifest`` either raises a RefDropError naming the reference or returns a
     manifest the reader and the engine can use without a KeyError/TypeError (resealed: past the checksum)."""
     from lib_refdrop.attn.patches import plan_use
-    from lib_refdrop.attn.sigmas import SigmaMap
     from lib_refdrop.params import RefDropSettings
     from lib_refdrop.reference.reader import slots_of
+    from lib_refdrop.reference.sigmas import SigmaMap
 
     manifest = copy.deepcopy(real_manifest)
     try:

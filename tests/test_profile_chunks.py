@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from lib_refdrop import standalone
-from lib_refdrop.attn.address import chunk_names
+from lib_refdrop.reference.address import chunk_names
 from lib_refdrop.reference.profiles import EXACT, PROFILES
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, host_attention, make_unet

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from lib_refdrop import standalone
-from lib_refdrop.attn.sigmas import Slot
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference.manifest import SEAL
 from lib_refdrop.reference.reader import RAM_CACHE, RamCache, ReferenceReader, WriteThrough, slots_of
+from lib_refdrop.reference.sigmas import Slot
 from lib_refdrop.reference.store import OpenReference, ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
 from tests.support import faultkit

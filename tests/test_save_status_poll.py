@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from lib_refdrop.attn.sigmas import Slot
 from lib_refdrop.params import build
+from lib_refdrop.reference.sigmas import Slot
 from lib_refdrop.reference.writer import ReferenceWriter
 from lib_refdrop.run import SAVING, RefDropRun
 from lib_refdrop.webui import opts as options

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import RefDropError, RefDropInternalError
-from .address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id
+from ..reference.address import OccurrenceCounter, block_group, block_label, chunk_names, current_sigma, layer_id
 from .blend import expand_reference, rfg_blend_many
 from .masks import KeyMask, select_tokens
 from .refpass import PASS_KEY

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..errors import RefDropError, RefDropInternalError
-from .address import chunk_names
-from .sigmas import SigmaMap, Slot
+from ..reference.address import chunk_names
+from ..reference.sigmas import SigmaMap, Slot
 
 if TYPE_CHECKING:  # the reader is handed in by run.py; attn never touches the disk itself
     from ..reference.reader import ReferenceReader

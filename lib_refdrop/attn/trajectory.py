@@ -19,35 +19,11 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..errors import RefDropError
-from .address import UNCOND, chunk_names
+from ..reference.address import CONDITIONING_KEYS, UNCOND, chunk_names, conditioning_key, stored_chunks
 from .refpass import Evaluations
 
 if TYPE_CHECKING:  # what a Save records into; attn itself never touches the disk
     from ..reference.recorder import Recorder
-
-LATENT = "latent"                  # the slot tensor of the reference's model input at that sigma
-TRAJECTORY_LAYER = "trajectory"    # the occurrence counter's key for the latents
-CONDITIONING = "conditioning"      # ``conditioning/<chunk>/<key>``: one row of the model's keyword argument <key>
-# the text conditioning of a model call, SDXL's pooled/size vector, Flux's distilled guidance (one value per row)
-CONDITIONING_KEYS = ("c_crossattn", "y", "guidance")
-
-
-def conditioning_key(chunk: str, key: str) -> str:
-    return f"{CONDITIONING}/{chunk}/{key}"
-
-
-def split_conditioning_key(name: str) -> tuple[str, str] | None:
-    """``"conditioning/cond0/y"`` -> ``("cond0", "y")``; None for any other name."""
-    parts = name.split("/")
-    if len(parts) != 3 or parts[0] != CONDITIONING or parts[2] not in CONDITIONING_KEYS:
-        return None
-    return parts[1], parts[2]
-
-
-def stored_chunks(chunks: list[str], stored: dict) -> list[str]:
-    """The chunks whose text conditioning a trajectory holds, in the manifest's order."""
-    return [chunk for chunk in chunks if conditioning_key(chunk, "c_crossattn") in stored]
-
 
 def first_image_conditioning(c: dict, cond_or_uncond, rows: int) -> dict[str, torch.Tensor]:
     """The first image's row of each conditioning tensor of one U-Net call, by ``conditioning_key``."""

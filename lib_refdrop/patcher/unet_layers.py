@@ -12,8 +12,8 @@ reference's rows too.
 
 from __future__ import annotations
 
-from ..attn.address import split_layer_id
 from ..errors import RefDropError
+from ..reference.address import split_layer_id
 
 
 def attn1_layer_keys(diffusion_model) -> list[tuple[str, int, int]]:

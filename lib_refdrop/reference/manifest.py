@@ -16,14 +16,13 @@ import re
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
-from ..attn.sigmas import Slot
 from ..errors import RefDropError
+from .address import CHUNK_NAME_RE, LAYER_ID_RE
+from .sigmas import Slot
 
 FORMAT_VERSION = 1
 SEAL = "manifest_sha256"
 REQUIRED_FIELDS = ("format_version", "name", "family", "layers", "chunks", "slots", "profile", "dtype")
-_LAYER_RE = re.compile(r"^(input|middle|output|double|single)\d{1,3}\.\d{1,3}$")
-_CHUNK_RE = re.compile(r"^(un)?cond\d{1,3}$")
 # The most tokens a layer can have: a latent cell (8×8 pixels) each, at the largest generation RefDrop takes (4096×4096
 # pixels, as ``images.MAX_PIXELS``). Bounds what a slot file may hold, and so what a compressed one may inflate to.
 MAX_GENERATION_SIDE = 4096
@@ -167,7 +166,7 @@ def check_manifest(manifest, name: str) -> dict:
         raise broken(name, "bad size or date")
     _check_layers(manifest["layers"], name)
     chunks = manifest["chunks"]
-    if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) and _CHUNK_RE.match(c)
+    if not isinstance(chunks, list) or not chunks or not all(isinstance(c, str) and CHUNK_NAME_RE.match(c)
                                                                for c in chunks):
         raise broken(name, "bad chunk list")
     _check_slots(manifest["slots"], name)
@@ -197,7 +196,7 @@ def _check_layers(layers, name: str) -> None:
     if not isinstance(layers, dict) or not layers:
         raise broken(name, "no layers")
     for lid, layer in layers.items():
-        if not _LAYER_RE.match(lid) or not isinstance(layer, dict):
+        if not LAYER_ID_RE.match(lid) or not isinstance(layer, dict):
             raise broken(name, f"bad layer {lid!r}")
         if not all(_is_int(layer.get(k), 1) for k in ("n_heads", "dim_head", "tokens")):
             raise broken(name, f"bad shape of layer {lid}")

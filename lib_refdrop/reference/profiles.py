@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attn.address import entry_name
 from ..errors import RefDropError
 from . import lowrank, quantize
+from .address import entry_name
 
 SCALE = "scale"  # the suffix of a quantized row's per-channel scales: ``input1.0/cond0/k.scale``
 U, W = "u", "w"  # the suffixes of a low-rank row's factors: ``input1.0/cond0/k.u`` [N, r] and ``.w`` [r, C]

@@ -16,15 +16,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import safetensors.torch
 import torch
 
-from ..attn.address import entry_name
-from ..attn.sigmas import SigmaMap, Slot
-from ..attn.trajectory import LATENT
 from ..errors import RefDropError
 from . import compression
+from .address import LATENT, entry_name
 from .manifest import SEAL, slot_chunks
 from .pinned import Arena, PinnedSlabPool
 from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
+from .sigmas import SigmaMap, Slot
 from .slot_check import check_decoded, check_slot_tensors, max_file_bytes
 from .store import OpenReference
 from .trajectory_check import check_conditioning, check_latent_shapes

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from ..attn.address import OccurrenceCounter, chunk_names, current_sigma, layer_id, rows_per_chunk
-from ..attn.sigmas import Slot
-from ..attn.trajectory import LATENT, TRAJECTORY_LAYER
+from .address import LATENT, TRAJECTORY_LAYER, OccurrenceCounter, chunk_names, current_sigma, layer_id, rows_per_chunk
 from .manifest import Recording
 from .pinned import ToHost
 from .profiles import Profile
+from .sigmas import Slot
 from .writer import ReferenceWriter
 
 

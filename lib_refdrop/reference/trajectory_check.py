@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attn.trajectory import CONDITIONING_KEYS, LATENT, conditioning_key, split_conditioning_key, stored_chunks
 from ..errors import RefDropError
+from .address import CONDITIONING_KEYS, LATENT, conditioning_key, split_conditioning_key, stored_chunks
 from .finite import all_finite
 
 MAX_LATENT_CHANNELS = 64

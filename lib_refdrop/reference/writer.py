@@ -18,11 +18,11 @@ from pathlib import Path
 
 import safetensors.torch
 
-from ..attn.sigmas import Slot
 from . import compression
 from .manifest import Recording, build_manifest, sha256_bytes
 from .names import validate_name
 from .reader import WriteThrough
+from .sigmas import Slot
 from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
 
 # The one registry of Saves in flight in this process: (store folder, name) -> writers still working on it (two

@@ -10,9 +10,9 @@ import safetensors.torch
 import torch
 
 from lib_refdrop import standalone
-from lib_refdrop.attn.address import entry_name
-from lib_refdrop.attn.sigmas import Slot
+from lib_refdrop.reference.address import entry_name
 from lib_refdrop.reference.manifest import Recording
+from lib_refdrop.reference.sigmas import Slot
 from lib_refdrop.reference.store import INCOMING, MANIFEST, TRASH, ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
 from lib_refdrop.run import PassContext

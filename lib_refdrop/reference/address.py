@@ -1,4 +1,5 @@
-"""Addressing of reference features: which layer, which chunk (cond/uncond), which sigma.
+"""Addressing of reference features: which layer, which chunk (cond/uncond), which sigma, and the names they are
+stored under (the on-disk vocabulary: layer ids, chunk names, slot entry names, a trajectory's entries).
 
 The hosts call an attn1 replace patch with ``extra_options`` that name the layer (``block``,
 ``block_index``), the row layout (``cond_or_uncond``: one entry per chunk, 1 = uncond, 0 = cond) and
@@ -8,6 +9,7 @@ tested against the recorded host traces without torch.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 UNCOND = 1  # value used in cond_or_uncond for the negative prompt
@@ -26,7 +28,11 @@ def split_layer_id(lid: str) -> tuple[str, int, int]:
     return name, int(head[len(name):]), int(index)
 
 
+# A layer's block kind -> the prefix of its name in block-weight tools (U-Net input/middle/output, Flux
+# double-/single-stream); the layer-id grammar a manifest is checked against is built from the same table.
 _BLOCK_PREFIX = {"input": "IN", "middle": "M", "output": "OUT", "double": "D", "single": "S"}
+LAYER_ID_RE = re.compile(rf"^({'|'.join(_BLOCK_PREFIX)})\d{{1,3}}\.\d{{1,3}}$")  # input4.1, double18.0
+CHUNK_NAME_RE = re.compile(r"^(un)?cond\d{1,3}$")  # chunk_names: uncond0, cond0, cond1...
 
 
 def block_label(lid: str) -> str:
@@ -86,3 +92,28 @@ class OccurrenceCounter:
         occurrence = self._counts[key]
         self._counts[key] += 1
         return occurrence
+
+
+# A trajectory reference's entries (attn/trajectory.py): its latent at each sigma and its conditioning rows.
+LATENT = "latent"                  # the slot tensor of the reference's model input at that sigma
+TRAJECTORY_LAYER = "trajectory"    # the occurrence counter's key for the latents
+CONDITIONING = "conditioning"      # ``conditioning/<chunk>/<key>``: one row of the model's keyword argument <key>
+# the text conditioning of a model call, SDXL's pooled/size vector, Flux's distilled guidance (one value per row)
+CONDITIONING_KEYS = ("c_crossattn", "y", "guidance")
+
+
+def conditioning_key(chunk: str, key: str) -> str:
+    return f"{CONDITIONING}/{chunk}/{key}"
+
+
+def split_conditioning_key(name: str) -> tuple[str, str] | None:
+    """``"conditioning/cond0/y"`` -> ``("cond0", "y")``; None for any other name."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != CONDITIONING or parts[2] not in CONDITIONING_KEYS:
+        return None
+    return parts[1], parts[2]
+
+
+def stored_chunks(chunks: list[str], stored: dict) -> list[str]:
+    """The chunks whose text conditioning a trajectory holds, in the manifest's order."""
+    return [chunk for chunk in chunks if conditioning_key(chunk, "c_crossattn") in stored]
