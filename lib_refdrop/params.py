@@ -1,10 +1,11 @@
 """The validated settings of one generation, built from UI values, API arguments or infotext.
 
-Data flows one way: raw arguments -> ``RefDropSettings`` (validated here, once) -> a plan in the engine.
-``FIELDS`` is the one table of the arguments: their names, defaults and validators, their infotext keys and when
-webui/infotext.py writes and pastes each. ``RefDropSettings`` (one attribute per row) and ``ARG_NAMES`` are made from
-it. The positional order of ``ARG_NAMES`` is the order of the controls returned by ``ui()`` and therefore the
-order of ``alwayson_scripts["RefDrop"]["args"]``; it is part of the public API and only ever grows at the end.
+Data flows one way: raw arguments -> ``RefDropSettings`` (validated here, once) -> a plan in ``run.py``.
+``FIELDS`` is the one table of the arguments: their names, defaults, bounds and validators, their infotext keys and
+when webui/infotext.py writes and pastes each; ``ARG_NAMES`` is made from it. ``RefDropSettings`` holds the validated
+values, typed, with each reference slot's arguments together in one ``SlotSettings`` (``Field.value`` reads a row's).
+The positional order of ``ARG_NAMES`` is the order of the controls returned by ``ui()`` and therefore the order of
+``alwayson_scripts["RefDrop"]["args"]``; it is part of the public API and only ever grows at the end.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from .errors import RefDropError
@@ -215,7 +216,7 @@ KEEP = "keep"          # never: an image or a mask is not in an infotext, so the
 class Field:
     """One argument: its name and default, its validator, its infotext key and how that is written and pasted."""
 
-    arg: str                         # argument name: a RefDropSettings attribute and a place in ARG_NAMES
+    arg: str                         # argument name: a place in ARG_NAMES
     default: object
     parse: Callable[[object, str], object]  # a validator above: any JSON value -> valid value or RefDropError
     key: str | None                  # the infotext key (None: never in an infotext)
@@ -224,43 +225,65 @@ class Field:
     also_read: tuple[str, ...] = ()  # keys pasted into the control when its own key is missing or empty
     applies: Callable[[object], bool] | None = None  # settings -> whether the value had an effect (None: always)
     recorded: Callable[[object], object] | None = None  # what the infotext says of the value (None: the value)
+    slot: int | None = None          # a reference slot's argument: the slot (1, 2, 3); None: the settings' own
+    attribute: str = ""              # its attribute in RefDropSettings or, for a slot's, in SlotSettings
+    bounds: tuple[float, float] | None = None  # a number's range, for the controls that offer it
+
+    def __post_init__(self):
+        if not self.attribute:
+            object.__setattr__(self, "attribute", self.arg)
+
+    def value(self, settings) -> object:
+        """This argument's value in ``settings``."""
+        holder = settings if self.slot is None else settings.slot_values[self.slot - 1]
+        return getattr(holder, self.attribute)
 
 
 # -- when a value has an effect (the ``applies`` of the rows below) ----------------------------------------------
 
 def slot_is_on(k: int) -> Callable[[object], bool]:
     """Slot 1 is on in every Use; slots 2 and 3 when their coefficient is not 0."""
-    return lambda settings: k == 1 or getattr(settings, f"rfg_{k}") != 0
+    return lambda settings: k == 1 or settings.slot_values[k - 1].rfg != 0
 
 
 def slot_reads_the_store(k: int) -> Callable[[object], bool]:
     on = slot_is_on(k)
-    return lambda settings: on(settings) and getattr(settings, _slot_arg("source", k)) == "reference"
+    return lambda settings: on(settings) and settings.slot_values[k - 1].source == "reference"
 
 
 def an_image_is_evaluated(settings) -> bool:
     """A Save from an image, or a Use with a slot on whose source is a live image: where ``image_prompt`` counts."""
     if settings.mode == "Save":
         return settings.save_from == "image"
-    return any(slot_is_on(k)(settings) and getattr(settings, _slot_arg("source", k)) == "image" for k in SLOTS)
+    return any(slot_is_on(k)(settings) and settings.slot_values[k - 1].source == "image" for k in SLOTS)
 
 
-def _slot_arg(name: str, k: int) -> str:
+def slot_arg(name: str, k: int) -> str:
     """The argument of slot ``k``: slot 1's are the single-reference arguments (``rfg``), the others ``rfg_2``..."""
     return name if k == 1 else f"{name}_{k}"
+
+
+RFG_BOUNDS = (-1.0, 1.0)
+FRACTION_BOUNDS = (0.0, 1.0)
+
+
+def _slot_field(k: int, attribute: str, default, parse, key_written_pasted: tuple, **more) -> Field:
+    key, written, pasted = key_written_pasted
+    return Field(slot_arg(attribute, k), default, parse, key, written, pasted, slot=k, attribute=attribute, **more)
 
 
 def _more_slot_fields(k: int) -> tuple[Field, ...]:
     """Slot ``k`` (2, 3): written in a Use only while the slot is on, pasted from a Use only (left out: off)."""
     return (
-        Field(f"reference_{k}", "", parse_text, f"refdrop_reference_{k}", IN_USE_IF_SET, USE_ONLY,
-              applies=slot_reads_the_store(k)),
-        Field(f"rfg_{k}", 0.0, parse_rfg, f"refdrop_rfg_{k}", IN_USE_IF_SET, USE_ONLY),  # 0 = the slot is off
-        Field(f"source_{k}", "reference", parse_source, f"refdrop_source_{k}", IN_USE_IF_SET, USE_ONLY,
-              applies=slot_is_on(k)),
-        Field(f"image_{k}", None, parse_image, None, NEVER, KEEP),
-        Field(f"mask_{k}", None, parse_mask, f"refdrop_mask_{k}", IN_USE_IF_SET, KEEP, applies=slot_is_on(k),
-              recorded=mask_digest),
+        _slot_field(k, "reference", "", parse_text, (f"refdrop_reference_{k}", IN_USE_IF_SET, USE_ONLY),
+                    applies=slot_reads_the_store(k)),
+        _slot_field(k, "rfg", 0.0, parse_rfg, (f"refdrop_rfg_{k}", IN_USE_IF_SET, USE_ONLY),  # 0 = the slot is off
+                    bounds=RFG_BOUNDS),
+        _slot_field(k, "source", "reference", parse_source, (f"refdrop_source_{k}", IN_USE_IF_SET, USE_ONLY),
+                    applies=slot_is_on(k)),
+        _slot_field(k, "image", None, parse_image, (None, NEVER, KEEP)),
+        _slot_field(k, "mask", None, parse_mask, (f"refdrop_mask_{k}", IN_USE_IF_SET, KEEP), applies=slot_is_on(k),
+                    recorded=mask_digest),
     )
 
 
@@ -269,10 +292,10 @@ def _more_slot_fields(k: int) -> tuple[Field, ...]:
 FIELDS = (
     Field("enabled", False, parse_bool, "refdrop_enabled", ALWAYS, SWITCH),
     Field("mode", "Use", parse_mode, "refdrop_mode", ALWAYS, ANY),
-    Field("rfg", DEFAULT_RFG, parse_rfg, "refdrop_rfg", IN_USE, USE_ONLY),
+    _slot_field(1, "rfg", DEFAULT_RFG, parse_rfg, ("refdrop_rfg", IN_USE, USE_ONLY), bounds=RFG_BOUNDS),
     # Use: which saved reference. A Save's name pastes into it, ready to use the reference that image made.
-    Field("reference", "", parse_text, "refdrop_reference", IN_USE_IF_SET, ANY, also_read=("refdrop_saved_as",),
-          applies=slot_reads_the_store(1)),
+    _slot_field(1, "reference", "", parse_text, ("refdrop_reference", IN_USE_IF_SET, ANY),
+                also_read=("refdrop_saved_as",), applies=slot_reads_the_store(1)),
     # Save: the name of the new reference ("" = automatic); the infotext holds the name it was saved as.
     Field("save_name", "", parse_text, "refdrop_saved_as", IN_SAVE_IF_SET, RESET),
     Field("disabled_groups", (), parse_groups, "refdrop_disabled_groups", IN_USE_IF_SET, USE_ONLY),  # of BLOCK_GROUPS
@@ -280,27 +303,27 @@ FIELDS = (
     # The paper's Up1 ablation: less pose/background copying.
     Field("skip_first_up", False, parse_bool, "refdrop_skip_first_up", IN_USE_IF_SET, USE_ONLY),
     # The fractions of the schedule where RFG starts and ends.
-    Field("step_start", 0.0, parse_fraction, "refdrop_step_start", IN_USE_IF_SET, USE_ONLY),
-    Field("step_end", 1.0, parse_fraction, "refdrop_step_end", IN_USE_IF_SET, USE_ONLY),
+    Field("step_start", 0.0, parse_fraction, "refdrop_step_start", IN_USE_IF_SET, USE_ONLY, bounds=FRACTION_BOUNDS),
+    Field("step_end", 1.0, parse_fraction, "refdrop_step_end", IN_USE_IF_SET, USE_ONLY, bounds=FRACTION_BOUNDS),
     Field("apply_hires", False, parse_bool, "refdrop_hires", IN_USE_IF_SET, USE_ONLY),  # RFG in the hires-fix pass
     Field("overwrite", False, parse_bool, None, NEVER, RESET),  # Save: replace a reference of the same name
     # Save: the storage profile ("" = the default from the Settings page).
     Field("profile", "", parse_text, "refdrop_profile", IN_SAVE_IF_SET, ANY),
     # Use: where slot 1's reference comes from (SOURCES).
-    Field("source", "reference", parse_source, "refdrop_source", IN_USE_IF_SET, USE_ONLY),
+    _slot_field(1, "source", "reference", parse_source, ("refdrop_source", IN_USE_IF_SET, USE_ONLY)),
     # Save: what it records (SAVE_FROM).
     Field("save_from", "generation", parse_save_from, "refdrop_save_from", IN_SAVE_IF_SET, ANY),
     # The image of slot 1 (source "image") and of a Save from an image; never in an infotext.
-    Field("image", None, parse_image, None, NEVER, KEEP),
+    _slot_field(1, "image", None, parse_image, (None, NEVER, KEEP)),
     # The text an image is evaluated with (a Save from an image, a live image of any slot).
     Field("image_prompt", "", parse_text, "refdrop_image_prompt", IF_SET, ANY, applies=an_image_is_evaluated),
     # Slot 1's subject mask (white = attended); the infotext records its digest, never the mask.
-    Field("mask", None, parse_mask, "refdrop_mask", IN_USE_IF_SET, KEEP, recorded=mask_digest),
+    _slot_field(1, "mask", None, parse_mask, ("refdrop_mask", IN_USE_IF_SET, KEEP), recorded=mask_digest),
     *_more_slot_fields(2),
     *_more_slot_fields(3),
 )
 ARG_NAMES = tuple(f.arg for f in FIELDS)
-_IMAGE_ARGS = {f.arg for f in FIELDS if f.parse in (parse_image, parse_mask)}
+FIELD_OF = {f.arg: f for f in FIELDS}  # argument name -> its row: a control's default and bounds come from here
 
 
 @dataclass(frozen=True)
@@ -308,15 +331,53 @@ class SlotSettings:
     """One reference of a Use (eq. 7's j): where it comes from and with which coefficient."""
 
     index: int                 # 1, 2 or 3
-    source: str                # one of SOURCES
-    reference: str             # source "reference": the saved reference's name
-    rfg: float                 # its coefficient c_j
+    source: str = "reference"  # one of SOURCES
+    reference: str = ""        # source "reference": the saved reference's name
+    rfg: float = 0.0           # its coefficient c_j (0: slots 2 and 3 are off)
     image: object = field(default=None, hash=False)  # source "image": the image (RGB PIL image)
     mask: object = field(default=None, hash=False)   # the subject mask ("L" PIL image, 0 or 255) or None
 
 
-class _Settings:
-    """The validated values of one generation, one attribute per ``FIELDS`` row (made by ``build``)."""
+@dataclass(frozen=True)
+class RefDropSettings:
+    """The validated values of one generation (made by ``build``): the arguments of ``FIELDS``, each reference
+    slot's together in ``slot_values``."""
+
+    enabled: bool = False
+    mode: str = "Use"                     # one of MODES
+    save_name: str = ""                   # Save: the new reference's name ("" = automatic)
+    disabled_groups: tuple[str, ...] = ()  # of BLOCK_GROUPS
+    disabled_blocks: tuple[str, ...] = ()  # block names: "OUT00", "M00", "D03"...
+    skip_first_up: bool = False
+    step_start: float = 0.0               # the fractions of the schedule where RFG starts and ends
+    step_end: float = 1.0
+    apply_hires: bool = False
+    overwrite: bool = False               # Save: replace a reference of the same name
+    profile: str = ""                     # Save: the storage profile ("" = the Settings default)
+    save_from: str = "generation"         # Save: one of SAVE_FROM
+    image_prompt: str = ""                # what an image is evaluated with
+    slot_values: tuple[SlotSettings, ...] = (SlotSettings(1, rfg=DEFAULT_RFG), SlotSettings(2), SlotSettings(3))
+
+    # Slot 1's values are the single-reference arguments, and a Save from an image reads slot 1's image.
+    @property
+    def rfg(self) -> float:
+        return self.slot_values[0].rfg
+
+    @property
+    def reference(self) -> str:
+        return self.slot_values[0].reference
+
+    @property
+    def source(self) -> str:
+        return self.slot_values[0].source
+
+    @property
+    def image(self):
+        return self.slot_values[0].image
+
+    @property
+    def mask(self):
+        return self.slot_values[0].mask
 
     @property
     def saving(self) -> bool:
@@ -332,26 +393,20 @@ class _Settings:
         coefficient is not 0. Empty unless this is a Use."""
         if not self.using:
             return ()
-        return tuple(
-            SlotSettings(index=k, **{name: getattr(self, _slot_arg(name, k)) for name in _SLOT_VALUES})
-            for k in SLOTS if slot_is_on(k)(self)
-        )
+        return tuple(slot for slot in self.slot_values if slot_is_on(slot.index)(self))
 
 
-_SLOT_VALUES = ("source", "reference", "rfg", "image", "mask")
+def settings_of(values: dict) -> RefDropSettings:
+    """Settings from already valid values by argument name (``ARG_NAMES``); missing ones take their default."""
+    own, per_slot = {}, {k: {} for k in SLOTS}
+    for f in FIELDS:
+        if f.arg in values:
+            (own if f.slot is None else per_slot[f.slot])[f.attribute] = values[f.arg]
+    defaults = RefDropSettings().slot_values
+    return RefDropSettings(**own, slot_values=tuple(
+        replace(defaults[k - 1], **per_slot[k]) for k in SLOTS))
 
 
-def _dataclass_field(f: Field):
-    """Images compare by their pixels and are left out of the hash (a PIL image has none)."""
-    if f.arg in _IMAGE_ARGS:
-        return (f.arg, object, field(default=f.default, hash=False))
-    return (f.arg, type(f.default), field(default=f.default))
-
-
-RefDropSettings = make_dataclass(
-    "RefDropSettings", [_dataclass_field(f) for f in FIELDS], bases=(_Settings,),
-    frozen=True, namespace={"__module__": __name__, "__doc__": _Settings.__doc__},
-)
 DEFAULTS = RefDropSettings()
 
 
@@ -373,7 +428,7 @@ def build(values: dict, spelled: dict | None = None) -> RefDropSettings:
     if unknown:
         raise RefDropError(f"RefDrop: unknown argument(s) {_listed(unknown)}; known: {', '.join(ARG_NAMES)}")
     spelled = spelled or {}
-    settings = RefDropSettings(**{
+    settings = settings_of({
         f.arg: f.parse(values.get(f.arg, f.default), spelled.get(f.arg, f.arg)) for f in FIELDS
     })
     if settings.step_start >= settings.step_end:
@@ -405,10 +460,10 @@ def _check_save(settings: RefDropSettings, spelled: Callable[[str], str]) -> Non
 def _check_slots(settings: RefDropSettings, spelled: Callable[[str], str]) -> None:
     """The slots that are on can run: a reference or an image where their source needs one, one batch source.
 
-    Slot 1 without a reference is left to the engine, which has always said so itself (run.py).
+    Slot 1 without a reference is refused when the Use is planned (run.py), with the references there are.
     """
     for slot in settings.slots:
-        arg = partial(_slot_arg, k=slot.index)
+        arg = partial(slot_arg, k=slot.index)
         if slot.index > 1 and slot.source == "reference" and not slot.reference:
             raise RefDropError(
                 f"RefDrop: slot {slot.index} is on ({spelled(arg('rfg'))} = {slot.rfg}) but no reference is selected"
@@ -421,7 +476,7 @@ def _check_slots(settings: RefDropSettings, spelled: Callable[[str], str]) -> No
             )
     batch = [slot.index for slot in settings.slots if slot.source == "batch"]
     if len(batch) > 1:
-        names = ", ".join(f"'{spelled(_slot_arg('source', k))}'" for k in batch)
+        names = ", ".join(f"'{spelled(slot_arg('source', k))}'" for k in batch)
         raise RefDropError(
             f"RefDrop: only one slot can take the first image of the batch; slots {_and(batch)} have source "
             f"'batch' ({names})"
@@ -438,11 +493,12 @@ def _check_overrides_reach_a_slot(settings: RefDropSettings, overrides: dict) ->
     if not settings.using:
         return
     for k in SLOTS[1:]:
-        for name in (_slot_arg("reference", k), _slot_arg("source", k)):
-            if name in overrides and f"rfg_{k}" not in overrides and not slot_is_on(k)(settings):
+        for name in (slot_arg("reference", k), slot_arg("source", k)):
+            rfg = slot_arg("rfg", k)
+            if name in overrides and rfg not in overrides and not slot_is_on(k)(settings):
                 raise RefDropError(
-                    f"RefDrop: an X/Y/Z axis sets '{name}', but slot {k} is off (rfg_{k} = 0), so no cell would "
-                    f"use it; give slot {k} a coefficient under More references, or put 'rfg_{k}' on another axis"
+                    f"RefDrop: an X/Y/Z axis sets '{name}', but slot {k} is off ({rfg} = 0), so no cell would "
+                    f"use it; give slot {k} a coefficient under More references, or put '{rfg}' on another axis"
                 )
 
 
@@ -527,5 +583,5 @@ def _named(raw: dict) -> tuple[dict, dict]:
 
 def to_args(settings: RefDropSettings) -> list:
     """The positional form, in UI order (inverse of ``from_args``): what the panel sends."""
-    values = (getattr(settings, name) for name in ARG_NAMES)
+    values = (f.value(settings) for f in FIELDS)
     return [list(value) if isinstance(value, tuple) else value for value in values]

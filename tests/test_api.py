@@ -25,7 +25,7 @@ from PIL import Image
 
 from lib_refdrop.attn.patches import make_failing_patch
 from lib_refdrop.errors import RefDropError
-from lib_refdrop.params import RefDropSettings, from_args, to_args
+from lib_refdrop.params import RefDropSettings, build, from_args, to_args
 from lib_refdrop.reference.address import entry_name
 from lib_refdrop.reference.manifest import Recording
 from lib_refdrop.reference.sigmas import Slot
@@ -522,7 +522,7 @@ def test_a_bad_generation_request_is_a_400_with_the_message_in_detail(tmp_path, 
 
 
 def test_named_form_takes_the_panel_defaults_for_what_it_does_not_name():
-    panel = to_args(RefDropSettings(rfg=0.9, reference="dog", overwrite=True))  # e.g. Settings > default RFG 0.9
+    panel = to_args(build({"rfg": 0.9, "reference": "dog", "overwrite": True}))  # e.g. Settings > default RFG 0.9
     settings = from_args(host_script_args([{"mode": "use", "reference": "cat"}], panel))
     assert (settings.rfg, settings.reference, settings.overwrite) == (0.9, "cat", True)
 

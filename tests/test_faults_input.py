@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lib_refdrop.errors import RefDropError
+from lib_refdrop.images import MAX_BASE64_CHARS
 from lib_refdrop.params import ARG_NAMES, build, from_args
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
@@ -49,7 +50,8 @@ def test_rfg_limits_are_accepted(value):
     ({"rfg_3": "0.3x"}, r"RFG coefficient must be a number in \[-1, 1\], got '0.3x' \(argument 'rfg_3'\)"),
     ({"image": "data:image/png;base64,%%%"}, "'image' is neither an image nor base64 text"),
     ({"mask_2": {"layers": [1]}}, "'mask_2' must be an image"),
-    ({"image_3": "x" * 40_000_000}, "'image_3' is 40,000,000 characters of base64, more than the"),
+    ({"image_3": "x" * (MAX_BASE64_CHARS + 1)},
+     f"'image_3' is {MAX_BASE64_CHARS + 1:,} characters of base64, more than the"),
 ])
 def test_named_api_arguments_give_clear_errors(args, message):
     with pytest.raises(RefDropError, match=message):

@@ -3,6 +3,7 @@ overrides are validated once, together; one rule says whether raw args ask for R
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -18,6 +19,7 @@ from lib_refdrop.params import (
     ARG_NAMES,
     DEFAULTS,
     FIELDS,
+    SLOTS,
     SWITCH,
     USE_ONLY,
     RefDropSettings,
@@ -54,7 +56,13 @@ KEYS_OF_7431B38 = [
 
 def test_the_table_gives_the_public_argument_order_and_the_settings_attributes():
     assert ARG_NAMES == PUBLIC_ORDER and ARG_NAMES[:len(ORDER_OF_7431B38)] == ORDER_OF_7431B38
-    assert tuple(vars(RefDropSettings())) == PUBLIC_ORDER
+    # every argument is a typed attribute of the settings (a reference slot's in its SlotSettings)
+    settings = RefDropSettings()
+    for f in FIELDS:
+        holder = settings if f.slot is None else settings.slot_values[f.slot - 1]
+        assert f.attribute in {a.name for a in dataclasses.fields(holder)}, f.arg
+        assert f.value(settings) == f.default, f.arg
+    assert [s.index for s in settings.slot_values] == list(SLOTS)
     assert to_args(DEFAULTS) == [f.default if not isinstance(f.default, tuple) else [] for f in FIELDS]
 
 

@@ -286,7 +286,7 @@ def test_slots_round_trip_property(rfgs, refs, sources):
     effective = {**values}  # what did not apply is not written, so it pastes as the default
     for k in (1, 2, 3):
         suffix = "" if k == 1 else f"_{k}"
-        off = k > 1 and getattr(settings, f"rfg{suffix}") == 0
+        off = k > 1 and settings.slot_values[k - 1].rfg == 0
         if off:
             effective[f"source{suffix}"] = "reference"
         if off or effective[f"source{suffix}"] != "reference":

@@ -130,7 +130,7 @@ def test_property_a_manifest_is_either_usable_or_refused_with_a_message(real_man
     """Whatever a manifest holds, ``check_manifest`` either raises a RefDropError naming the reference or returns a
     manifest the reader and the engine can use without a KeyError/TypeError (resealed: past the checksum)."""
     from lib_refdrop.attn.patches import plan_use
-    from lib_refdrop.params import RefDropSettings
+    from lib_refdrop.params import build
     from lib_refdrop.reference.reader import slots_of
     from lib_refdrop.reference.sigmas import SigmaMap
 
@@ -151,7 +151,7 @@ def test_property_a_manifest_is_either_usable_or_refused_with_a_message(real_man
         assert "'fuzzed'" in str(exc)
         return
     SigmaMap(slots_of(checked))
-    plan_use(RefDropSettings(disabled_blocks=("OUT00",), skip_first_up=True), (10.0, 0.0), list(checked["layers"]))
+    plan_use(build({"disabled_blocks": ("OUT00",), "skip_first_up": True}), (10.0, 0.0), list(checked["layers"]))
     hash((checked.get("created"), checked.get("bytes")))  # the reader's cache key
 
 

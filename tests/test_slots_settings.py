@@ -42,8 +42,8 @@ def test_the_new_arguments_default_to_one_saved_reference():
     assert (DEFAULTS.source, DEFAULTS.save_from, DEFAULTS.image, DEFAULTS.image_prompt, DEFAULTS.mask) == (
         "reference", "generation", None, "", None)
     for k in (2, 3):
-        assert [getattr(DEFAULTS, f"{name}_{k}") for name in ("reference", "rfg", "source", "image", "mask")] == [
-            "", 0.0, "reference", None, None]
+        slot = DEFAULTS.slot_values[k - 1]
+        assert [slot.reference, slot.rfg, slot.source, slot.image, slot.mask] == ["", 0.0, "reference", None, None]
     assert use(reference="cat").slots == (SlotSettings(1, "reference", "cat", 0.3),)
 
 
@@ -85,8 +85,8 @@ def test_a_slot_carries_its_source_image_and_mask():
 
 @pytest.mark.parametrize("spelled", ["Batch", " IMAGE ", "reference"])
 def test_sources_in_any_case(spelled):
-    assert use(source_3=spelled).source_3 == spelled.strip().lower()
-    assert use(source_3=spelled).source_3 in SOURCES
+    assert use(source_3=spelled).slot_values[2].source == spelled.strip().lower()
+    assert use(source_3=spelled).slot_values[2].source in SOURCES
 
 
 @pytest.mark.parametrize("values, message", [

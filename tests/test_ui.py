@@ -17,7 +17,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from lib_refdrop.params import ARG_NAMES, RefDropSettings, from_args
+from lib_refdrop.params import ARG_NAMES, FIELDS, RefDropSettings, from_args
 from lib_refdrop.reference.store import MANIFEST, PREVIEW, ReferenceStore
 from lib_refdrop.reference.writer import format_bytes
 from lib_refdrop.webui import panel as ui
@@ -76,6 +76,8 @@ def test_builds_twice_in_arg_order_with_default_settings(store, saved_library, w
             assert component.elem_id.startswith(f"script_txt2img_refdrop_{name}")
         assert from_args([c.value for c in args]) == RefDropSettings()
         assert controls.inputs["reference"].choices == ["fox"]
+        sliders = {name: (c.minimum, c.maximum) for name, c in controls.inputs.items() if isinstance(c, gr.Slider)}
+        assert sliders == {f.arg: f.bounds for f in FIELDS if f.bounds is not None}  # the table's ranges
     if with_input_accordion:
         assert args[0].accordion_id == "script_txt2img_refdrop_enabled"
 
@@ -376,7 +378,7 @@ def test_what_the_panel_sends_is_valid_input(store):
     settings = from_args([values[name] for name in ARG_NAMES])
     first, second = settings.slots
     assert first.image.getpixel((0, 0)) == (255, 255, 255) and first.mask.getbbox() == (2, 2, 6, 6)
-    assert (second.index, second.source) == (2, "batch") and settings.mask_3 is None
+    assert (second.index, second.source) == (2, "batch") and settings.slot_values[2].mask is None
 
 
 def test_a_mask_kept_with_a_saved_reference(store, saved_library):

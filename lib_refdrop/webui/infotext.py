@@ -73,7 +73,7 @@ def write(params: dict, settings: RefDropSettings, saved_as: str | None = None, 
         return
     settings = replace(settings, save_name=saved_as or settings.save_name, profile=profile or settings.profile)
     for field in FIELDS:
-        value = getattr(settings, field.arg)
+        value = field.value(settings)
         if _WRITTEN[field.written](settings.mode, value != field.default) and _applies(field, settings):
             params[field.key] = _recorded(field, value)
 

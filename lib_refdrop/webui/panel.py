@@ -26,7 +26,7 @@ from PIL import Image
 from .. import families
 from ..errors import RefDropError
 from ..images import parse_mask
-from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, MODES, SAVE_FROM, SLOTS, SOURCES
+from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, FIELD_OF, MODES, SAVE_FROM, SLOTS, SOURCES
 from ..reference.manifest import ReferenceInfo, reference_info
 from ..reference.profiles import PROFILES
 from ..reference.writer import format_bytes
@@ -371,8 +371,21 @@ def _safe_choices(get_store) -> tuple[list[str], str]:
         return [], f"⚠️ RefDrop cannot open its reference folder: {exc}"
 
 
-def _source_radio(label: str, elem_id: str):
-    return gr.Radio([(SOURCE_LABELS[v], v) for v in SOURCES], value="reference", label=label, elem_id=elem_id)
+def _slider(arg: str, label: str, elem_id: str, value=None):
+    """A number control with the default and bounds ``FIELDS`` gives ``arg`` (``value``: another default)."""
+    row = FIELD_OF[arg]
+    low, high = row.bounds
+    return gr.Slider(minimum=low, maximum=high, step=0.01, value=row.default if value is None else value,
+                     label=label, elem_id=elem_id)
+
+
+def _checkbox(arg: str, label: str, elem_id: str, value=None):
+    return gr.Checkbox(FIELD_OF[arg].default if value is None else value, label=label, elem_id=elem_id)
+
+
+def _source_radio(arg: str, label: str, elem_id: str):
+    return gr.Radio([(SOURCE_LABELS[v], v) for v in SOURCES], value=FIELD_OF[arg].default, label=label,
+                    elem_id=elem_id)
 
 
 def _image_input(label: str, elem_id: str, visible: bool = True):
@@ -420,9 +433,8 @@ def _more_slot(c: Controls, elem_id: Callable[[str], str], choices: list[str], k
     i, x = c.inputs, c.extras
     gr.Markdown(f"**Reference {k}**")
     with gr.Row():
-        i[f"source_{k}"] = _source_radio(f"Source {k}", elem_id(f"source_{k}"))
-        i[f"rfg_{k}"] = gr.Slider(minimum=-1.0, maximum=1.0, step=0.01, value=0.0,
-                                  label=f"RFG coefficient {k} (0 = off)", elem_id=elem_id(f"rfg_{k}"))
+        i[f"source_{k}"] = _source_radio(f"source_{k}", f"Source {k}", elem_id(f"source_{k}"))
+        i[f"rfg_{k}"] = _slider(f"rfg_{k}", f"RFG coefficient {k} (0 = off)", elem_id(f"rfg_{k}"))
     with gr.Row() as x[f"reference_box_{k}"]:
         i[f"reference_{k}"] = gr.Dropdown(choices=_NONE_FIRST + choices, value="", label=f"Reference {k}",
                                           allow_custom_value=True, elem_id=elem_id(f"reference_{k}"))
@@ -450,18 +462,18 @@ def build(
 
     with _enabled_section(input_accordion, label, elem_id("enabled")) as enabled:
         i["enabled"] = enabled
-        i["mode"] = gr.Radio(list(MODES), value="Use", label="Mode", elem_id=elem_id("mode"))
+        i["mode"] = gr.Radio(list(MODES), value=FIELD_OF["mode"].default, label="Mode", elem_id=elem_id("mode"))
         with gr.Column(visible=use_visible) as x["use_box"]:
-            i["rfg"] = gr.Slider(minimum=-1.0, maximum=1.0, step=0.01, value=default_rfg,
-                                 label="RFG coefficient", elem_id=elem_id("rfg"))
-            i["source"] = _source_radio("Source", elem_id("source"))
+            i["rfg"] = _slider("rfg", "RFG coefficient", elem_id("rfg"), value=default_rfg)
+            i["source"] = _source_radio("source", "Source", elem_id("source"))
             with gr.Column() as x["reference_box"]:
                 _library(c, elem_id, choices)
         with gr.Column(visible=save_visible) as x["save_box"]:
             i["save_name"] = gr.Textbox(value="", label="Save as", placeholder=SAVE_NAME_PLACEHOLDER,
                                         elem_id=elem_id("save_name"))
-            i["save_from"] = gr.Radio([(SAVE_FROM_LABELS[v], v) for v in SAVE_FROM], value="generation",
-                                      label="Save from", elem_id=elem_id("save_from"))
+            i["save_from"] = gr.Radio([(SAVE_FROM_LABELS[v], v) for v in SAVE_FROM],
+                                      value=FIELD_OF["save_from"].default, label="Save from",
+                                      elem_id=elem_id("save_from"))
         with gr.Column(visible=False) as x["image_box"]:
             i["image"] = _image_input("Image", elem_id("image"))
         with gr.Column(visible=False) as x["prompt_box"]:
@@ -488,14 +500,12 @@ def build(
                                                         elem_id=elem_id("disabled_groups"))
                 i["disabled_blocks"] = gr.CheckboxGroup(list(BLOCK_CHOICES), value=[], label="Disabled blocks",
                                                         info=BLOCKS_INFO, elem_id=elem_id("disabled_blocks"))
-                i["skip_first_up"] = gr.Checkbox(False, label="Skip first up-sampling block",
-                                                 elem_id=elem_id("skip_first_up"))
+                i["skip_first_up"] = _checkbox("skip_first_up", "Skip first up-sampling block",
+                                               elem_id("skip_first_up"))
                 with gr.Row():
-                    i["step_start"] = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=0.0,
-                                                label="Start at (fraction of steps)", elem_id=elem_id("step_start"))
-                    i["step_end"] = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=1.0,
-                                              label="End at (fraction of steps)", elem_id=elem_id("step_end"))
-                i["apply_hires"] = gr.Checkbox(False, label="Apply in hires fix pass", elem_id=elem_id("apply_hires"))
+                    i["step_start"] = _slider("step_start", "Start at (fraction of steps)", elem_id("step_start"))
+                    i["step_end"] = _slider("step_end", "End at (fraction of steps)", elem_id("step_end"))
+                i["apply_hires"] = _checkbox("apply_hires", "Apply in hires fix pass", elem_id("apply_hires"))
             with gr.Column(visible=save_visible) as x["save_advanced"]:
                 i["overwrite"] = gr.Checkbox(default_overwrite, label="Overwrite a reference of the same name",
                                              elem_id=elem_id("overwrite"))
