@@ -8,9 +8,36 @@ the other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 LABELS = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux",
           "unknown": "an unknown architecture"}
 DIT_FAMILIES = ("flux",)  # transformer (DiT) models: RefDrop works in their joint attention (lib_refdrop/dit)
+
+
+@dataclass(frozen=True)
+class BlockKind:
+    """One kind of block that holds attention: its group (a layer id's head, ``input4.1``, and a choice of Disabled
+    block groups), the prefix of its name in block-weight tools (``IN04``) and the highest number any supported model
+    has."""
+
+    group: str
+    prefix: str
+    last: int
+
+
+# The one table of block kinds, in the order blocks are listed: U-Net input / middle / output, Flux double- and
+# single-stream. Layer ids, block names, groups and their checks are all made from it.
+BLOCK_KINDS = (
+    BlockKind("input", "IN", 11), BlockKind("middle", "M", 0), BlockKind("output", "OUT", 11),
+    BlockKind("double", "D", 18), BlockKind("single", "S", 37),
+)
+# The blocks with attention in each family's models, by their names in block-weight tools.
+FAMILY_BLOCKS = {
+    "sd15": ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12))),
+    "sdxl": ("IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6))),
+    "flux": (*(f"D{i:02d}" for i in range(19)), *(f"S{i:02d}" for i in range(38))),
+}
 
 
 def label(family: str) -> str:

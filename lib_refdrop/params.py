@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from .errors import RefDropError
+from .families import BLOCK_KINDS
 from .images import mask_digest, parse_image, parse_mask
 
 MODES = ("Save", "Use")
@@ -26,10 +27,11 @@ MODES = ("Save", "Use")
 SOURCES = ("reference", "batch", "image")
 SAVE_FROM = ("generation", "image")  # what a Save records: this generation, or an image baked into a reference
 SLOTS = (1, 2, 3)  # slot 1 is the reference of the single-reference arguments; 2 and 3 add eq. 7's further ones
-BLOCK_GROUPS = ("input", "middle", "output", "double", "single")  # U-Net; Flux's double- and single-stream blocks
+BLOCK_GROUPS = tuple(kind.group for kind in BLOCK_KINDS)  # U-Net; Flux's double- and single-stream blocks
 # ASCII digits only: "\d" would also take "OUT٠١" (Arabic-Indic digits), which int() reads but the rest does not.
-_BLOCK_RE = re.compile(r"(IN|OUT|D|S)[0-9]{2}|M00", re.ASCII)
-_LAST_BLOCK = {"IN": 11, "M": 0, "OUT": 11, "D": 18, "S": 37}  # D00-D18, S00-S37: Flux (address.block_label)
+_BLOCK_RE = re.compile(rf"({'|'.join(kind.prefix for kind in BLOCK_KINDS)})[0-9]{{2}}", re.ASCII)
+_LAST_BLOCK = {kind.prefix: kind.last for kind in BLOCK_KINDS}
+_BLOCK_ORDER = {kind.prefix: n for n, kind in enumerate(BLOCK_KINDS)}
 # Number text as a user types it; float() alone would also take "٠.٣" (Arabic-Indic digits) and "1_0".
 _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 MAX_SHOWN_CHARS = 60  # of a bad value quoted in a message: values come from API clients and can be huge
@@ -160,14 +162,16 @@ def _block_name(raw: str) -> str | None:
     return name
 
 
+_BLOCK_RANGES = ", ".join(f"{k.prefix}00-{k.prefix}{k.last:02d}" if k.last else f"{k.prefix}00" for k in BLOCK_KINDS)
+
+
 def parse_blocks(value, name: str = "disabled_blocks") -> tuple[str, ...]:
     names = []
     for raw in _names_list(value, name):
         block = _block_name(raw)
         if block is None:
             raise RefDropError(
-                f"RefDrop: unknown block {shown(raw)} in '{name}'; use IN00-IN11, M00 or OUT00-OUT11 (U-Net), "
-                "D00-D18 or S00-S37 (Flux) (see the Advanced panel)"
+                f"RefDrop: unknown block {shown(raw)} in '{name}'; use {_BLOCK_RANGES} (see the Advanced panel)"
             )
         if block not in names:
             names.append(block)
@@ -175,9 +179,8 @@ def parse_blocks(value, name: str = "disabled_blocks") -> tuple[str, ...]:
 
 
 def block_sort_key(name: str) -> tuple[int, int]:
-    order = {"IN": 0, "M": 1, "OUT": 2, "D": 3, "S": 4}
     prefix = name.rstrip("0123456789")
-    return order[prefix], int(name[len(prefix):])
+    return _BLOCK_ORDER[prefix], int(name[len(prefix):])
 
 
 def parse_groups(value, name: str = "disabled_groups") -> tuple[str, ...]:

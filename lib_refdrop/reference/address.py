@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
+from ..families import BLOCK_KINDS
+
 UNCOND = 1  # value used in cond_or_uncond for the negative prompt
 
 
@@ -28,9 +30,9 @@ def split_layer_id(lid: str) -> tuple[str, int, int]:
     return name, int(head[len(name):]), int(index)
 
 
-# A layer's block kind -> the prefix of its name in block-weight tools (U-Net input/middle/output, Flux
-# double-/single-stream); the layer-id grammar a manifest is checked against is built from the same table.
-_BLOCK_PREFIX = {"input": "IN", "middle": "M", "output": "OUT", "double": "D", "single": "S"}
+# A layer's block kind -> the prefix of its name in block-weight tools; the layer-id grammar a manifest is checked
+# against is made from the same table (families.BLOCK_KINDS).
+_BLOCK_PREFIX = {kind.group: kind.prefix for kind in BLOCK_KINDS}
 LAYER_ID_RE = re.compile(rf"^({'|'.join(_BLOCK_PREFIX)})\d{{1,3}}\.\d{{1,3}}$")  # input4.1, double18.0
 CHUNK_NAME_RE = re.compile(r"^(un)?cond\d{1,3}$")  # chunk_names: uncond0, cond0, cond1...
 

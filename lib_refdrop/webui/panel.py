@@ -25,17 +25,15 @@ from PIL import Image
 
 from .. import families
 from ..errors import RefDropError
+from ..families import FAMILY_BLOCKS
 from ..images import parse_mask
-from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, FIELD_OF, MODES, SAVE_FROM, SLOTS, SOURCES
+from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, FIELD_OF, MODES, SAVE_FROM, SLOTS, SOURCES, block_sort_key
 from ..reference.manifest import ReferenceInfo, reference_info
 from ..reference.profiles import PROFILES
 from ..reference.writer import format_bytes
 
-SD15_BLOCKS = ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12)))
-SDXL_BLOCKS = ("IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6)))
-FLUX_BLOCKS = (*(f"D{i:02d}" for i in range(19)), *(f"S{i:02d}" for i in range(38)))  # double- / single-stream
-BLOCK_CHOICES = (*sorted(set(SD15_BLOCKS) | set(SDXL_BLOCKS), key=lambda b: ({"I": 0, "M": 1, "O": 2}[b[0]], b)),
-                 *FLUX_BLOCKS)
+SD15_BLOCKS, SDXL_BLOCKS, FLUX_BLOCKS = (FAMILY_BLOCKS[family] for family in ("sd15", "sdxl", "flux"))
+BLOCK_CHOICES = tuple(sorted({b for blocks in FAMILY_BLOCKS.values() for b in blocks}, key=block_sort_key))
 
 
 def _listed(blocks: tuple[str, ...]) -> str:
@@ -44,9 +42,15 @@ def _listed(blocks: tuple[str, ...]) -> str:
     return f"{inputs} {outputs[0]}-{outputs[-1]}"
 
 
+def _span(blocks: tuple[str, ...], prefix: str) -> str:
+    named = [b for b in blocks if b.rstrip("0123456789") == prefix]
+    return f"{named[0]}-{named[-1]}"
+
+
 BLOCKS_INFO = (
     f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}; "
-    "Flux has D00-D18 (double-stream) and S00-S37 (single-stream). A block the model lacks is ignored."
+    f"Flux has {_span(FLUX_BLOCKS, 'D')} (double-stream) and {_span(FLUX_BLOCKS, 'S')} (single-stream). A block the "
+    "model lacks is ignored."
 )
 # What each offered storage profile trades (the panel's and Settings' choices, reference/profiles.py PROFILES).
 PROFILE_NOTES = {
