@@ -1,5 +1,5 @@
-"""Eq. 15 through the engine: the image tokens of each Flux block's joint attention get the attn1-style patch
-(``attn/patches.py``) that RefDrop uses on a U-Net, the text tokens nothing.
+"""Eq. 15: the image tokens of each Flux block's joint attention get the attn1-style patch (``attn/patches.py``) that
+RefDrop uses on a U-Net, the text tokens nothing.
 
     X'_img <- X'_img + (patch(Q_img, K_img, V_img) - Attn(Q_img, K_img, V_img))
 
@@ -25,7 +25,7 @@ from .blocks import FluxOps, double_block, single_block
 from .layers import DOUBLE, SINGLE, block_options
 
 
-def to_engine_layout(x: torch.Tensor) -> torch.Tensor:
+def to_patch_layout(x: torch.Tensor) -> torch.Tensor:
     """``[B, H, L, D]`` -> ``[B, L, H * D]``, the layout of the q, k, v an attn1 patch receives."""
     b, heads, length, dim = x.shape
     return x.transpose(1, 2).reshape(b, length, heads * dim)
@@ -34,7 +34,7 @@ def to_engine_layout(x: torch.Tensor) -> torch.Tensor:
 class FluxRefDrop:
     """The run's patch on every block of one Flux model for one sampling pass.
 
-    ``attention``: ``(q, k, v, extra_options) -> out`` in the engine layout, the host's kernel (the same one for a
+    ``attention``: ``(q, k, v, extra_options) -> out`` in the attn1 patch layout, the host's kernel (the same one for a
     block's own image attention and for the reference's, so a reference that equals the image gives a zero
     difference, bit for bit). ``own_needed``: False for a Save, whose patch only records and returns what ``inner``
     gave; ``inner`` then computes nothing.
@@ -51,9 +51,9 @@ class FluxRefDrop:
 
     # -- the model call in progress -------------------------------------------------------------------------------
 
-    def model_function(self, engine_wrapper: Callable | None = None) -> Callable:
+    def model_function(self, run_wrapper: Callable | None = None) -> Callable:
         """A model function wrapper ``(apply_model, args)`` that keeps each model call's ``transformer_options``
-        for the blocks, inside ``engine_wrapper`` (the run's, for a reference pass) so its own calls are kept too."""
+        for the blocks, inside ``run_wrapper`` (the run's, for a reference pass) so its own calls are kept too."""
 
         def refdrop_flux_calls(apply_model, args):
             def apply(x, t, **c):
@@ -65,9 +65,9 @@ class FluxRefDrop:
                     self._calls.pop()
                     self._text_tokens.pop()
 
-            if engine_wrapper is None:
+            if run_wrapper is None:
                 return apply(args["input"], args["timestep"], **args["c"])
-            return engine_wrapper(apply, args)
+            return run_wrapper(apply, args)
 
         return refdrop_flux_calls
 
@@ -99,7 +99,7 @@ class FluxRefDrop:
     def _guide(self, kind: str, index: int, block, options: dict):
         def guide(attn_img, q_img, k_img, v_img):
             extra = block_options(options, kind, index, block.num_heads, q_img.shape[-1])
-            q, k, v = to_engine_layout(q_img), to_engine_layout(k_img), to_engine_layout(v_img)
+            q, k, v = to_patch_layout(q_img), to_patch_layout(k_img), to_patch_layout(v_img)
             self._own = None
             out = self.patch(q, k, v, extra)
             own, self._own = self._own, None

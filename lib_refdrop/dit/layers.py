@@ -1,6 +1,6 @@
-"""Names of Flux blocks as the engine addresses them: ``double3.0`` (double-stream block 3), ``single12.0``.
+"""Names of Flux blocks as RefDrop addresses them: ``double3.0`` (double-stream block 3), ``single12.0``.
 
-The engine keys a layer by ``extra_options["block"]`` and ``block_index`` (``reference/address.py`` ``layer_id``); a
+RefDrop keys a layer by ``extra_options["block"]`` and ``block_index`` (``reference/address.py`` ``layer_id``); a
 Flux block has one joint attention, so its index is always 0.
 """
 

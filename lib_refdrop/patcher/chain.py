@@ -7,9 +7,9 @@ reForge, Forge) call ``model_options["model_function_wrapper"](apply_model, args
 ``ldm_patched/modules/samplers.py`` ``_calc_cond_batch``) with ComfyUI's ``args`` = ``{"input", "timestep", "c",
 "cond_or_uncond"}``: ``input`` the noisy latent before the model's input scaling, ``timestep`` the sigma of each
 row, ``c`` the keyword arguments of ``apply_model`` with the ``transformer_options`` every attn1 patch receives as
-``extra_options``. The engine's wrapper uses that same convention. What the adapters add:
+``extra_options``. RefDrop's own wrapper (``attn/refpass.py``) uses that same convention. What the adapters add:
 
-- **Calls the engine makes itself** (the reference pass) get the ``transformer_options`` keys the host derives
+- **Calls RefDrop makes itself** (the reference pass) get the ``transformer_options`` keys the host derives
   from ``cond_or_uncond`` and ``sigmas`` recomputed for their own rows (``complete_extra_call``, one per host), so
   other patches reading them (Forge's ``cond_mark``, ``cond_indices``) see a consistent one-row call. The host's
   own call is passed on untouched.
@@ -28,15 +28,15 @@ from collections.abc import Callable
 from ..attn.patches import Attention
 
 ModelFunction = Callable  # (apply_model, args) -> model output, the hosts' model_function_wrapper
-CompleteExtraCall = Callable[[dict], dict]  # transformer_options of an engine-made call -> with the host's keys
+CompleteExtraCall = Callable[[dict], dict]  # transformer_options of a call RefDrop makes -> with the host's keys
 
 
 def no_completion(options: dict) -> dict:
     return options
 
 
-def refdrop_model_function(engine: ModelFunction, complete_extra_call: CompleteExtraCall) -> ModelFunction:
-    """``engine`` with an ``apply_model`` that completes the ``transformer_options`` of the calls it makes itself
+def refdrop_model_function(refdrop: ModelFunction, complete_extra_call: CompleteExtraCall) -> ModelFunction:
+    """``refdrop`` with an ``apply_model`` that completes the ``transformer_options`` of the calls it makes itself
     (any call whose ``transformer_options`` is not the host's own object)."""
 
     def refdrop_model_function(apply_model, args):
@@ -48,7 +48,7 @@ def refdrop_model_function(engine: ModelFunction, complete_extra_call: CompleteE
                 c = {**c, "transformer_options": complete_extra_call(options)}
             return apply_model(x, t, **c)
 
-        return engine(apply, args)
+        return refdrop(apply, args)
 
     return refdrop_model_function
 
@@ -70,11 +70,11 @@ def chain_model_functions(earlier: ModelFunction | None, inner: ModelFunction) -
     return chained
 
 
-def install_model_function(unet, engine: ModelFunction, complete_extra_call: CompleteExtraCall = no_completion):
-    """Put ``engine`` on the patcher ``unet`` (a clone the pass owns), inside the wrapper it already has."""
+def install_model_function(unet, refdrop: ModelFunction, complete_extra_call: CompleteExtraCall = no_completion):
+    """Put ``refdrop`` on the patcher ``unet`` (a clone the pass owns), inside the wrapper it already has."""
     earlier = unet.model_options.get("model_function_wrapper")
     unet.set_model_unet_function_wrapper(
-        chain_model_functions(earlier, refdrop_model_function(engine, complete_extra_call)))
+        chain_model_functions(earlier, refdrop_model_function(refdrop, complete_extra_call)))
 
 
 # Both hosts look an attn1 replace patch up by ``(block_name, number, block_index)`` first, then by

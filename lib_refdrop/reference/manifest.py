@@ -2,8 +2,8 @@
 validated when read (``check_manifest``) and read back as one typed value (``ReferenceInfo``) for the panel and the
 REST API.
 
-Everything the reader and the engine take from a manifest is checked here, so a damaged, hand-made or planted
-manifest fails with a message naming the reference instead of a ``KeyError`` in the middle of a generation.
+Everything the reader and a Use's plan (run.py) take from a manifest is checked here, so a damaged, hand-made or
+planted manifest fails with a message naming the reference instead of a ``KeyError`` in the middle of a generation.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def _is_int(value, minimum: int = 0) -> bool:
 def check_manifest(manifest, name: str) -> dict:
     """Raise a ``RefDropError`` naming the reference if the manifest is not one this version can read.
 
-    Everything the reader and the engine take from a manifest is checked here, so that a damaged or hand-made
+    Everything the reader and a Use's plan take from a manifest is checked here, so that a damaged or hand-made
     manifest fails with this message instead of a ``KeyError`` in the middle of a generation.
     """
     if not isinstance(manifest, dict):

@@ -150,7 +150,7 @@ def host_learned_conditioning(p) -> Callable:
 
 
 def host_encoders(p) -> dict:
-    """``encode_image`` and ``encode_prompt`` bound to ``p`` and the running host, for the engine's pass context."""
+    """``encode_image`` and ``encode_prompt`` bound to ``p`` and the running host, for the pass context."""
     def device():
         from modules import devices
 
