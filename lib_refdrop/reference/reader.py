@@ -41,6 +41,20 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def loader_thread(name: str) -> ThreadPoolExecutor:
+    """The one thread that reads and prepares the slots of reference ``name``, computing with the process's torch
+    CPU thread count (``torch.set_num_threads``) like the sampling thread."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{name}",
+                              initializer=_take_torch_thread_count)
+
+
+def _take_torch_thread_count() -> None:
+    """Torch gives a new thread the process's thread count only when one of its parallel ops first runs there (or on
+    ``get_num_threads``); a matrix product that runs first (a warm Use's projections) instead takes OpenMP's default,
+    every core, and its second thread spins against the sampling thread's work."""
+    torch.get_num_threads()
+
+
 class ReferenceReader:
     """The tensors of one opened reference, by slot, on the device the U-Net runs on."""
 
@@ -65,7 +79,7 @@ class ReferenceReader:
         self._stream = None  # the side stream for host -> device copies (CUDA only)
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._checked_layers: set[str] = set()
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
+        self._loader = loader_thread(self.name)
         self._early: dict[int, Future] = {}  # host-side reads started when the Use was planned
         if prefetch_first:
             self._start_first_slot()
