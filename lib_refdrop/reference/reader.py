@@ -1,9 +1,10 @@
 """Use: reads a reference slot by slot, keeps recent slots in a byte-budgeted RAM cache, and prefetches.
 
 Sampling walks down the sigma schedule, so while the U-Net evaluates one slot the next one is read from disk
-(or the RAM cache), checked against its checksum and the manifest, decoded and copied to the device on a side
-stream. The sampling thread only waits when the disk is slower than the model. Each reader has its own loader
-thread, so a slow or stuck read of one reference (a network drive) never holds up another.
+(or the RAM cache, which holds slots as stored), checked against its checksum and the manifest, copied to the device
+as stored and decoded there, on a side stream. The sampling thread only waits when the disk is slower than the
+model. Each reader has its own loader thread, so a slow or stuck read of one reference (a network drive) never holds
+up another.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..attn.trajectory import LATENT
 from ..errors import RefDropError
 from . import compression
 from .manifest import SEAL
-from .pinned import Arena, PinnedSlabPool
+from .pinned import PinnedSlabPool, ToDevice
 from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
 from .slot_check import check_slot_tensors, max_file_bytes
@@ -76,7 +77,7 @@ class ReferenceReader:
         self._cache = cache
         self._on_device: OrderedDict[int, dict] = OrderedDict()
         self._pending: dict[int, Future] = {}
-        self._stream = None  # the side stream for host -> device copies (CUDA only)
+        self._to_device: ToDevice | None = None  # made by the first load (on CUDA: its side stream)
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._checked_layers: set[str] = set()
         self._loader = loader_thread(self.name)
@@ -89,7 +90,7 @@ class ReferenceReader:
         sampling starts, so that the first step waits for no read, checksum or decoding (the RAM cache may hold it
         already: then this costs a lookup)."""
         first = self.sigma_map.lookup(math.inf)
-        self._early[first.index] = self._loader.submit(self._read_host, first.index)
+        self._early[first.index] = self._loader.submit(self._read_stored, first.index)
 
     def close(self) -> None:
         """Stop loading and close the reference's files (the end of the generation): where open files cannot be
@@ -206,47 +207,49 @@ class ReferenceReader:
         if slot.index not in self._pending and slot.index not in self._on_device:
             self._pending[slot.index] = self._submit(slot, device, dtype)
 
-    def host_tensors(self, index: int) -> dict[str, torch.Tensor]:
-        """Decoded CPU tensors of one slot, from the RAM cache or the disk (checked against the manifest)."""
+    def stored_tensors(self, index: int) -> dict[str, torch.Tensor]:
+        """The tensors of one slot as its files store them (int8 codes stay int8), on the CPU, from the RAM cache or
+        the disk (checked against the manifest)."""
         early = self._early.pop(index, None)  # started when the Use was planned: read once, not twice
-        return early.result() if early is not None else self._read_host(index)
+        return early.result() if early is not None else self._read_stored(index)
 
     def _cache_key(self, index: int) -> tuple:
         """The content identity first (``RamCache.forget``), then the name: a copy of a reference under another
         name has the same identity but files of its own, which are checked when they are first read."""
         return self.opened.identity, self.name, index
 
-    def _read_host(self, index: int) -> dict[str, torch.Tensor]:
+    def _read_stored(self, index: int) -> dict[str, torch.Tensor]:
         cached = self._cache.get(self._cache_key(index))
         if cached is not None:
             return cached
         files = ((entry["file"], self._load_file(entry)) for entry in self._entries[index])  # one file at a time
-        decoded = self._checked_decoded(files)
-        self._cache.put(self._cache_key(index), decoded, tensor_bytes(decoded))
-        return decoded
+        stored = self._checked(files)
+        self._cache.put(self._cache_key(index), stored, tensor_bytes(stored))
+        return stored
 
     def adopt(self, index: int, files: list[dict[str, torch.Tensor]], room: int) -> int:
         """Put slot ``index`` into the RAM cache from the tensors its files were serialised from (``files``, in the
-        manifest's order), as this process's writer hands them over: checked and decoded exactly like a read from
-        disk, without reading back and hashing what was just written. Kept only if it takes at most ``room`` bytes;
+        manifest's order), as this process's writer hands them over: checked exactly like a read from disk,
+        without reading back and hashing what was just written. Kept only if it takes at most ``room`` bytes;
         returns the bytes it takes in the cache (0: not kept)."""
         entries = self._entries[index]
         if len(files) != len(entries) or any(tensors is None for tensors in files):
             return 0
-        decoded = self._checked_decoded(zip([entry["file"] for entry in entries], files, strict=True))
-        nbytes = tensor_bytes(decoded)
+        stored = self._checked(zip([entry["file"] for entry in entries], files, strict=True))
+        nbytes = tensor_bytes(stored)
         if nbytes > room:
             return 0
-        self._cache.put(self._cache_key(index), decoded, nbytes)
+        self._cache.put(self._cache_key(index), stored, nbytes)
         return nbytes
 
-    def _checked_decoded(self, files) -> dict[str, torch.Tensor]:
-        """One slot's rows from its files' tensors, ``(file name, tensors)`` each, checked against the manifest."""
+    def _checked(self, files) -> dict[str, torch.Tensor]:
+        """One slot's stored tensors from its files' tensors, ``(file name, tensors)`` each, checked against the
+        manifest."""
         stored: dict[str, torch.Tensor] = {}
         for file, tensors in files:
             check_slot_tensors(self.name, file, tensors, self.manifest, self.profile)
             stored.update(tensors)
-        return self._decode(stored)
+        return stored
 
     def _load_file(self, entry: dict) -> dict[str, torch.Tensor]:
         data = self.opened.read(entry)  # checked against its size and checksum on disk
@@ -260,41 +263,30 @@ class ReferenceReader:
                 f"({exc})"
             ) from None
 
-    def _decode(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        try:
-            return self.profile.decode_slot(stored)
-        except KeyError as exc:  # part of a row (scales, a factor) is missing
-            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
-
     def _submit(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> Future:
         if self._loader is None:
             raise RuntimeError(f"RefDrop: the reader of '{self.name}' was used after its generation ended")
         return self._loader.submit(self._load, slot.index, device, dtype)
 
     def _load(self, index: int, device: torch.device, dtype: torch.dtype):
-        host = self.host_tensors(index)
-        if device.type != "cuda":
-            return self._projected({k: t.to(device=device, dtype=dtype) for k, t in host.items()}), None
-        arena = Arena(self._pinned)
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device)
-        stream = self._stream
-        out = {}
-        with torch.cuda.stream(stream):
-            for key, tensor in host.items():
-                pinned = arena.empty(tensor.shape, tensor.dtype)
-                pinned.copy_(tensor)
-                out[key] = pinned.to(device=device, non_blocking=True).to(dtype)
-            out = self._projected(out)
-        event = torch.cuda.Event()
-        event.record(stream)
-        event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
-        arena.release()
-        return out, event
+        """On the loader thread: slot ``index`` as the U-Net uses it on ``device``, and the event its stream waits
+        for (None on a CPU). What crosses to the device is what the files store; decoding is device work."""
+        stored = self.stored_tensors(index)
+        if self._to_device is None or self._to_device.device != device:
+            self._to_device = ToDevice(device, self._pinned)
+        return self._to_device.run(stored, lambda on_device: self.decoded_rows(on_device, dtype))
+
+    def decoded_rows(self, stored: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """One slot's rows as the U-Net uses them, on the device ``stored`` is on: decoded by the profile (int8
+        codes times their scales, low-rank factors multiplied out), in ``dtype``, and each stored layer input
+        ``lid/chunk/x`` projected to ``lid/chunk/k`` and ``lid/chunk/v`` by that layer's own projections."""
+        try:
+            rows = self.profile.decode_slot(stored)
+        except KeyError as exc:  # part of a row (scales, a factor) is missing
+            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
+        return self._projected({key: row.to(dtype) for key, row in rows.items()})
 
     def _projected(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """On the loader thread: each stored layer input ``lid/chunk/x`` as ``lid/chunk/k`` and ``lid/chunk/v``, by
-        that layer's own projections (nothing to do for other profiles)."""
         if self.projections is None:
             return tensors
         out = {}
