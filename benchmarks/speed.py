@@ -12,7 +12,9 @@ Conditions, for every profile of lib_refdrop.reference.profiles.PROFILES (or tho
 - first Use: the first Use right after that Save completed, as a user makes it;
 - warm Use: the reference in the RAM cache; cold Use: the RAM cache cleared and the files' pages dropped from the
   OS cache, so every slot comes from the disk.
-Use timings include the planning (opening the reference). A round runs, per profile, plain, limit, Save, first,
+Use timings include the planning (opening the reference). CPU time is counted per thread: the sampler (this
+thread) and the others (a Use's loader, a Save's writer, any thread they start), so that work moved off the sampling
+thread, or threads spinning beside it, show apart. A round runs, per profile, plain, limit, Save, first,
 warm and cold back to back (every other round in the reverse order, the Save still before its first Use), so that
 load from other work hits every condition alike; ratios are taken within each such block, and their median over
 the rounds is printed with their range.
@@ -95,10 +97,13 @@ class Bench:
 
     def measure(self, profile: str, condition: str) -> dict:
         fn = self._condition(profile, condition)
-        cpu = time.process_time()
+        cpu, sampler = time.process_time(), time.thread_time()
         with Peaks() as peaks:
             seconds = fn()
-        run = {"s": seconds, "cpu": time.process_time() - cpu, "host": peaks.host_peak, "gpu": peaks.gpu_peak}
+        sampler = time.thread_time() - sampler
+        cpu = time.process_time() - cpu - peaks.own_cpu  # every thread's, the memory sampling's left out
+        run = {"s": seconds, "cpu": cpu, "sampler": sampler, "others": cpu - sampler, "host": peaks.host_peak,
+               "gpu": peaks.gpu_peak}
         self.runs[(profile, condition)].append(run)
         return run
 
@@ -131,6 +136,7 @@ class Bench:
             run["x plain"] = run["s"] / runs["plain"]["s"]
             run["/ limit"] = run["s"] / runs["limit"]["s"]
             run["cpu / limit"] = run["cpu"] / runs["limit"]["cpu"]  # all threads: less swayed by others' load
+            run["sampler / limit"] = run["sampler"] / runs["limit"]["sampler"]
 
 
 def plain_equals_limit(bench: Bench) -> bool:
@@ -145,22 +151,24 @@ def _spread(values: list[float], fmt: str) -> str:
 
 def report(bench: Bench, profiles: list[str]) -> None:
     print("\n| profile | condition | seconds, median (range) | × plain | Use / limit | CPU time / limit's "
-          "| peak host RAM | peak GPU |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| sampler thread's CPU / limit's | other threads' CPU, s | peak host RAM | peak GPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     everywhere = {c: [r for p in profiles for r in bench.runs[(p, c)]] for c in ("plain", "limit")}
     for condition, runs in everywhere.items():
         print(f"| all | {condition} | {_spread([r['s'] for r in runs], '.2f')} | "
               f"{_spread([r['x plain'] for r in runs], '.3f')} | {_spread([r['/ limit'] for r in runs], '.3f')} | "
-              f"{_spread([r['cpu / limit'] for r in runs], '.3f')} | {gb(max(r['host'] for r in runs))} | "
-              f"{gb(max(r['gpu'] for r in runs))} |")
+              f"{_spread([r['cpu / limit'] for r in runs], '.3f')} | "
+              f"{_spread([r['sampler / limit'] for r in runs], '.3f')} | {_spread([r['others'] for r in runs], '.2f')} "
+              f"| {gb(max(r['host'] for r in runs))} | {gb(max(r['gpu'] for r in runs))} |")
     for profile in profiles:
         for condition in CONDITIONS[2:]:
             runs = bench.runs[(profile, condition)]
             use = condition != "Save"
-            limit = _spread([r["/ limit"] for r in runs], ".3f") if use else "–"
-            cpu = _spread([r["cpu / limit"] for r in runs], ".3f") if use else "–"
+            ratios = [_spread([r[key] for r in runs], ".3f") if use else "–"
+                      for key in ("/ limit", "cpu / limit", "sampler / limit")]
             print(f"| `{profile}` | {condition} | {_spread([r['s'] for r in runs], '.2f')} | "
-                  f"{_spread([r['x plain'] for r in runs], '.3f')} | {limit} | {cpu} | "
+                  f"{_spread([r['x plain'] for r in runs], '.3f')} | {' | '.join(ratios)} | "
+                  f"{_spread([r['others'] for r in runs], '.2f')} | "
                   f"{gb(max(r['host'] for r in runs))} | {gb(max(r['gpu'] for r in runs))} |")
     print("\n| profile | on disk | write complete after sampling, s (median, worst) |")
     print("|---|---|---|")

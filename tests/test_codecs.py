@@ -61,10 +61,11 @@ def write_reference(store: ReferenceStore, name: str, profile: Profile) -> dict[
 
 
 def read_slot(store: ReferenceStore, name: str, index: int = 0) -> dict[str, torch.Tensor]:
-    """Slot ``index`` read from disk (a cache of its own: the shared one holds equal references of other tests)."""
+    """Slot ``index`` read from disk and decoded as a Use decodes it, on the CPU (a cache of its own: the shared one
+    holds equal references of other tests)."""
     reader = ReferenceReader(store.open(name), cache=RamCache())
     try:
-        return reader.host_tensors(index)
+        return reader.decoded_rows(reader.stored_tensors(index), torch.float32)
     finally:
         reader.close()
 

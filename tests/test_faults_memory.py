@@ -26,7 +26,7 @@ class _WatchedCache(RamCache):
 
 
 def _slot_bytes(reader, index):
-    return sum(t.numel() * t.element_size() for t in reader.host_tensors(index).values())
+    return sum(t.numel() * t.element_size() for t in reader.stored_tensors(index).values())
 
 
 @pytest.mark.parametrize("budget_slots", [0.5, 1.5, 3.5])

@@ -83,7 +83,7 @@ def test_write_through_keeps_the_first_slots_that_fit_the_budget(tmp_path, cache
     reader = ReferenceReader(store.open("r"), prefetch_first=False)
     for slot in slots_of(manifest):
         expected = faultkit.slot_tensors(0, slot.index)
-        assert all(torch.equal(reader.host_tensors(slot.index)[k], t) for k, t in expected.items())
+        assert all(torch.equal(reader.stored_tensors(slot.index)[k], t) for k, t in expected.items())
     assert sorted(reads) == _files(manifest, {2, 3, 4})  # the first two came from the Save
     assert cache.used <= cache.budget
 
@@ -116,7 +116,7 @@ def test_kept_slots_survive_the_writer_reusing_their_buffers(tmp_path, cache, re
     _write(store, "r", lambda i: faultkit.slot_tensors(0, i), release_each=lambda t: [x.zero_() for x in t.values()])
     reader = ReferenceReader(store.open("r"), prefetch_first=False)
     for i in range(len(faultkit.SIGMAS)):
-        assert all(torch.equal(reader.host_tensors(i)[k], t) for k, t in faultkit.slot_tensors(0, i).items())
+        assert all(torch.equal(reader.stored_tensors(i)[k], t) for k, t in faultkit.slot_tensors(0, i).items())
     assert reads == []
 
 
@@ -131,10 +131,10 @@ def test_a_slot_the_tensor_checks_refuse_is_not_cached_and_the_use_says_why(tmp_
     manifest = _write(store, "r", slot_tensors)
     reader = ReferenceReader(store.open("r"), prefetch_first=False)
     for i in range(3):
-        reader.host_tensors(i)
+        reader.stored_tensors(i)
     assert reads == []  # the slots before it were cached
     with pytest.raises(RefDropError, match="reference 'r' is corrupt: .* non-finite values"):
-        reader.host_tensors(3)
+        reader.stored_tensors(3)
     assert reads == _files(manifest, {3})
 
 
@@ -173,14 +173,14 @@ def test_the_first_slot_is_read_when_the_use_is_planned_and_only_once(tmp_path, 
     cache.clear()  # from disk, so that the read takes a while
     started = threading.Event()
     indices: list[int] = []
-    real = ReferenceReader._read_host
+    real = ReferenceReader._read_stored
 
     def watched(reader, index):
         indices.append(index)
         started.set()
         return real(reader, index)
 
-    monkeypatch.setattr(ReferenceReader, "_read_host", watched)
+    monkeypatch.setattr(ReferenceReader, "_read_stored", watched)
     patch = standalone.use_patch(store, "r", 0.7, faultkit.pass_context())
     assert started.wait(10), "nothing was read before the first attn1 call"
     top = max(slots_of(store.manifest("r")), key=lambda s: (s.sigma, -s.occurrence))

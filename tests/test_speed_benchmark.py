@@ -39,6 +39,7 @@ def test_every_profile_runs_every_condition(tmp_path, capsys):
     speed.main(["--size", "8", "--steps", "1", "--rounds", "1", "--ram-gb", "1", "--store", str(tmp_path)])
     out = capsys.readouterr().out
     assert "limit = plain bit for bit: yes" in out
+    assert "| sampler thread's CPU / limit's | other threads' CPU, s |" in out  # a loader's work shows apart
     for profile in PROFILES:
         for condition in ("Save", "first Use", "warm Use", "cold Use"):
             assert any(line.startswith(f"| `{profile}` | {condition} |") for line in _rows(out)), (profile, condition)

@@ -154,11 +154,11 @@ def test_planted_pickle_payloads_are_ignored_or_rejected(tmp_path, no_unpickling
     checked = store.manifest("disguised")
     reader = ReferenceReader(store.open("disguised"), cache=RamCache(1 << 20))
     with pytest.raises(RefDropError, match=r"'disguised' is corrupt: slot_\d+_\d\.safetensors is not a valid"):
-        reader.host_tensors(slots_of(checked)[0].index)
+        reader.stored_tensors(slots_of(checked)[0].index)
     for name in ("real", "extra"):
         reader = ReferenceReader(store.open(name), cache=RamCache(1 << 20))
         for slot in slots_of(store.manifest(name)):
-            reader.host_tensors(slot.index)
+            reader.stored_tensors(slot.index)
     assert not marker.exists()
 
 

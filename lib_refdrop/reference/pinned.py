@@ -3,6 +3,7 @@
 Pinned (page-locked) host memory is what makes CUDA copies asynchronous, but allocating it is slow (one
 allocation per tensor made Save 11x slower when measured), so tensors are packed into large pinned slabs
 that are allocated once and recycled. On a CPU device there is nothing to overlap and a plain copy is used.
+Host -> device copies move tensors as they are stored (int8 codes stay int8): decoding them is device work.
 """
 
 from __future__ import annotations
@@ -55,6 +56,45 @@ class Arena:
     def release(self) -> None:
         self._pool.give_back(self._slabs)
         self._slabs = []
+
+
+class ToDevice:
+    """Copies host tensors to ``device`` as they are (dtype and bytes unchanged) and runs device work on them, off
+    the sampling thread's stream: on CUDA through recycled pinned slabs on a side stream of its own."""
+
+    def __init__(self, device: torch.device, pool: PinnedSlabPool | None = None):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self._stream = torch.cuda.Stream(device)
+            self._pool = pool or PinnedSlabPool()
+
+    def run(self, tensors: dict[str, torch.Tensor], work):
+        """``(work(copies), event)``: ``work`` gets ``tensors`` on the device and queues its own device work after
+        the copies; a consumer's stream waits for ``event`` before it uses the result (``None`` on a CPU). The
+        calling thread waits for the copies and the work, after which the pinned slabs are reused."""
+        if not self.cuda:
+            return work(self.copy(tensors)), None
+        arena = Arena(self._pool)
+        try:
+            with torch.cuda.stream(self._stream):
+                out = work(self.copy(tensors, arena))
+            event = torch.cuda.Event()
+            event.record(self._stream)
+            return out, event
+        finally:
+            self._stream.synchronize()  # the copies have read the pinned slabs (also when ``work`` raised)
+            arena.release()
+
+    def copy(self, tensors: dict[str, torch.Tensor], arena: Arena | None = None) -> dict[str, torch.Tensor]:
+        if not self.cuda:
+            return {key: tensor.to(self.device) for key, tensor in tensors.items()}
+        out = {}
+        for key, tensor in tensors.items():
+            staged = arena.empty(tensor.shape, tensor.dtype)
+            staged.copy_(tensor)
+            out[key] = staged.to(self.device, non_blocking=True)
+        return out
 
 
 class ToHost:

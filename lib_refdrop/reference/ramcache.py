@@ -1,4 +1,5 @@
-"""Decoded reference slots kept in RAM across generations, within a byte budget (Settings → RefDrop).
+"""Reference slots kept in RAM across generations as their files store them (checked; int8 codes stay int8, a Use
+decodes them on the device), within a byte budget (Settings → RefDrop).
 
 Entries are keyed by a reference's content identity (its manifest checksum, which covers every file's checksum)
 first, then its name and the slot, never by date: an overwritten reference can never be answered from the old
@@ -16,7 +17,7 @@ DEFAULT_RAM_BUDGET = 4 * 1024**3
 
 
 class RamCache:
-    """LRU of decoded slots, never holding more than ``budget`` bytes (a slot larger than it is not kept)."""
+    """LRU of stored slots, never holding more than ``budget`` bytes (a slot larger than it is not kept)."""
 
     def __init__(self, budget: int = DEFAULT_RAM_BUDGET):
         self.budget = int(budget)

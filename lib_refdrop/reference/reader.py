@@ -1,9 +1,10 @@
 """Use: reads a reference slot by slot, keeps recent slots in a byte-budgeted RAM cache, and prefetches.
 
 Sampling walks down the sigma schedule, so while the U-Net evaluates one slot the next one is read from disk
-(or the RAM cache), checked against its checksum and the manifest, decoded and copied to the device on a side
-stream. The sampling thread only waits when the disk is slower than the model. Each reader has its own loader
-thread, so a slow or stuck read of one reference (a network drive) never holds up another.
+(or the RAM cache, which holds slots as stored), checked against its checksum and the manifest, copied to the device
+as stored and decoded there, on a side stream. The sampling thread only waits when the disk is slower than the
+model. Each reader has its own loader thread, so a slow or stuck read of one reference (a network drive) never holds
+up another.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..errors import RefDropError
 from . import compression
 from .address import LATENT, entry_name
 from .manifest import SEAL, slot_chunks
-from .pinned import Arena, PinnedSlabPool
+from .pinned import PinnedSlabPool, ToDevice
 from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
 from .sigmas import SigmaMap, Slot
@@ -41,6 +42,20 @@ def slots_of(manifest: dict, chunk: str | None = None) -> list[Slot]:
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def loader_thread(name: str) -> ThreadPoolExecutor:
+    """The one thread that reads and prepares the slots of reference ``name``, computing with the process's torch
+    CPU thread count (``torch.set_num_threads``) like the sampling thread."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{name}",
+                              initializer=_take_torch_thread_count)
+
+
+def _take_torch_thread_count() -> None:
+    """Torch gives a new thread the process's thread count only when one of its parallel ops first runs there (or on
+    ``get_num_threads``); a matrix product that runs first (a warm Use's projections) instead takes OpenMP's default,
+    every core, and its second thread spins against the sampling thread's work."""
+    torch.get_num_threads()
 
 
 class ReferenceReader:
@@ -70,10 +85,10 @@ class ReferenceReader:
         self._cache = cache
         self._on_device: OrderedDict[int, dict] = OrderedDict()
         self._pending: dict[int, Future] = {}
-        self._stream = None  # the side stream for host -> device copies (CUDA only)
+        self._to_device: ToDevice | None = None  # made by the first load (on CUDA: its side stream)
         self._pinned = PinnedSlabPool()  # page-locked RAM for one slot at a time, freed with the reader (like Save's)
         self._latent_shape: tuple | None = None  # a trajectory's, once every slot's is checked
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{self.name}")
+        self._loader = loader_thread(self.name)
         self._early: dict[int, Future] = {}  # host-side reads started when the Use was planned
         if prefetch_first:
             self._start_first_slot()
@@ -83,7 +98,7 @@ class ReferenceReader:
         sampling starts, so that the first step waits for no read, checksum or decoding (the RAM cache may hold it
         already: then this costs a lookup)."""
         first = self.sigma_map.lookup(math.inf)
-        self._early[first.index] = self._loader.submit(self._read_host, first.index)
+        self._early[first.index] = self._loader.submit(self._read_stored, first.index)
 
     def close(self) -> None:
         """Stop loading and close the reference's files (the end of the generation): where open files cannot be
@@ -162,7 +177,7 @@ class ReferenceReader:
         return self._interpolated(self.sigma_map.blend(sigma, occurrence), LATENT, like)
 
     def _common_latent_shape(self, channels: int) -> tuple:
-        shapes = {self._files_of(index): tuple(self.host_tensors(index)[LATENT].shape) for index in self._entries}
+        shapes = {self._files_of(index): tuple(self.stored_tensors(index)[LATENT].shape) for index in self._entries}
         return check_latent_shapes(self.name, shapes, channels)
 
     def conditioning(self, like: torch.Tensor, model_kwargs: dict) -> dict[str, torch.Tensor]:
@@ -229,47 +244,49 @@ class ReferenceReader:
         if slot.index not in self._pending and slot.index not in self._on_device:
             self._pending[slot.index] = self._submit(slot, device, dtype)
 
-    def host_tensors(self, index: int) -> dict[str, torch.Tensor]:
-        """Decoded CPU tensors of one slot, from the RAM cache or the disk (checked against the manifest)."""
+    def stored_tensors(self, index: int) -> dict[str, torch.Tensor]:
+        """The tensors of one slot as its files store them (int8 codes stay int8), on the CPU, from the RAM cache or
+        the disk (checked against the manifest)."""
         early = self._early.pop(index, None)  # started when the Use was planned: read once, not twice
-        return early.result() if early is not None else self._read_host(index)
+        return early.result() if early is not None else self._read_stored(index)
 
     def _cache_key(self, index: int) -> tuple:
         """The content identity first (``RamCache.forget``), then the name: a copy of a reference under another
         name has the same identity but files of its own, which are checked when they are first read."""
         return self.opened.identity, self.name, index
 
-    def _read_host(self, index: int) -> dict[str, torch.Tensor]:
+    def _read_stored(self, index: int) -> dict[str, torch.Tensor]:
         cached = self._cache.get(self._cache_key(index))
         if cached is not None:
             return cached
         files = ((entry["file"], self._load_file(entry)) for entry in self._entries[index])  # one file at a time
-        decoded = self._checked_decoded(files)
-        self._cache.put(self._cache_key(index), decoded, tensor_bytes(decoded))
-        return decoded
+        stored = self._checked(files)
+        self._cache.put(self._cache_key(index), stored, tensor_bytes(stored))
+        return stored
 
     def adopt(self, index: int, files: list[dict[str, torch.Tensor]], room: int) -> int:
         """Put slot ``index`` into the RAM cache from the tensors its files were serialised from (``files``, in the
-        manifest's order), as this process's writer hands them over: checked and decoded exactly like a read from
-        disk, without reading back and hashing what was just written. Kept only if it takes at most ``room`` bytes;
+        manifest's order), as this process's writer hands them over: checked exactly like a read from disk,
+        without reading back and hashing what was just written. Kept only if it takes at most ``room`` bytes;
         returns the bytes it takes in the cache (0: not kept)."""
         entries = self._entries[index]
         if len(files) != len(entries) or any(tensors is None for tensors in files):
             return 0
-        decoded = self._checked_decoded(zip([entry["file"] for entry in entries], files, strict=True))
-        nbytes = tensor_bytes(decoded)
+        stored = self._checked(zip([entry["file"] for entry in entries], files, strict=True))
+        nbytes = tensor_bytes(stored)
         if nbytes > room:
             return 0
-        self._cache.put(self._cache_key(index), decoded, nbytes)
+        self._cache.put(self._cache_key(index), stored, nbytes)
         return nbytes
 
-    def _checked_decoded(self, files) -> dict[str, torch.Tensor]:
-        """One slot's rows from its files' tensors, ``(file name, tensors)`` each, checked against the manifest."""
+    def _checked(self, files) -> dict[str, torch.Tensor]:
+        """One slot's stored tensors from its files' tensors, ``(file name, tensors)`` each, checked against the
+        manifest."""
         stored: dict[str, torch.Tensor] = {}
         for file, tensors in files:
             check_slot_tensors(self.name, file, tensors, self.manifest, self.profile)
             stored.update(tensors)
-        return self._decode(stored)
+        return stored
 
     def _load_file(self, entry: dict) -> dict[str, torch.Tensor]:
         data = self.opened.read(entry)  # checked against its size and checksum on disk
@@ -283,38 +300,29 @@ class ReferenceReader:
                 f"({exc})"
             ) from None
 
-    def _decode(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        try:
-            return self.profile.decode_slot(stored)
-        except KeyError as exc:  # part of a row (scales, a factor) is missing
-            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
-
     def _submit(self, slot: Slot, device: torch.device, dtype: torch.dtype) -> Future:
         if self._loader is None:
             raise RuntimeError(f"RefDrop: the reader of '{self.name}' was used after its generation ended")
         return self._loader.submit(self._load, slot.index, device, dtype)
 
     def _load(self, index: int, device: torch.device, dtype: torch.dtype):
-        host = self.host_tensors(index)
-        if device.type != "cuda":
-            return self._checked_rows(index, self._projected({k: t.to(device=device, dtype=dtype)
-                                                               for k, t in host.items()})), None
-        arena = Arena(self._pinned)
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device)
-        stream = self._stream
-        out = {}
-        with torch.cuda.stream(stream):
-            for key, tensor in host.items():
-                pinned = arena.empty(tensor.shape, tensor.dtype)
-                pinned.copy_(tensor)
-                out[key] = pinned.to(device=device, non_blocking=True).to(dtype)
-            out = self._checked_rows(index, self._projected(out))  # waits for the side stream only
-        event = torch.cuda.Event()
-        event.record(stream)
-        event.synchronize()  # only this loader thread waits; then the pinned buffers can be reused
-        arena.release()
-        return out, event
+        """On the loader thread: slot ``index`` as the U-Net uses it on ``device``, and the event its stream waits
+        for (None on a CPU). What crosses to the device is what the files store; decoding is device work."""
+        stored = self.stored_tensors(index)
+        if self._to_device is None or self._to_device.device != device:
+            self._to_device = ToDevice(device, self._pinned)
+        return self._to_device.run(
+            stored, lambda on_device: self._checked_rows(index, self.decoded_rows(on_device, dtype)))
+
+    def decoded_rows(self, stored: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """One slot's rows as the U-Net uses them, on the device ``stored`` is on: decoded by the profile (int8
+        codes times their scales, low-rank factors multiplied out), in ``dtype``, and each stored layer input
+        ``lid/chunk/x`` projected to ``lid/chunk/k`` and ``lid/chunk/v`` by that layer's own projections."""
+        try:
+            rows = self.profile.decode_slot(stored)
+        except KeyError as exc:  # part of a row (scales, a factor) is missing
+            raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
+        return self._projected({key: row.to(dtype) for key, row in rows.items()})
 
     def _checked_rows(self, index: int, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """On the loader thread: the rows exactly as the U-Net will see them, checked (``check_decoded``)."""
@@ -322,8 +330,6 @@ class ReferenceReader:
         return rows
 
     def _projected(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """On the loader thread: each stored layer input ``lid/chunk/x`` as ``lid/chunk/k`` and ``lid/chunk/v``, by
-        that layer's own projections (nothing to do for other profiles)."""
         if self.projections is None:
             return tensors
         out = {}

@@ -162,6 +162,7 @@ class AttnHost:
         self._tf_count = -1
         self._activations_shape: list[int] | None = None
         self._orig_processors = {}
+        self._projections: dict[str, tuple] | None = None  # layer id -> (to_k, to_v), on first use
         self._handles = [unet.register_forward_pre_hook(self._reset_counter)]
         modules = dict(unet.named_modules())
         for tr_name in dict.fromkeys(layer.transformer_name for layer in self.layers):
@@ -173,13 +174,16 @@ class AttnHost:
 
     def projections(self, lid: str):
         """``(to_k, to_v)`` of the attn1 layer ``lid`` (``"input1.0"``): what a host reaches through its diffusion
-        model by block and index."""
-        modules = dict(self.unet.named_modules())
-        for layer in self.layers:
-            if f"{layer.block[0]}{layer.block[1]}.{layer.block_index}" == lid:
-                attn = modules[layer.name]
-                return attn.to_k, attn.to_v
-        raise KeyError(f"no attn1 layer {lid}")
+        model by block and index, looked up once per layer as the hosts do (``webui/hosts/layers.projections_of``):
+        a Use asks for every stored row."""
+        if self._projections is None:
+            modules = dict(self.unet.named_modules())
+            self._projections = {f"{layer.block[0]}{layer.block[1]}.{layer.block_index}":
+                                 (modules[layer.name].to_k, modules[layer.name].to_v) for layer in self.layers}
+        try:
+            return self._projections[lid]
+        except KeyError:
+            raise KeyError(f"no attn1 layer {lid}") from None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
