@@ -27,11 +27,12 @@ import safetensors.torch
 import torch
 
 from lib_refdrop.reference import compression, lowrank
-from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, Profile, get_profile
+from lib_refdrop.reference.profiles import PROFILES, Profile, get_profile
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, layer_map, make_unet
 
+from .candidates import CANDIDATES, offering
 from .common import gb, run_plain, run_save, run_use
 
 SHAPES = {"sd15 512²": ("sd15", 64), "sdxl 1024²": ("sdxl", 128)}
@@ -311,4 +312,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with offering(CANDIDATES.values()):  # the candidates are saved here to be measured
+        main()

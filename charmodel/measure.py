@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, get_profile
+from benchmarks.candidates import CANDIDATES, offering
+from lib_refdrop.reference.profiles import PROFILES, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 
 from .data import FREE, POSES, Attributes, classify
@@ -209,11 +210,12 @@ def effect_kept(store: ReferenceStore, profile_name: str, *, pipe: CharPipeline 
     seeds from ``first_seed`` (default: after the test's block), strength ``rfg``. The exact references and the
     plain and exact images are made on the first call and reused by later calls with the same arguments.
     """
-    get_profile(profile_name)  # an offered profile or a candidate; RefDropError naming the offered ones
+    get_profile(profile_name)  # an offered profile or a read-only one; RefDropError naming the offered ones
     started = time.monotonic()
     pipe = pipe or CharPipeline.load()
     exact, made = _baseline(pipe, store, refs, blocks, block_size, rfg, first_seed)
-    mine = exact if profile_name == "exact" else save_like(pipe, store, exact, profile_name)
+    with offering(CANDIDATES.values()):
+        mine = exact if profile_name == "exact" else save_like(pipe, store, exact, profile_name)
     by_name = {e.name: m for e, m in zip(exact, mine, strict=True)}
     ratios, kept, gap_p, gap_e = [], [], 0.0, 0.0
     key = "exact" if profile_name == "exact" else f"profile {profile_name}"

@@ -37,7 +37,7 @@ from .reference.address import CONDITIONING_KEYS
 from .reference.manifest import reference_info
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
-from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, EXACT, get_profile
+from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, EXACT, get_profile, profile_to_save
 from .reference.reader import ReferenceReader
 from .reference.recorder import Recorder
 from .reference.store import ReferenceStore
@@ -176,7 +176,7 @@ class RefDropRun:
         if ctx.is_hr_pass or self.writer is not None:
             return PassPatches()  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
-        profile = get_profile(self.save_profile(ctx.family, ctx.projections is not None))
+        profile = profile_to_save(self.save_profile(ctx.family, ctx.projections is not None))
         encoding, note = profile.file_encoding, ""
         if encoding == compression.ZSTD and not compression.available():  # zstd is lossless: the same reference
             encoding, note = "raw", f"its files are not compressed: pip install {compression.PACKAGE} to compress them"

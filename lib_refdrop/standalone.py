@@ -35,7 +35,7 @@ from .errors import RefDropError
 from .params import build
 from .reference.manifest import SEAL
 from .reference.names import validate_name
-from .reference.profiles import get_profile
+from .reference.profiles import profile_to_save
 from .reference.store import ReferenceStore
 from .reference.writer import SaveStatus, png_bytes
 from .run import PassContext, PassPatches, RefDropRun
@@ -181,7 +181,7 @@ def save_session(store: ReferenceStore, name: str = "", profile: str = "", overw
         values.update(save_from="image", image=image, image_prompt=image_prompt)
     settings = build(values)
     if settings.profile:
-        get_profile(settings.profile)
+        profile_to_save(settings.profile)
     if settings.save_name:
         checked = validate_name(settings.save_name)
         if not overwrite and store.exists(checked):

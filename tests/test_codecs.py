@@ -17,7 +17,7 @@ from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference import compression, lowrank, quantize
 from lib_refdrop.reference.address import entry_name
 from lib_refdrop.reference.manifest import Recording, seal_manifest
-from lib_refdrop.reference.profiles import CANDIDATES, PROFILES, RANK, Profile, get_profile
+from lib_refdrop.reference.profiles import PROFILES, RANK, READ_ONLY, Profile, get_profile
 from lib_refdrop.reference.ramcache import RamCache
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.sigmas import Slot
@@ -149,7 +149,7 @@ def test_rank_budget_bounds_the_bytes_of_a_row():
                                                               "w": (torch.float16, (RANK, 640))}
 
 
-@pytest.mark.parametrize("profile", [*PROFILES.values(), *CANDIDATES.values()], ids=lambda p: p.name)
+@pytest.mark.parametrize("profile", [*PROFILES.values(), *READ_ONLY.values()], ids=lambda p: p.name)
 def test_every_profile_decodes_what_it_encodes(profile):
     row = rows_of(3)["input1.0/cond0/v"]
     stored = profile.encode_row("input1.0", "cond0", "v", row)

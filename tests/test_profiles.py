@@ -14,8 +14,9 @@ import pytest
 import safetensors.torch
 import torch
 
+from benchmarks.candidates import CANDIDATES, offering
 from benchmarks.profiles import stored_tensors
-from lib_refdrop.reference.profiles import BALANCED, CANDIDATES, PROFILES, get_profile
+from lib_refdrop.reference.profiles import BALANCED, PROFILES, get_profile
 from lib_refdrop.reference.slot_check import HEADER_ALLOWANCE
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, make_unet
@@ -73,7 +74,8 @@ def host():
 @pytest.fixture(scope="module")
 def saved(host, tmp_path_factory):
     store = ReferenceStore(tmp_path_factory.mktemp("profiles"))
-    images = {name: save(host, store, name, profile=name, **BASE) for name in ALL}
+    with offering(CANDIDATES.values()):
+        images = {name: save(host, store, name, profile=name, **BASE) for name in ALL}
     return store, images
 
 

@@ -156,10 +156,10 @@ EXACT = Profile("exact")                                               # K and V
 BALANCED = Profile("balanced", storage="int8")                         # 1/2 of raw fp16
 COMPACT = Profile("compact", storage="int8", sigma_stride=5)           # 1/10 of raw fp16
 
-# Each technique alone, then combinations: candidates for the default, measured by ``benchmarks.profiles`` (README
-# "Storage profiles"). Readable by name like the offered ones; not offered in the panel and Settings (``PROFILES``)
-# until chosen.
-CANDIDATES: dict[str, Profile] = {p.name: p for p in (
+# Formats a reference can have been saved in before Saves took only the offered profiles (``PROFILES``): each
+# technique alone and combinations of them, which a user could type into the panel. Read, never written again, and
+# never extended; ``benchmarks/candidates.py`` measures them (docs/profiles.md).
+READ_ONLY: dict[str, Profile] = {p.name: p for p in (
     Profile("fp8", storage="fp8"),                                                          # 1/2
     Profile("zstd", file_encoding="zstd"),                                                  # lossless
     Profile("cond-only", chunks="cond"),                                                    # 1/2
@@ -191,7 +191,7 @@ CANDIDATES: dict[str, Profile] = {p.name: p for p in (
 )}
 
 # The default: each layer's attn1 input instead of K and V (1/2), int8 per channel (1/2), every 2nd sampled sigma
-# (1/2), zstd files: 1/10 of raw fp16 K/V; chosen from the table in README "Storage profiles".
+# (1/2), zstd files: 1/10 of raw fp16 K/V; chosen from the table in docs/profiles.md.
 LEAN = Profile("lean", keep="input", storage="int8", sigma_stride=2, file_encoding="zstd")
 # The smallest: the reference's latent at each sigma and its conditioning (a few MB); a Use evaluates the rows again,
 # one more U-Net call a step.
@@ -206,8 +206,16 @@ DIT_DEFAULT_PROFILE = "compact"
 
 
 def get_profile(name: str) -> Profile:
-    """An offered profile or a candidate, by name (a manifest names the profile its reference was saved with)."""
+    """The format of a saved reference, by the profile name its manifest gives: an offered one or a read-only one."""
     try:
-        return PROFILES.get(name or DEFAULT_PROFILE) or CANDIDATES[name]
+        return PROFILES.get(name or DEFAULT_PROFILE) or READ_ONLY[name]
     except KeyError:
         raise RefDropError(f"RefDrop: unknown storage profile {name!r}; choose one of {', '.join(PROFILES)}") from None
+
+
+def profile_to_save(name: str) -> Profile:
+    """A profile a Save may write (``""``: the default): an offered one. A read-only format is refused by name."""
+    if name in READ_ONLY and name not in PROFILES:
+        raise RefDropError(f"RefDrop: storage profile {name!r} is no longer offered (references saved with it stay "
+                           f"readable); choose one of {', '.join(PROFILES)}")
+    return get_profile(name)
