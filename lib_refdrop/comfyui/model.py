@@ -74,21 +74,20 @@ def host_attention() -> Callable:
 ORIGINAL_OPTIONS = "refdrop_host_options"
 
 
-def flux_ops(options_of: Callable[[], dict] | None = None) -> FluxOps:
-    """ComfyUI's own pieces of a Flux block (``comfy/ldm/flux/layers.py``, ``math.py``): its RoPE, its ``apply_mod``
-    and its attention kernel, so RefDrop's recomputation of a block is the model's, bit for bit."""
-    from comfy.ldm.flux.math import apply_rope
+def flux_ops() -> FluxOps:
+    """ComfyUI's own pieces of a Flux block (``comfy/ldm/flux/layers.py``, ``math.py``): its ``apply_mod`` and its
+    attention kernel. Its ``attention`` ropes q and k as ``pe[..., 0] * x0 + pe[..., 1] * x1`` (``.type_as(v)``),
+    which is the engine's own ``apply_rope``; so RefDrop's recomputation of a block is the model's, bit for bit
+    (checked in 0.3.64: a Save's latents equal plain ones)."""
     from comfy.ldm.modules.attention import optimized_attention
 
     def joint_attention(q, k, v, attn_mask):
-        options = options_of() if options_of is not None else {}
-        return optimized_attention(q, k, v, q.shape[1], skip_reshape=True, mask=attn_mask,
-                                   transformer_options=options)
+        return optimized_attention(q, k, v, q.shape[1], skip_reshape=True, mask=attn_mask)
 
     def modulate(x, shift, scale):  # apply_mod(x, 1 + scale, shift) with modulation_dims None
         return torch.addcmul(shift, x, 1 + scale)
 
-    return FluxOps(joint_attention=joint_attention, modulate=modulate, rope=apply_rope)
+    return FluxOps(joint_attention=joint_attention, modulate=modulate)
 
 
 def check_flux_blocks(patcher) -> None:
