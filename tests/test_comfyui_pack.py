@@ -329,6 +329,9 @@ def test_a_webui_folder_beside_comfyuis_is_read_and_saves_go_to_the_first(tmp_pa
     patched, _ = save(pack, model, "comfy-cat")
     sample(patched, t)
     assert (first / "comfy-cat" / "manifest.json").is_file()
+    (more,) = run_node(pack, "SDRefDropReference", source="reference", reference="forge-cat", rfg=1.0)
+    both = use(pack, model, "comfy-cat", 1.0, references=more)  # one Use, references of both folders
+    assert same(sample(both, t), sample(model, t))
 
 
 # -- routes ----------------------------------------------------------------------------------------------------------

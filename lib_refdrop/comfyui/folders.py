@@ -73,6 +73,31 @@ class Library:
         return f"{store.root}|{manifest[SEAL]}|{digest}"
 
 
+class Folders:
+    """The ``refdrop`` folders as one store for a Use: each reference is read from the folder that holds it, so one
+    Use can combine references of a WebUI's folder and ComfyUI's (what a Use asks a store: ``open``, ``read_mask``,
+    ``manifest``, ``exists``)."""
+
+    def __init__(self, library: Library):
+        self.library = library
+
+    def open(self, name: str):
+        return self.library.store_of(name).open(name)
+
+    def read_mask(self, name: str):
+        return self.library.store_of(name).read_mask(name)
+
+    def manifest(self, name: str) -> dict:
+        return self.library.store_of(name).manifest(name)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.library.store_of(name)
+        except ReferenceNotFound:
+            return False
+        return True
+
+
 def comfy_library() -> Library:
     """The library of the running ComfyUI, registering the ``refdrop`` folder on first use."""
     import folder_paths

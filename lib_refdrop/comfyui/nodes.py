@@ -16,7 +16,7 @@ from ..errors import RefDropError
 from ..params import SLOTS, build
 from ..reference.profiles import PROFILES
 from . import model as host
-from .folders import Library
+from .folders import Folders, Library
 from .images import mask_to_pil, to_pil
 from .sampling import HostKernels, RunSpec, add_to
 
@@ -125,19 +125,14 @@ def use(library: Library, model, reference_name: str, rfg: float, step_start: fl
                        f"image{suffix}": ref.image, f"mask{suffix}": ref.mask})
     if any(ref.source == "image" and ref.rfg != 0 for ref in refs) and (vae is None or image_conditioning is None):
         raise RefDropError("RefDrop: an image reference needs the Use node's vae and image_conditioning inputs")
-    stores, family = {}, host.family_of(model)
+    family = host.family_of(model)
     for ref in refs:
         if ref.source != "reference":
             continue
-        store = library.store_of(ref.reference)
-        manifest = store.manifest(ref.reference)  # checks every file is there, with its size
+        manifest = library.store_of(ref.reference).manifest(ref.reference)  # every file there, with its size
         problem = families.mismatch(ref.reference, manifest["family"], family)
         if problem:
             raise RefDropError(problem)
-        stores[str(store.root)] = store
-    if len(stores) > 1:
-        raise RefDropError("RefDrop: the references of one Use must lie in one refdrop folder; found them in "
-                           + ", ".join(sorted(stores)))
-    store = next(iter(stores.values())) if stores else library.save_store()
+    store = Folders(library)  # each reference read from the folder that holds it
     session = standalone.start_use(store, **values)  # the settings: RefDropError naming the bad one
     return add_to(model, RunSpec(session, vae=vae, conditioning=image_conditioning, kernels=kernels))
