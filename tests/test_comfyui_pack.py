@@ -422,3 +422,77 @@ def test_packaging_files():
 
 def _unused(*_):
     return np
+
+
+# -- Flux ----------------------------------------------------------------------------------------------------------
+
+class _FluxPatcher:
+    """A tiny Flux (tests/support/tinyflux.py, ``patches_replace["dit"]`` as ComfyUI's Flux) behind ComfyUI's
+    patcher calls; ``sample`` does what ``CFGGuider.sample`` does around the sampler (a per-run copy of
+    ``model_options``, the OUTER_SAMPLE wrappers with the guider as ``executor.class_obj``)."""
+
+    def __init__(self, inner, wrappers=None):
+        self.inner, self.model, self.wrappers = inner, inner.model, wrappers or {}
+        self.model_options = inner.model_options
+        self.load_device = torch.device("cpu")
+
+    def clone(self):
+        return _FluxPatcher(self.inner.clone(), {t: {k: list(v) for k, v in w.items()} for t, w in
+                                                 self.wrappers.items()})
+
+    def add_wrapper_with_key(self, kind, key, fn):
+        self.wrappers.setdefault(kind, {}).setdefault(key, []).append(fn)
+
+    def get_model_object(self, name):
+        return getattr(self.model, name)
+
+
+def flux_sample(model, seed, cfg):
+    from tests.support import tinyflux as tf
+    from tests.support.comfyfake import Guider, _Executor, copy_nested_dicts
+
+    guider = Guider(model, copy_nested_dicts(model.model_options), {}, cfg)
+
+    def inner(*args):
+        run = model.inner.clone()
+        run.model_options = guider.model_options
+        return tf.sample(run, seed=seed, cfg=cfg)
+
+    wrappers = [w for ws in model.wrappers.get("outer_sample", {}).values() for w in ws]
+    sigmas = torch.tensor(tf.FlowSchedule().sigmas(3))
+    return _Executor(wrappers, inner, guider)(None, torch.zeros(1, 16, 8, 8), None, sigmas, None, None, False, seed)
+
+
+@pytest.fixture
+def flux_kernels(monkeypatch):
+    """ComfyUI's kernel module as the fake hosts have it (the reForge stand-in: the same kernel)."""
+    import importlib.util
+    from pathlib import Path
+
+    from lib_refdrop.patcher import kernels
+
+    path = Path(__file__).resolve().parent / "support/fakehost/reforge/ldm_patched/ldm/modules/attention.py"
+    spec = importlib.util.spec_from_file_location("comfy_kernel_standin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "comfy_kernel_standin", module)
+    return HostKernels(attention=kernels.optimized_attention("comfy_kernel_standin"),
+                       flux_ops=lambda: kernels.optimized_flux_ops("comfy_kernel_standin"))
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_flux_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, flux_kernels, cfg):
+    from tests.support import tinyflux as tf
+
+    pack = v1_mappings(node_specs(lib, kernels=flux_kernels))[0]
+    model = _FluxPatcher(tf.make_patcher("reforge"))
+    plain = flux_sample(model, 1, cfg)
+    patched, _ = save(pack, model, "flux", profile="exact")
+    assert torch.equal(flux_sample(patched, 1, cfg), plain)
+    assert lib.store_of("flux").manifest("flux")["family"] == "flux"
+    assert torch.equal(flux_sample(use(pack, model, "flux", 1.0), 1, cfg), plain)
+    assert torch.equal(flux_sample(use(pack, model, "flux", 0.0), 2, cfg), flux_sample(model, 2, cfg))
+    assert not torch.equal(flux_sample(use(pack, model, "flux", 0.5), 2, cfg), flux_sample(model, 2, cfg))
+    with pytest.raises(RefDropError) as family:
+        use(pack, patcher_for(trace("t2i_basic")), "flux", 0.3)
+    assert "Flux" in one_line(family)

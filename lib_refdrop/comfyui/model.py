@@ -12,6 +12,7 @@ import torch
 
 from ..dit.blocks import FluxOps
 from ..errors import RefDropError
+from ..patcher import dit_blocks
 from ..patcher.unet_layers import attn1_layer_keys
 
 # ``model.model_config`` class (or a base class of it) -> RefDrop's family (families.LABELS). ComfyUI's SDXL refiner,
@@ -21,7 +22,10 @@ FLUX = "flux"
 
 
 def family_of(patcher) -> str:
-    """The family of the model ``patcher`` patches, from its ``model_config`` class and that class's bases."""
+    """The family of the model ``patcher`` patches: Flux by its blocks, else from its ``model_config`` class and that
+    class's bases."""
+    if dit_blocks.is_flux(diffusion_model(patcher)):
+        return dit_blocks.FAMILY
     config = getattr(getattr(patcher, "model", None), "model_config", None)
     for cls in type(config).__mro__:
         if cls.__name__ in CONFIG_FAMILIES:
@@ -31,11 +35,6 @@ def family_of(patcher) -> str:
 
 def diffusion_model(patcher):
     return patcher.model.diffusion_model
-
-
-def is_flux(patcher) -> bool:
-    model = diffusion_model(patcher)
-    return hasattr(model, "double_blocks") and hasattr(model, "single_blocks")
 
 
 def unet_keys(patcher) -> list[tuple[str, int, int]]:

@@ -119,8 +119,8 @@ class SamplingRun:
         patcher, options = self.patcher, self.guider.model_options
         attention = self.kernels.attention
         earlier = chained_inner(chain(earlier_attn1_patches(_Options(patcher, options)), attention))
-        extra = {}
-        if dit_blocks.is_flux(host.diffusion_model(patcher)):
+        extra, family = {}, host.family_of(patcher)
+        if family == dit_blocks.FAMILY:
             host.check_flux_blocks(patcher)
             self.layers = None
             extra = {"dit_ops": self.kernels.flux_ops(),
@@ -130,7 +130,7 @@ class SamplingRun:
             extra = {"projections": projections_of(patcher)}
         latent, seed = self.args["latent_image"], self.args.get("seed")
         return standalone.context(
-            host.family_of(patcher), attention, host.percent_to_sigma(patcher), seed, earlier=earlier,
+            family, attention, host.percent_to_sigma(patcher), seed, earlier=earlier,
             **encoders(patcher, self.spec.vae, self.spec.conditioning, latent, seed), **extra)
 
     # -- installing into this run's model_options ------------------------------------------------------------
