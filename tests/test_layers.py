@@ -1,8 +1,9 @@
 """The package's layers and their one-way arrows: run -> attn -> reference (the on-disk format, which imports no
-other layer); webui -> everything; nothing below webui imports the host (``modules``), gradio or fastapi, and only
-patcher/ the patcher hosts' kernel packages; no import cycle among the package's modules or its layers. Imports only
-made for type checkers (``if TYPE_CHECKING``) count like any other: they are arrows a reader follows too. The
-WebUI's entry script (``scripts/``) stands above the webui layer."""
+other layer); webui, comfyui -> everything below them; nothing below webui imports the host (``modules``), gradio or
+fastapi, only patcher/ the patcher hosts' kernel packages, only comfyui/ ComfyUI's, and comfyui/ never imports webui/;
+no import cycle among the package's modules or its layers. Imports only made for type checkers (``if TYPE_CHECKING``)
+count like any other: they are arrows a reader follows too. The WebUI's entry script (``scripts/``) stands above the
+webui layer."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib_refdrop"
-HOST_ONLY = ("modules", "gradio", "fastapi", "starlette", "pydantic", "backend", "ldm_patched", "comfy")
+HOST_ONLY = ("modules", "gradio", "fastapi", "starlette", "pydantic", "backend", "ldm_patched", "comfy",
+             "folder_paths", "comfy_api", "server", "aiohttp")
 KERNEL_PACKAGES = ("backend", "ldm_patched", "comfy")  # what patcher/kernels.py imports when a host asks for it
+# what the ComfyUI node pack (comfyui/) imports when ComfyUI loads it: never a WebUI's
+COMFYUI_PACKAGES = ("comfy", "folder_paths", "comfy_api", "server", "aiohttp")
 # layer -> layers it may import (besides itself and the package's top-level errors/families/TITLE)
 ALLOWED = {
     "reference": set(),  # the on-disk format: names, manifests, the store, reading and writing
@@ -23,7 +27,9 @@ ALLOWED = {
     "run": {"attn", "reference", "params", "images", "crop", "dit"},
     "standalone": {"attn", "reference", "params", "run"},
     "patcher": {"attn", "dit", "reference", "run"},  # host-neutral ModelPatcher glue: installs what run planned
-    "webui": {"attn", "reference", "params", "images", "crop", "run", "standalone", "dit", "patcher"},
+    "library": {"reference"},  # the reference library's HTTP answers, for every host's routes
+    "webui": {"attn", "reference", "params", "images", "crop", "run", "standalone", "dit", "patcher", "library"},
+    "comfyui": {"attn", "reference", "params", "images", "crop", "run", "standalone", "dit", "patcher", "library"},
 }
 SHARED = {"errors", "families", "__init__"}
 
@@ -73,7 +79,9 @@ def test_each_layer_imports_only_the_layers_below_it():
             continue
         for target in imported:
             if target.split(".")[0] in HOST_ONLY:
-                if layer != "webui" and not (layer == "patcher" and target.split(".")[0] in KERNEL_PACKAGES):
+                root = target.split(".")[0]
+                if layer != "webui" and not (layer == "patcher" and root in KERNEL_PACKAGES) and not (
+                        layer == "comfyui" and root in COMFYUI_PACKAGES):
                     wrong.append(f"{module} imports the host-only {target}")
                 continue
             target_layer = _layer(target)

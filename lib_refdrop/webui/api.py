@@ -16,12 +16,10 @@ else. Generation itself goes through the host's own ``/sdapi/v1/txt2img`` (see d
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import unicodedata
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -32,14 +30,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..errors import RefDropError, ReferenceExists, ReferenceNotFound
-from ..reference.manifest import ReferenceInfo, reference_info
-from ..reference.names import MAX_NAME_BYTES, MAX_NAME_LENGTH, validate_name
+from .. import library
+from ..errors import RefDropError
+from ..reference.names import MAX_NAME_BYTES, MAX_NAME_LENGTH
 from ..reference.store import ReferenceStore
-from ..reference.writer import pending_write
 
 API_PREFIX = "/refdrop/v1"
-SUMMARY_FIELDS = ("family", "width", "height", "steps", "sampler", "seed", "prompt", "bytes", "created", "profile")
+SUMMARY_FIELDS = library.SUMMARY_FIELDS
 
 
 # -- what the OpenAPI document declares ------------------------------------------------------------------------
@@ -180,18 +177,6 @@ class _AnyText(Convertor):
 register_url_convertor("refdrop_any", _AnyText())  # a new name: the host's own routes are not affected
 
 
-class _NotFound(ReferenceNotFound):  # also "this reference has no preview"
-    pass
-
-
-class _Conflict(ReferenceExists):  # also "a Save is writing this name right now"
-    pass
-
-
-class _Unusable(RefDropError):
-    pass
-
-
 class _WrongMethod(RefDropError):
     def __init__(self, method: str, path_name: str):
         super().__init__(f"RefDrop: {method} is not supported on this path")
@@ -326,103 +311,15 @@ def _method_not_allowed(method: str, path_name: str) -> JSONResponse:
     return answer
 
 
-# -- the calls ---------------------------------------------------------------------------------------------------
+# -- the calls (host-neutral, lib_refdrop/library.py) -------------------------------------------------------------
 
-
-def summary(info: ReferenceInfo) -> dict:
-    """The list view of one reference: what it was generated with, how big it is, when (None where unknown)."""
-    return {field: getattr(info, field) for field in SUMMARY_FIELDS}
-
-
-def _list(store: ReferenceStore) -> dict:
-    return {"references": [_list_entry(store, name) for name in store.names()]}
-
-
-def _list_entry(store: ReferenceStore, name: str) -> dict:
-    entry = {"name": name, "writing": pending_write(store, name) is not None}
-    try:
-        entry.update(summary(reference_info(store.manifest(name))))
-    except (RefDropError, OSError) as exc:  # one broken reference must not take the list down
-        entry["error"] = _message(exc)
-    return entry
-
-
-def _existing(store: ReferenceStore, name: str) -> str:
-    """The canonical name of an existing reference; 400 for an invalid name, 404 for an unknown one."""
-    name = validate_name(name)
-    with _on_disk():
-        store.path(name)  # the store's own containment check
-        if not store.exists(name):
-            raise _NotFound(store.missing_message(name))
-    return name
-
-
-@contextmanager
-def _on_disk():
-    """A store refusal (unreadable manifest, a preview that is a link, two folders for one name...) becomes a 409:
-    the request is well-formed, the reference on disk is not, so fixing or deleting it helps and retrying does not."""
-    try:
-        yield
-    except (ReferenceNotFound, ReferenceExists):
-        raise
-    except RefDropError as exc:
-        raise _Unusable(str(exc)) from None
-
-
-def _not_being_written(store: ReferenceStore, name: str, action: str) -> None:
-    if pending_write(store, name) is not None:
-        raise _Conflict(f"RefDrop: reference '{name}' is being written; {action} it when the save has finished")
-
-
-def _details(store: ReferenceStore, name: str) -> dict:
-    name = _existing(store, name)
-    with _on_disk():
-        manifest = store.manifest(name)
-    try:
-        preview, preview_error = store.read_preview(name), None
-    except RefDropError as exc:  # a planted or broken preview must not hide the rest of the reference
-        preview, preview_error = None, _message(exc)
-    return {
-        "name": name,
-        "writing": pending_write(store, name) is not None,
-        "summary": summary(reference_info(manifest)),
-        "manifest": manifest,
-        "preview": base64.b64encode(preview).decode("ascii") if preview is not None else None,
-        "preview_error": preview_error,
-    }
+summary = library.summary
+_list = library.list_references
+_details, _delete, _rename = library.details, library.delete, library.rename
 
 
 def _preview_response(store: ReferenceStore, name: str) -> Response:
-    """The PNG, 404 without one, 409 with the store's message for one it refuses (a link, a FIFO, too big)."""
-    name = _existing(store, name)
-    with _on_disk():
-        preview = store.read_preview(name)
-    if preview is None:
-        raise _NotFound(f"RefDrop: reference '{name}' has no preview image")
-    return Response(content=preview, media_type="image/png", headers={"Cache-Control": "no-store"})
-
-
-def _delete(store: ReferenceStore, name: str) -> dict:
-    name = _existing(store, name)
-    _not_being_written(store, name, "delete")
-    with _on_disk():
-        store.delete(name)
-    return {"deleted": name}
-
-
-def _rename(store: ReferenceStore, name: str, payload) -> dict:
-    name = _existing(store, name)
-    new_name = payload.get("new_name") if isinstance(payload, dict) else None
-    if not isinstance(new_name, str):
-        raise RefDropError('RefDrop: send the new name as JSON: {"new_name": "..."}')
-    unknown = sorted(set(payload) - {"new_name"})
-    if unknown:
-        raise RefDropError(f"RefDrop: unknown field(s) {', '.join(unknown)}; only new_name is accepted")
-    new_name = validate_name(new_name)
-    _not_being_written(store, name, "rename")
-    _not_being_written(store, new_name, "rename onto")
-    with _on_disk():  # the store says when new_name is taken (ReferenceExists: 409)
-        return {"old_name": name, "name": store.rename(name, new_name)}
+    return Response(content=library.preview(store, name), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 # -- errors ------------------------------------------------------------------------------------------------------
@@ -434,25 +331,9 @@ def _guarded(call: Callable):
         return call()
     except _WrongMethod as exc:
         return _method_not_allowed(exc.method, exc.path_name)
-    except ReferenceNotFound as exc:
-        return _error(404, "not_found", exc)
-    except ReferenceExists as exc:
-        return _error(409, "conflict", exc)
-    except _Unusable as exc:
-        return _error(409, "unusable", exc)
-    except RefDropError as exc:
-        return _error(400, "RefDropError", exc)
-    except OSError as exc:
-        return _error(500, "OSError", f"RefDrop: the reference library could not be read or changed: {_message(exc)}")
     except Exception as exc:  # noqa: BLE001 - an API client gets a message, the console keeps the server running
-        return _error(500, type(exc).__name__, f"RefDrop: unexpected error: {exc}")
+        return _error(*library.failure(exc))
 
 
 def _error(status: int, kind: str, exc) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": kind, "detail": _message(exc)})
-
-
-def _message(exc) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc)
+    return JSONResponse(status_code=status, content={"error": kind, "detail": library.message(exc)})
