@@ -118,6 +118,7 @@ def test_use_waits_for_a_reference_that_is_still_being_written(tmp_path, slow_di
 
 def test_a_save_in_one_store_holds_up_nothing_of_the_same_name_in_another(tmp_path, monkeypatch):
     """E.g. the store folder was changed in Settings while a Save ran (issue 18, item 7)."""
+    from lib_refdrop import library
     from lib_refdrop import run as run_module
     from lib_refdrop.params import build
     from lib_refdrop.run import RefDropRun
@@ -129,10 +130,10 @@ def test_a_save_in_one_store_holds_up_nothing_of_the_same_name_in_another(tmp_pa
     try:
         monkeypatch.setattr(run_module, "WAIT_FOR_PENDING_SAVE_S", 0.2)
         run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "same", "rfg": 0.3}), store_b)
-        assert run.plan_patch(faultkit.pass_context()).__name__ == "refdrop_use"  # no wait, no "being written"
+        assert run.for_pass(faultkit.pass_context()).attn1.__name__ == "refdrop_use"  # no wait, no "being written"
         run.release()
-        assert api._list_entry(store_b, "same")["writing"] is False
-        assert api._list_entry(store_a, "same")["writing"] is True
+        assert library.list_entry(store_b, "same")["writing"] is False
+        assert library.list_entry(store_a, "same")["writing"] is True
         assert api._delete(store_b, "same") == {"deleted": "same"}  # not 409 "being written"
     finally:
         writer.abort("the test is over")

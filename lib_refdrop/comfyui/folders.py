@@ -81,6 +81,12 @@ class Folders:
     def __init__(self, library: Library):
         self.library = library
 
+    @property
+    def root(self):
+        """Where a Save of this library writes, so a Use waits on a Save of the same name in flight there
+        (``reference/writer.py`` ``pending_write``)."""
+        return self.library.save_store().root
+
     def open(self, name: str):
         return self.library.store_of(name).open(name)
 
