@@ -26,6 +26,7 @@ from tests.support.refdrop_harness import save_synthetic
 
 JS = Path(__file__).resolve().parents[1] / "javascript" / "refdrop.js"
 TOOLTIP_HARNESS = Path(__file__).resolve().parent / "refdrop_tooltip_harness.js"
+MASK_CLEAR_HARNESS = Path(__file__).resolve().parent / "refdrop_mask_clear_harness.js"
 
 
 GENERATION = {"width": 512, "height": 768, "steps": 20, "sampler_name": "Euler a", "scheduler": "Karras",
@@ -159,6 +160,20 @@ def test_the_script_sets_the_pages_tooltips_as_titles(store, tmp_path):
     assert done.returncode == 0, done.stderr
     titles = json.loads(done.stdout)
     assert titles == {"txt2img": ui.TOOLTIPS, "img2img": ui.TOOLTIPS}
+
+
+def test_clearing_a_painted_mask_removes_its_picture():
+    """gradio 3's sketch Clear keeps the picture the strokes were on, which a Use would then refuse as a mask that
+    is not black and white: in RefDrop's masks (any slot, either tab) the page's script removes the picture too,
+    and leaves the host's own sketches alone."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script is not run")
+    done = subprocess.run([node, str(MASK_CLEAR_HARNESS), str(JS)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"script_txt2img_refdrop_mask": ["script_txt2img_refdrop_mask"],
+                                       "script_img2img_refdrop_mask_2": ["script_img2img_refdrop_mask_2"],
+                                       "img2maskimg": []}
 
 
 def test_unopenable_store_still_builds(tmp_path):
@@ -299,6 +314,8 @@ def test_the_new_inputs_under_gradio_3(store):
     for name in ("image", "image_2", "image_3", "mask", "mask_2", "mask_3"):
         assert (i[name].type, i[name].image_mode, i[name].value) == ("pil", "RGBA", None)
     assert [i[name].tool for name in ("mask", "mask_2", "mask_3")] == ["sketch"] * 3  # painted in the panel
+    # strokes show in the colour the mask holds (the subject is white, as the tooltip says)
+    assert [i[name].brush_color.lower() for name in ("mask", "mask_2", "mask_3")] == ["#ffffff"] * 3
     assert i["image"].tool != "sketch"
     assert (i["rfg_2"].value, i["rfg_3"].value, i["rfg_2"].minimum, i["rfg_2"].maximum) == (0.0, 0.0, -1.0, 1.0)
     assert i["image_prompt"].placeholder == ui.IMAGE_PROMPT_PLACEHOLDER

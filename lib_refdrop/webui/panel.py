@@ -130,7 +130,7 @@ TOOLTIPS = {
                     "(empty: no prompt), as the prompt of a generation would be.",
     "mask_box": "Which part of the reference the generation attends to.",
     "mask": "White = the subject (attended), black = not attended. Paint over the reference's picture, or upload a "
-            "black-and-white mask of its aspect ratio. Empty: the whole reference.",
+            "black-and-white mask of its aspect ratio. Empty (Clear or ×): the whole reference.",
     "mask_paint": "Put the reference's picture (its preview, or the image) in the mask to paint the subject on it.",
     "mask_keep": "Keep this mask with the selected saved reference: every Use of it without a mask of its own uses it.",
     "mask_forget": "Remove the mask kept with the selected saved reference.",
@@ -363,9 +363,11 @@ def _enabled_section(input_accordion, label: str, elem_id: str):
 # after a refresh, because gradio 4 keeps the selected index (not value) when the choices change.
 GRADIO_3 = int(gr.__version__.split(".")[0]) < 4
 _NONE_FIRST = [] if GRADIO_3 else [""]
-# gradio 3's Image paints a mask over its picture (``tool="sketch"``, whose value is ``{"image", "mask"}``);
-# gradio 4 has no such argument (Forge drops it with a warning), so there a mask is uploaded as a picture.
-_PAINTABLE = {"tool": "sketch"} if GRADIO_3 else {}
+# gradio 3's Image paints a mask over its picture (``tool="sketch"``, whose value is ``{"image", "mask"}``, the
+# strokes white on black whatever colour they are drawn in); its brush draws black unless told, so it is told to
+# draw what the mask holds. gradio 4 has no such arguments (Forge drops them with a warning): there a mask is
+# uploaded as a picture.
+_PAINTABLE = {"tool": "sketch", "brush_color": "#ffffff"} if GRADIO_3 else {}
 
 
 def _safe_choices(get_store) -> tuple[list[str], str]:
