@@ -397,6 +397,21 @@ def test_a_slot_that_is_on_shows_in_the_closed_accordions_title(store):
     assert x["more"].label == "More references" and x["more"].open is False
 
 
+def test_the_status_line_shows_the_last_save_in_save_mode_only(store):
+    saved = "RefDrop: saved reference 'hero'"
+    with gr.Blocks() as page:
+        built = ui.build(get_store=lambda: store, get_status=lambda: saved)
+    assert built.extras["status"].value == ""  # the page starts in Use mode
+    (fn, dependency), = [(f, d) for f, d in wired(page, built.inputs["mode"], "change")
+                         if d["outputs"] == [built.extras["status"]._id]]
+    assert fn("Use") == "" and fn("Save") == saved
+    (refresh, dependency), = wired(page, built.extras["refresh"], "click")[:1]
+    assert dependency["inputs"][-1] == built.inputs["mode"]._id
+    assert refresh("", built.extras["shown"].value, "Use")[1] == ""
+    _, status, shown = refresh("", built.extras["shown"].value, "Save")
+    assert status == saved and shown["status"] == saved
+
+
 def test_every_choice_script_info_lists_is_accepted(store):
     """GET /sdapi/v1/script-info lists the first item of a (label, value) choice (the hosts' modules/scripts.py,
     ``x[0] if isinstance(x, tuple) else x``): an API client that sends what it lists gets the value it names."""

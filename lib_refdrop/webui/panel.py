@@ -112,7 +112,7 @@ TOOLTIPS = {
            "reference (0.2–0.6 typical; 0.3–0.4 for a consistent subject, 0.2 for simple ones), negative pushes away "
            "for more diversity (−0.2 to −0.3). 0 = exactly a normal generation.",
     "reference": f"The saved reference to blend in. It must come from a model of the same family ({_FAMILIES}).",
-    "refresh": "Reload the list of saved references and the status of the last Save.",
+    "refresh": "Reload the list of saved references and, in Save mode, the status of the last Save.",
     "preview": "The image the reference was saved from.",
     "info": "Model family, size, steps, sampler, seed, prompt, disk size and date of the selected reference.",
     "delete": "Delete the selected reference from disk (asks for confirmation).",
@@ -121,7 +121,7 @@ TOOLTIPS = {
     "rename_to": "New name for the selected reference: letters, digits, spaces and _ - . ( ) +.",
     "rename": "Rename the selected reference.",
     "save_name": "Name of the new reference. Empty: ref-<seed>-<time>.",
-    "status": "Result of the last Save, delete or rename.",
+    "status": "Result of the last Save (in Save mode), delete, rename or kept mask.",
     "advanced": "Where and when RefDrop acts, and how references are stored.",
     "disabled_groups": "Whole parts of the model that keep their own attention: on a U-Net input (down-sampling), "
                        "middle, output (up-sampling); on Flux double (double-stream blocks), single (single-stream).",
@@ -374,6 +374,11 @@ def more_title(*rfgs) -> tuple[str, bool]:
     return (f"{MORE_LABEL} ({'; '.join(on)})" if on else MORE_LABEL), bool(on)
 
 
+def status_shown(mode: str, status: str) -> str:
+    """The status line when the mode changes: the last Save's line belongs to Save mode."""
+    return status if mode == "Save" else ""
+
+
 def mask_canvas(store, source: str, reference: str | None, image) -> Image.Image | None:
     """The picture a slot's mask is painted on: its saved reference's preview, or its image (None: nothing to
     paint on, e.g. the batch's first image, which exists only during the generation)."""
@@ -539,7 +544,8 @@ def build(
                 for k in MORE_SLOTS:
                     _more_slot(c, elem_id, choices, k, shown)
         status = get_status()
-        x["status"] = gr.Markdown(store_problem or status, elem_id=elem_id("status"))
+        x["status"] = gr.Markdown(store_problem or status_shown(FIELD_OF["mode"].default, status),
+                                  elem_id=elem_id("status"))
         # Clicked by javascript/refdrop.js while a Save is written; its label counts the answers (see ``poll``).
         x["poll"] = gr.Button("0", visible=False, elem_id=elem_id("poll"))
         x["tooltips"] = gr.HTML(tooltips_html(), visible=False, elem_id=elem_id("tooltips"))
@@ -585,14 +591,16 @@ def _wire(c: Controls, get_store, get_status) -> None:
     rfgs = [i[f"rfg_{k}"] for k in MORE_SLOTS]
     for control in rfgs:
         control.change(on_more, inputs=rfgs, outputs=[x["more"]], show_progress=False)
+    i["mode"].change(lambda mode: status_shown(mode, get_status()), inputs=[i["mode"]], outputs=[x["status"]],
+                     show_progress=False)
     if get_store is None:
         return
 
-    def on_refresh(current, shown):
+    def on_refresh(current, shown, mode):
         choices, value = refresh(get_store(), current)
         status = get_status()
-        return gr.update(choices=_NONE_FIRST + choices, value=value), status, {**shown, "choices": choices,
-                                                                              "status": status}
+        return (gr.update(choices=_NONE_FIRST + choices, value=value), status_shown(mode, status),
+                {**shown, "choices": choices, "status": status})
 
     def on_select(name):
         preview, text = describe(get_store(), name)
@@ -620,8 +628,8 @@ def _wire(c: Controls, get_store, get_status) -> None:
     confirm_outputs = [x["delete_confirm"], x["delete_cancel"]]
     shown = x["shown"]
     library = [i["reference"], x["status"], *confirm_outputs, shown]
-    x["refresh"].click(on_refresh, inputs=[i["reference"], shown], outputs=[i["reference"], x["status"], shown],
-                       show_progress=False)
+    x["refresh"].click(on_refresh, inputs=[i["reference"], shown, i["mode"]],
+                       outputs=[i["reference"], x["status"], shown], show_progress=False)
     i["reference"].change(on_select, inputs=[i["reference"]], outputs=[x["preview"], x["info"]], show_progress=False)
     x["delete"].click(ask_confirmation, inputs=[i["reference"]], outputs=[*confirm_outputs, x["status"]],
                       show_progress=False)
