@@ -139,7 +139,7 @@ TOOLTIPS = {
               "generation (batch size and batch count) attends to it; nothing is saved, and with one image it "
               f"changes nothing. {SOURCE_LABELS['image']}: the picture below, evaluated alongside every step "
               "(nothing is saved).",
-    "batch_hint": BATCH_HINT,
+    "batch_hint": f"Shown while a source is {SOURCE_LABELS['batch']}: it needs a batch size or batch count above 1.",
     "save_from": f"{SAVE_FROM_LABELS['generation']}: record the image being generated. {SAVE_FROM_LABELS['image']}: "
                  "record the picture below, evaluated with the loaded model, as a reference that later Uses read "
                  "like any other.",
