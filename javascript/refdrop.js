@@ -29,6 +29,23 @@
 
     onUiLoaded(applyRefDropTooltips);
 
+    // -- a cleared mask is no mask -----------------------------------------------------------------------------
+    // gradio 3's sketch "Clear" removes the strokes and keeps the picture they were painted on; the panel would then
+    // send that picture as an uploaded mask, which a Use refuses (it is not black and white). In a RefDrop mask,
+    // Clear therefore removes the picture too. The toolbar stops the click from bubbling: it is seen while captured.
+    const MASK = '[id^="script_"][id*="_refdrop_mask"]';
+
+    function clearPictureWithStrokes(event) {
+        const clear = event.target && event.target.closest && event.target.closest('button[aria-label="Clear"]');
+        const mask = clear && clear.closest(MASK);
+        const remove = mask && mask.querySelector('button[aria-label="Remove Image"]');
+        if (remove) {
+            setTimeout(() => remove.click(), 0);  // after gradio's own handler has cleared the strokes
+        }
+    }
+
+    onUiLoaded(() => gradioApp().addEventListener("click", clearPictureWithStrokes, true));
+
     // -- the status line and reference list after a Save ----------------------------------------------------
     // A Save is written in the background after the generation has returned, and the host tells scripts nothing
     // when that ends. So when the log under a tab's images says RefDrop is saving, this clicks that panel's hidden

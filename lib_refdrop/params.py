@@ -26,6 +26,10 @@ MODES = ("Save", "Use")
 # other image of the generation attends to it); an image given with the request, evaluated alongside every step.
 SOURCES = ("reference", "batch", "image")
 SAVE_FROM = ("generation", "image")  # what a Save records: this generation, or an image baked into a reference
+# The panel's labels of those values. GET /sdapi/v1/script-info lists a radio's labels as its choices, so an API
+# client may send a label where a value is meant: the validators take either.
+SOURCE_LABELS = {"reference": "Saved reference", "batch": "First of the batch", "image": "Uploaded picture"}
+SAVE_FROM_LABELS = {"generation": "This generation", "image": "An uploaded picture"}
 SLOTS = (1, 2, 3)  # slot 1 is the reference of the single-reference arguments; 2 and 3 add eq. 7's further ones
 BLOCK_GROUPS = tuple(kind.group for kind in BLOCK_KINDS)  # U-Net; Flux's double- and single-stream blocks
 # ASCII digits only: "\d" would also take "OUT٠١" (Arabic-Indic digits), which int() reads but the rest does not.
@@ -111,19 +115,20 @@ def parse_mode(value, name: str = "mode") -> str:
     raise RefDropError(f"RefDrop: {name} must be one of {', '.join(MODES)}, got {shown(value)}")
 
 
-def _one_of(choices: tuple[str, ...], what: str) -> Callable[[object, str], str]:
+def _one_of(labels: dict[str, str], what: str) -> Callable[[object, str], str]:
+    """A validator of one of ``labels``' values, given as the value or as its label (any case)."""
+    spelled = {spelling.lower(): value for value, label in labels.items() for spelling in (value, label)}
+
     def parse(value, name: str) -> str:
-        if isinstance(value, str):
-            for choice in choices:
-                if value.strip().lower() == choice:
-                    return choice
-        raise RefDropError(f"RefDrop: '{name}' must be one of {', '.join(choices)} ({what}), got {shown(value)}")
+        if isinstance(value, str) and value.strip().lower() in spelled:
+            return spelled[value.strip().lower()]
+        raise RefDropError(f"RefDrop: '{name}' must be one of {', '.join(labels)} ({what}), got {shown(value)}")
 
     return parse
 
 
-parse_source = _one_of(SOURCES, "where the reference comes from")
-parse_save_from = _one_of(SAVE_FROM, "what a Save records")
+parse_source = _one_of(SOURCE_LABELS, "where the reference comes from")
+parse_save_from = _one_of(SAVE_FROM_LABELS, "what a Save records")
 
 
 def parse_text(value, name: str) -> str:

@@ -66,7 +66,7 @@ const updateCallbacks = [];
 const loadedCallbacks = [];
 const styles = [];
 const context = {
-    gradioApp: () => ({getElementById: (id) => elements[id] || null}),
+    gradioApp: () => ({getElementById: (id) => elements[id] || null, addEventListener: () => {}}),
     document: {createElement: () => ({textContent: ""}), head: {appendChild: (e) => styles.push(e.textContent)}},
     onUiLoaded: (fn) => loadedCallbacks.push(fn),
     onUiUpdate: (fn) => updateCallbacks.push(fn),

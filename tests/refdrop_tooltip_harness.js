@@ -22,7 +22,7 @@ for (const tab of TABS) {
 }
 const loadedCallbacks = [];
 const context = {
-    gradioApp: () => ({getElementById: (id) => elements[id] || null}),
+    gradioApp: () => ({getElementById: (id) => elements[id] || null, addEventListener: () => {}}),
     document: {createElement: () => ({textContent: ""}), head: {appendChild: () => {}}},
     onUiLoaded: (fn) => loadedCallbacks.push(fn),
     onUiUpdate: () => {},

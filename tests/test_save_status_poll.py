@@ -108,7 +108,7 @@ def test_poll_after_refresh_and_delete_sends_only_what_changed(host):
     poll, _ = wired_callback(demo, x["poll"])
     refresh, _ = wired_callback(demo, x["refresh"])
     make_reference(host.store, "fox")
-    _, _, shown = refresh("", x["shown"].value)
+    _, _, shown = refresh("", x["shown"].value, "Save")
     assert shown["choices"] == ["fox"]
     assert poll(shown)[0] == NO_CHANGE  # 🔄 already showed "fox"
     delete, dependency = wired_callback(demo, x["delete_confirm"])

@@ -17,7 +17,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from lib_refdrop.params import ARG_NAMES, FIELDS, RefDropSettings, from_args
+from lib_refdrop.params import ARG_NAMES, FIELD_OF, FIELDS, RefDropSettings, from_args
 from lib_refdrop.reference.store import MANIFEST, PREVIEW, ReferenceStore
 from lib_refdrop.reference.writer import format_bytes
 from lib_refdrop.webui import panel as ui
@@ -26,6 +26,7 @@ from tests.support.refdrop_harness import save_synthetic
 
 JS = Path(__file__).resolve().parents[1] / "javascript" / "refdrop.js"
 TOOLTIP_HARNESS = Path(__file__).resolve().parent / "refdrop_tooltip_harness.js"
+MASK_CLEAR_HARNESS = Path(__file__).resolve().parent / "refdrop_mask_clear_harness.js"
 
 
 GENERATION = {"width": 512, "height": 768, "steps": 20, "sampler_name": "Euler a", "scheduler": "Karras",
@@ -161,6 +162,20 @@ def test_the_script_sets_the_pages_tooltips_as_titles(store, tmp_path):
     assert titles == {"txt2img": ui.TOOLTIPS, "img2img": ui.TOOLTIPS}
 
 
+def test_clearing_a_painted_mask_removes_its_picture():
+    """gradio 3's sketch Clear keeps the picture the strokes were on, which a Use would then refuse as a mask that
+    is not black and white: in RefDrop's masks (any slot, either tab) the page's script removes the picture too,
+    and leaves the host's own sketches alone."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script is not run")
+    done = subprocess.run([node, str(MASK_CLEAR_HARNESS), str(JS)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"script_txt2img_refdrop_mask": ["script_txt2img_refdrop_mask"],
+                                       "script_img2img_refdrop_mask_2": ["script_img2img_refdrop_mask_2"],
+                                       "img2maskimg": []}
+
+
 def test_unopenable_store_still_builds(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -293,47 +308,135 @@ def test_the_new_inputs_under_gradio_3(store):
     controls = build_panel(store)
     i = controls.inputs
     for name in ("source", "source_2", "source_3"):
-        assert i[name].choices == [("Saved reference", "reference"), ("First image of the batch", "batch"),
-                                   ("Image", "image")] and i[name].value == "reference"
-    assert i["save_from"].choices == [("This generation", "generation"), ("An image", "image")]
+        assert i[name].choices == [("Saved reference", "reference"), ("First of the batch", "batch"),
+                                   ("Uploaded picture", "image")] and i[name].value == "reference"
+    assert i["save_from"].choices == [("This generation", "generation"), ("An uploaded picture", "image")]
     for name in ("image", "image_2", "image_3", "mask", "mask_2", "mask_3"):
         assert (i[name].type, i[name].image_mode, i[name].value) == ("pil", "RGBA", None)
     assert [i[name].tool for name in ("mask", "mask_2", "mask_3")] == ["sketch"] * 3  # painted in the panel
+    # strokes show in the colour the mask holds (the subject is white, as the tooltip says)
+    assert [i[name].brush_color.lower() for name in ("mask", "mask_2", "mask_3")] == ["#ffffff"] * 3
     assert i["image"].tool != "sketch"
     assert (i["rfg_2"].value, i["rfg_3"].value, i["rfg_2"].minimum, i["rfg_2"].maximum) == (0.0, 0.0, -1.0, 1.0)
     assert i["image_prompt"].placeholder == ui.IMAGE_PROMPT_PLACEHOLDER
 
 
 @pytest.mark.parametrize("mode, source, save_from, more, shown", [
-    ("Use", "reference", "generation", ("reference", "reference"), {"use_box", "use_advanced", "reference_box",
-                                                                     "use_more", "mask_keep_box"}),
-    ("Use", "image", "generation", ("reference", "reference"), {"use_box", "use_advanced", "image_box",
-                                                                 "prompt_box", "use_more"}),
-    ("Use", "batch", "image", ("reference", "reference"), {"use_box", "use_advanced", "use_more"}),
-    ("Use", "batch", "generation", ("reference", "image"), {"use_box", "use_advanced", "prompt_box", "use_more"}),
-    ("Save", "image", "generation", ("image", "image"), {"save_box", "save_advanced"}),
-    ("Save", "reference", "image", ("reference", "reference"), {"save_box", "save_advanced", "reference_box",
-                                                                 "image_box", "prompt_box", "mask_keep_box"}),
+    ("Use", "reference", "generation", ("reference", 0, "reference", 0), {"use_box", "use_advanced", "reference_box",
+                                                                           "use_more", "mask_keep_box"}),
+    ("Use", "image", "generation", ("reference", 0, "reference", 0), {"use_box", "use_advanced", "image_box",
+                                                                       "prompt_box", "use_more"}),
+    ("Use", "batch", "image", ("reference", 0, "reference", 0), {"use_box", "use_advanced", "use_more",
+                                                                  "batch_hint"}),
+    ("Use", "reference", "generation", ("reference", 0.3, "image", 0), {
+        "use_box", "use_advanced", "reference_box", "use_more", "mask_keep_box", "slot_box_2", "slot_3"}),
+    ("Use", "reference", "generation", ("reference", 0.3, "image", -0.2), {
+        "use_box", "use_advanced", "reference_box", "use_more", "mask_keep_box", "slot_box_2", "slot_3",
+        "slot_box_3", "prompt_box"}),
+    ("Use", "image", "generation", ("batch", "0.5", "image", 0), {  # an off slot's picture needs no prompt
+        "use_box", "use_advanced", "image_box", "prompt_box", "use_more", "slot_box_2", "slot_3", "batch_hint"}),
+    ("Use", "reference", "generation", ("reference", 0, "reference", 0.4), {  # slot 3 on alone (pasted) shows
+        "use_box", "use_advanced", "reference_box", "use_more", "mask_keep_box", "slot_3", "slot_box_3"}),
+    ("Save", "image", "generation", ("image", 0, "image", 0), {"save_box", "save_advanced"}),
+    ("Save", "reference", "image", ("batch", 1, "reference", 0), {
+        "save_box", "save_advanced", "reference_box", "image_box", "prompt_box", "mask_keep_box", "slot_box_2",
+        "slot_3"}),
 ])
 def test_layout_shows_what_the_mode_and_sources_use(mode, source, save_from, more, shown):
     visibility = ui.layout_visibility(mode, source, save_from, *more)
     assert set(visibility) == set(ui.LAYOUT_BOXES)
-    assert {box for box, on in visibility.items() if on} == shown  # boxes inside a hidden one may say True
+    # always true inside their boxes (a box inside a hidden one may say True): slot 2's slider, and each
+    # further slot's dropdown or picture by its source
+    shown |= {"slot_2", *(f"{box}_{k}" for k, slot_source in zip((2, 3), more[::2], strict=True)
+                          for box, source_shown in (("reference_box", "reference"), ("image", "image"))
+                          if slot_source == source_shown)}
+    assert {box for box, on in visibility.items() if on} == shown
 
 
 def test_each_layout_control_updates_the_boxes(store):
     demo, controls = build_page(store)
     i, x = controls.inputs, controls.extras
-    layout = [i["mode"], i["source"], i["save_from"], i["source_2"], i["source_3"]]
+    parts = {**i, **x}
+    layout = [i[name] for name in ("mode", "source", "save_from", "source_2", "rfg_2", "source_3", "rfg_3")]
     for control in layout:
         fn, dependency = wired(demo, control, "change")[0]
         assert dependency["inputs"] == [c._id for c in layout]
-        assert dependency["outputs"] == [x[box]._id for box in ui.LAYOUT_BOXES]
-        updates = dict(zip(ui.LAYOUT_BOXES, fn("Save", "reference", "image", "reference", "reference"), strict=True))
+        assert dependency["outputs"] == [parts[box]._id for box in ui.LAYOUT_BOXES]
+        updates = dict(zip(ui.LAYOUT_BOXES, fn("Save", "reference", "image", "image", 0.3, "batch", 0), strict=True))
         assert visible(updates["image_box"]) and not visible(updates["use_box"])
-    (fn, dependency), = wired(demo, i["source_2"], "change")[1:]  # the slot's own
-    assert dependency["outputs"] == [x["reference_box_2"]._id, i["image_2"]._id]
-    assert [visible(u) for u in fn("image")] == [False, True] and [visible(u) for u in fn("batch")] == [False, False]
+        assert [visible(updates[box]) for box in ("reference_box_2", "image_2", "slot_box_2", "slot_3")] == [
+            False, True, True, True]
+    built = ui.layout_visibility(*(parts[name].value for name in ui.LAYOUT_ARGS))
+    assert all(parts[box].visible == built[box] for box in ui.LAYOUT_BOXES)  # the page starts as the layout says
+
+
+def test_an_unused_slot_is_one_slider_and_slot_3_waits_for_slot_2(store):
+    """With More references open and both further slots off, only slot 2's slider shows."""
+    controls = build_panel(store)
+    x = controls.extras
+    assert x["slot_2"].visible and not x["slot_box_2"].visible and not x["slot_3"].visible
+    shown = ui.layout_visibility("Use", "reference", "generation", "reference", 0, "reference", 0)
+    assert shown["slot_2"] and not shown["slot_box_2"] and not shown["slot_3"] and not shown["slot_box_3"]
+    shown = ui.layout_visibility("Use", "reference", "generation", "reference", 0.3, "reference", 0)
+    assert shown["slot_box_2"] and shown["slot_3"] and not shown["slot_box_3"]
+
+
+def test_a_slot_that_is_on_shows_in_the_closed_accordions_title(store):
+    """A pasted infotext (or a slider) that turns slot 2 or 3 on opens More references and names the slot in its
+    title; turning them off renames it and leaves it open."""
+    demo, controls = build_page(store)
+    i, x = controls.inputs, controls.extras
+    for k in (2, 3):
+        (fn, dependency), = [(f, d) for f, d in wired(demo, i[f"rfg_{k}"], "change")
+                             if d["outputs"] == [x["more"]._id]]
+        assert dependency["inputs"] == [i["rfg_2"]._id, i["rfg_3"]._id]
+        assert fn(0.3, 0) == gr.update(label="More references (reference 2: c = 0.3)", open=True)
+        assert fn(0, -0.25) == gr.update(label="More references (reference 3: c = -0.25)", open=True)
+        assert fn(0.3, 0.2)["label"] == "More references (reference 2: c = 0.3; reference 3: c = 0.2)"
+        assert fn(0, 0) == gr.update(label="More references")
+    assert x["more"].label == "More references" and x["more"].open is False
+
+
+def test_the_status_line_shows_the_last_save_in_save_mode_only(store):
+    saved = "RefDrop: saved reference 'hero'"
+    with gr.Blocks() as page:
+        built = ui.build(get_store=lambda: store, get_status=lambda: saved)
+    assert built.extras["status"].value == ""  # the page starts in Use mode
+    (fn, dependency), = [(f, d) for f, d in wired(page, built.inputs["mode"], "change")
+                         if d["outputs"] == [built.extras["status"]._id]]
+    assert fn("Use") == "" and fn("Save") == saved
+    (refresh, dependency), = wired(page, built.extras["refresh"], "click")[:1]
+    assert dependency["inputs"][-1] == built.inputs["mode"]._id
+    assert refresh("", built.extras["shown"].value, "Use")[1] == ""
+    _, status, shown = refresh("", built.extras["shown"].value, "Save")
+    assert status == saved and shown["status"] == saved
+
+
+def test_every_choice_script_info_lists_is_accepted(store):
+    """GET /sdapi/v1/script-info lists the first item of a (label, value) choice (the hosts' modules/scripts.py,
+    ``x[0] if isinstance(x, tuple) else x``): an API client that sends what it lists gets the value it names."""
+    controls = build_panel(store)
+    listed = 0
+    for name, component in controls.inputs.items():
+        for choice in getattr(component, "choices", None) or []:
+            label, value = choice if isinstance(choice, tuple) else (choice, choice)
+            field = FIELD_OF[name]
+            assert field.parse(label, name) == field.parse(value, name), (name, label)
+            listed += label != value
+    assert listed == 3 * 3 + 2  # each Source radio's and Save from's labels differ from their values
+
+
+def test_the_batch_source_says_when_it_does_nothing(store):
+    """With one image per generation, the batch's first image has nothing to steer: the panel says so."""
+    controls = build_panel(store)
+    hint = controls.extras["batch_hint"]
+    assert not hint.visible and "batch size" in hint.value and "batch count" in hint.value
+    assert "batch size" in ui.TOOLTIPS["batch_hint"] and "*" not in ui.TOOLTIPS["batch_hint"]  # a title is plain text
+    assert "with one image it changes nothing" in ui.TOOLTIPS["source"]
+    assert ui.layout_visibility("Use", "batch", "generation", "reference", 0, "reference", 0)["batch_hint"]
+    assert ui.layout_visibility("Use", "reference", "generation", "batch", 0.2, "reference", 0)["batch_hint"]
+    assert not ui.layout_visibility("Use", "reference", "generation", "batch", 0, "reference", 0)["batch_hint"]
+    assert not ui.layout_visibility("Save", "batch", "generation", "batch", 0.2, "reference", 0)["batch_hint"]
 
 
 def test_slot_dropdowns_refresh_with_their_own_button_and_with_slot_1s(store, saved_library):

@@ -27,7 +27,20 @@ from .. import families
 from ..errors import RefDropError
 from ..families import FAMILY_BLOCKS
 from ..images import parse_mask
-from ..params import ARG_NAMES, BLOCK_GROUPS, DEFAULT_RFG, FIELD_OF, MODES, SAVE_FROM, SLOTS, SOURCES, block_sort_key
+from ..params import (
+    ARG_NAMES,
+    BLOCK_GROUPS,
+    DEFAULT_RFG,
+    FIELD_OF,
+    MODES,
+    SAVE_FROM,
+    SAVE_FROM_LABELS,
+    SLOTS,
+    SOURCE_LABELS,
+    SOURCES,
+    as_number,
+    block_sort_key,
+)
 from ..reference.manifest import ReferenceInfo, reference_info
 from ..reference.profiles import PROFILES
 from ..reference.writer import format_bytes
@@ -65,22 +78,23 @@ PROFILE_INFO = "Empty: the default from Settings → RefDrop. " + "; ".join(
 SAVE_NAME_PLACEHOLDER = "automatic: ref-<seed>-<time>"
 MAX_PREVIEW_PIXELS = 8192 * 8192  # decoded size of a preview, checked before decoding (a PNG can be a pixel bomb)
 MORE_SLOTS = SLOTS[1:]
-SOURCE_LABELS = {"reference": "Saved reference", "batch": "First image of the batch", "image": "Image"}
-SAVE_FROM_LABELS = {"generation": "This generation", "image": "An image"}
+MORE_LABEL = "More references"
 IMAGE_PROMPT_PLACEHOLDER = "empty: no prompt"
 ITEM_IDS = (
     "enabled", "mode", "rfg", "reference", "refresh", "preview", "info", "delete", "delete_confirm",
     "delete_cancel", "rename_to", "rename", "save_name", "status", "advanced", "disabled_groups",
     "disabled_blocks", "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile",
     "source", "save_from", "image", "image_prompt", "mask_box", "mask", "mask_paint", "mask_keep", "mask_forget",
-    "more",
+    "more", "batch_hint",
     *(f"{item}_{k}" for k in MORE_SLOTS for item in ("source", "rfg", "reference", "refresh", "image", "mask_box",
                                                     "mask", "mask_paint")),
 )
 
+BATCH_HINT = (f"**{SOURCE_LABELS['batch']}** acts only when this generation makes more than one image (batch size or "
+              "batch count above 1): the first is generated plainly, the others follow it.")
 _FAMILIES = ", ".join(families.LABELS[f] for f in ("sd15", "sdxl", "flux"))
 _SLOT_TOOLTIPS = {
-    "source_{k}": "Where reference {k} comes from (see Source above).",
+    "source_{k}": "Where reference {k} comes from (see Source above). Shown while reference {k} is on.",
     "rfg_{k}": "RFG coefficient of reference {k}; 0 = reference {k} is off.",
     "reference_{k}": "The saved reference used as reference {k}.",
     "refresh_{k}": "Reload the list of saved references.",
@@ -98,7 +112,7 @@ TOOLTIPS = {
            "reference (0.2–0.6 typical; 0.3–0.4 for a consistent subject, 0.2 for simple ones), negative pushes away "
            "for more diversity (−0.2 to −0.3). 0 = exactly a normal generation.",
     "reference": f"The saved reference to blend in. It must come from a model of the same family ({_FAMILIES}).",
-    "refresh": "Reload the list of saved references and the status of the last Save.",
+    "refresh": "Reload the list of saved references and, in Save mode, the status of the last Save.",
     "preview": "The image the reference was saved from.",
     "info": "Model family, size, steps, sampler, seed, prompt, disk size and date of the selected reference.",
     "delete": "Delete the selected reference from disk (asks for confirmation).",
@@ -107,7 +121,7 @@ TOOLTIPS = {
     "rename_to": "New name for the selected reference: letters, digits, spaces and _ - . ( ) +.",
     "rename": "Rename the selected reference.",
     "save_name": "Name of the new reference. Empty: ref-<seed>-<time>.",
-    "status": "Result of the last Save, delete or rename.",
+    "status": "Result of the last Save (in Save mode), delete, rename or kept mask.",
     "advanced": "Where and when RefDrop acts, and how references are stored.",
     "disabled_groups": "Whole parts of the model that keep their own attention: on a U-Net input (down-sampling), "
                        "middle, output (up-sampling); on Flux double (double-stream blocks), single (single-stream).",
@@ -120,22 +134,27 @@ TOOLTIPS = {
     "apply_hires": "Also blend the reference during the hires fix pass (the reference is looked up by noise level).",
     "overwrite": "Replace a reference that already has this name.",
     "profile": f"How a Save stores the features. {PROFILE_INFO}.",
-    "source": "Where the reference comes from. Saved reference: one from the library. First image of the batch: "
-              "image 0 is generated plainly and every other image of this generation attends to it (nothing is "
-              "saved). Image: the picture below, evaluated alongside every step (nothing is saved).",
-    "save_from": "This generation: record the image being generated. An image: record the picture below, evaluated "
-                 "with the loaded model, as a reference that later Uses read like any other.",
+    "source": f"Where the reference comes from. {SOURCE_LABELS['reference']}: one from the library. "
+              f"{SOURCE_LABELS['batch']}: the first image is generated plainly and every other image of this "
+              "generation (batch size and batch count) attends to it; nothing is saved, and with one image it "
+              f"changes nothing. {SOURCE_LABELS['image']}: the picture below, evaluated alongside every step "
+              "(nothing is saved).",
+    "batch_hint": f"Shown while a source is {SOURCE_LABELS['batch']}: it needs a batch size or batch count above 1.",
+    "save_from": f"{SAVE_FROM_LABELS['generation']}: record the image being generated. {SAVE_FROM_LABELS['image']}: "
+                 "record the picture below, evaluated with the loaded model, as a reference that later Uses read "
+                 "like any other.",
     "image": "The picture of a Save from an image, or of the Image source. PNG, JPEG or WebP, up to 4096×4096.",
     "image_prompt": "The prompt every picture of a Save from an image or of an Image source is evaluated with "
                     "(empty: no prompt), as the prompt of a generation would be.",
     "mask_box": "Which part of the reference the generation attends to.",
     "mask": "White = the subject (attended), black = not attended. Paint over the reference's picture, or upload a "
-            "black-and-white mask of its aspect ratio. Empty: the whole reference.",
+            "black-and-white mask of its aspect ratio. Empty (Clear or ×): the whole reference.",
     "mask_paint": "Put the reference's picture (its preview, or the image) in the mask to paint the subject on it.",
     "mask_keep": "Keep this mask with the selected saved reference: every Use of it without a mask of its own uses it.",
     "mask_forget": "Remove the mask kept with the selected saved reference.",
     "more": "Up to two more references, each with its own coefficient: "
-            "Σ c_j·Attn(Q, K_j, V_j) + (1 − Σ c_j)·Attn(Q, K, V).",
+            "Σ c_j·Attn(Q, K_j, V_j) + (1 − Σ c_j)·Attn(Q, K, V). The title names the ones that are on; reference 3 "
+            "is offered once reference 2 is on.",
     **{item.format(k=k): text.format(k=k) for k in MORE_SLOTS for item, text in _SLOT_TOOLTIPS.items()},
 }
 
@@ -309,29 +328,55 @@ def mode_visibility(mode: str) -> tuple[bool, bool]:
     return mode != "Save", mode == "Save"
 
 
+# The controls the layout follows (argument names), and the parts it shows or hides.
+LAYOUT_ARGS = ("mode", "source", "save_from", *(f"{arg}_{k}" for k in MORE_SLOTS for arg in ("source", "rfg")))
 LAYOUT_BOXES = ("use_box", "save_box", "use_advanced", "save_advanced", "reference_box", "image_box", "prompt_box",
-                "use_more", "mask_keep_box")
+                "use_more", "mask_keep_box", "batch_hint",
+                *(f"{box}_{k}" for k in MORE_SLOTS for box in ("slot", "slot_box", "reference_box", "image")))
 
 
-def layout_visibility(mode: str, source: str, save_from: str, *more_sources: str) -> dict[str, bool]:
-    """Which parts of the panel show, by ``LAYOUT_BOXES`` name. The image input serves slot 1's live image in a
-    Use and the picture of a Save from an image; the image prompt serves every image (``more_sources``: the
-    sources of slots 2 and 3)."""
+def slot_on(rfg) -> bool:
+    """A further slot is on while its coefficient is not 0 (what ``params`` reads from the same value)."""
+    number = as_number(rfg)
+    return number is not None and number != 0
+
+
+def layout_visibility(mode: str, source: str, save_from: str, *more: str | float) -> dict[str, bool]:
+    """Which parts of the panel show, by ``LAYOUT_BOXES`` name, from the values of ``LAYOUT_ARGS`` (``more``: the
+    source and coefficient of slots 2 and 3). The image input serves slot 1's live image in a Use and the picture
+    of a Save from an image; the image prompt serves every image. A further slot shows its source, reference and
+    mask only while it is on, and slot 3 shows once slot 2 (or itself) is on: an unused slot is one slider."""
     use, save = mode_visibility(mode)
+    slots = {k: (more[2 * n], slot_on(more[2 * n + 1])) for n, k in enumerate(MORE_SLOTS)}
     image = (use and source == "image") or (save and save_from == "image")
-    return {
+    on_sources = {slot_source for slot_source, on in slots.values() if on}
+    shown = {
         "use_box": use, "save_box": save, "use_advanced": use, "save_advanced": save,
         "reference_box": source == "reference",  # inside use_box
         "image_box": image,
-        "prompt_box": image or (use and "image" in more_sources),
+        "prompt_box": image or (use and "image" in on_sources),
         "use_more": use,
         "mask_keep_box": source == "reference",  # inside use_more: keep slot 1's mask with its saved reference
+        "batch_hint": use and "batch" in {source, *on_sources},
     }
+    earlier_on = False
+    for k, (slot_source, on) in slots.items():
+        shown |= {f"slot_{k}": k == MORE_SLOTS[0] or earlier_on or on, f"slot_box_{k}": on,
+                  f"reference_box_{k}": slot_source == "reference", f"image_{k}": slot_source == "image"}
+        earlier_on = earlier_on or on
+    return shown
 
 
-def slot_visibility(source: str) -> tuple[bool, bool]:
-    """(reference dropdown visible, image input visible) for a slot's source."""
-    return source == "reference", source == "image"
+def more_title(*rfgs) -> tuple[str, bool]:
+    """(the More references accordion's title, whether any further slot is on) for the coefficients of slots 2
+    and 3: the title names the slots that are on, so a pasted or kept slot shows while the accordion is closed."""
+    on = [f"reference {k}: c = {as_number(rfg):g}" for k, rfg in zip(MORE_SLOTS, rfgs, strict=True) if slot_on(rfg)]
+    return (f"{MORE_LABEL} ({'; '.join(on)})" if on else MORE_LABEL), bool(on)
+
+
+def status_shown(mode: str, status: str) -> str:
+    """The status line when the mode changes: the last Save's line belongs to Save mode."""
+    return status if mode == "Save" else ""
 
 
 def mask_canvas(store, source: str, reference: str | None, image) -> Image.Image | None:
@@ -363,9 +408,11 @@ def _enabled_section(input_accordion, label: str, elem_id: str):
 # after a refresh, because gradio 4 keeps the selected index (not value) when the choices change.
 GRADIO_3 = int(gr.__version__.split(".")[0]) < 4
 _NONE_FIRST = [] if GRADIO_3 else [""]
-# gradio 3's Image paints a mask over its picture (``tool="sketch"``, whose value is ``{"image", "mask"}``);
-# gradio 4 has no such argument (Forge drops it with a warning), so there a mask is uploaded as a picture.
-_PAINTABLE = {"tool": "sketch"} if GRADIO_3 else {}
+# gradio 3's Image paints a mask over its picture (``tool="sketch"``, whose value is ``{"image", "mask"}``, the
+# strokes white on black whatever colour they are drawn in); its brush draws black unless told, so it is told to
+# draw what the mask holds. gradio 4 has no such arguments (Forge drops them with a warning): there a mask is
+# uploaded as a picture.
+_PAINTABLE = {"tool": "sketch", "brush_color": "#ffffff"} if GRADIO_3 else {}
 
 
 def _safe_choices(get_store) -> tuple[list[str], str]:
@@ -432,20 +479,22 @@ def _library(c: Controls, elem_id: Callable[[str], str], choices: list[str]) -> 
                                                scale=0, size="sm")
 
 
-def _more_slot(c: Controls, elem_id: Callable[[str], str], choices: list[str], k: int) -> None:
-    """Slot ``k`` (2, 3): off while its coefficient is 0."""
+def _more_slot(c: Controls, elem_id: Callable[[str], str], choices: list[str], k: int, shown: dict) -> None:
+    """Slot ``k`` (2, 3): off while its coefficient is 0, and then only its slider shows (``shown``: the
+    layout's visibility at the defaults)."""
     i, x = c.inputs, c.extras
-    gr.Markdown(f"**Reference {k}**")
-    with gr.Row():
-        i[f"source_{k}"] = _source_radio(f"source_{k}", f"Source {k}", elem_id(f"source_{k}"))
-        i[f"rfg_{k}"] = _slider(f"rfg_{k}", f"RFG coefficient {k} (0 = off)", elem_id(f"rfg_{k}"))
-    with gr.Row() as x[f"reference_box_{k}"]:
-        i[f"reference_{k}"] = gr.Dropdown(choices=_NONE_FIRST + choices, value="", label=f"Reference {k}",
-                                          allow_custom_value=True, elem_id=elem_id(f"reference_{k}"))
-        x[f"refresh_{k}"] = gr.Button("🔄", elem_id=elem_id(f"refresh_{k}"), scale=0, min_width=40)
-    i[f"image_{k}"] = _image_input(f"Image {k}", elem_id(f"image_{k}"), visible=False)
-    with gr.Accordion(f"Subject mask {k}", open=False, elem_id=elem_id(f"mask_box_{k}")) as x[f"mask_box_{k}"]:
-        i[f"mask_{k}"], x[f"mask_paint_{k}"] = _mask_input(f"Subject mask {k}", elem_id, f"_{k}")
+    with gr.Column(visible=shown[f"slot_{k}"]) as x[f"slot_{k}"]:
+        i[f"rfg_{k}"] = _slider(f"rfg_{k}", f"Reference {k}: RFG coefficient (0 = off)", elem_id(f"rfg_{k}"))
+        with gr.Column(visible=shown[f"slot_box_{k}"]) as x[f"slot_box_{k}"]:
+            i[f"source_{k}"] = _source_radio(f"source_{k}", f"Source {k}", elem_id(f"source_{k}"))
+            with gr.Row(visible=shown[f"reference_box_{k}"]) as x[f"reference_box_{k}"]:
+                i[f"reference_{k}"] = gr.Dropdown(choices=_NONE_FIRST + choices, value="", label=f"Reference {k}",
+                                                  allow_custom_value=True, elem_id=elem_id(f"reference_{k}"))
+                x[f"refresh_{k}"] = gr.Button("🔄", elem_id=elem_id(f"refresh_{k}"), scale=0, min_width=40)
+            i[f"image_{k}"] = _image_input(f"Picture {k}", elem_id(f"image_{k}"), visible=shown[f"image_{k}"])
+            with gr.Accordion(f"Subject mask {k}", open=False, elem_id=elem_id(f"mask_box_{k}")) as x[
+                    f"mask_box_{k}"]:
+                i[f"mask_{k}"], x[f"mask_paint_{k}"] = _mask_input(f"Subject mask {k}", elem_id, f"_{k}")
 
 
 def build(
@@ -460,7 +509,8 @@ def build(
     """Create the panel inside the current gradio Blocks context; return its components."""
     get_status = get_status or (lambda: "")
     choices, store_problem = _safe_choices(get_store) if get_store else ([], "")
-    use_visible, save_visible = mode_visibility("Use")
+    shown = layout_visibility(*(FIELD_OF[arg].default for arg in LAYOUT_ARGS))
+    use_visible, save_visible = shown["use_box"], shown["save_box"]
     c = Controls()
     i, x = c.inputs, c.extras
 
@@ -470,7 +520,8 @@ def build(
         with gr.Column(visible=use_visible) as x["use_box"]:
             i["rfg"] = _slider("rfg", "RFG coefficient", elem_id("rfg"), value=default_rfg)
             i["source"] = _source_radio("source", "Source", elem_id("source"))
-            with gr.Column() as x["reference_box"]:
+            x["batch_hint"] = gr.Markdown(BATCH_HINT, visible=shown["batch_hint"], elem_id=elem_id("batch_hint"))
+            with gr.Column(visible=shown["reference_box"]) as x["reference_box"]:
                 _library(c, elem_id, choices)
         with gr.Column(visible=save_visible) as x["save_box"]:
             i["save_name"] = gr.Textbox(value="", label="Save as", placeholder=SAVE_NAME_PLACEHOLDER,
@@ -478,9 +529,9 @@ def build(
             i["save_from"] = gr.Radio([(SAVE_FROM_LABELS[v], v) for v in SAVE_FROM],
                                       value=FIELD_OF["save_from"].default, label="Save from",
                                       elem_id=elem_id("save_from"))
-        with gr.Column(visible=False) as x["image_box"]:
-            i["image"] = _image_input("Image", elem_id("image"))
-        with gr.Column(visible=False) as x["prompt_box"]:
+        with gr.Column(visible=shown["image_box"]) as x["image_box"]:
+            i["image"] = _image_input("Picture", elem_id("image"))
+        with gr.Column(visible=shown["prompt_box"]) as x["prompt_box"]:
             i["image_prompt"] = gr.Textbox(value="", label="Image prompt", placeholder=IMAGE_PROMPT_PLACEHOLDER,
                                            elem_id=elem_id("image_prompt"))
         with gr.Column(visible=use_visible) as x["use_more"]:
@@ -489,11 +540,12 @@ def build(
                 with gr.Row() as x["mask_keep_box"]:
                     x["mask_keep"] = gr.Button("Keep with the reference", size="sm", elem_id=elem_id("mask_keep"))
                     x["mask_forget"] = gr.Button("Remove its kept mask", size="sm", elem_id=elem_id("mask_forget"))
-            with gr.Accordion("More references", open=False, elem_id=elem_id("more")) as x["more"]:
+            with gr.Accordion(MORE_LABEL, open=False, elem_id=elem_id("more")) as x["more"]:
                 for k in MORE_SLOTS:
-                    _more_slot(c, elem_id, choices, k)
+                    _more_slot(c, elem_id, choices, k, shown)
         status = get_status()
-        x["status"] = gr.Markdown(store_problem or status, elem_id=elem_id("status"))
+        x["status"] = gr.Markdown(store_problem or status_shown(FIELD_OF["mode"].default, status),
+                                  elem_id=elem_id("status"))
         # Clicked by javascript/refdrop.js while a Save is written; its label counts the answers (see ``poll``).
         x["poll"] = gr.Button("0", visible=False, elem_id=elem_id("poll"))
         x["tooltips"] = gr.HTML(tooltips_html(), visible=False, elem_id=elem_id("tooltips"))
@@ -528,21 +580,27 @@ def _wire(c: Controls, get_store, get_status) -> None:
         shown = layout_visibility(*values)
         return [gr.update(visible=shown[box]) for box in LAYOUT_BOXES]
 
-    layout = [i["mode"], i["source"], i["save_from"], *(i[f"source_{k}"] for k in MORE_SLOTS)]
+    def on_more(*rfgs):
+        title, on = more_title(*rfgs)
+        return gr.update(label=title, open=True) if on else gr.update(label=title)  # never closes it
+
+    parts = {**i, **x}
+    layout = [i[arg] for arg in LAYOUT_ARGS]
     for control in layout:
-        control.change(on_layout, inputs=layout, outputs=[x[box] for box in LAYOUT_BOXES], show_progress=False)
-    for k in MORE_SLOTS:
-        i[f"source_{k}"].change(lambda source: [gr.update(visible=v) for v in slot_visibility(source)],
-                                inputs=[i[f"source_{k}"]], outputs=[x[f"reference_box_{k}"], i[f"image_{k}"]],
-                                show_progress=False)
+        control.change(on_layout, inputs=layout, outputs=[parts[box] for box in LAYOUT_BOXES], show_progress=False)
+    rfgs = [i[f"rfg_{k}"] for k in MORE_SLOTS]
+    for control in rfgs:
+        control.change(on_more, inputs=rfgs, outputs=[x["more"]], show_progress=False)
+    i["mode"].change(lambda mode: status_shown(mode, get_status()), inputs=[i["mode"]], outputs=[x["status"]],
+                     show_progress=False)
     if get_store is None:
         return
 
-    def on_refresh(current, shown):
+    def on_refresh(current, shown, mode):
         choices, value = refresh(get_store(), current)
         status = get_status()
-        return gr.update(choices=_NONE_FIRST + choices, value=value), status, {**shown, "choices": choices,
-                                                                              "status": status}
+        return (gr.update(choices=_NONE_FIRST + choices, value=value), status_shown(mode, status),
+                {**shown, "choices": choices, "status": status})
 
     def on_select(name):
         preview, text = describe(get_store(), name)
@@ -570,8 +628,8 @@ def _wire(c: Controls, get_store, get_status) -> None:
     confirm_outputs = [x["delete_confirm"], x["delete_cancel"]]
     shown = x["shown"]
     library = [i["reference"], x["status"], *confirm_outputs, shown]
-    x["refresh"].click(on_refresh, inputs=[i["reference"], shown], outputs=[i["reference"], x["status"], shown],
-                       show_progress=False)
+    x["refresh"].click(on_refresh, inputs=[i["reference"], shown, i["mode"]],
+                       outputs=[i["reference"], x["status"], shown], show_progress=False)
     i["reference"].change(on_select, inputs=[i["reference"]], outputs=[x["preview"], x["info"]], show_progress=False)
     x["delete"].click(ask_confirmation, inputs=[i["reference"]], outputs=[*confirm_outputs, x["status"]],
                       show_progress=False)
