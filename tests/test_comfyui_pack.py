@@ -97,8 +97,10 @@ def test_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(pack, lib):
     assert same(sample(use(pack, model, "cat", 1.0), t), plain)
     assert same(sample(use(pack, model, "cat", 0.0), t), plain)
     other_plain = sample(model, t, seed=5)
-    guided = sample(use(pack, model, "cat", 0.5), t, seed=5)
+    guided_model = use(pack, model, "cat", 0.5)
+    guided = sample(guided_model, t, seed=5)
     assert not same(guided, other_plain)
+    assert same(sample(guided_model, t, seed=5), guided)  # a cached Use node's MODEL sampled again: the same
     assert same(sample(model, t, seed=5), other_plain)  # the node's MODEL and the patcher are unchanged
 
 
@@ -496,3 +498,15 @@ def test_flux_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, flu
     with pytest.raises(RefDropError) as family:
         use(pack, patcher_for(trace("t2i_basic")), "flux", 0.3)
     assert "Flux" in one_line(family)
+
+
+def test_sdxl_save_is_plain_and_use_at_its_settings_is_save(pack, lib):
+    t = trace("sdxl_t2i_basic")
+    model = patcher_for(t, config="SDXL")
+    plain = sample(model, t)
+    patched, _ = save(pack, model, "xl")
+    assert same(sample(patched, t), plain)
+    manifest = lib.store_of("xl").manifest("xl")
+    assert manifest["family"] == "sdxl" and len(manifest["layers"]) == 70
+    assert same(sample(use(pack, model, "xl", 1.0), t), plain)
+    assert not same(sample(use(pack, model, "xl", 0.5), t, seed=4), sample(model, t, seed=4))
