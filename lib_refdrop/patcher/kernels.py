@@ -9,6 +9,7 @@ ComfyUI and reForge share one kernel module (``comfy.ldm.modules.attention`` and
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import torch
 
@@ -18,10 +19,25 @@ from ..dit.blocks import FluxOps
 LDM_PATCHED = "ldm_patched.ldm.modules.attention"  # reForge; ComfyUI: "comfy.ldm.modules.attention"
 
 
+def takes_keyword(kernel, name: str) -> bool:
+    """Whether ``kernel`` accepts the keyword ``name`` (or any keyword): read from its signature, since kernels of
+    one name differ between hosts (Forge Classic's ``(q, k, v, heads, mask=None)`` has no ``attn_precision``)."""
+    try:
+        parameters = inspect.signature(kernel).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: pass only what every kernel takes
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def optimized_attention(module: str = LDM_PATCHED) -> Attention:
-    """``optimized_attention`` of ``module`` (chosen once, when the host imports it) with the layer's precision, as
-    the host's own call passes it."""
+    """``optimized_attention`` of ``module`` (chosen once, when the host imports it), with the layer's precision
+    where the kernel takes one, as the host's own call passes it."""
     kernel = importlib.import_module(module).optimized_attention
+    if not takes_keyword(kernel, "attn_precision"):
+        def classic_attention(q, k, v, extra_options):
+            return kernel(q, k, v, extra_options["n_heads"])
+
+        return classic_attention
 
     def reforge_attention(q, k, v, extra_options):
         return kernel(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
