@@ -441,3 +441,23 @@ def test_the_preview_is_the_first_image_after_a_grid():
     assert first_image(SimpleNamespace(images=[grid, first, second], index_of_first_image=1)) is first
     assert first_image(SimpleNamespace(images=[first], index_of_first_image=1)) is first
     assert first_image(SimpleNamespace(images=[])) is None
+
+
+@pytest.mark.parametrize("model_class, blocks", [
+    ("QwenImageTransformer2DModel", "transformer_blocks"),  # Forge Neo's Qwen-Image
+    ("WanModel", "blocks"),                                  # Wan 2.x
+    ("Chroma", "double_blocks"),                             # Flux's blocks under another class and modulation
+    ("NextDiT", "layers"),                                   # Lumina / Z-Image
+])
+def test_a_transformer_refdrop_does_not_support_is_refused_by_name(host, model_class, blocks):
+    """Not treated as a U-Net whose layers happen never to be called: a Use there would silently do nothing."""
+    model = type(model_class, (torch.nn.Module,), {})()
+    setattr(model, blocks, torch.nn.ModuleList())
+    script = host.script_module.RefDropScript()
+    p, _ = new_p(host, model)
+    run_hook(script, p, args_of(enabled=True, mode="Use", reference="anything"))
+    patches = set(p.sd_model.forge_objects.unet.attn1_patches().values())
+    assert len(patches) == 1
+    q = torch.zeros(1, 4, 8)
+    with pytest.raises(RefDropError, match=f"this model \\({model_class}\\) is not supported yet"):
+        patches.pop()(q, q, q, {"n_heads": 1})

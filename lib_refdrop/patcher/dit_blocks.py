@@ -40,6 +40,25 @@ def is_flux(model) -> bool:
             and hasattr(model, "single_blocks"))
 
 
+# What the transformer models RefDrop does not support hold their blocks in (Forge Neo and ComfyUI: Chroma's
+# ``double_blocks`` under another class, Qwen-Image's ``transformer_blocks``, Wan's ``blocks``, Lumina's and
+# Z-Image's ``layers``, SD3's ``joint_blocks``): such a model has none of a U-Net's block lists.
+_TRANSFORMER_BLOCK_LISTS = ("double_blocks", "transformer_blocks", "blocks", "layers", "joint_blocks")
+_UNET_BLOCK_LISTS = ("input_blocks", "middle_block", "output_blocks")
+
+
+def unsupported(model) -> str | None:
+    """A message where ``model`` (a patcher's ``model.diffusion_model``) is a transformer RefDrop cannot work in yet,
+    which it would otherwise treat as a U-Net and leave unguided without a word; None for a U-Net, Flux, or a
+    stand-in that holds no blocks at all."""
+    if model is None or is_flux(model) or any(hasattr(model, name) for name in _UNET_BLOCK_LISTS):
+        return None
+    if not any(hasattr(model, name) for name in _TRANSFORMER_BLOCK_LISTS):
+        return None
+    return (f"RefDrop: this model ({type(model).__name__}) is not supported yet; RefDrop works with SD1.5, SDXL and "
+            "other U-Net models, and with Flux")
+
+
 def _object_patched(unet) -> bool:
     return type(diffusion_model(unet)).__name__ in OBJECT_PATCHED
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ...attn.patches import Attention, Patch
 from ...dit.blocks import FluxOps
 from ...dit.layers import layer_widths_of as dit_layer_widths_of
+from ...errors import RefDropError
 from ...patcher import dit_blocks
 from ...patcher.chain import CompleteExtraCall, chain, earlier_attn1_patches, no_completion
 from ...patcher.install import install
@@ -47,8 +48,12 @@ class Host:
         return self.flux_ops() if dit_blocks.is_flux(dit_blocks.diffusion_model(unet)) else None
 
     def pass_context(self, p, dit_ops: FluxOps | None = None) -> PassContext:
-        """What RefDrop needs to know about the sampling pass that is about to start on ``p``."""
+        """What RefDrop needs to know about the sampling pass that is about to start on ``p``; a RefDropError for a
+        model RefDrop cannot work in."""
         unet = p.sd_model.forge_objects.unet
+        problem = dit_blocks.unsupported(dit_blocks.diffusion_model(unet))
+        if problem:
+            raise RefDropError(problem)
         return PassContext(
             family=dit_blocks.FAMILY if dit_ops is not None else family_of(p.sd_model),
             is_hr_pass=bool(getattr(p, "is_hr_pass", False)),
