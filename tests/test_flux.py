@@ -446,3 +446,26 @@ def test_a_flux_save_with_the_default_profile_uses_compact(host, store):
     assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message
     assert get_profile("").keep == "input" and store.manifest("default")["profile"] == DIT_DEFAULT_PROFILE
     assert use(host, unet, store, 0.5, name="default")[0].isfinite().all()
+
+
+def test_forge_neo_flux_is_reached_through_its_dit_block_hook(tmp_path):
+    """Forge Neo's Flux has Forge's class name but calls every block with ``transformer_options`` and looks up
+    ``patches_replace["dit"]``: RefDrop's blocks go there (an object-patched forward would get an unexpected
+    ``transformer_options``), and Save = plain, Use at the Save's settings = Save, c = 0 = plain, bit for bit."""
+    with fakehost.activated("forge"):  # Neo is Forge's backend
+        from lib_refdrop.webui import hosts
+
+        host = hosts.detect()
+        store = ReferenceStore(tmp_path)
+        unet = tf.make_patcher("neo")
+        plain = tf.sample(unet, seed=1)
+        saved = save(host, unet, store, seed=1)
+        assert torch.equal(saved, plain)
+        for rfg in (0.3, 1.0):
+            out, p = use(host, unet, store, rfg, seed=1)
+            assert torch.equal(out, saved), rfg
+            clone = p.sd_model.forge_objects.unet
+            dit = clone.model_options["transformer_options"]["patches_replace"]["dit"]
+            assert len(dit) == tf.DOUBLE_BLOCKS + tf.SINGLE_BLOCKS and not getattr(clone, "object_patches", {})
+        assert torch.equal(use(host, unet, store, 0.0, seed=1)[0], plain)
+        assert not torch.equal(use(host, unet, store, 1.0, seed=2)[0], tf.sample(unet, seed=2))

@@ -20,6 +20,8 @@ untouched, and the clone the host gave is unchanged.
 
 from __future__ import annotations
 
+from .kernels import takes_keyword
+
 FAMILY = "flux"
 # the class of the diffusion model: ComfyUI ``comfy.ldm.flux.model.Flux`` and reForge
 # ``ldm_patched.ldm.flux.model.Flux`` (dev, schnell, their fine-tunes, Kontext), Forge
@@ -60,7 +62,14 @@ def unsupported(model) -> str | None:
 
 
 def _object_patched(unet) -> bool:
-    return type(diffusion_model(unet)).__name__ in OBJECT_PATCHED
+    """Forge main's Flux looks up no block replacement, so its blocks are reached by object patches. Forge Neo's model
+    has the same class name but looks up ``patches_replace["dit"]`` as ComfyUI's does, and calls its blocks with
+    ``transformer_options``, which Forge main's blocks do not take: read from the blocks' signature."""
+    model = diffusion_model(unet)
+    if type(model).__name__ not in OBJECT_PATCHED:
+        return False
+    blocks = getattr(model, "double_blocks", None)
+    return not (blocks and takes_keyword(blocks[0].forward, "transformer_options"))
 
 
 def earlier_block_patches(unet) -> list[str]:

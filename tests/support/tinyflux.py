@@ -138,7 +138,7 @@ def modulate_addcmul(x, shift, scale):
     return torch.addcmul(shift, x, 1 + scale)
 
 
-MODULATE = {"forge": modulate, "reforge": modulate_addcmul}
+MODULATE = {"forge": modulate, "neo": modulate, "reforge": modulate_addcmul}
 
 
 def _mlp(hidden, ratio):
@@ -207,6 +207,18 @@ class SingleStreamBlock(nn.Module):
         return x + mod.gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), 2))
 
 
+class NeoDoubleStreamBlock(DoubleStreamBlock):
+    """Forge Neo's block call: ``block(img=, txt=, vec=, pe=, attn_mask=, transformer_options=)``."""
+
+    def forward(self, img, txt, vec, pe, attn_mask=None, transformer_options=None):
+        return super().forward(img, txt, vec, pe, attn_mask)
+
+
+class NeoSingleStreamBlock(SingleStreamBlock):
+    def forward(self, x, vec, pe, attn_mask=None, transformer_options=None):
+        return super().forward(x, vec, pe, attn_mask)
+
+
 class LastLayer(nn.Module):
     def __init__(self, hidden, out_channels):
         super().__init__()
@@ -233,9 +245,11 @@ class Flux(nn.Module):
         self.time_in, self.guidance_in = MLPEmbedder(256, HIDDEN), MLPEmbedder(256, HIDDEN)
         self.vector_in = MLPEmbedder(VEC_DIM, HIDDEN)
         self.txt_in = nn.Linear(CONTEXT_DIM, HIDDEN)
-        self.double_blocks = nn.ModuleList(DoubleStreamBlock(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
+        double, single = ((NeoDoubleStreamBlock, NeoSingleStreamBlock) if convention == "neo"
+                          else (DoubleStreamBlock, SingleStreamBlock))
+        self.double_blocks = nn.ModuleList(double(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
                                            for _ in range(double_blocks))
-        self.single_blocks = nn.ModuleList(SingleStreamBlock(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
+        self.single_blocks = nn.ModuleList(single(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
                                            for _ in range(single_blocks))
         self.final_layer = LastLayer(HIDDEN, self.patch_channels)
         with torch.no_grad():  # random weights of a size that keeps every block's contribution visible
@@ -267,26 +281,30 @@ class Flux(nn.Module):
         vec = vec + self.vector_in(y)
         txt = self.txt_in(txt)
         pe = self.pe_embedder(torch.cat((txt_ids, img_ids), dim=1))
-        replace = transformer_options.get("patches_replace", {}).get("dit", {}) if self.convention == "reforge" else {}
+        looks_up = self.convention in ("reforge", "neo")  # Forge main's Flux has no block replacement point
+        replace = transformer_options.get("patches_replace", {}).get("dit", {}) if looks_up else {}
+        # Forge Neo passes transformer_options to every block, and in a replacement's args
+        extra = {"transformer_options": transformer_options} if self.convention == "neo" else {}
         for i, block in enumerate(self.double_blocks):
             if ("double_block", i) in replace:
                 def original(args, block=block):
-                    out = block(img=args["img"], txt=args["txt"], vec=args["vec"], pe=args["pe"])
+                    out = block(img=args["img"], txt=args["txt"], vec=args["vec"], pe=args["pe"], **extra)
                     return {"img": out[0], "txt": out[1]}
-                out = replace[("double_block", i)]({"img": img, "txt": txt, "vec": vec, "pe": pe, "attn_mask": None},
-                                                   {"original_block": original})
+                out = replace[("double_block", i)](
+                    {"img": img, "txt": txt, "vec": vec, "pe": pe, "attn_mask": None, **extra},
+                    {"original_block": original})
                 img, txt = out["img"], out["txt"]
             else:
-                img, txt = block(img=img, txt=txt, vec=vec, pe=pe)
+                img, txt = block(img=img, txt=txt, vec=vec, pe=pe, **extra)
         img = torch.cat((txt, img), 1)
         for i, block in enumerate(self.single_blocks):
             if ("single_block", i) in replace:
                 def original(args, block=block):
-                    return {"img": block(args["img"], vec=args["vec"], pe=args["pe"])}
-                img = replace[("single_block", i)]({"img": img, "vec": vec, "pe": pe, "attn_mask": None},
+                    return {"img": block(args["img"], vec=args["vec"], pe=args["pe"], **extra)}
+                img = replace[("single_block", i)]({"img": img, "vec": vec, "pe": pe, "attn_mask": None, **extra},
                                                    {"original_block": original})["img"]
             else:
-                img = block(img, vec=vec, pe=pe)
+                img = block(img, vec=vec, pe=pe, **extra)
         return self.final_layer(img[:, txt.shape[1]:, ...], vec)
 
 
@@ -360,15 +378,29 @@ class IntegratedFluxTransformer2DModel(Flux):
         super().__init__(seed, convention="forge", **model_args)
 
 
+class NeoFluxTransformer(Flux):
+    """Forge Neo's Flux (``backend/nn/flux.py``): Forge's class name, but it looks up ``patches_replace["dit"]`` as
+    ComfyUI's does and calls every block with ``transformer_options``
+    (shared/research/forge-neo-classic.md, 1.4)."""
+
+    def __init__(self, seed: int = 0, **model_args):
+        super().__init__(seed, convention="neo", **model_args)
+
+
+NeoFluxTransformer.__name__ = "IntegratedFluxTransformer2DModel"
+
+
 def make_patcher(flavour: str, seed: int = 0, **model_args) -> FluxPatcher:
     """``unet`` of a Flux checkpoint in ``flavour``'s layout: the model's class and the schedule where that host
     keeps it."""
     if flavour == "forge":
         diffusion_model = IntegratedFluxTransformer2DModel(seed, **model_args)
+    elif flavour == "neo":
+        diffusion_model = NeoFluxTransformer(seed, **model_args)
     else:
         diffusion_model = Flux(seed, convention=flavour, **model_args)
     model = SimpleNamespace(diffusion_model=diffusion_model)
-    setattr(model, "predictor" if flavour == "forge" else "model_sampling", FlowSchedule())
+    setattr(model, "predictor" if flavour in ("forge", "neo") else "model_sampling", FlowSchedule())
     return FluxPatcher(model)
 
 
