@@ -96,23 +96,27 @@ def test_the_shared_modules_import_no_layer():
             assert {_layer(t) for t in imported if t.startswith("lib_refdrop.")} <= SHARED, module
 
 
-def test_no_import_cycle():
-    graph = {m: {t for t in deps if t.startswith("lib_refdrop") and t != m} for m, deps in _modules().items()}
+def _assert_acyclic(graph: dict[str, set[str]]) -> None:
+    """AssertionError naming the first cycle of ``graph`` (node -> the nodes it imports)."""
     done, path = set(), []
 
-    def visit(module):
-        if module in path:
-            raise AssertionError(" -> ".join(path[path.index(module):] + [module]))
-        if module in done:
+    def visit(node):
+        if node in path:
+            raise AssertionError(" -> ".join(path[path.index(node):] + [node]))
+        if node in done:
             return
-        path.append(module)
-        for target in graph.get(module, ()):
+        path.append(node)
+        for target in graph.get(node, ()):
             visit(target)
         path.pop()
-        done.add(module)
+        done.add(node)
 
-    for module in graph:
-        visit(module)
+    for node in graph:
+        visit(node)
+
+
+def test_no_import_cycle():
+    _assert_acyclic({m: {t for t in deps if t.startswith("lib_refdrop") and t != m} for m, deps in _modules().items()})
 
 
 def test_no_import_cycle_between_layers():
@@ -123,21 +127,7 @@ def test_no_import_cycle_between_layers():
         layer = _layer(module)
         targets = {_layer(t) for t in imported if t.startswith("lib_refdrop.")} - {layer} - SHARED
         graph.setdefault(layer, set()).update(targets)
-    done, path = set(), []
-
-    def visit(layer):
-        if layer in path:
-            raise AssertionError(" -> ".join(path[path.index(layer):] + [layer]))
-        if layer in done:
-            return
-        path.append(layer)
-        for target in graph.get(layer, ()):
-            visit(target)
-        path.pop()
-        done.add(layer)
-
-    for layer in graph:
-        visit(layer)
+    _assert_acyclic(graph)
 
 
 def test_the_entry_script_stands_above_the_webui_layer():
