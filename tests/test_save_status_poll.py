@@ -25,6 +25,7 @@ from lib_refdrop.webui import opts as options
 from lib_refdrop.webui import panel as ui
 from tests.support import fakehost
 from tests.support.faultkit import GENERATION, make_reference, recording, run_generation, slot_tensors, trace_calls
+from tests.support.node import node_binary
 
 REPO = Path(__file__).resolve().parents[1]
 JS = REPO / "javascript" / "refdrop.js"
@@ -136,9 +137,7 @@ def test_every_saving_text_starts_with_the_marker_the_page_looks_for(host):
 
 
 def run_js(scenario: str) -> dict:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the page's polling is not run")
+    node = node_binary()
     done = subprocess.run([node, str(HARNESS), str(JS), scenario], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -22,6 +22,7 @@ from lib_refdrop.reference.store import MANIFEST, PREVIEW, ReferenceStore
 from lib_refdrop.reference.writer import format_bytes
 from lib_refdrop.webui import panel as ui
 from tests.support import fakehost
+from tests.support.node import node_binary
 from tests.support.refdrop_harness import save_synthetic
 
 JS = Path(__file__).resolve().parents[1] / "javascript" / "refdrop.js"
@@ -148,9 +149,7 @@ def test_the_tooltips_name_what_the_panel_offers():
 
 def test_the_script_sets_the_pages_tooltips_as_titles(store, tmp_path):
     """javascript/refdrop.js takes its text from the page, in both tabs: a title is exactly the Python table's."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the page's script is not run")
+    node = node_binary()
     controls = build_panel(store)
     page = tmp_path / "page.json"
     page.write_text(json.dumps({"attribute": json.dumps(page_tooltips(controls)), "items": list(ui.ITEM_IDS)}),
@@ -166,9 +165,7 @@ def test_clearing_a_painted_mask_removes_its_picture():
     """gradio 3's sketch Clear keeps the picture the strokes were on, which a Use would then refuse as a mask that
     is not black and white: in RefDrop's masks (any slot, either tab) the page's script removes the picture too,
     and leaves the host's own sketches alone."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the page's script is not run")
+    node = node_binary()
     done = subprocess.run([node, str(MASK_CLEAR_HARNESS), str(JS)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"script_txt2img_refdrop_mask": ["script_txt2img_refdrop_mask"],
