@@ -130,14 +130,6 @@ class RefDropRun:
         self._images: dict[tuple[str, bool], ImageLatent] = {}  # encoded once per kind of pass, not every batch
         self._host_copies = _HostCopies()
 
-    def patch_for_pass(self, ctx: PassContext) -> Patch | None:
-        """The attn1 patch of ``for_pass`` on a U-Net, for a caller that swallows exceptions: a problem becomes a
-        ``failing_patch``."""
-        try:
-            return self.for_pass(ctx).attn1
-        except RefDropError as exc:
-            return failing_patch(exc)
-
     def for_pass(self, ctx: PassContext) -> PassPatches:
         """Everything to install for this sampling pass (empty: leave the model plain); RefDropError when it cannot
         be planned. A host that swallows hook exceptions installs ``failing_pass(failing_patch(exc), ...)``

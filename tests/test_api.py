@@ -33,6 +33,7 @@ from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
 from lib_refdrop.run import RefDropRun
 from lib_refdrop.webui.api import API_PREFIX, api_enabled, credentials_from_cmd_opts, register_routes
+from tests.support import faultkit
 from tests.support.hostsim import AttnHost, make_unet, sample
 from tests.support.refdrop_harness import context
 
@@ -453,7 +454,7 @@ def test_both_forms_generate_the_same_latent(tmp_path):
     latents = []
     for mode, request_args in (("Save", [True, "Save", 0.3, "", "cat"]), ("Use", [named]), ("Use", positional)):
         run = RefDropRun(from_args(host_script_args(request_args)), store)
-        host.patch = run.patch_for_pass(context("sd15", seed=7 if mode == "Use" else 1))
+        host.patch = faultkit.attn1_patch(run, context("sd15", seed=7 if mode == "Use" else 1))
         assert host.patch is not None  # RefDrop is on, not silently skipped (its effect is test_engine_unet's job)
         try:
             latents.append(sample(host, **{**BASE, "seed": 7 if mode == "Use" else 1}))
@@ -483,7 +484,7 @@ def host_like_generation_app() -> FastAPI:
     def txt2img(request: dict):
         args = host_script_args(request["alwayson_scripts"]["RefDrop"]["args"])
         try:
-            patch = RefDropRun(from_args(args), ReferenceStore(request["store"])).patch_for_pass(context("sd15"))
+            patch = faultkit.attn1_patch(RefDropRun(from_args(args), ReferenceStore(request["store"])), context("sd15"))
         except RefDropError as exc:  # the script must do this: hook exceptions are swallowed by the hosts
             patch = make_failing_patch(str(exc))
         q = torch.zeros(2, 4, 8)

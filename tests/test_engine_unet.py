@@ -12,6 +12,7 @@ import torch
 
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference.store import ReferenceStore
+from tests.support import faultkit
 from tests.support.hostsim import AttnHost, make_unet
 from tests.support.refdrop_harness import plain, save, use
 
@@ -176,7 +177,7 @@ def test_automatic_names_never_collide(tmp_path, monkeypatch):
     (store.root / "ref-42-same-second" / "manifest.json").write_text("{}")
     runs = [generation.RefDropRun(build({"enabled": True, "mode": "Save"}), store) for _ in range(2)]
     for run in runs:
-        run.patch_for_pass(context(seed=42))  # the first one's write is still pending when the second starts
+        faultkit.attn1_patch(run, context(seed=42))  # the first one's write is still pending when the second starts
     assert [run.save_name for run in runs] == ["ref-42-same-second-2", "ref-42-same-second-3"]
     for run in runs:
         run.writer.abort("test")

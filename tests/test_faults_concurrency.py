@@ -111,7 +111,7 @@ def test_use_waits_for_a_reference_that_is_still_being_written(tmp_path, slow_di
     store = ReferenceStore(tmp_path)
     writer = faultkit.start_reference(store, "fresh", seed=4)
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "fresh", "rfg": 0.3}), store)
-    patch = run.patch_for_pass(faultkit.pass_context())  # returns once the save is complete
+    patch = faultkit.attn1_patch(run, faultkit.pass_context())  # returns once the save is complete
     assert writer.status.state == "saved"
     assert patch.__name__ == "refdrop_use"
 

@@ -77,7 +77,7 @@ def _use_with_oom(tmp_path, monkeypatch):
     faultkit.make_reference(store, "big")
     monkeypatch.setattr(ReferenceReader, "_load", _oom)
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "big", "rfg": 0.5}), store)
-    patch = run.patch_for_pass(faultkit.pass_context())
+    patch = faultkit.attn1_patch(run, faultkit.pass_context())
     q = torch.randn(2, 16, 8)
     eo = {"block": ["input", 1], "block_index": 0, "n_heads": 2, "dim_head": 4, "cond_or_uncond": [1, 0],
           "sigmas": torch.tensor([14.6])}

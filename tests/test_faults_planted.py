@@ -134,7 +134,7 @@ def _reseal(store, name, edit) -> None:
 
 def _use_once(store, name, rfg=0.5):
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": name, "rfg": rfg}), store)
-    patch = run.patch_for_pass(faultkit.pass_context())
+    patch = faultkit.attn1_patch(run, faultkit.pass_context())
     q = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
     eo = {"block": ["input", 1], "block_index": 0, "n_heads": 2, "dim_head": 4, "cond_or_uncond": [1, 0],
           "sigmas": torch.tensor([14.6])}

@@ -38,7 +38,7 @@ def _first_slot_tensors(store, name: str) -> dict[str, torch.Tensor]:
 
 def _use_once(store, name: str) -> torch.Tensor:
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": name, "rfg": 0.5}), store)
-    patch = run.patch_for_pass(faultkit.pass_context())
+    patch = faultkit.attn1_patch(run, faultkit.pass_context())
     q = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
     eo = {"block": ["input", 1], "block_index": 0, "n_heads": 2, "dim_head": 4, "cond_or_uncond": [1, 0],
           "sigmas": torch.tensor([faultkit.SIGMAS[0]])}

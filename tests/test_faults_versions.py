@@ -117,7 +117,7 @@ def test_the_end_of_a_generation_closes_the_reference_it_used(tmp_path, cache):
     store = ReferenceStore(tmp_path)
     _save(store, "r", seed=1)
     run = RefDropRun(build({"enabled": True, "mode": "Use", "reference": "r", "rfg": 1.0}), store)
-    patch = run.patch_for_pass(faultkit.pass_context())
+    patch = faultkit.attn1_patch(run, faultkit.pass_context())
     for q, k, v, eo in _calls(99):
         patch(q, k, v, eo)
     (reader,) = run._readers

@@ -152,4 +152,16 @@ def use_generation(store: ReferenceStore, name: str, rfg: float, calls, family: 
 
 def run_generation(run, calls) -> list:
     """A generation the way the WebUI wiring drives a ``RefDropRun``: a problem is a patch that fails when called."""
-    return generate(run.patch_for_pass(pass_context()), calls)
+    return generate(attn1_patch(run, pass_context()), calls)
+
+
+def attn1_patch(run, ctx):
+    """The run's attn1 patch for ``ctx`` as a WebUI installs it: a planning problem becomes the failing patch
+    (``run.failing_patch``) that raises it at the first attention call."""
+    from lib_refdrop.errors import RefDropError
+    from lib_refdrop.run import failing_patch
+
+    try:
+        return run.for_pass(ctx).attn1
+    except RefDropError as exc:
+        return failing_patch(exc)
