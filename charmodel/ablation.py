@@ -30,10 +30,10 @@ import torch
 
 from lib_refdrop.attn.blend import expand_reference, rfg_blend
 from lib_refdrop.attn.sources import StoredRows, layer_call
+from lib_refdrop.diffusers import attention, layer_map
 from lib_refdrop.reference.address import OccurrenceCounter, chunk_names, current_sigma, layer_id
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.store import ReferenceStore
-from tests.support.hostsim import host_attention, layer_map
 
 from .measure import BLOCK_SIZE, Generated, engine_patch, save_references
 from .sampling import CharPipeline
@@ -107,7 +107,7 @@ def measurement_patch(store: ReferenceStore, name: str, rfg: float, condition: C
     counter = OccurrenceCounter()
 
     def patch(q, k, v, extra_options):
-        own = host_attention(q, k, v, extra_options)
+        own = attention(q, k, v, extra_options)
         lid, sigma = layer_id(extra_options), current_sigma(extra_options)
         cond_or_uncond = extra_options["cond_or_uncond"]
         occurrences = [counter.next(lid, chunk, sigma) for chunk in chunk_names(cond_or_uncond)]
@@ -123,7 +123,7 @@ def measurement_patch(store: ReferenceStore, name: str, rfg: float, condition: C
                 pairs.append(source.rows(call, i))
         ref_k = expand_reference([a for a, _ in pairs], call.rows) if condition.k_from == "ref" else k
         ref_v = expand_reference([b for _, b in pairs], call.rows) if condition.v_from == "ref" else v
-        out = rfg_blend(own, host_attention(q, ref_k, ref_v, extra_options), rfg)
+        out = rfg_blend(own, attention(q, ref_k, ref_v, extra_options), rfg)
         for i, chunk in enumerate(call.chunks):
             if not chunk.startswith(condition.chunks):
                 out[i * call.rows:(i + 1) * call.rows] = own[i * call.rows:(i + 1) * call.rows]

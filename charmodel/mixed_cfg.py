@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from lib_refdrop.attn import sources
+from lib_refdrop.diffusers import attention, call_model
 from lib_refdrop.reference.address import current_sigma
 from lib_refdrop.reference.store import ReferenceStore
-from tests.support.hostsim import call_model, host_attention
 
 from .data import classify
 from .measure import BLOCK_SIZE, PROFILE_RFG, Generated, Reference, save_references
@@ -54,7 +54,7 @@ class MixedPipeline(CharPipeline):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             if float(sigma) not in self.cond_only:
                 return full(x, sigma)
-            eps = call_model(self.host, x, sigma, prompts[x.shape[0]:], [0])
+            eps = call_model(self.host, x, sigma, prompts[x.shape[0]:], [0], SCHEDULE.sigma_to_t)
             return x - sigma * eps
 
         return denoise
@@ -70,7 +70,7 @@ def hiding_uncond(patch, cond_only: set[float]):
         rows = q.shape[0] // len(flags)
         keep = torch.cat([torch.arange(i * rows, (i + 1) * rows) for i, f in enumerate(flags) if f != 1])
         patch(q[keep], k[keep], v[keep], {**extra_options, "cond_or_uncond": [f for f in flags if f != 1]})
-        return host_attention(q, k, v, extra_options)
+        return attention(q, k, v, extra_options)
 
     return hidden
 

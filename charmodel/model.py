@@ -2,7 +2,7 @@
 per-pose "prompt" fed to cross-attention (attn2).
 
 SD1.5's layout, narrowed: CrossAttnDownBlock2D x3 + DownBlock2D, a mid block with attention, UpBlock2D +
-CrossAttnUpBlock2D x3, two layers per block. The hosts' ldm numbering (tests/support/hostsim/unet.py ``layer_map``)
+CrossAttnUpBlock2D x3, two layers per block. The hosts' ldm numbering (lib_refdrop/diffusers.py ``layer_map``)
 then gives SD1.5's attn1 blocks at SD1.5's four token levels (1/1, 1/2, 1/4, 1/8 of the image side): input1, input2,
 output9..11 at 32x32 tokens; input4, input5, output6..8 at 16x16; input7, input8, output3..5 at 8x8; middle0 at
 4x4. The first output block with attention is OUT03, as on SD1.5 ("skip the first up-sampling block").

@@ -1,4 +1,4 @@
-"""Generate with the character model through hostsim's attn1 host, and run RefDrop's Save and Use on it unchanged.
+"""Generate with the character model through the library's diffusers host; RefDrop's Save and Use run on it unchanged.
 
 The same calling convention as toymodel/sampling.py (the WebUI hosts' CFG batch layout, uncond chunk then cond
 chunk, SD's sigmas, per-image seeds), on 32x32 pixels and the model's pose prompts. A storage profile that keeps
@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lib_refdrop.diffusers import RefDropConfig, RefDropHook, apply_refdrop, attention, call_model
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.standalone import PassContext, PassPatches, context, start_save, start_use
-from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, call_model, host_attention
+from tests.support.hostsim import SAMPLERS, DiscreteSchedule
 
 from .data import SIZE
 from .model import WEIGHTS, PosePrompts, load
@@ -26,20 +27,20 @@ FAMILY = "char"
 SCHEDULE = DiscreteSchedule()
 
 
-def pass_context(seed: int, host: AttnHost | None = None) -> PassContext:
+def pass_context(seed: int, host: RefDropHook | None = None) -> PassContext:
     """The model's one sampling pass, for RefDrop (``seed``: the first image's); with ``host``, its layers'
     projections for a profile that keeps each layer's input (where the engine takes them)."""
     extra = {}
     if host is not None and "projections" in inspect.signature(context).parameters:
         extra["projections"] = host.projections
-    return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed, **extra)
+    return context(FAMILY, attention, SCHEDULE.percent_to_sigma, seed=seed, **extra)
 
 
 @dataclass
 class CharPipeline:
     """The trained model inside an attn1 host, with generation settings shared by every image."""
 
-    host: AttnHost
+    host: RefDropHook
     prompts: PosePrompts
     steps: int = 8    # 8 and 12 steps gave the same classes on seeds 0..11; 8 keeps the measures affordable
     cfg: float = 3.0
@@ -48,7 +49,7 @@ class CharPipeline:
     @classmethod
     def load(cls, weights: Path = WEIGHTS, **kwargs) -> CharPipeline:
         unet, prompts = load(weights)
-        return cls(AttnHost(unet), prompts, **kwargs)
+        return cls(apply_refdrop(unet), prompts, **kwargs)
 
     @torch.no_grad()
     def generate(self, poses: list[str], seeds: list[int], patch=None, input_patch=None,
@@ -73,21 +74,17 @@ class CharPipeline:
         cond = torch.cat([self.prompts.of(p) for p in poses])
         uncond = self.prompts.of(None).expand_as(cond)
         prompts = torch.cat([uncond, cond])
-        self.host.patch, self.host.model_wrapper = patch, wrapper
-        if input_patch is not None:
-            self.host.attn1_patches = [input_patch]
+        self.host.config = RefDropConfig(patch, input_patch, wrapper)
         try:
             return SAMPLERS[self.sampler](self._denoiser(prompts), noise() * sigmas[0], sigmas, noise,
                                           lambda *_: None)
         finally:
-            self.host.patch = self.host.model_wrapper = None
-            if input_patch is not None:
-                self.host.attn1_patches = []
+            self.host.config = RefDropConfig()
 
     def _denoiser(self, prompts: torch.Tensor):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             b = x.shape[0]
-            eps = call_model(self.host, torch.cat([x, x]), sigma, prompts, [1, 0])
+            eps = call_model(self.host, torch.cat([x, x]), sigma, prompts, [1, 0], SCHEDULE.sigma_to_t)
             uncond, cond = eps[:b], eps[b:]
             return x - sigma * (uncond + (cond - uncond) * self.cfg)
 

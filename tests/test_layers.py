@@ -26,6 +26,7 @@ ALLOWED = {
     "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
     "run": {"attn", "reference", "params", "images", "crop", "dit"},
     "standalone": {"attn", "reference", "params", "run"},
+    "diffusers": {"attn", "run", "standalone"},  # the library's diffusers host: installs what run planned
     "patcher": {"attn", "dit", "reference", "run"},  # host-neutral ModelPatcher glue: installs what run planned
     "library": {"reference"},  # the reference library's HTTP answers, for every host's routes
     "webui": {"attn", "reference", "params", "images", "crop", "run", "standalone", "dit", "patcher", "library"},
@@ -88,6 +89,14 @@ def test_each_layer_imports_only_the_layers_below_it():
             if target_layer not in SHARED and target_layer != layer and target_layer not in ALLOWED[layer]:
                 wrong.append(f"{module} imports {target}")
     assert wrong == []
+
+
+def test_nothing_imports_diffusers():
+    """diffusers is the tests' and the library users' package, not the hosts': lib_refdrop/diffusers.py works on the
+    modules it is given, so the extension loads where diffusers is not installed."""
+    found = [f"{_module_name(path)} imports {name}" for path in PACKAGE.rglob("*.py") for name in _imports(path)
+             if name.split(".")[0] == "diffusers"]
+    assert found == []
 
 
 def test_the_shared_modules_import_no_layer():

@@ -1,9 +1,9 @@
-"""Generate with the toy model through hostsim's attn1 host, and run RefDrop's Save and Use on it unchanged.
+"""Generate with the toy model through the library's diffusers host, and run RefDrop's Save and Use on it unchanged.
 
-The host calls every attn1 layer as ``patch(q, k, v, extra_options)`` with the WebUI hosts' CFG batch layout
-(uncond chunk, then cond chunk), SD's sigmas and per-image seeds; RefDrop's Save and Use come from the library's
-entry point (lib_refdrop/standalone.py). hostsim's own ``sample`` draws 4-channel latents and random prompts, so
-this module feeds 3-channel pixels and the toy model's shape prompts to hostsim's samplers instead.
+The host (lib_refdrop/diffusers.py) calls every attn1 layer as ``patch(q, k, v, extra_options)`` with the WebUI
+hosts' CFG batch layout (uncond chunk, then cond chunk), SD's sigmas and per-image seeds; RefDrop's Save and Use come
+from the library's entry point (lib_refdrop/standalone.py). hostsim's own ``sample`` draws 4-channel latents and
+random prompts, so this module feeds 3-channel pixels and the toy model's shape prompts to hostsim's samplers instead.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lib_refdrop.diffusers import RefDropConfig, RefDropHook, apply_refdrop, attention, call_model
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.standalone import PassContext, PassPatches, context, start_save, start_use
-from tests.support.hostsim import SAMPLERS, AttnHost, DiscreteSchedule, call_model, host_attention
+from tests.support.hostsim import SAMPLERS, DiscreteSchedule
 
 from .data import SIZE
 from .model import WEIGHTS, ShapePrompts, load
@@ -26,14 +27,14 @@ SCHEDULE = DiscreteSchedule()
 
 
 def pass_context(seed: int, prompts: ShapePrompts | None = None, batch_index: int = 0,
-                 batch_count: int = 1, host: AttnHost | None = None) -> PassContext:
+                 batch_count: int = 1, host: RefDropHook | None = None) -> PassContext:
     """The toy model's one sampling pass, for RefDrop (``seed``: the first image's). With ``prompts``, images can be
     references: the toy model works on pixels, so an image's "latent" is its pixels, and an image prompt names a
     shape ("" = the empty prompt). With ``host``, its layers' projections (a profile that keeps the input)."""
     projections = host.projections if host is not None else None
     if prompts is None:
-        return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed, projections=projections)
-    return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed, encode_image=from_pil,
+        return context(FAMILY, attention, SCHEDULE.percent_to_sigma, seed=seed, projections=projections)
+    return context(FAMILY, attention, SCHEDULE.percent_to_sigma, seed=seed, encode_image=from_pil,
                    encode_prompt=lambda text: {"c_crossattn": prompts.of(text or None)},
                    batch_index=batch_index, batch_count=batch_count, projections=projections)
 
@@ -42,7 +43,7 @@ def pass_context(seed: int, prompts: ShapePrompts | None = None, batch_index: in
 class ToyPipeline:
     """The trained model inside an attn1 host, with generation settings shared by every image."""
 
-    host: AttnHost
+    host: RefDropHook
     prompts: ShapePrompts
     steps: int = 12
     cfg: float = 3.0
@@ -51,7 +52,7 @@ class ToyPipeline:
     @classmethod
     def load(cls, weights: Path = WEIGHTS, **kwargs) -> ToyPipeline:
         unet, prompts = load(weights)
-        return cls(AttnHost(unet), prompts, **kwargs)
+        return cls(apply_refdrop(unet), prompts, **kwargs)
 
     @torch.no_grad()
     def generate(self, shapes: list[str], seeds: list[int], patch=None, wrapper=None,
@@ -73,19 +74,17 @@ class ToyPipeline:
         cond = torch.cat([self.prompts.of(s) for s in shapes])
         uncond = self.prompts.of(None).expand_as(cond)
         prompts = torch.cat([uncond, cond])
-        self.host.patch, self.host.model_wrapper = patch, wrapper
-        self.host.attn1_patches = [input_patch] if input_patch is not None else []
+        self.host.config = RefDropConfig(patch, input_patch, wrapper)
         try:
             return SAMPLERS[self.sampler](self._denoiser(prompts), noise() * sigmas[0], sigmas, noise,
                                           lambda *_: None)
         finally:
-            self.host.patch = self.host.model_wrapper = None
-            self.host.attn1_patches = []
+            self.host.config = RefDropConfig()
 
     def _denoiser(self, prompts: torch.Tensor):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             b = x.shape[0]
-            eps = call_model(self.host, torch.cat([x, x]), sigma, prompts, [1, 0])
+            eps = call_model(self.host, torch.cat([x, x]), sigma, prompts, [1, 0], SCHEDULE.sigma_to_t)
             uncond, cond = eps[:b], eps[b:]
             return x - sigma * (uncond + (cond - uncond) * self.cfg)
 

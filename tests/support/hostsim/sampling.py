@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from lib_refdrop.diffusers import call_model as diffusers_call_model
+
 from .host import AttnHost
 from .schedule import DiscreteSchedule
 
@@ -41,27 +43,8 @@ def make_conds(cross_dim: int, prompt_seed: int = 0, n_conds: int = 1,
 def call_model(host: AttnHost, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                cond_or_uncond: list[int]) -> torch.Tensor:
     """One U-Net call on the noisy ``x`` (rows of every chunk) at ``sigma``, through ``host.model_wrapper`` when one
-    is set, with the hosts' wrapper arguments: ``{"input": x, "timestep": sigma per row, "c": {"c_crossattn",
-    "transformer_options"}, "cond_or_uncond"}``; the model scales the input itself. Returns eps."""
-
-    def apply_model(x_in, timestep, c_crossattn, transformer_options, **_):
-        s = timestep.reshape(-1)[0]
-        c_in = 1.0 / (s ** 2 + 1.0) ** 0.5
-        options = {k: v for k, v in transformer_options.items() if k not in ("cond_or_uncond", "sigmas")}
-        return host(x_in * c_in, SCHEDULE.sigma_to_t(s), c_crossattn,
-                    cond_or_uncond=transformer_options["cond_or_uncond"], sigmas=transformer_options["sigmas"],
-                    transformer_options=options)
-
-    rows = x.shape[0]
-    images = rows // len(cond_or_uncond)
-    timestep = sigma.reshape(1).to(torch.float32).expand(rows).clone()
-    sigmas = sigma.reshape(1).to(torch.float32).expand(images).clone()
-    options = {"cond_or_uncond": list(cond_or_uncond), "sigmas": sigmas}
-    c = {"c_crossattn": context, "transformer_options": options}
-    if host.model_wrapper is None:
-        return apply_model(x, timestep, **c)
-    return host.model_wrapper(apply_model, {"input": x, "timestep": timestep, "c": c,
-                                            "cond_or_uncond": list(cond_or_uncond)})
+    is set, with the hosts' wrapper arguments (lib_refdrop/diffusers.py ``call_model``). Returns eps."""
+    return diffusers_call_model(host, x, sigma, context, cond_or_uncond, SCHEDULE.sigma_to_t)
 
 
 class _CFGDenoiser:

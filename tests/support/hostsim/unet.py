@@ -1,17 +1,13 @@
-"""Random-weight diffusers U-Nets with the SD1.5 / SDXL block structure, and their host (ldm) layer addressing.
-
-The WebUI hosts address attn1 layers by the ldm U-Net numbering (``("input", 4)``, ``("middle", 0)``, ...) plus the
-index of the BasicTransformerBlock inside the SpatialTransformer.  diffusers numbers the same modules differently
-(``down_blocks.1.attentions.0``), so :func:`layer_map` translates once, in execution order, and everything else in
-``hostsim`` uses that table.
+"""Random-weight diffusers U-Nets with the SD1.5 / SDXL block structure. Their host (ldm) layer addressing is the
+library's (lib_refdrop/diffusers.py ``layer_map``), re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import UNet2DConditionModel
+
+from lib_refdrop.diffusers import LayerInfo, layer_map
 
 __all__ = ["LayerInfo", "make_unet", "layer_map", "unet_arch"]
 
@@ -80,63 +76,3 @@ def make_unet(arch: str = "sd15", width: str = "tiny", seed: int = 0, in_channel
 def unet_arch(unet: UNet2DConditionModel) -> str:
     """'sdxl' for a text_time-conditioned U-Net, else 'sd15' (the only two structures hostsim builds)."""
     return "sdxl" if unet.config.addition_embed_type == "text_time" else "sd15"
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One self-attention (attn1) layer as the host addresses it."""
-
-    name: str  # diffusers module path of the attn1 module
-    block: tuple[str, int]  # ldm addressing: ("input" | "middle" | "output", n)
-    block_index: int  # BasicTransformerBlock index inside its SpatialTransformer (Transformer2DModel)
-    transformer_index: int  # running count of Transformer2DModel modules in one forward
-    n_heads: int
-    dim_head: int
-    level: int  # resolution level: tokens = (H / 2**level) * (W / 2**level) for latent H x W
-    transformer_name: str  # diffusers module path of the enclosing Transformer2DModel
-
-    @property
-    def key(self) -> tuple[str, int, int]:
-        """The 3-tuple key of ``set_model_attn1_replace(patch, block_name, number, transformer_index)``."""
-        return (self.block[0], self.block[1], self.block_index)
-
-
-def _transformer_layers(prefix: str, transformer, block, t_index: int, level: int) -> list[LayerInfo]:
-    layers = []
-    for k, tb in enumerate(transformer.transformer_blocks):
-        attn = tb.attn1
-        heads = attn.heads
-        layers.append(LayerInfo(
-            name=f"{prefix}.transformer_blocks.{k}.attn1", block=block, block_index=k, transformer_index=t_index,
-            n_heads=heads, dim_head=attn.to_q.out_features // heads, level=level, transformer_name=prefix,
-        ))
-    return layers
-
-
-def layer_map(unet: UNet2DConditionModel) -> list[LayerInfo]:
-    """All attn1 layers in execution order with their host addressing.
-
-    ldm numbering (layers_per_block L, 2 for SD1.5 and SDXL): ``down_blocks.i.attentions.j`` -> input ``1+(L+1)*i+j``
-    (each level has L resnets plus a downsampler), ``mid_block`` -> middle 0, ``up_blocks.i.attentions.j`` -> output
-    ``(L+1)*i+j``.  ``transformer_index`` counts Transformer2DModels in that order.
-    """
-    lpb = unet.config.layers_per_block
-    if not isinstance(lpb, int):
-        raise ValueError("layer_map needs an int layers_per_block")
-    n_levels = len(unet.down_blocks)
-    layers: list[LayerInfo] = []
-    t_index = 0
-    for i, down in enumerate(unet.down_blocks):
-        for j, tr in enumerate(getattr(down, "attentions", None) or []):
-            layers += _transformer_layers(f"down_blocks.{i}.attentions.{j}", tr, ("input", 1 + (lpb + 1) * i + j),
-                                          t_index, i)
-            t_index += 1
-    for j, tr in enumerate(getattr(unet.mid_block, "attentions", None) or []):
-        layers += _transformer_layers(f"mid_block.attentions.{j}", tr, ("middle", j), t_index, n_levels - 1)
-        t_index += 1
-    for i, up in enumerate(unet.up_blocks):
-        for j, tr in enumerate(getattr(up, "attentions", None) or []):
-            layers += _transformer_layers(f"up_blocks.{i}.attentions.{j}", tr, ("output", (lpb + 1) * i + j),
-                                          t_index, n_levels - 1 - i)
-            t_index += 1
-    return layers
