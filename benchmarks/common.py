@@ -10,9 +10,10 @@ from pathlib import Path
 import psutil
 import torch
 
+from devmodel.sampling import SCHEDULE, installed, sample
+from devmodel.unets import SDHost
 from lib_refdrop import standalone
-from tests.support.hostsim import AttnHost, host_attention
-from tests.support.refdrop_harness import context, sample_with
+from lib_refdrop.diffusers import attention
 
 
 class Peaks:
@@ -66,11 +67,17 @@ def drop_page_cache(folder: Path) -> None:
                 os.close(fd)
 
 
+def sample_with(host, patches, **sample_args):
+    """Sample with a pass's ``patches`` installed (None: plain), like a host for one generation."""
+    with installed(host, patches):
+        return sample(host, **sample_args)
+
+
 def run_save(host, store, name, family, profile, sample_args):
     """Sample with Save on; returns (latent, seconds sampling, seconds until the reference is complete)."""
-    with standalone.start_save(store, name, context(family, host=host), profile=profile, overwrite=True) as save:
-        latent, seconds = timed(lambda: sample_with(host, save.patch, save.input_patch, save.model_wrapper,
-                                                    **sample_args))
+    ctx = host.context(family, SCHEDULE.percent_to_sigma, seed=1)
+    with standalone.start_save(store, name, ctx, profile=profile, overwrite=True) as save:
+        latent, seconds = timed(lambda: sample_with(host, save.patches, **sample_args))
         start = time.perf_counter()
         save.finish({})
     return latent, seconds, time.perf_counter() - start
@@ -82,8 +89,8 @@ def run_use(host, store, name, family, rfg, sample_args, settings=None):
 
     def use():
         with standalone.start_use(store, reference=name, rfg=rfg, **(settings or {})) as session:
-            patches = session.for_pass(context(family, host=host))
-            return sample_with(host, patches.attn1, wrapper=patches.model_wrapper, **sample_args)
+            patches = session.for_pass(host.context(family, SCHEDULE.percent_to_sigma, seed=1))
+            return sample_with(host, patches, **sample_args)
 
     return timed(use)
 
@@ -92,7 +99,7 @@ def run_plain(host, sample_args):
     return timed(lambda: sample_with(host, None, **sample_args))
 
 
-def limit_patch(attention=host_attention):
+def limit_patch(attention=attention):
     """A plain generation's attn1 that computes its attention a second time, the one extra attention per layer a
     Use cannot avoid (Attn(Q, K_ref, V_ref) with a reference as long as the image). The second result is added
     with weight 0, so it must be computed (0 * NaN is NaN) while the image stays plain: every value is the plain
@@ -106,12 +113,12 @@ def limit_patch(attention=host_attention):
 
 
 def run_limit(host, sample_args):
-    return timed(lambda: sample_with(host, limit_patch(), **sample_args))
+    return timed(lambda: sample_with(host, standalone.PassPatches(attn1=limit_patch()), **sample_args))
 
 
-class DeviceHost(AttnHost):
-    """An ``AttnHost`` whose U-Net runs on another device or in another dtype than the sampler's state (fp32 on the
-    CPU, tests/support/hostsim/sampling.py): each call moves its inputs there and its output back."""
+class DeviceHost(SDHost):
+    """An ``SDHost`` whose U-Net runs on another device or in another dtype than the sampler's state (fp32 on the
+    CPU, devmodel/sampling.py): each call moves its inputs there and its output back."""
 
     def forward(self, x, timestep, context, *, pooled=None, **kwargs):
         weight = next(self.unet.parameters())

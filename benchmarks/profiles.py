@@ -5,7 +5,7 @@
     python -m benchmarks.profiles --svd-cost    # what the low-rank factorisation costs a Save per step (CPU)
     python -m benchmarks.profiles --spread 4    # the test's measures over 4 seed pairs (tests/test_profiles.py)
 
-For each profile P (the offered ones and ``CANDIDATES``), on a hostsim U-Net with random weights:
+For each profile P (the offered ones and ``CANDIDATES``), on a U-Net with random weights (devmodel/unets.py):
 - bytes of a reference at SD1.5 512² and SDXL 1024² (20 steps, CFG, fp16 compute), from the real layer shapes
   (``Profile.row_bytes_bound``: for low rank the profile's largest rank, which random weights always reach); for
   a zstd profile, those bytes divided by the ratio zstd reaches on this run's exact reference re-encoded with P at
@@ -26,11 +26,12 @@ import time
 import safetensors.torch
 import torch
 
+from devmodel.unets import SDHost, make_unet
+from lib_refdrop.diffusers import layer_map
 from lib_refdrop.reference import compression, lowrank
 from lib_refdrop.reference.profiles import PROFILES, Profile, get_profile
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.store import ReferenceStore
-from tests.support.hostsim import AttnHost, layer_map, make_unet
 
 from .candidates import CANDIDATES, offering
 from .common import gb, run_plain, run_save, run_use
@@ -193,7 +194,7 @@ def zstd_report(args) -> None:
     from toymodel.sampling import ToyPipeline
 
     store = ReferenceStore(tempfile.mkdtemp(prefix="refdrop-zstd-"))
-    host = AttnHost(make_unet(args.arch, "tiny", seed=0))
+    host = SDHost(make_unet(args.arch, "tiny", seed=0))
     base = {"steps": args.steps, "sampler": "euler", "cfg": 7.0, "height": args.size, "width": args.size, "seed": 1}
     run_save(host, store, "random", args.arch, "exact", base)
     pipe = ToyPipeline.load(steps=args.steps)
@@ -253,7 +254,7 @@ def svd_cost_report(args) -> None:
 def spread_report(args, names) -> None:
     """tests/test_profiles.py's two measures (PSNR at c = 0.5 at the Save's seed s, effect kept at c = 0.3 at seed
     s + 3) for Save seeds 1..n at the test's settings: its floors come from the lowest of these."""
-    host = AttnHost(make_unet(args.arch, "tiny", seed=0))
+    host = SDHost(make_unet(args.arch, "tiny", seed=0))
     store = ReferenceStore(tempfile.mkdtemp(prefix="refdrop-spread-"))
     base = {"steps": args.steps, "sampler": "euler", "cfg": 7.0, "height": args.size, "width": args.size}
     psnrs: dict[str, list[float]] = {n: [] for n in names}
@@ -299,7 +300,7 @@ def main(argv=None):
     names = ["exact", *[n for n in (args.only.split(",") if args.only else ALL_PROFILES) if n != "exact"]]
     if args.spread:
         return spread_report(args, names[1:])
-    host = AttnHost(make_unet(args.arch, "tiny", seed=0))
+    host = SDHost(make_unet(args.arch, "tiny", seed=0))
     store = ReferenceStore(tempfile.mkdtemp(prefix="refdrop-profiles-"))
     base = {"steps": args.steps, "sampler": "euler", "cfg": 7.0, "height": args.size, "width": args.size}
     results = measure(host, store, args.arch, base, args.rfg, range(2, 2 + args.seeds), names)

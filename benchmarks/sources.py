@@ -18,33 +18,25 @@ import tempfile
 import torch
 from PIL import Image
 
+from devmodel.sampling import SCHEDULE, make_conds
+from devmodel.unets import SDHost, make_unet
 from lib_refdrop import standalone
+from lib_refdrop.diffusers import attention
 from lib_refdrop.reference.store import ReferenceStore
-from tests.support.hostsim import AttnHost, DiscreteSchedule, host_attention, make_conds, make_unet, sample
 
-from .common import timed
+from .common import sample_with, timed
 
-SCHEDULE = DiscreteSchedule()
-IMAGE = Image.new("RGB", (8, 8), (200, 40, 40))  # the hostsim "VAE" ignores pixels: the latent below is the image
+IMAGE = Image.new("RGB", (8, 8), (200, 40, 40))  # the "VAE" below ignores pixels: its latent is the image
 
 
-def encoders(host: AttnHost, size: int) -> dict:
+def encoders(host: SDHost, size: int) -> dict:
     latent = torch.randn((1, 4, size, size), generator=torch.Generator().manual_seed(7))
     _, empty = make_conds(host.unet.config.cross_attention_dim)
     return {"encode_image": lambda image: latent, "encode_prompt": lambda text: {"c_crossattn": empty}}
 
 
-def generate(host: AttnHost, sample_args: dict, patches=None) -> torch.Tensor:
-    host.patch = patches.attn1 if patches else None
-    host.model_wrapper = patches.model_wrapper if patches else None
-    try:
-        return sample(host, **sample_args)
-    finally:
-        host.patch = host.model_wrapper = None
-
-
 def ctx(host, size, **extra):
-    return standalone.context("sd15", host_attention, SCHEDULE.percent_to_sigma, seed=1, **encoders(host, size),
+    return standalone.context("sd15", attention, SCHEDULE.percent_to_sigma, seed=1, **encoders(host, size),
                               **extra)
 
 
@@ -54,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=32, help="latent side")
     args = parser.parse_args(argv)
-    host = AttnHost(make_unet("sd15", "tiny", seed=0))
+    host = SDHost(make_unet("sd15", "tiny", seed=0))
     one = {"steps": args.steps, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": args.size, "width": args.size}
     two = {**one, "batch_size": 2}
     store = ReferenceStore(tempfile.mkdtemp(prefix="refdrop-sources-"))
@@ -62,12 +54,12 @@ def main(argv=None):
           f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
 
     with standalone.start_save(store, "stored", ctx(host, args.size)) as save:
-        generate(host, one, standalone.PassPatches(save.patch, None))
+        sample_with(host, save.patches, **one)
         save.finish({})
 
     def bake():
         with standalone.start_save(store, "baked", ctx(host, args.size), image=IMAGE, overwrite=True) as save:
-            generate(host, one, standalone.PassPatches(save.patch, save.model_wrapper))
+            sample_with(host, save.patches, **one)
             save.finish({})
 
     bake()
@@ -75,14 +67,14 @@ def main(argv=None):
     def use(sample_args, **settings):
         with standalone.start_use(store, rfg=0.3, **settings) as session:
             patches = session.for_pass(ctx(host, args.size))
-            return timed(lambda: generate(host, sample_args, patches))[1]
+            return timed(lambda: sample_with(host, patches, **sample_args))[1]
 
     phases = {
-        "plain": lambda: timed(lambda: generate(host, one))[1],
+        "plain": lambda: timed(lambda: sample_with(host, None, **one))[1],
         "stored use": lambda: use(one, reference="stored"),
         "baked image use": lambda: use(one, reference="baked"),
         "live image use": lambda: use(one, source="image", image=IMAGE),
-        "plain, batch 2": lambda: timed(lambda: generate(host, two))[1],
+        "plain, batch 2": lambda: timed(lambda: sample_with(host, None, **two))[1],
         "batch reference": lambda: use(two, source="batch"),
         "bake an image": lambda: timed(bake)[1],
     }

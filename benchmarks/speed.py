@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
+from devmodel.unets import make_unet
 from lib_refdrop.reference.profiles import PROFILES
 from lib_refdrop.reference.reader import RAM_CACHE
 from lib_refdrop.reference.store import ReferenceStore
-from tests.support.hostsim import make_unet
 
 from .common import DeviceHost, Peaks, drop_page_cache, folder_bytes, gb, run_limit, run_plain, run_save, run_use
 

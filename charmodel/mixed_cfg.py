@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from devmodel.sampling import model_call
 from lib_refdrop.attn import sources
-from lib_refdrop.diffusers import attention, call_model
+from lib_refdrop.diffusers import attention
 from lib_refdrop.reference.address import current_sigma
 from lib_refdrop.reference.store import ReferenceStore
 
@@ -54,7 +55,7 @@ class MixedPipeline(CharPipeline):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             if float(sigma) not in self.cond_only:
                 return full(x, sigma)
-            eps = call_model(self.host, x, sigma, prompts[x.shape[0]:], [0], SCHEDULE.sigma_to_t)
+            eps = model_call(self.host, x, sigma, prompts[x.shape[0]:], [0])
             return x - sigma * eps
 
         return denoise

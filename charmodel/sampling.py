@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from lib_refdrop.diffusers import RefDropConfig, RefDropHook, apply_refdrop, attention, call_model
+from devmodel.sampling import SAMPLERS, model_call
+from devmodel.schedule import DiscreteSchedule
+from lib_refdrop.diffusers import RefDropConfig, RefDropHook, apply_refdrop, attention
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.standalone import PassContext, PassPatches, context, start_save, start_use
-from tests.support.hostsim import SAMPLERS, DiscreteSchedule
 
 from .data import SIZE
 from .model import WEIGHTS, PosePrompts, load
@@ -84,7 +85,7 @@ class CharPipeline:
     def _denoiser(self, prompts: torch.Tensor):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             b = x.shape[0]
-            eps = call_model(self.host, torch.cat([x, x]), sigma, prompts, [1, 0], SCHEDULE.sigma_to_t)
+            eps = model_call(self.host, torch.cat([x, x]), sigma, prompts, [1, 0])
             uncond, cond = eps[:b], eps[b:]
             return x - sigma * (uncond + (cond - uncond) * self.cfg)
 

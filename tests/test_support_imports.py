@@ -21,8 +21,11 @@ SYS_PATH_EDIT = re.compile(r"sys\.path[ \t]*(?:\[[^\]]*\][ \t]*)?\+?=(?!=)|sys\.
 FAKE_HOST = REPO / "tests" / "support" / "fakehost"
 
 
-def sources() -> list[Path]:
-    return sorted(p for folder in ("tests", "benchmarks", "tools", "toymodel") for p in (REPO / folder).rglob("*.py"))
+TESTS_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+tests\b", re.M)
+
+
+def sources(folders=("tests", "benchmarks", "tools", "devmodel", "toymodel", "charmodel")) -> list[Path]:
+    return sorted(p for folder in folders for p in (REPO / folder).rglob("*.py"))
 
 
 def test_the_support_package_is_imported_as_tests_support():
@@ -34,4 +37,12 @@ def test_the_support_package_is_imported_as_tests_support():
 def test_nothing_but_the_fake_host_edits_sys_path():
     found = [f"{p.relative_to(REPO)}:{s.group(0)}" for p in sources() if FAKE_HOST not in p.parents
              for s in SYS_PATH_EDIT.finditer(p.read_text(encoding="utf-8"))]
+    assert found == []
+
+
+def test_the_dev_models_and_benchmarks_do_not_import_the_tests():
+    """They run on the library's diffusers host (lib_refdrop/diffusers.py) and devmodel/'s samplers, not on a test
+    package."""
+    found = [str(p.relative_to(REPO)) for p in sources(("devmodel", "toymodel", "charmodel", "benchmarks"))
+             if TESTS_IMPORT.search(p.read_text(encoding="utf-8"))]
     assert found == []

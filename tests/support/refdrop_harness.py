@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from devmodel.sampling import SCHEDULE, installed, sample
 from lib_refdrop import standalone
+from lib_refdrop.diffusers import RefDropConfig
 from lib_refdrop.reference.writer import SaveStatus
-from tests.support.hostsim import DiscreteSchedule, host_attention, sample
-
-SCHEDULE = DiscreteSchedule()
+from tests.support.hostsim import host_attention
 
 
 def context(family: str = "sd15", is_hr_pass: bool = False, seed: int = 1, host=None) -> standalone.PassContext:
@@ -21,13 +21,8 @@ def context(family: str = "sd15", is_hr_pass: bool = False, seed: int = 1, host=
 def sample_with(host, patch, input_patch=None, wrapper=None, **sample_args):
     """Sample with ``patch`` on every attn1 layer (None: plain), ``input_patch`` as an attn1_patch and ``wrapper``
     as the model function wrapper, like a host for one generation."""
-    host.patch, host.model_wrapper = patch, wrapper
-    host.attn1_patches = [input_patch] if input_patch is not None else []
-    try:
+    with installed(host, RefDropConfig(patch, input_patch, wrapper)):
         return sample(host, **sample_args)
-    finally:
-        host.patch = host.model_wrapper = None
-        host.attn1_patches = []
 
 
 def save(host, store, name: str, family: str = "sd15", profile: str = "exact", **sample_args):

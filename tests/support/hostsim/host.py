@@ -1,9 +1,9 @@
 """Emulation of how Forge / reForge call an attn1 *replace patch* (docs/hosts.md, "The attn1 replace patch").
 
 :class:`AttnHost` is the library's diffusers host (lib_refdrop/diffusers.py: a processor on every attn1 module that
-calls the patch like the hosts' ``BasicTransformerBlock``) plus what only the tests need of a host: each host's own
-``extra_options`` keys, per-layer patches looked up like the hosts' ``patches_replace``, token merging, and SDXL's
-added conditioning made up from the prompt.
+calls the patch like the hosts' ``BasicTransformerBlock``; devmodel/unets.py ``SDHost``) plus what only the tests
+need of a host: each host's own ``extra_options`` keys, per-layer patches looked up like the hosts'
+``patches_replace``, other extensions' attn1_patches, token merging, and a count of the U-Net calls.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 from diffusers import UNet2DConditionModel
 
-from lib_refdrop.diffusers import LayerInfo, RefDropHook, attention, sdpa_attention
+from devmodel.unets import SDHost
+from lib_refdrop.diffusers import LayerInfo, attention, sdpa_attention
 
 __all__ = ["AttnHost", "RecordingPatch", "host_attention", "sdpa_attention", "tome_groups"]
 
@@ -68,7 +69,7 @@ class RecordingPatch:
         return sdpa_attention(q, k, v, eo["n_heads"])
 
 
-class AttnHost(RefDropHook):
+class AttnHost(SDHost):
     """A diffusers U-Net driven like a Forge/reForge U-Net with an attn1 replace patch.
 
     - ``patch``: one function for every attn1 layer (``set_model_replace_all(patch, "attn1")``); ``None`` = plain.
@@ -78,7 +79,7 @@ class AttnHost(RefDropHook):
       ``unet.set_transformer_option``.
     - ``attn1_patches``: ``set_model_attn1_patch``'s chain, run on the normed hidden states before the projections.
     - ``model_wrapper``: a model function wrapper, ``wrapper(apply_model, args)`` (``set_model_unet_function_wrapper``
-      in both hosts); ``sampling.call_model`` calls the U-Net through it.
+      in both hosts); ``devmodel.sampling`` calls the U-Net through it.
     - ``tome_ratio``: token-merging emulation on the highest-resolution attention level (query side only).  On
       SD1.5 that is where Forge merges (input 1,2 / output 9,10,11).  Real ToMe (max_downsample 1) would merge
       nothing on SDXL, whose top level has no attention; hostsim merges SDXL's input 4,5 / output 3,4,5 instead so
@@ -96,7 +97,7 @@ class AttnHost(RefDropHook):
                  host_flavour: str | None = None):
         if host_flavour not in FLAVOURS:
             raise ValueError(f"host_flavour must be one of {FLAVOURS}")
-        super().__init__()
+        super().__init__(unet)
         self.patch = patch
         self.patches_replace: dict[tuple, Patch] = {}
         self.transformer_options: dict = {}
@@ -105,7 +106,6 @@ class AttnHost(RefDropHook):
         self.host_flavour = host_flavour
         self.n_forwards = 0
         self._activations_shape: list[int] | None = None
-        self.install(unet)
         self.tome_level = min(layer.level for layer in self.layers)
 
     @property
@@ -139,33 +139,14 @@ class AttnHost(RefDropHook):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor, *,
                 cond_or_uncond: list[int], sigmas: torch.Tensor, pooled: torch.Tensor | None = None,
                 transformer_options: dict | None = None) -> torch.Tensor:
-        """One U-Net call: ``x`` ``[rows, C, H, W]`` (already scaled by c_in), ``context`` ``[rows, T, D]``.
-
-        ``rows`` must be ``len(cond_or_uncond) * len(sigmas)``.  SDXL's ``added_cond_kwargs`` are derived here
-        (pooled = first context token, time_ids = image size) so callers need not care.  ``transformer_options``:
-        keys of this call's ``transformer_options`` (a model function wrapper's), copied into every
-        ``extra_options`` like the hosts do.  Returns eps.
-        """
-        kwargs = {}
-        if self.unet.config.addition_embed_type == "text_time":
-            kwargs["added_cond_kwargs"] = self._sdxl_added_cond(x, context, pooled)
-        out = super().forward(x, timestep, context, cond_or_uncond=cond_or_uncond, sigmas=sigmas,
-                              transformer_options=transformer_options, **kwargs)
+        """One U-Net call (``SDHost.forward``): ``x`` ``[rows, C, H, W]`` (already scaled by c_in), ``context``
+        ``[rows, T, D]``, ``rows = len(cond_or_uncond) * len(sigmas)``; counted in ``n_forwards``. Returns eps."""
+        out = super().forward(x, timestep, context, cond_or_uncond=cond_or_uncond, sigmas=sigmas, pooled=pooled,
+                              transformer_options=transformer_options)
         self.n_forwards += 1
         return out
 
     __call__ = forward
-
-    def _sdxl_added_cond(self, x, context, pooled):
-        cfg = self.unet.config
-        pooled_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        if pooled is None:
-            first = context[:, 0]
-            reps = -(-pooled_dim // first.shape[-1])
-            pooled = first.repeat(1, reps)[:, :pooled_dim]
-        h, w = x.shape[-2] * 8, x.shape[-1] * 8
-        time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=x.dtype).expand(x.shape[0], 6)
-        return {"text_embeds": pooled.to(x.dtype), "time_ids": time_ids}
 
     def _transformer_entered(self, module, args, kwargs):
         super()._transformer_entered(module, args, kwargs)
@@ -183,7 +164,7 @@ class AttnHost(RefDropHook):
         return self.patch
 
     def input_patches(self, layer: LayerInfo) -> list:
-        return self.attn1_patches
+        return self.attn1_patches + super().input_patches(layer)
 
     def extra_options(self, layer: LayerInfo) -> dict:
         """A fresh ``extra_options`` dict for ``layer`` in the current forward, with the host's key order: the

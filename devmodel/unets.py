@@ -1,5 +1,5 @@
-"""Random-weight diffusers U-Nets with the SD1.5 / SDXL block structure. Their host (ldm) layer addressing is the
-library's (lib_refdrop/diffusers.py ``layer_map``), re-exported here.
+"""Random-weight diffusers U-Nets with the SD1.5 / SDXL block structure, and their host: the library's diffusers host
+(lib_refdrop/diffusers.py), with SDXL's added conditioning made up from the prompt.
 """
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DConditionModel
 
-from lib_refdrop.diffusers import LayerInfo, layer_map
+from lib_refdrop.diffusers import RefDropHook
 
-__all__ = ["LayerInfo", "make_unet", "layer_map", "unet_arch"]
+__all__ = ["SDHost", "make_unet", "unet_arch"]
 
 
 def _sd15_config(width: str) -> dict:
@@ -74,5 +74,35 @@ def make_unet(arch: str = "sd15", width: str = "tiny", seed: int = 0, in_channel
 
 
 def unet_arch(unet: UNet2DConditionModel) -> str:
-    """'sdxl' for a text_time-conditioned U-Net, else 'sd15' (the only two structures hostsim builds)."""
+    """'sdxl' for a text_time-conditioned U-Net, else 'sd15' (the only two structures ``make_unet`` builds)."""
     return "sdxl" if unet.config.addition_embed_type == "text_time" else "sd15"
+
+
+class SDHost(RefDropHook):
+    """The library's diffusers host on an SD1.5 or SDXL U-Net, installed at once; an SDXL U-Net's
+    ``added_cond_kwargs`` are made up per call (pooled text = the first context token, repeated; time ids = the image
+    size), so that a sampler passes the prompt only."""
+
+    def __init__(self, unet: UNet2DConditionModel):
+        super().__init__()
+        self.install(unet)
+
+    def forward(self, x: torch.Tensor, timestep, context: torch.Tensor, *, cond_or_uncond: list[int],
+                sigmas: torch.Tensor, pooled: torch.Tensor | None = None, transformer_options: dict | None = None,
+                **unet_kwargs) -> torch.Tensor:
+        """One U-Net call (``RefDropHook.forward``); ``pooled``: SDXL's pooled text (default: made up)."""
+        if self.unet.config.addition_embed_type == "text_time":
+            unet_kwargs["added_cond_kwargs"] = self._sdxl_added_cond(x, context, pooled)
+        return super().forward(x, timestep, context, cond_or_uncond=cond_or_uncond, sigmas=sigmas,
+                               transformer_options=transformer_options, **unet_kwargs)
+
+    def _sdxl_added_cond(self, x, context, pooled):
+        cfg = self.unet.config
+        pooled_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        if pooled is None:
+            first = context[:, 0]
+            reps = -(-pooled_dim // first.shape[-1])
+            pooled = first.repeat(1, reps)[:, :pooled_dim]
+        h, w = x.shape[-2] * 8, x.shape[-1] * 8
+        time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=x.dtype).expand(x.shape[0], 6)
+        return {"text_embeds": pooled.to(x.dtype), "time_ids": time_ids}

@@ -1,4 +1,4 @@
-"""k-diffusion-style sampling that calls the U-Net with the hosts' batch layouts.
+"""k-diffusion-style sampling that calls a U-Net with the hosts' batch layouts, through the library's diffusers host.
 
 What matters for an attn1 patch is *how* the host batches and orders rows, which sigmas it sends and how many model
 evaluations happen; this module reproduces those (checked against shared/host-traces in tests/test_hostsim.py):
@@ -13,16 +13,17 @@ evaluations happen; this module reproduces those (checked against shared/host-tr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
-from lib_refdrop.diffusers import call_model as diffusers_call_model
+from lib_refdrop.diffusers import RefDropConfig, RefDropHook, apply_refdrop, call_model
+from lib_refdrop.run import PassPatches
 
-from .host import AttnHost
 from .schedule import DiscreteSchedule
 
-__all__ = ["SAMPLERS", "call_model", "make_conds", "sample"]
+__all__ = ["SAMPLERS", "SCHEDULE", "installed", "make_conds", "model_call", "sample"]
 
 SCHEDULE = DiscreteSchedule()
 UNCOND_SEED = 0x5EED_0000  # the "empty negative prompt": the same for every prompt_seed
@@ -40,17 +41,27 @@ def make_conds(cross_dim: int, prompt_seed: int = 0, n_conds: int = 1,
     return conds, _randn((1, tokens, cross_dim), UNCOND_SEED)
 
 
-def call_model(host: AttnHost, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+def model_call(host: RefDropHook, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                cond_or_uncond: list[int]) -> torch.Tensor:
-    """One U-Net call on the noisy ``x`` (rows of every chunk) at ``sigma``, through ``host.model_wrapper`` when one
-    is set, with the hosts' wrapper arguments (lib_refdrop/diffusers.py ``call_model``). Returns eps."""
-    return diffusers_call_model(host, x, sigma, context, cond_or_uncond, SCHEDULE.sigma_to_t)
+    """One U-Net call on the noisy ``x`` (rows of every chunk) at ``sigma`` on SD's schedule, through the pass's model
+    function wrapper when it has one (lib_refdrop/diffusers.py ``call_model``). Returns eps."""
+    return call_model(host, x, sigma, context, cond_or_uncond, SCHEDULE.sigma_to_t)
+
+
+@contextmanager
+def installed(host: RefDropHook, patches: PassPatches | RefDropConfig | None) -> Iterator[RefDropHook]:
+    """A pass's ``patches`` on ``host`` for one generation, like a host installs them on a clone; plain after."""
+    apply_refdrop(host.unet, patches)
+    try:
+        yield host
+    finally:
+        host.config = RefDropConfig()
 
 
 class _CFGDenoiser:
     """``denoised = model(x, sigma)`` with CFG, calling the host with the hosts' row layout."""
 
-    def __init__(self, host: AttnHost, conds, uncond, cfg: float, layout: str, seen: list[float]):
+    def __init__(self, host: RefDropHook, conds, uncond, cfg: float, layout: str, seen: list[float]):
         if layout not in ("batched", "split"):
             raise ValueError(f"unknown layout {layout!r}")
         cond_chunks = [(0, c) for c in reversed(conds)]
@@ -66,7 +77,7 @@ class _CFGDenoiser:
         cond_eps, uncond_eps = [], None
         for call in self.calls:
             ctx = torch.cat([c.expand(b, -1, -1) for _, c in call])
-            eps = call_model(self.host, torch.cat([x] * len(call)), sigma, ctx, [f for f, _ in call])
+            eps = model_call(self.host, torch.cat([x] * len(call)), sigma, ctx, [f for f, _ in call])
             self.seen.append(float(sigma))
             for i, (flag, _) in enumerate(call):
                 chunk = eps[i * b:(i + 1) * b]
@@ -140,7 +151,7 @@ SAMPLERS: dict[str, Callable] = {"euler": _euler, "euler_a": _euler_a, "heun": _
 
 
 @torch.no_grad()
-def sample(host: AttnHost, *, steps: int = 4, sampler: str = "euler", scheduler: str = "normal", seed: int = 1,
+def sample(host: RefDropHook, *, steps: int = 4, sampler: str = "euler", scheduler: str = "normal", seed: int = 1,
            batch_size: int = 1, cfg: float = 7.0, layout: str = "batched", n_conds: int = 1, height: int = 16,
            width: int = 16, denoise: float = 1.0, init_latent: torch.Tensor | None = None, prompt_seed: int = 0,
            return_sigmas: bool = False, callback: Callable[[dict], None] | None = None):
