@@ -191,13 +191,14 @@ def zstd_ratios(rows: list[tuple[str, torch.Tensor]], forms: dict[str, Profile] 
 
 
 def zstd_report(args) -> None:
-    from toymodel.sampling import ToyPipeline
+    from devmodel.pipeline import Pipeline
+    from devmodel.toy import MODEL as TOY
 
     store = ReferenceStore(tempfile.mkdtemp(prefix="refdrop-zstd-"))
     host = SDHost(make_unet(args.arch, "tiny", seed=0))
     base = {"steps": args.steps, "sampler": "euler", "cfg": 7.0, "height": args.size, "width": args.size, "seed": 1}
     run_save(host, store, "random", args.arch, "exact", base)
-    pipe = ToyPipeline.load(steps=args.steps)
+    pipe = Pipeline.load(TOY, steps=args.steps)
     pipe.save_reference(store, "toy", "circle", 10_000, "exact")
     print(f"# zstd level {compression.LEVEL} ratio (bytes before / after) on slot files of each stored form, rows "
           f"cast to fp16; {args.arch}/tiny random weights at latent {args.size}², and the trained toy model")

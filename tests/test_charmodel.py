@@ -1,10 +1,10 @@
-"""RefDrop on the trained character model (charmodel/): its layout, exactness, and the effect measured from pixels.
+"""RefDrop on the trained character model (devmodel/char/): its layout, exactness, and the effect measured from pixels.
 
 The model has SD1.5's attn1 blocks at four token levels, so block names, groups and "skip the first up-sampling
 block" mean what they mean on SD1.5. The effect test measures one block of seeds (0..BLOCK_SIZE-1, against N_REFS
 references) and compares paired shares (same seeds and prompts, with and without RefDrop) with thresholds fixed,
 before this block was generated, from the spread over disjoint calibration blocks of the same size:
-threshold = mean - 3 sd of the block gaps (``python -m charmodel.measure``; table in charmodel/TRAINING.md).
+threshold = mean - 3 sd of the block gaps (``python -m devmodel.char.measure``; table in devmodel/char/TRAINING.md).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charmodel.ablation import Condition, measurement_patch
-from charmodel.data import (
+from devmodel.char import MODEL
+from devmodel.char.ablation import Condition, measurement_patch
+from devmodel.char.data import (
     BACKGROUNDS,
     BODIES,
     FREE,
@@ -26,26 +27,26 @@ from charmodel.data import (
     labels_of,
     random_labels,
 )
-from charmodel.masks import MASK_RFG, half_mask, with_left_half
-from charmodel.measure import BLOCK_SIZE, Generated, engine_patch, save_references
-from charmodel.sampling import CharPipeline
+from devmodel.char.masks import MASK_RFG, half_mask, with_left_half
+from devmodel.char.measure import BLOCK_SIZE, Generated, engine_patch, save_references
+from devmodel.pipeline import Pipeline
 from lib_refdrop.attn.patches import _first_up
+from lib_refdrop.diffusers import layer_map
 from lib_refdrop.reference.store import ReferenceStore
-from tests.support.hostsim import layer_map
 
 N_REFS = 3
-# Calibration: `python -m charmodel.measure --refs 3 --blocks 8 --sweep-blocks 2 --block-size 12 --profiles`
-# (8 blocks of 12 seeds x 3 references, seeds 12..107; table in charmodel/TRAINING.md), fixed before seeds 0..11 were
-# generated. Pooled share gap at c = 0.6 over the 8 blocks: mean +0.223, sd 0.051 -> mean - 3 sd = +0.070.
+# Calibration: `python -m devmodel.char.measure --refs 3 --blocks 8 --sweep-blocks 2 --block-size 12 --profiles`
+# (8 blocks of 12 seeds x 3 references, seeds 12..107; table in devmodel/char/TRAINING.md), fixed before seeds 0..11
+# were generated. Pooled share gap at c = 0.6 over the 8 blocks: mean +0.223, sd 0.051 -> mean - 3 sd = +0.070.
 POOLED_RISE_AT_06 = 0.07      # c = 0.6 minus plain, pooled share of background, head, body, pattern
 # The pose followed the prompt in every calibration image (96 plain, 288 at c = 0.6; sd 0: the 3-sd rule gives no
 # margin), so the floor allows 2 misses in the block's 36 images: 34 / 36.
 PROMPT_SHARE_MIN = 0.94       # share drawing the prompted pose, plain and at c = 0.6 (chance 1/3)
 
-# Calibration: `python -m charmodel.masks --blocks 4` and `... --first-seed 60` (8 blocks of 12 seeds x 3 references,
-# seeds 12..107, c = 1; charmodel/TRAINING.md), fixed before the test's block was generated with a mask. Mean gap of
-# background and body (what the left half holds) with a square left-half mask: +0.321, sd 0.037 over the 8 blocks ->
-# mean - 3 sd = +0.211 (the top-half mask: +0.174 ± 0.046).
+# Calibration: `python -m devmodel.char.masks --blocks 4` and `... --first-seed 60` (8 blocks of 12 seeds x 3
+# references, seeds 12..107, c = 1; devmodel/char/TRAINING.md), fixed before the test's block was generated with a
+# mask. Mean gap of background and body (what the left half holds) with a square left-half mask: +0.321, sd 0.037
+# over the 8 blocks -> mean - 3 sd = +0.211 (the top-half mask: +0.174 ± 0.046).
 LEFT_HALF_RISE_AT_1 = 0.21
 # The same gap, left-half mask minus top-half mask, paired per block: +0.148, sd 0.039 -> mean - 3 sd = +0.030.
 LEFT_OVER_TOP_AT_1 = 0.03
@@ -59,8 +60,8 @@ SD15_ATTN1_BLOCKS = {  # SD1.5's attn1 blocks by token level (0: the full latent
 @pytest.fixture(scope="module")
 def char(tmp_path_factory):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as charmodel.measure measured the thresholds; restored afterwards
-    pipe = CharPipeline.load()
+    torch.set_num_threads(1)  # as devmodel.char.measure measured the thresholds; restored afterwards
+    pipe = Pipeline.load(MODEL)
     store = ReferenceStore(tmp_path_factory.mktemp("char-refs"))
     refs = save_references(pipe, store, N_REFS)
     gen = Generated(pipe, refs, list(range(BLOCK_SIZE)))
@@ -89,7 +90,7 @@ def test_classifier_reads_clean_data():
 
 def test_layout_is_sd15s(char):
     """Block names, token levels and the first up-sampling block with attention are SD1.5's."""
-    layers = layer_map(char["pipe"].host.unet)
+    layers = layer_map(char["pipe"].hook.unet)
     by_level: dict[int, list[str]] = {}
     for layer in layers:
         prefix = {"input": "IN", "middle": "M", "output": "OUT"}[layer.block[0]]
@@ -116,13 +117,13 @@ def test_exact_use_at_the_save_seed_reproduces_the_save_image(char):
 
 
 def test_measurement_patch_equals_the_engines_use_patch(char):
-    """charmodel/ablation.py's patch, left unrestricted, is the engine's Use patch bit for bit: its ablations differ
+    """devmodel/char/ablation.py's patch, left unrestricted, is the engine's Use patch bit for bit: its ablations differ
     from the full guidance only by what they restrict."""
     pipe, store, ref = char["pipe"], char["store"], char["refs"][1]
     seeds, poses = [3, 4], ["out", "up"]
-    patch, close = measurement_patch(store, ref.name, 0.6, Condition("full", "full"))
+    patches, close = measurement_patch(store, ref.name, 0.6, Condition("full", "full"))
     try:
-        mine = pipe.generate(poses, seeds, patch)
+        mine = pipe.generate(poses, seeds, patches)
     finally:
         close()
     assert torch.equal(mine, pipe.use_reference(store, ref.name, 0.6, poses, seeds))

@@ -13,14 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
+from devmodel.pipeline import Pipeline, from_pil, to_pil
+from devmodel.sampling import SCHEDULE
+from devmodel.toy import MODEL
+from devmodel.toy.data import SIZE
 from lib_refdrop.attn.masks import KeyMask, mask_tensor
+from lib_refdrop.diffusers import attention
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.standalone import context, start_save, start_use
 from lib_refdrop.webui.hosts.image_pass import crop_to_size
-from tests.support.hostsim import host_attention
-from toymodel.data import SIZE
-from toymodel.sampling import FAMILY, SCHEDULE, ToyPipeline, from_pil, to_pil
 
 SHAPES = ["circle", "square", "triangle"]
 SEEDS = [1, 2, 3]
@@ -28,7 +30,7 @@ SEEDS = [1, 2, 3]
 
 @pytest.fixture(scope="module")
 def pipe():
-    return ToyPipeline.load()
+    return Pipeline.load(MODEL)
 
 
 def white_columns(width: int, height: int, start: int, stop: int) -> Image.Image:
@@ -46,8 +48,8 @@ def top_half(size: int = SIZE) -> Image.Image:
 
 def host_context(pipe, seed: int, **extra):
     """A pass whose image encoder crops to the generation's size before it encodes, as the hosts' does."""
-    return context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=seed,
-                   encode_image=lambda image: from_pil(crop_to_size(image, SIZE, SIZE)),
+    return context(MODEL.name, attention, SCHEDULE.percent_to_sigma, seed=seed,
+                   encode_image=lambda image: from_pil(crop_to_size(image, SIZE, SIZE), SIZE),
                    encode_prompt=lambda text: {"c_crossattn": pipe.prompts.of(text or None)}, **extra)
 
 
@@ -57,7 +59,7 @@ def used(pipe, store, batches=((SHAPES, SEEDS),), ctx_extra=None, **settings) ->
         for index, (shapes, seeds) in enumerate(batches):
             extra = {"batch_index": index, "batch_count": len(batches), **(ctx_extra or {})}
             patches = use.for_pass(host_context(pipe, seeds[0], **extra))
-            out.append(pipe.generate(list(shapes), list(seeds), patches.attn1, patches.model_wrapper))
+            out.append(pipe.generate(list(shapes), list(seeds), patches))
     return out
 
 
@@ -111,9 +113,9 @@ def test_the_batch_images_mask_is_cut_to_the_generations_aspect(pipe, tmp_path):
 def test_a_save_records_the_size_its_context_gives(pipe, tmp_path):
     """What a later Use cuts a mask to, where the caller's generation record lacks the size."""
     store = ReferenceStore(tmp_path)
-    ctx = context(FAMILY, host_attention, SCHEDULE.percent_to_sigma, seed=4, size=(SIZE, SIZE))
+    ctx = context(MODEL.name, attention, SCHEDULE.percent_to_sigma, seed=4, size=(SIZE, SIZE))
     with start_save(store, "sized", ctx) as save:
-        pipe.generate(["circle"], [4], save.patch, save.model_wrapper, save.input_patch)
+        pipe.generate(["circle"], [4], save.patches)
         save.finish({"seed": 4})
     generation = store.manifest("sized")["generation"]
     assert (generation["width"], generation["height"], generation["seed"]) == (SIZE, SIZE, 4)

@@ -137,9 +137,10 @@ def test_a_planted_trajectory_is_refused_by_name(tmp_path, edit, why):
 
 
 def test_a_save_from_an_image_with_a_trajectory_profile_is_refused_by_name(tmp_path):
-    from toymodel.sampling import ToyPipeline, to_pil
+    from devmodel.pipeline import Pipeline, to_pil
+    from devmodel.toy import MODEL
 
-    pipe = ToyPipeline.load(steps=2)
+    pipe = Pipeline.load(MODEL, steps=2)
     image = to_pil(pipe.generate(["circle"], [1])[0])
     with pytest.raises(RefDropError, match="keeps a generation's latents; an image is saved with a profile"):
         pipe.bake_image(ReferenceStore(tmp_path), "b", image, seed=1, profile=TRAJECTORY.name)

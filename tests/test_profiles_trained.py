@@ -1,8 +1,8 @@
-"""What each offered storage profile keeps of RefDrop's effect on the trained character model (charmodel/), and that
+"""What each offered storage profile keeps of RefDrop's effect on the trained character model (devmodel/char/), and that
 the default profile meets its goal: at most 1/8 of raw fp16 K/V, >= 95 % of the exact profile's effect on a trained
 model, same-seed PSNR >= 40 dB (>= 90 % on random weights: tests/test_profiles.py).
 
-Floors from `python -m charmodel.measure`'s ``effect_kept`` (3 references, 2 blocks of 12 seeds, c = 0.6; the
+Floors from `python -m devmodel.char.measure`'s ``effect_kept`` (3 references, 2 blocks of 12 seeds, c = 0.6; the
 continuous measure's sd over blocks is <= 0.005): lean 0.977, balanced 0.999, compact 0.860, trajectory 1.000;
 same-seed PSNR (c = 0.3 / 1) lean 56.5 / 48.8 dB, balanced 86.4 / 81.1, compact 41.7 / 34.8, trajectory bit-exact.
 This test's smaller run (1 reference, 4 seeds): the comments of TRAINED.
@@ -15,7 +15,7 @@ import math
 import pytest
 
 from benchmarks.profiles import reference_bytes
-from charmodel.measure import effect_kept
+from devmodel.char.measure import effect_kept
 from lib_refdrop.reference.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support.hostsim import AttnHost, make_unet

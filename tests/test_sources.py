@@ -17,17 +17,19 @@ import pytest
 import torch
 from PIL import Image
 
+from devmodel.pipeline import Pipeline, to_pil
+from devmodel.sampling import SCHEDULE
+from devmodel.toy import MODEL
+from devmodel.toy.data import SIZE
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference.store import ReferenceStore
-from toymodel.data import SIZE
-from toymodel.sampling import ToyPipeline, pass_context, to_pil
 
 SHAPES = ["circle", "square", "triangle"]
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return ToyPipeline.load()
+    return Pipeline.load(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +120,10 @@ def test_a_half_mask_changes_the_result(pipe, store):
 def test_a_save_from_an_image_leaves_its_generation_plain(pipe, tmp_path):
     store = ReferenceStore(tmp_path)
     image = to_pil(pipe.generate(["square"], [10_001])[0], scale=1)
-    ctx = pass_context(4, pipe.prompts)
     from lib_refdrop.standalone import start_save
 
-    with start_save(store, "baked", ctx, image=image) as save:
-        out = pipe.generate(["circle"], [4], save.patch, save.model_wrapper)
+    with start_save(store, "baked", pipe.pass_context(4), profile="exact", image=image) as save:
+        out = pipe.generate(["circle"], [4], save.patches)
         status = save.finish({"seed": 4})
     assert status.state == "saved"
     assert torch.equal(out, pipe.generate(["circle"], [4]))
@@ -155,7 +156,7 @@ def test_references_of_another_family_in_slot_2_are_refused(pipe, store):
     save_synthetic(store, "sd15-ref", {"seed": 1})  # saved with an SD1.5 model
     with start_use(store, reference="red", rfg=0.3, reference_2="sd15-ref", rfg_2=0.3) as use:
         with pytest.raises(RefDropError, match="'sd15-ref' was saved with an SD1.5 model"):
-            use.for_pass(pass_context(1, pipe.prompts))
+            use.for_pass(pipe.pass_context(1))
 
 
 def test_a_host_that_cannot_evaluate_images_says_so(pipe, store):
@@ -164,7 +165,7 @@ def test_a_host_that_cannot_evaluate_images_says_so(pipe, store):
     image = to_pil(pipe.generate(["square"], [1])[0], scale=1)
     with start_use(store, source="image", image=image, rfg=0.3) as use:
         with pytest.raises(RefDropError, match="cannot evaluate an image"):
-            use.for_pass(pass_context(1))
+            use.for_pass(pipe.hook.context(MODEL.name, SCHEDULE.percent_to_sigma, 1))  # no image encoder
 
 
 def test_an_image_reference_on_an_inpainting_model_is_refused():
@@ -241,4 +242,4 @@ def test_use_patch_refuses_a_source_that_needs_a_model_wrapper(pipe, store):
 
     image = to_pil(pipe.generate(["square"], [1])[0], scale=1)
     with pytest.raises(RefDropError, match="use start_use"):
-        use_patch(store, "", 0.3, pass_context(1, pipe.prompts), source="image", image=image)
+        use_patch(store, "", 0.3, pipe.pass_context(1), source="image", image=image)

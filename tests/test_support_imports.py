@@ -24,7 +24,7 @@ FAKE_HOST = REPO / "tests" / "support" / "fakehost"
 TESTS_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+tests\b", re.M)
 
 
-def sources(folders=("tests", "benchmarks", "tools", "devmodel", "toymodel", "charmodel")) -> list[Path]:
+def sources(folders=("tests", "benchmarks", "tools", "devmodel")) -> list[Path]:
     return sorted(p for folder in folders for p in (REPO / folder).rglob("*.py"))
 
 
@@ -43,6 +43,6 @@ def test_nothing_but_the_fake_host_edits_sys_path():
 def test_the_dev_models_and_benchmarks_do_not_import_the_tests():
     """They run on the library's diffusers host (lib_refdrop/diffusers.py) and devmodel/'s samplers, not on a test
     package."""
-    found = [str(p.relative_to(REPO)) for p in sources(("devmodel", "toymodel", "charmodel", "benchmarks"))
+    found = [str(p.relative_to(REPO)) for p in sources(("devmodel", "benchmarks"))
              if TESTS_IMPORT.search(p.read_text(encoding="utf-8"))]
     assert found == []

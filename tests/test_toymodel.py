@@ -1,10 +1,10 @@
-"""RefDrop's effect on a trained model (toymodel/): direction, diversity and prompt following, measured from pixels.
+"""RefDrop's effect on a trained model (devmodel/toy/): direction, diversity and prompt following, measured from pixels.
 
 Random-weight U-Nets (tests/support/hostsim) prove exactness; only a model whose attention means something shows the
 effect users want. The test measures one block of seeds (0..N_SEEDS-1, against N_REFS references) and compares
 paired shares (same seeds across c) with thresholds set, before looking at this block, from the spread over
 disjoint calibration blocks of the same size: threshold = mean - 3 sd of the block gaps (mean + 3 sd for gaps
-that should be negative). ``python -m toymodel.spread`` measures them; the table is in toymodel/TRAINING.md.
+that should be negative). ``python -m devmodel.toy.spread`` measures them; the table is in devmodel/toy/TRAINING.md.
 "look" = shape colour and background both as in the reference.
 """
 
@@ -13,11 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from devmodel.pipeline import Pipeline
+from devmodel.toy import MODEL
+from devmodel.toy.data import BACKGROUNDS, SHAPE_COLOURS, SHAPES, classify
+from devmodel.toy.measure import Shares, measure_rfg, prompts_for, save_references
 from lib_refdrop.reference.profiles import PROFILES
 from lib_refdrop.reference.store import ReferenceStore
-from toymodel.data import BACKGROUNDS, SHAPE_COLOURS, SHAPES, classify
-from toymodel.measure import Shares, measure_rfg, prompts_for, save_references
-from toymodel.sampling import ToyPipeline
 
 N_REFS = 3          # references: one per shape, different looks
 N_SEEDS = 18        # new images per reference and strength (6 per shape prompt): seeds 0..17
@@ -45,8 +46,8 @@ def gap(high: Shares, low: Shares, attr: str) -> tuple[float, str]:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as toymodel.spread measured the thresholds (and this block); restored afterwards
-    pipe = ToyPipeline.load()
+    torch.set_num_threads(1)  # as devmodel.toy.spread measured the thresholds (and this block); restored afterwards
+    pipe = Pipeline.load(MODEL)
     store = ReferenceStore(tmp_path_factory.mktemp("toy-refs"))
     refs = save_references(pipe, store, N_REFS)
     seeds = list(range(N_SEEDS))
@@ -105,7 +106,7 @@ def test_use_at_the_reference_seed_reproduces_it(toy):
 
 @pytest.mark.parametrize("profile", [name for name in PROFILES if name != "exact"])
 def test_every_profile_keeps_the_direction(toy, profile):
-    assert profile in PROFILE_RISE_AT_06, f"measure {profile}'s spread first: python -m toymodel.spread"
+    assert profile in PROFILE_RISE_AT_06, f"measure {profile}'s spread first: python -m devmodel.toy.spread"
     refs = save_references(toy["pipe"], toy["store"], N_REFS, profile=profile, prefix=f"{profile}-")
     use = measure_rfg(toy["pipe"], toy["store"], refs, 0.6, toy["seeds"])
     g, why = gap(use, toy["plain"], "both")

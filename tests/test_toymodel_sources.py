@@ -1,4 +1,4 @@
-"""The reference sources' effect on the trained toy model (toymodel/), measured from pixels: an image baked into a
+"""The reference sources' effect on the trained toy model (devmodel/toy/), measured from pixels: an image baked into a
 reference moves new images like the Save of the generation that drew it; a live image guides exactly as the baked
 one; a mask over the reference's shape carries its colour, the inverse mask its background; the batch's first image
 pulls the other images of the generation (later batches too) toward it.
@@ -7,7 +7,7 @@ Every gap is paired (a condition's share minus the share of the same seeds and p
 compared with a threshold fixed, before this block was measured, from the spread over disjoint calibration blocks
 of the same size: threshold = mean - 3 sd of the block gaps (mean + 3 sd for gaps that should be negative), rounded
 to 0.01 toward the safe side; a gap is checked only where that bound excludes zero. ``python -m
-toymodel.measure_sources`` measures them (toymodel/TRAINING.md: reference sources). c = 0.6 throughout; "look" =
+devmodel.toy.measure_sources`` measures them (devmodel/toy/TRAINING.md: reference sources). c = 0.6 throughout; "look" =
 shape colour and background both as in the reference (for the batch: as in image 0).
 """
 
@@ -16,21 +16,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_refdrop.reference.store import ReferenceStore
-from toymodel.measure_sources import (
+from devmodel.pipeline import Pipeline
+from devmodel.toy import MODEL
+from devmodel.toy.measure_sources import (
     BATCH_COUNT,
     batch_reference_gaps,
     guided_images,
     image_block_gaps,
     prepare_references,
 )
-from toymodel.sampling import ToyPipeline
+from lib_refdrop.reference.store import ReferenceStore
 
 N_SEEDS = 18        # image references and masks: seeds 0..17 (prompts cycling the shapes) x the 3 references
 BATCH_SEEDS = 72    # the batch's first image: seeds 0..71 in 12 generations of 6 (one prompt each)
 BATCH = f"batch x{BATCH_COUNT}"  # each generation as 2 batches of 3: image 0's own batch, then a later one
 
-# From `python -m toymodel.measure_sources --blocks 20` (its image part, 20 blocks of 18 seeds, seeds 18..377):
+# From `python -m devmodel.toy.measure_sources --blocks 20` (its image part, 20 blocks of 18 seeds, seeds 18..377):
 # mean - 3 sd of each gap, rounded down to 0.01 (mean, sd in the comments).
 # The Save of the references' own generations ("stored": background 0.231, 0.041; both 0.159, 0.034) is checked on
 # these very images by tests/test_toymodel.py (c = 0.6: background > 0.10, both > 0.05), so not again here.
@@ -64,8 +65,8 @@ BAKED_VS_LIVE_MAX = 1e-5
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as toymodel.measure_sources measured the thresholds; restored afterwards
-    pipe = ToyPipeline.load()
+    torch.set_num_threads(1)  # as devmodel.toy.measure_sources measured the thresholds; restored afterwards
+    pipe = Pipeline.load(MODEL)
     store = ReferenceStore(tmp_path_factory.mktemp("toy-sources"))
     yield dict(pipe=pipe, store=store, saved=prepare_references(pipe, store), seeds=list(range(N_SEEDS)))
     torch.set_num_threads(threads)

@@ -1,19 +1,20 @@
 """An RFG sweep picture for the README: docs/img/rfg-sweep.png.
 
 How it is made (say so wherever it is shown): this is NOT a WebUI host and NOT Stable Diffusion. It is the small
-trained toy model in toymodel/ (a diffusers U-Net on 16x16 RGB pixels, no VAE, a learned "prompt" per shape), driven
-through hostsim's attn1 host with RefDrop's own Save and Use code, exactly as toymodel/measure.py does. It stands in
+trained toy model in devmodel/toy/ (a diffusers U-Net on 16x16 RGB pixels, no VAE, a learned "prompt" per shape),
+driven through the library's diffusers host with RefDrop's own Save and Use code, exactly as devmodel/toy/measure.py
+does. It stands in
 for the WebUI's X/Y/Z plot of "[RefDrop] RFG coefficient", which cannot be rendered without a real host here.
 
 - One reference is saved with RefDrop Save (prompt ``REFERENCE_SHAPE``, seed ``REFERENCE_SEED``: a yellow circle
   on a purple background) into a temporary store. It was picked by eye among the plain images of seeds
-  10000..10031 (those toymodel/measure.py draws references from) as a clean one with a distinctive look.
+  10000..10031 (those devmodel/toy/measure.py draws references from) as a clean one with a distinctive look.
 - Each row is one new seed, generated with the same prompt and RefDrop Use of that reference at every c in
   ``RFGS`` (c = 0 is the plain model). The row seeds (``ROW_SEEDS``) were picked by eye, before this sweep was first
   run, among the plain images of seeds 0..31: clean images whose colour and background both differ from the
   reference, with different starting looks; they are shown as they came out, not re-picked after the sweep. An
-  illustration, not a measurement: toymodel/TRAINING.md has the measured shares over 108 images.
-- Sampler euler, 12 steps, CFG 3 (ToyPipeline's defaults); each 16x16 image is upscaled with nearest neighbour.
+  illustration, not a measurement: devmodel/toy/TRAINING.md has the measured shares over 108 images.
+- Sampler euler, 12 steps, CFG 3 (the toy model's defaults); each 16x16 image is upscaled with nearest neighbour.
 
     python -m tools.toy_sweep          # from the repository root; about 15 s on one CPU thread
 """
@@ -28,9 +29,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from devmodel.pipeline import Pipeline
+from devmodel.toy import MODEL
+from devmodel.toy.data import classify
 from lib_refdrop.reference.store import ReferenceStore
-from toymodel.data import classify
-from toymodel.sampling import ToyPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +72,7 @@ def rfg_label(c: float) -> str:
     return f"{text} (plain)" if c == 0 else text
 
 
-def generate(pipe: ToyPipeline) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
+def generate(pipe: Pipeline) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
     """The reference image and, per c, the row images ``[len(ROW_SEEDS), 3, 16, 16]``."""
     shapes = [REFERENCE_SHAPE] * len(ROW_SEEDS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +135,7 @@ def main(argv=None) -> None:
     out = parser.parse_args(argv).out
     torch.set_num_threads(1)
     started = time.monotonic()
-    pipe = ToyPipeline.load()
+    pipe = Pipeline.load(MODEL)
     reference, sweep = generate(pipe)
     describe(reference, sweep)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ Bytes decide RefDrop's speed (a raw SDXL 1024² reference is ~16.8 GB of fp16 K/
 - leave the uncond chunk out (``chunks="cond"``; ``uncond_use`` says what Use does for uncond rows then).
 ``exact`` keeps K and V as computed: Use at identical settings reproduces the Save image bit for bit.
 Fidelity of each profile is measured by ``python -m benchmarks.profiles`` (random weights) and
-``python -m toymodel.measure`` (a trained model).
+``python -m devmodel.toy.measure`` (a trained model).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How much RefDrop's measured gaps vary from one seed block to the next: the basis of the test margins.
 
-    python -m toymodel.spread [--blocks 8] [--block-size 36] [--refs 3] [--json out.json]
+    python -m devmodel.toy.spread [--blocks 8] [--block-size 36] [--refs 3] [--json out.json]
 
 The test (tests/test_toymodel.py) measures one block: seeds 0..N-1 against ``--refs`` references. This generates
 the test's block and ``--blocks`` more disjoint blocks of the same size (seeds N..2N-1, 2N..), with the same
@@ -25,14 +25,15 @@ import torch
 from lib_refdrop.reference.profiles import PROFILES
 from lib_refdrop.reference.store import ReferenceStore
 
+from ..pipeline import Pipeline
+from . import MODEL
 from .data import Attributes, classify
 from .measure import ATTRS, Reference, prompts_for, save_references, tally
-from .sampling import ToyPipeline
 
 STRENGTHS = (0.6, -0.5)
 
 
-def block_images(pipe: ToyPipeline, store: ReferenceStore, refs: dict[str, list[Reference]], seeds: list[int]
+def block_images(pipe: Pipeline, store: ReferenceStore, refs: dict[str, list[Reference]], seeds: list[int]
                  ) -> dict[str, list[tuple[Reference, list[Attributes]]]]:
     """Per condition ("plain", "c=0.6", "c=-0.5", "<profile> c=0.6"), per reference, every image's attributes.
 
@@ -84,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
-    pipe = ToyPipeline.load()
+    pipe = Pipeline.load(MODEL)
     size = args.block_size
     blocks = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 negative prompt during early steps", NGMS ``s_min_uncond``), used with full CFG at every step: which treatment of the
 uncond rows at a sigma where the reference has none keeps RefDrop's effect on the character model.
 
-    python -m charmodel.mixed_cfg [--refs 3] [--blocks 2] [--block-size 12]
+    python -m devmodel.char.mixed_cfg [--refs 3] [--blocks 2] [--block-size 12]
 
 Treatments: "interpolate" (the engine: the uncond rows of the saved slots that hold them, interpolated in
 log-sigma, the nearest at the ends) and "plain there" (the uncond rows stay unguided at such a sigma).
@@ -24,27 +24,30 @@ from dataclasses import dataclass
 
 import torch
 
-from devmodel.sampling import model_call
 from lib_refdrop.attn import sources
 from lib_refdrop.diffusers import attention
 from lib_refdrop.reference.address import current_sigma
 from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.run import PassPatches
+from lib_refdrop.standalone import start_save
 
+from ..pipeline import Pipeline, to_pil
+from ..sampling import SCHEDULE, model_call
+from . import MODEL
 from .data import classify
 from .measure import BLOCK_SIZE, PROFILE_RFG, Generated, Reference, save_references
-from .sampling import SCHEDULE, CharPipeline
 from .spread import blocks_of, spread
 
 LAYOUTS = {"first step": (0,), "early 25 %": (0, 1), "last 25 %": (6, 7)}  # cond-only step ordinals of 8
 
 
-def skipped_sigmas(pipe: CharPipeline, steps: tuple[int, ...]) -> set[float]:
+def skipped_sigmas(pipe: Pipeline, steps: tuple[int, ...]) -> set[float]:
     sigmas = SCHEDULE.get_sigmas(pipe.steps)
     return {float(sigmas[i]) for i in steps}
 
 
 @dataclass
-class MixedPipeline(CharPipeline):
+class MixedPipeline(Pipeline):
     """The Save's sampler evaluates the cond chunk alone (no CFG) at the sigmas of ``cond_only``."""
 
     cond_only: frozenset = frozenset()
@@ -55,7 +58,7 @@ class MixedPipeline(CharPipeline):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             if float(sigma) not in self.cond_only:
                 return full(x, sigma)
-            eps = model_call(self.host, x, sigma, prompts[x.shape[0]:], [0])
+            eps = model_call(self.hook, x, sigma, prompts[x.shape[0]:], [0])
             return x - sigma * eps
 
         return denoise
@@ -103,13 +106,10 @@ def plain_where_missing():
         sources.StoredRows.rows, sources.StoredRows.guides = rows, guides
 
 
-def save_hidden(pipe: CharPipeline, store: ReferenceStore, ref: Reference, name: str, cond_only: set[float]):
-    from lib_refdrop.standalone import start_save
-
-    from .sampling import pass_context, to_pil
-    with start_save(store, name, pass_context(ref.seed), profile="exact", overwrite=True) as save:
-        image = pipe.generate([ref.pose], [ref.seed], hiding_uncond(save.patch, cond_only))
-        save.finish({"pose": ref.pose, "seed": ref.seed}, to_pil(image[0]))
+def save_hidden(pipe: Pipeline, store: ReferenceStore, ref: Reference, name: str, cond_only: set[float]):
+    with start_save(store, name, pipe.pass_context(ref.seed), profile="exact", overwrite=True) as save:
+        image = pipe.generate([ref.pose], [ref.seed], PassPatches(attn1=hiding_uncond(save.patch, cond_only)))
+        save.finish({"pose": ref.pose, "seed": ref.seed}, to_pil(image[0], pipe.model.preview_scale))
     return Reference(name, ref.pose, ref.seed, classify(image[0]), image[0])
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
-    pipe = CharPipeline.load()
+    pipe = Pipeline.load(MODEL)
     with tempfile.TemporaryDirectory() as tmp:
         store = ReferenceStore(tmp)
         full = save_references(pipe, store, args.refs, prefix="full")
@@ -136,7 +136,7 @@ def main() -> None:
         print(f"{'-':<12} {'-':<11} {'full':<12} {full_gap / len(gens):>+11.3f} {1:>8.3f} {'1':>13}")
         for layout in args.layouts:
             cond_only = skipped_sigmas(pipe, LAYOUTS[layout])
-            mixed = MixedPipeline(pipe.host, pipe.prompts, cond_only=frozenset(cond_only))
+            mixed = MixedPipeline(pipe.model, pipe.hook, pipe.prompts, pipe.steps, cond_only=frozenset(cond_only))
             for made in ("controlled", "real"):
                 names = {}
                 for ref in full:

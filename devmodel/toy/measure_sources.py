@@ -1,8 +1,8 @@
 """The reference sources' effect on the trained toy model, per block of seeds: the basis of the margins in
 tests/test_toymodel_sources.py.
 
-    python -m toymodel.measure_sources [--blocks 20] [--block-size 18] [--batch-block-size 72] [--parts all]
-    python -m toymodel.measure_sources --test-block       # only the test's own block (seeds 0..17, 0..71)
+    python -m devmodel.toy.measure_sources [--blocks 20] [--block-size 18] [--batch-block-size 72] [--parts all]
+    python -m devmodel.toy.measure_sources --test-block       # only the test's own block (seeds 0..17, 0..71)
 
 Every gap is paired: a condition's share minus the share of the same seeds and prompts generated plainly.
 - image references (the 3 references of tests/test_toymodel.py, Saved from their generation): new images at the
@@ -38,9 +38,10 @@ from PIL import Image
 
 from lib_refdrop.reference.store import ReferenceStore
 
+from ..pipeline import Pipeline, to_pil
+from . import MODEL
 from .data import BACKGROUNDS, SHAPE_COLOURS, SHAPES, Attributes, classify
 from .measure import Reference, Shares, prompts_for, save_references
-from .sampling import ToyPipeline, to_pil
 from .spread import summary
 
 RFG = 0.6
@@ -70,7 +71,7 @@ def share_of_matches(pairs: list[tuple[Attributes, Attributes, str]]) -> Shares:
 
 def shape_mask(image: torch.Tensor, look: Attributes) -> Image.Image:
     """A subject mask of a reference image ``[3, S, S]``: 255 where a pixel is nearer the reference's shape colour
-    than its background colour (toymodel/data.py's palette)."""
+    than its background colour (devmodel/toy/data.py's palette)."""
     rgb = ((image.clamp(-1, 1) + 1) / 2).permute(1, 2, 0)
     to_shape = (rgb - torch.tensor(SHAPE_COLOURS[look.colour])).norm(dim=-1)
     to_background = (rgb - torch.tensor(BACKGROUNDS[look.background])).norm(dim=-1)
@@ -92,7 +93,7 @@ class SavedReference:
     mask: Image.Image
 
 
-def prepare_references(pipe: ToyPipeline, store: ReferenceStore, count: int = N_REFS) -> list[SavedReference]:
+def prepare_references(pipe: Pipeline, store: ReferenceStore, count: int = N_REFS) -> list[SavedReference]:
     out = []
     for ref in save_references(pipe, store, count):
         image = pipe.generate([ref.shape], [ref.seed])[0]   # the Save's own image (Save leaves it plain)
@@ -100,7 +101,7 @@ def prepare_references(pipe: ToyPipeline, store: ReferenceStore, count: int = N_
     return out
 
 
-def guided_images(pipe: ToyPipeline, store: ReferenceStore, s: SavedReference, seeds: list[int],
+def guided_images(pipe: Pipeline, store: ReferenceStore, s: SavedReference, seeds: list[int],
                   condition: str) -> torch.Tensor:
     """The block's images (prompts cycling the shapes) under one condition of ``IMAGE_CONDITIONS`` for one
     reference; "baked" bakes the reference's image first, with the block's first seed (which seeds "live" too)."""
@@ -118,7 +119,7 @@ def guided_images(pipe: ToyPipeline, store: ReferenceStore, s: SavedReference, s
     return pipe.generate_with(store, batch, reference=s.ref.name, rfg=RFG, mask=mask)[0]
 
 
-def image_reference_images(pipe: ToyPipeline, store: ReferenceStore, saved: list[SavedReference],
+def image_reference_images(pipe: Pipeline, store: ReferenceStore, saved: list[SavedReference],
                            seeds: list[int], conditions=IMAGE_CONDITIONS) -> Images:
     """Per condition, per reference, the block's images."""
     return {c: [(s.ref, guided_images(pipe, store, s, seeds, c)) for s in saved] for c in conditions}
@@ -156,7 +157,7 @@ def pixel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().mean())
 
 
-def batch_generation(pipe: ToyPipeline, store: ReferenceStore, shapes: list[str], seeds: list[int],
+def batch_generation(pipe: Pipeline, store: ReferenceStore, shapes: list[str], seeds: list[int],
                      count: int) -> torch.Tensor:
     """One generation with the batch's first image as the reference: ``count`` batches of equal size."""
     size = len(seeds) // count
@@ -164,7 +165,7 @@ def batch_generation(pipe: ToyPipeline, store: ReferenceStore, shapes: list[str]
                                                 for i in range(0, len(seeds), size)], source="batch", rfg=RFG))
 
 
-def batch_reference_gaps(pipe: ToyPipeline, store: ReferenceStore, seeds: list[int],
+def batch_reference_gaps(pipe: Pipeline, store: ReferenceStore, seeds: list[int],
                          counts: tuple[int, ...] = (1, BATCH_COUNT)) -> dict[str, float]:
     """Per group of ``GROUP`` seeds, one generation per batch count in ``counts``. ``"<condition> <attr>"``: shares
     of images 1..n with image 0's attributes, guided minus plain (the same images generated plainly); image 0 is
@@ -200,7 +201,7 @@ def batch_reference_gaps(pipe: ToyPipeline, store: ReferenceStore, seeds: list[i
     return row
 
 
-def image_block_gaps(pipe: ToyPipeline, store: ReferenceStore, saved: list[SavedReference], seeds: list[int],
+def image_block_gaps(pipe: Pipeline, store: ReferenceStore, saved: list[SavedReference], seeds: list[int],
                      conditions=IMAGE_CONDITIONS) -> tuple[dict[str, float], Images]:
     """The image references' and masks' gaps over one block of seeds (with the paired contrasts), and the images."""
     shapes = prompts_for(len(seeds))
@@ -241,7 +242,7 @@ def main() -> None:
     if not args.test_block and (start < size or bstart < bsize):
         raise SystemExit("calibration blocks must not overlap the test's seeds (0..size-1, 0..batch size-1)")
     images_on, batch_on = args.parts in ("all", "images"), args.parts in ("all", "batch")
-    pipe = ToyPipeline.load()
+    pipe = Pipeline.load(MODEL)
     rows, worst = [], []
     with tempfile.TemporaryDirectory() as tmp:
         store = ReferenceStore(Path(tmp))

@@ -1,6 +1,6 @@
 """RefDrop's effect on the trained toy model, measured from pixels.
 
-    python -m toymodel.measure [--refs 6] [--seeds 60]
+    python -m devmodel.toy.measure [--refs 6] [--seeds 60]
 
 For a few references (saved with RefDrop Save at their own seed and shape), new images at other seeds and with
 every shape prompt are generated with RefDrop Use at several strengths c. Printed per c:
@@ -25,8 +25,9 @@ import torch
 from lib_refdrop.reference.profiles import PROFILES
 from lib_refdrop.reference.store import ReferenceStore
 
+from ..pipeline import Pipeline
+from . import MODEL
 from .data import SHAPES, Attributes, classify
-from .sampling import ToyPipeline
 
 ATTRS = ("colour", "background", "both", "prompt")
 RFGS = (0.0, 0.2, 0.4, 0.6, 1.0, -0.5)
@@ -63,23 +64,15 @@ def prompts_for(n: int) -> list[str]:
     return [SHAPES[i % len(SHAPES)] for i in range(n)]
 
 
-def save_references(pipe: ToyPipeline, store: ReferenceStore, count: int, profile: str = "exact",
+def save_references(pipe: Pipeline, store: ReferenceStore, count: int, profile: str = "exact",
                     prefix: str = "ref") -> list[Reference]:
     """The first ``count`` reference seeds whose image clearly shows the prompted shape (shapes in turn)."""
-    refs: list[Reference] = []
-    seed = REFERENCE_SEEDS
-    while len(refs) < count:
-        shape = SHAPES[len(refs) % len(SHAPES)]
-        name = f"{prefix}{len(refs)}"
-        look = classify(pipe.save_reference(store, name, shape, seed, profile))
-        if look.shape == shape and look.colour is not None:
-            refs.append(Reference(name, shape, seed, look))
-        else:
-            store.delete(name)
-        seed += 1
-        if seed > REFERENCE_SEEDS + 20 * count:
-            raise RuntimeError("the model rarely draws its prompt: retrain it")
-    return refs
+    def shows(image, shape):
+        look = classify(image)
+        return look.shape == shape and look.colour is not None
+
+    return [Reference(name, shape, seed, classify(image)) for name, shape, seed, image in
+            pipe.save_first_references(store, count, shows, profile, prefix, REFERENCE_SEEDS)]
 
 
 def tally(per_ref: list[tuple[Reference, list[Attributes]]], shapes: list[str]) -> Shares:
@@ -94,7 +87,7 @@ def tally(per_ref: list[tuple[Reference, list[Attributes]]], shapes: list[str]) 
     return Shares(n, colour / n, background / n, both / n, prompt / n)
 
 
-def measure_rfg(pipe: ToyPipeline, store: ReferenceStore, refs: list[Reference], rfg: float, seeds: list[int],
+def measure_rfg(pipe: Pipeline, store: ReferenceStore, refs: list[Reference], rfg: float, seeds: list[int],
                 plain: list[Attributes] | None = None) -> Shares:
     """Shares at strength ``rfg`` (c = 0 generates once, plainly, and compares with every reference)."""
     shapes = prompts_for(len(seeds))
@@ -106,7 +99,7 @@ def measure_rfg(pipe: ToyPipeline, store: ReferenceStore, refs: list[Reference],
     return tally(per_ref, shapes)
 
 
-def plain_variety(pipe: ToyPipeline, seeds: list[int]) -> dict[str, int]:
+def plain_variety(pipe: Pipeline, seeds: list[int]) -> dict[str, int]:
     """How many distinct values each attribute takes in plain samples (the data set is not trivial)."""
     seen = [classify(img) for img in pipe.generate(prompts_for(len(seeds)), seeds)]
     return {"colour": len({a.colour for a in seen} - {None}),
@@ -127,7 +120,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
-    pipe = ToyPipeline.load()
+    pipe = Pipeline.load(MODEL)
     seeds = list(range(args.seeds))
     with tempfile.TemporaryDirectory() as tmp:
         store = ReferenceStore(Path(tmp))

@@ -1,6 +1,6 @@
 """RefDrop's effect on the trained character model, measured from pixels, with spreads over disjoint seed blocks.
 
-    python -m charmodel.measure [--refs 3] [--blocks 4] [--block-size 12] [--profiles]
+    python -m devmodel.char.measure [--refs 3] [--blocks 4] [--block-size 12] [--profiles]
 
 References are saved with RefDrop Save at their own seed and pose; new images at other seeds, prompts cycling the
 poses, are generated with RefDrop Use at several strengths c. Per c: the share of new images that take each of the
@@ -27,8 +27,9 @@ from benchmarks.candidates import CANDIDATES, offering
 from lib_refdrop.reference.profiles import PROFILES, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 
+from ..pipeline import Pipeline
+from . import MODEL
 from .data import FREE, POSES, Attributes, classify
-from .sampling import CharPipeline
 from .spread import Spread, blocks_of, spread
 
 RFGS = (0.0, 0.2, 0.4, 0.6, 1.0, -0.5)
@@ -53,28 +54,16 @@ def poses_for(n: int) -> list[str]:
     return [POSES[i % len(POSES)] for i in range(n)]
 
 
-def save_references(pipe: CharPipeline, store: ReferenceStore, count: int, profile: str = "exact",
+def save_references(pipe: Pipeline, store: ReferenceStore, count: int, profile: str = "exact",
                     prefix: str = "ref") -> list[Reference]:
     """The first ``count`` reference seeds whose image shows the prompted pose (poses in turn); ``exact`` unless
     said, whatever the engine's default is: every measure here is relative to it."""
-    refs: list[Reference] = []
-    seed = REFERENCE_SEEDS
-    while len(refs) < count:
-        pose = POSES[len(refs) % len(POSES)]
-        name = f"{prefix}{len(refs)}"
-        image = pipe.save_reference(store, name, pose, seed, profile)
-        look = classify(image)
-        if look.pose == pose:
-            refs.append(Reference(name, pose, seed, look, image))
-        else:
-            store.delete(name)
-        seed += 1
-        if seed > REFERENCE_SEEDS + 20 * count:
-            raise RuntimeError("the model rarely draws its prompt: retrain it")
-    return refs
+    return [Reference(name, pose, seed, classify(image), image) for name, pose, seed, image in
+            pipe.save_first_references(store, count, lambda image, pose: classify(image).pose == pose, profile,
+                                       prefix, REFERENCE_SEEDS)]
 
 
-def save_like(pipe: CharPipeline, store: ReferenceStore, refs: list[Reference], profile: str) -> list[Reference]:
+def save_like(pipe: Pipeline, store: ReferenceStore, refs: list[Reference], profile: str) -> list[Reference]:
     """The same references (seeds, poses) saved with another storage profile, named ``<profile>-<name>``."""
     out = []
     for ref in refs:
@@ -107,7 +96,7 @@ def shares(per_ref: list[tuple[Reference, list[Attributes]]], poses: list[str]) 
 class Generated:
     """Images per (condition, reference) over one block of seeds, generated in one batch each, and their classes."""
 
-    def __init__(self, pipe: CharPipeline, refs: list[Reference], seeds: list[int]):
+    def __init__(self, pipe: Pipeline, refs: list[Reference], seeds: list[int]):
         self.pipe, self.refs, self.seeds = pipe, refs, seeds
         self.poses = poses_for(len(seeds))
         self.images: dict[str, list[torch.Tensor]] = {}
@@ -118,12 +107,12 @@ class Generated:
         self._keep("plain", [image] * len(self.refs))
 
     def add(self, key: str, patch_of) -> None:
-        """``patch_of(ref, first_seed)`` -> (attn1 patch, cleanup or None) for each reference."""
+        """``patch_of(ref, first_seed)`` -> (a pass's PassPatches, cleanup or None) for each reference."""
         out = []
         for ref in self.refs:
-            patch, cleanup = patch_of(ref, self.seeds[0])
+            patches, cleanup = patch_of(ref, self.seeds[0])
             try:
-                out.append(self.pipe.generate(self.poses, self.seeds, patch))
+                out.append(self.pipe.generate(self.poses, self.seeds, patches))
             finally:
                 if cleanup is not None:
                     cleanup()
@@ -154,7 +143,7 @@ class Generated:
         return sum(values) / len(values) if values else math.nan
 
 
-def engine_patch(pipe: CharPipeline, store: ReferenceStore, rfg: float, **settings):
+def engine_patch(pipe: Pipeline, store: ReferenceStore, rfg: float, **settings):
     """``patch_of`` for Generated.add: the engine's Use patch of each reference at ``rfg``."""
     return lambda ref, seed: pipe.use_patches(store, ref.name, rfg, seed, **settings)
 
@@ -184,7 +173,7 @@ class EffectKept:
 _BASELINES: dict[tuple, tuple[list[Reference], list[Generated]]] = {}
 
 
-def _baseline(pipe: CharPipeline, store: ReferenceStore, refs: int, blocks: int, block_size: int, rfg: float,
+def _baseline(pipe: Pipeline, store: ReferenceStore, refs: int, blocks: int, block_size: int, rfg: float,
               first_seed: int) -> tuple[list[Reference], list[Generated]]:
     """The exact references and the plain and exact images of every block, made once per store and settings."""
     key = (id(pipe), str(store.root), refs, blocks, block_size, rfg, first_seed)
@@ -201,7 +190,7 @@ def _baseline(pipe: CharPipeline, store: ReferenceStore, refs: int, blocks: int,
     return _BASELINES[key]
 
 
-def effect_kept(store: ReferenceStore, profile_name: str, *, pipe: CharPipeline | None = None, refs: int = 3,
+def effect_kept(store: ReferenceStore, profile_name: str, *, pipe: Pipeline | None = None, refs: int = 3,
                 blocks: int = 4, block_size: int = BLOCK_SIZE, rfg: float = PROFILE_RFG,
                 first_seed: int = BLOCK_SIZE) -> EffectKept:
     """The share of the exact profile's RefDrop effect that storage profile ``profile_name`` keeps.
@@ -212,7 +201,7 @@ def effect_kept(store: ReferenceStore, profile_name: str, *, pipe: CharPipeline 
     """
     get_profile(profile_name)  # an offered profile or a read-only one; RefDropError naming the offered ones
     started = time.monotonic()
-    pipe = pipe or CharPipeline.load()
+    pipe = pipe or Pipeline.load(MODEL)
     exact, made = _baseline(pipe, store, refs, blocks, block_size, rfg, first_seed)
     with offering(CANDIDATES.values()):
         mine = exact if profile_name == "exact" else save_like(pipe, store, exact, profile_name)
@@ -243,7 +232,7 @@ def effect_kept(store: ReferenceStore, profile_name: str, *, pipe: CharPipeline 
 
 # -- the c sweep ------------------------------------------------------------------------------------------------
 
-def sweep(pipe: CharPipeline, store: ReferenceStore, refs: list[Reference], seeds: list[int], block_size: int,
+def sweep(pipe: Pipeline, store: ReferenceStore, refs: list[Reference], seeds: list[int], block_size: int,
           rfgs=RFGS, sweep_blocks: int | None = None) -> dict[float, list[dict[str, float]]]:
     """Per c: one dict per block with the shares (keys of KEYS) and the gaps vs plain (``gap <key>``). Every block
     has plain and c = PROFILE_RFG (the tests' calibration); the other c only the first ``sweep_blocks`` blocks."""
@@ -301,7 +290,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
-    pipe = CharPipeline.load()
+    pipe = Pipeline.load(MODEL)
     size = args.block_size
     first = 0 if args.test_block else size
     seeds = list(range(first, first + (1 if args.test_block else args.blocks) * size))

@@ -1,6 +1,6 @@
 """Where RefDrop's effect lives on the character model: the effect left when guidance is applied to one part only.
 
-    python -m charmodel.ablation [--refs 3] [--seeds 24] [--block-size 6] [--rfg 0.6]
+    python -m devmodel.char.ablation [--refs 3] [--seeds 24] [--block-size 6] [--rfg 0.6]
 
 Each condition guides the same new images (seeds, pose prompts) by the same references at c = 0.6, restricted to
 - a block group (input / middle / output) or a token level (32², 16², 8², 4²) or all levels but one, or SD1.5's
@@ -34,9 +34,11 @@ from lib_refdrop.diffusers import attention, layer_map
 from lib_refdrop.reference.address import OccurrenceCounter, chunk_names, current_sigma, layer_id
 from lib_refdrop.reference.reader import ReferenceReader
 from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.run import PassPatches
 
+from ..pipeline import Pipeline
+from . import MODEL
 from .measure import BLOCK_SIZE, Generated, engine_patch, save_references
-from .sampling import CharPipeline
 from .spread import blocks_of, spread
 
 RFG = 0.6
@@ -61,10 +63,10 @@ class Condition:
         return (self.chunks, self.uncond_from, self.k_from, self.v_from) != (("uncond", "cond"), "uncond", "ref", "ref")
 
 
-def level_labels(pipe: CharPipeline) -> dict[int, list[str]]:
+def level_labels(pipe: Pipeline) -> dict[int, list[str]]:
     """Token level (0 = 32x32 tokens) -> the host block labels (IN01, ...) with attn1 there."""
     out: dict[int, list[str]] = {}
-    for layer in layer_map(pipe.host.unet):
+    for layer in layer_map(pipe.hook.unet):
         prefix = {"input": "IN", "middle": "M", "output": "OUT"}[layer.block[0]]
         label = f"{prefix}{layer.block[1]:02d}"
         if label not in out.setdefault(layer.level, []):
@@ -72,10 +74,10 @@ def level_labels(pipe: CharPipeline) -> dict[int, list[str]]:
     return out
 
 
-def conditions(pipe: CharPipeline) -> list[Condition]:
+def conditions(pipe: Pipeline) -> list[Condition]:
     levels = level_labels(pipe)
     every = [label for labels in levels.values() for label in labels]
-    side = pipe.host.unet.config.sample_size
+    side = pipe.model.size
     out = [Condition("full (every layer, step and chunk)", "full")]
     for group in ("input", "middle", "output"):
         others = tuple(g for g in ("input", "middle", "output") if g != group)
@@ -100,8 +102,9 @@ def conditions(pipe: CharPipeline) -> list[Condition]:
 
 
 def measurement_patch(store: ReferenceStore, name: str, rfg: float, condition: Condition):
-    """An attn1 patch guiding by stored reference ``name`` as ``condition`` says, and the function that closes the
-    reference. Only for measuring: no step window, blocks or masks (those go through the engine)."""
+    """The patches of a pass guiding by stored reference ``name`` as ``condition`` says (an attn1 patch), and the
+    function that closes the reference. Only for measuring: no step window, blocks or masks (those go through the
+    engine)."""
     reader = ReferenceReader(store.open(name))
     source = StoredRows(reader)
     counter = OccurrenceCounter()
@@ -129,16 +132,16 @@ def measurement_patch(store: ReferenceStore, name: str, rfg: float, condition: C
                 out[i * call.rows:(i + 1) * call.rows] = own[i * call.rows:(i + 1) * call.rows]
         return out
 
-    return patch, reader.close
+    return PassPatches(attn1=patch), reader.close
 
 
-def patch_of(pipe: CharPipeline, store: ReferenceStore, rfg: float, condition: Condition):
+def patch_of(pipe: Pipeline, store: ReferenceStore, rfg: float, condition: Condition):
     if condition.custom:
         return lambda ref, seed: measurement_patch(store, ref.name, rfg, condition)
     return engine_patch(pipe, store, rfg, **condition.settings)
 
 
-def run(pipe: CharPipeline, store: ReferenceStore, refs, seeds: list[int], block_size: int, rfg: float,
+def run(pipe: Pipeline, store: ReferenceStore, refs, seeds: list[int], block_size: int, rfg: float,
         chosen: list[Condition]) -> dict[str, list[dict[str, float]]]:
     """Per condition: one dict per block with ``gap`` (pooled share gap), ``prompt`` (prompt gap), ``kept``
     (continuous vs full) and ``full gap``."""
@@ -185,7 +188,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
-    pipe = CharPipeline.load()
+    pipe = Pipeline.load(MODEL)
     chosen = conditions(pipe)
     if args.only:
         kinds = set(args.only.split(","))

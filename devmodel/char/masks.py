@@ -1,6 +1,6 @@
 """What a half mask transfers on the trained character model, with spreads over disjoint seed blocks.
 
-    python -m charmodel.masks [--refs 3] [--blocks 4] [--block-size 12] [--rfg 1.0] [--first-seed 12]
+    python -m devmodel.char.masks [--refs 3] [--blocks 4] [--block-size 12] [--rfg 1.0] [--first-seed 12]
 
 A mask keeps the reference's tokens under its white half (attn/masks.py). The character stands in the middle, so
 the left half of a reference holds a wide strip of its background, half its head and half its torso, and the top
@@ -24,9 +24,10 @@ from PIL import Image
 
 from lib_refdrop.reference.store import ReferenceStore
 
+from ..pipeline import Pipeline
+from . import MODEL
 from .data import SIZE
 from .measure import BLOCK_SIZE, KEYS, Generated, engine_patch, save_references
-from .sampling import CharPipeline
 from .spread import blocks_of, spread
 
 MASK_RFG = 1.0  # half the reference's tokens pull half as hard: the strongest c keeps the effect well above noise
@@ -53,7 +54,7 @@ def half_mask(half: str, width: int = SIZE, height: int = SIZE) -> Image.Image:
     return Image.fromarray(pixels, mode="L")
 
 
-def measure(pipe: CharPipeline, store: ReferenceStore, refs, seeds: list[int], block_size: int,
+def measure(pipe: Pipeline, store: ReferenceStore, refs, seeds: list[int], block_size: int,
             rfg: float = MASK_RFG) -> dict[str, list[dict[str, float]]]:
     """Per half: one dict of gaps vs plain (MEASURES) per block."""
     out: dict[str, list[dict[str, float]]] = {"left": [], "top": []}
@@ -88,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.monotonic()
-    pipe = CharPipeline.load()
+    pipe = Pipeline.load(MODEL)
     size = args.block_size
     if args.first_seed < size:
         ap.error("seeds 0..block-size-1 are the test's block")

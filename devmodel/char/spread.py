@@ -1,4 +1,4 @@
-"""Spreads over disjoint seed blocks: every measure of charmodel/ is a mean over blocks with its sample sd.
+"""Spreads over disjoint seed blocks: every measure of devmodel/char/ is a mean over blocks with its sample sd.
 
 A block is a run of consecutive new-image seeds; gaps are paired (a condition minus plain at the same seeds and
 prompts), so the seed-to-seed variety of plain images cancels out of them.
