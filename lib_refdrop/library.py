@@ -144,6 +144,7 @@ def export(store: ReferenceStore, name: str) -> tuple[str, object, int]:
     try:
         with on_disk():
             size = bundle.write_reference_file(store, name, out)
+        out.flush()
     except BaseException:
         out.close()
         raise

@@ -298,8 +298,8 @@ def _check_tensors(manifest: dict, spans: dict[str, tuple[int, int]], label: str
             raise _refused(label, f"{file} has {spans[file][1]} bytes; its manifest records {entry['bytes']}")
     for picture in PICTURES:
         if picture in spans and spans[picture][1] > MAX_PREVIEW_BYTES:
-            raise _refused(label, f"{picture} has {spans[picture][1]} bytes, more than the "
-                                  f"{MAX_PREVIEW_BYTES // 2**20} MB a picture may have")
+            raise _refused(label, f"{picture} has {spans[picture][1]} bytes, more than the {MAX_PREVIEW_BYTES} a "
+                                  "picture may have")
 
 
 def check_contents(opened: OpenFile, label: str) -> None:
@@ -345,6 +345,8 @@ def import_reference(store: ReferenceStore, source, name: str | None = None, ove
     owned = not hasattr(source, "fileno")
     label = label or (Path(source).name if owned else "the received file")
     try:
+        if not owned:
+            source.flush()  # what was written to it is read through its descriptor
         fd = open_regular(Path(source)) if owned else source.fileno()
     except NotRegularFile as exc:
         raise _refused(label, str(exc)) from None
