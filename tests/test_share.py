@@ -343,3 +343,38 @@ def test_library_export_and_import(stores):
         library.import_file(receiver, exported, "a/b")
     assert standalone.import_reference is bundle.import_reference
     assert standalone.export_reference is bundle.export_reference
+
+
+# -- the WebUI panel --------------------------------------------------------------------------------------------------
+
+
+def test_the_panel_exports_a_download_and_imports_an_upload(stores):
+    import gradio as gr
+
+    from lib_refdrop.webui import panel
+
+    sender, receiver = stores
+    make_reference(sender, "cat")
+    with gr.Blocks() as demo:
+        controls = panel.build(elem_id=lambda item: f"refdrop_{item}", get_store=lambda: receiver)
+
+    def wired(component, trigger):
+        return [demo.fns[index].fn for index, dependency in enumerate(demo.dependencies)
+                if component._id in dependency["targets"] and dependency["trigger"] == trigger]
+
+    first, message = panel.export_file(sender, "cat")
+    assert first.endswith("/cat.refdrop.safetensors") and "download **cat.refdrop.safetensors**" in message
+    path, _ = panel.export_file(sender, "cat")
+    assert not os.path.exists(first) and os.path.exists(path)  # the previous export's folder is gone
+    assert panel.export_file(sender, "") == (None, "Select a reference to export.")
+    on_import, on_slots = wired(controls.extras["import_file"], "upload")
+    upload = type("TempFile", (), {"name": path})()  # gradio 3's temporary file object; gradio 4 gives the path
+    dropdown, status, shown, cleared = on_import(upload, {"choices": [], "status": "", "polls": 0})
+    assert dropdown["value"] == "cat" and "cat" in dropdown["choices"] and shown["choices"] == ["cat"]
+    assert status == "Imported **cat.refdrop.safetensors** as reference **cat**." and cleared["value"] is None
+    assert all("cat" in update["choices"] for update in on_slots("", ""))  # references 2 and 3 list it too
+    message, choices, name = panel.import_file(receiver, path)
+    assert name is None and "a reference named 'cat' already exists" in message and choices == ["cat"]
+    (on_export,) = wired(controls.extras["export"], "click")
+    download, message = on_export("cat")
+    assert download["value"].endswith("cat.refdrop.safetensors") and "Reference **cat** is one file" in message
