@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import tempfile
 from contextlib import contextmanager
+from urllib.parse import quote
 
 from .errors import RefDropError, ReferenceExists, ReferenceNotFound
 from .reference import bundle
@@ -149,6 +150,13 @@ def export(store: ReferenceStore, name: str) -> tuple[str, object, int]:
         out.close()
         raise
     return bundle.file_name(name), out, size
+
+
+def content_disposition(file: str) -> str:
+    """The ``Content-Disposition`` of a download of ``file``: its name as ASCII (what curl -J reads) and exactly, in
+    UTF-8 (RFC 6266, what browsers read)."""
+    ascii_name = file.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_").replace("\\", "_")
+    return f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(file, safe="")}'
 
 
 def import_file(store: ReferenceStore, received, name: str | None = None, overwrite: bool = False) -> dict:

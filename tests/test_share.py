@@ -378,3 +378,36 @@ def test_the_panel_exports_a_download_and_imports_an_upload(stores):
     (on_export,) = wired(controls.extras["export"], "click")
     download, message = on_export("cat")
     assert download["value"].endswith("cat.refdrop.safetensors") and "Reference **cat** is one file" in message
+
+
+# -- what a file costs -------------------------------------------------------------------------------------------------
+
+
+def test_the_size_formula_is_what_an_exported_trajectory_holds(stores, tmp_path, unet_host):
+    from benchmarks.share import overhead_bytes, tensors_of_file, trajectory_tensor_bytes
+
+    sender, _ = stores
+    save(unet_host, sender, "fox", profile="trajectory", **TINY)
+    data = bundle.export_reference(sender, "fox", tmp_path).read_bytes()
+    slots = tensors_of_file(data)
+    first = slots[min(slots)]
+    latent, text = first["latent"], first["conditioning/cond0/c_crossattn"]
+    assert all(t.dtype == torch.float32 for slot in slots.values() for t in slot.values())  # the CPU's precision
+    stored = sum(t.numel() * t.element_size() for slot in slots.values() for t in slot.values())
+    assert stored == trajectory_tensor_bytes(latent.numel(), TINY["steps"], text.numel(), 2, 4)
+    assert overhead_bytes(data) < 8_000  # headers and the manifest: the formula leaves out only these and pictures
+
+
+def test_the_readmes_sizes_are_the_formulas():
+    import re
+    from pathlib import Path
+
+    from benchmarks.share import ITEMSIZES, SIZES, megabytes, trajectory_file_bytes
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Share a character"):]
+    for label, (arch, side) in SIZES.items():
+        row = re.search(rf"^\| {re.escape(label)} \| ([^|]+) \| ([^|]+) \|", section, re.MULTILINE)
+        assert row is not None, label
+        assert [cell.strip() for cell in row.groups()] == [
+            megabytes(trajectory_file_bytes(arch, side, ITEMSIZES[precision])) for precision in ("fp16", "fp32")]

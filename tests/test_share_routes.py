@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from lib_refdrop import library
 from lib_refdrop.comfyui.folders import Library
 from lib_refdrop.comfyui.routes import add_routes
 from lib_refdrop.reference import bundle
@@ -40,6 +41,8 @@ def test_the_webui_api_exports_and_imports(stores, tmp_path):
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/octet-stream"
     assert 'filename="cat.refdrop.safetensors"' in answer.headers["content-disposition"]
     assert answer.content == bundle.export_reference(sender, "cat", tmp_path).read_bytes()
+    assert library.content_disposition("猫.refdrop.safetensors") == (
+        "attachment; filename=\"_.refdrop.safetensors\"; filename*=UTF-8''%E7%8C%AB.refdrop.safetensors")
     api = client(receiver)
     imported = api.post(REFS, content=answer.content)
     assert imported.status_code == 200 and imported.json()["name"] == "cat"
@@ -139,7 +142,8 @@ def test_comfyuis_routes_export_and_import(stores, tmp_path):
         return asyncio.run(routes.table[(method, REFS + path)](_Request(*args, **kwargs)))
 
     exported = call("GET", "/{name}/export", "cat")  # found in the second folder
-    assert exported.headers["Content-Disposition"] == "attachment; filename*=UTF-8''cat.refdrop.safetensors"
+    assert exported.headers["Content-Disposition"] == (
+        "attachment; filename=\"cat.refdrop.safetensors\"; filename*=UTF-8''cat.refdrop.safetensors")
     assert exported.body == bundle.export_reference(sender, "cat", tmp_path).read_bytes()
     status, body = call("POST", "", body=exported.body, query={"name": "tom"})
     assert status == 200 and body["name"] == "tom" and receiver.exists("tom")  # into the first folder

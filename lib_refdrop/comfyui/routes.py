@@ -20,7 +20,6 @@ import asyncio
 import json
 import tempfile
 from collections.abc import Callable
-from urllib.parse import quote
 
 from .. import library
 from ..errors import RefDropError
@@ -119,7 +118,7 @@ def add_routes(routes, lib: Library, web=None) -> None:
         try:
             response = web.StreamResponse(headers={
                 "Content-Type": "application/octet-stream", "Content-Length": str(size), "Cache-Control": "no-store",
-                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(file, safe='')}"})
+                "Content-Disposition": library.content_disposition(file)})
             await response.prepare(request)
             for chunk in bundle.chunks_of(exported, size):
                 await response.write(chunk)

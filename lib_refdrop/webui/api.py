@@ -24,7 +24,6 @@ import tempfile
 import unicodedata
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -396,10 +395,9 @@ def _export_response(store: ReferenceStore, name: str) -> StreamingResponse:
         finally:
             received.close()
 
-    quoted = file.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
-    disposition = f'attachment; filename="{quoted}"; filename*=UTF-8\'\'{quote(file, safe="")}'
     return StreamingResponse(chunks(), media_type="application/octet-stream",
-                             headers={"Content-Disposition": disposition, "Content-Length": str(size),
+                             headers={"Content-Disposition": library.content_disposition(file),
+                                      "Content-Length": str(size),
                                       "Cache-Control": "no-store"})
 
 
