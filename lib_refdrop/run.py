@@ -148,7 +148,7 @@ class RefDropRun:
     def _dit_pass(self, ctx: PassContext) -> PassPatches:
         """The same plan computed inside every block's joint attention, on the image tokens (dit/guide.py); the
         model function wrapper keeps each model call's options for the blocks."""
-        problem = dit_unsupported(self.settings, self.save_profile(ctx.family))
+        problem = dit_unsupported(self.settings, self.save_profile(ctx.family), ctx.family)
         if problem:
             raise RefDropError(problem)
         blocks = FluxRefDrop(None, ctx.attention, ctx.dit_ops, own_needed=not self.settings.saving)
@@ -156,7 +156,7 @@ class RefDropRun:
         if planned.attn1 is None:  # c = 0 (an image's pass comes with a patch, and DiT refuses images anyway)
             return PassPatches()
         if ctx.earlier_blocks:
-            message = (f"RefDrop: another extension already replaces blocks of this Flux model "
+            message = (f"RefDrop: another extension already replaces blocks of this {families.label(ctx.family)} model "
                        f"({', '.join(ctx.earlier_blocks[:3])}); RefDrop cannot run together with it")
             if self.writer is not None and not self.writer.ended:  # the Save this pass began never runs
                 self.writer.abort(message)
@@ -340,33 +340,34 @@ _NOTHING_RECORDED = {
 }
 
 
-def dit_unsupported(settings, profile: str = "") -> str | None:
-    """What a pass on a DiT model cannot do (yet), or None; ``profile``: the Save's storage profile
+def dit_unsupported(settings, profile: str = "", family: str = "flux") -> str | None:
+    """What a pass on a DiT model of ``family`` cannot do (yet), or None; ``profile``: the Save's storage profile
     (``RefDropRun.save_profile``)."""
+    name = families.label(family)
     if settings.saving:
-        problem = _dit_profile_problem(settings.profile or profile)
+        problem = _dit_profile_problem(settings.profile or profile, name)
         if problem:
             return problem
     if settings.saving and settings.save_from == "image":
-        return ("RefDrop: a Save from an image does not work with Flux models yet; save a reference from a "
+        return (f"RefDrop: a Save from an image does not work with {name} models yet; save a reference from a "
                 "generation instead")
     if settings.using and any(slot.source == "image" and slot.rfg != 0 for slot in settings.slots):
-        return ("RefDrop: an image as the reference does not work with Flux models yet; use a saved reference or "
-                "the first image of the batch")  # the pass would need Flux's own prompt conditioning
+        return (f"RefDrop: an image as the reference does not work with {name} models yet; use a saved reference "
+                "or the first image of the batch")  # the pass would need the model's own prompt conditioning
     return None
 
 
-def _dit_profile_problem(name: str) -> str | None:
-    """A profile that keeps each layer's input cannot work: a Flux block's K also depends on the conditioning
-    vector and the positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps
-    the distilled guidance Flux is evaluated with (without it the reference would be evaluated wrongly)."""
-    keep = getattr(get_profile(name), "keep", "kv")
+def _dit_profile_problem(profile: str, name: str) -> str | None:
+    """A profile that keeps each layer's input cannot work: a DiT block's K also depends on its modulation and the
+    positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps the distilled
+    guidance the model is evaluated with (without it the reference would be evaluated wrongly)."""
+    keep = getattr(get_profile(profile), "keep", "kv")
     if keep == "input":
-        return (f"RefDrop: the storage profile '{name}' keeps each layer's input, which does not work with Flux "
+        return (f"RefDrop: the storage profile '{profile}' keeps each layer's input, which does not work with {name} "
                 "models; choose exact, balanced or compact")
     if keep == "trajectory" and "guidance" not in CONDITIONING_KEYS:
-        return (f"RefDrop: the storage profile '{name}' does not keep Flux's guidance yet; choose exact, balanced "
-                "or compact")
+        return (f"RefDrop: the storage profile '{profile}' does not keep {name}'s guidance yet; choose exact, "
+                "balanced or compact")
     return None
 
 
