@@ -181,9 +181,9 @@ class RefDropRun:
             image = self._image_latent("image", self.settings.image, ctx)
             wrapper = reference_pass_wrapper([image])
             from_image = image.name
-        if profile.keep == "input":
+        if profile.kept.projected:
             input_patch = make_input_save_patch(self.recorder, from_image)
-        if profile.keep == "trajectory":
+        if profile.kept.evaluated_again:
             if from_image is not None:
                 raise RefDropError(f"RefDrop: profile '{profile.name}' keeps a generation's latents; an image is "
                                    "saved with a profile that stores the layers' rows")
@@ -198,7 +198,7 @@ class RefDropRun:
         if self.settings.profile:
             return self.settings.profile
         default = self.default_profile or DEFAULT_PROFILE
-        if get_profile(default).keep != "input":
+        if not get_profile(default).kept.projected:
             return default
         if family in families.DIT_FAMILIES:
             return DIT_DEFAULT_PROFILE
@@ -224,7 +224,7 @@ class RefDropRun:
                 if reader is None:
                     continue
                 layers = layers if layers is not None else list(reader.manifest["layers"])
-                if reader.profile.keep == "trajectory":  # evaluated again from its latents, like an image
+                if reader.profile.kept.evaluated_again:  # evaluated again from its latents, like an image
                     trajectory = TrajectoryInput(f"reference '{reader.name}' (slot {slot.index})", reader)
                     images.append(trajectory)
                     source = PassRows(trajectory.name)
@@ -319,7 +319,7 @@ class RefDropRun:
             return ""
         self.recorder.flush()
         if not self.recorder.recorded_anything:
-            self.writer.abort(_NOTHING_RECORDED.get(self.recorder.profile.keep, _NOTHING_RECORDED["kv"]))
+            self.writer.abort(self.recorder.profile.kept.nothing_recorded)
         else:
             if self.settings.save_from == "image":  # the reference is the image, not what was generated
                 generation = {**generation, "source": "image", "image_prompt": self.settings.image_prompt}
@@ -329,15 +329,6 @@ class RefDropRun:
                 generation = {"width": width, "height": height, **generation}
             self.writer.finish(self.family, generation, self.recorder.recording(), preview)
         return f"{SAVING} '{self.save_name}' in the background"
-
-
-# Why a Save recorded nothing, by what its profile keeps: a caller must install the input patch (``attn1_patch``) or
-# the model function wrapper as well as the attn1 patch for those.
-_NOTHING_RECORDED = {
-    "kv": "no self-attention layer was called",
-    "input": "no layer input was recorded (the Save's input_patch must run as an attn1_patch)",
-    "trajectory": "no latent was recorded (the Save's model function wrapper must run around the model)",
-}
 
 
 def dit_unsupported(settings, profile: str = "", family: str = "flux") -> str | None:
@@ -361,11 +352,11 @@ def _dit_profile_problem(profile: str, name: str) -> str | None:
     """A profile that keeps each layer's input cannot work: a DiT block's K also depends on its modulation and the
     positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps the distilled
     guidance the model is evaluated with (without it the reference would be evaluated wrongly)."""
-    keep = getattr(get_profile(profile), "keep", "kv")
-    if keep == "input":
+    kept = get_profile(profile).kept
+    if kept.projected:
         return (f"RefDrop: the storage profile '{profile}' keeps each layer's input, which does not work with {name} "
                 "models; choose exact, balanced or compact")
-    if keep == "trajectory" and "guidance" not in CONDITIONING_KEYS:
+    if kept.evaluated_again and "guidance" not in CONDITIONING_KEYS:
         return (f"RefDrop: the storage profile '{profile}' does not keep {name}'s guidance yet; choose exact, "
                 "balanced or compact")
     return None

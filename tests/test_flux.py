@@ -305,15 +305,14 @@ def test_the_step_window_reads_flow_times(host, store):
 def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     """A profile that keeps each layer's input (Use projects K and V again) cannot work on Flux: a block's K depends
     on the conditioning vector and RoPE too. A trajectory is refused until it keeps Flux's guidance."""
-    from types import SimpleNamespace
-
     from lib_refdrop import run as generation
+    from lib_refdrop.reference.profiles import LEAN, TRAJECTORY
 
     settings = build({"enabled": True, "mode": "Save", "save_name": "fox", "profile": "exact"})
     assert generation.dit_unsupported(settings, "exact") is None
-    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="input"))
+    monkeypatch.setattr(generation, "get_profile", lambda name: LEAN)
     assert "keeps each layer's input, which does not work with Flux" in generation.dit_unsupported(settings, "exact")
-    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="trajectory"))
+    monkeypatch.setattr(generation, "get_profile", lambda name: TRAJECTORY)
     monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y"))
     assert "does not keep Flux's guidance yet" in generation.dit_unsupported(settings, "exact")
     monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y", "guidance"))

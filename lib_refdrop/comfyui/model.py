@@ -76,7 +76,7 @@ ORIGINAL_OPTIONS = "refdrop_host_options"
 def flux_ops() -> FluxOps:
     """ComfyUI's own pieces of a Flux block (``comfy/ldm/flux/layers.py``, ``math.py``): its ``apply_mod`` and its
     attention kernel. Its ``attention`` ropes q and k as ``pe[..., 0] * x0 + pe[..., 1] * x1`` (``.type_as(v)``),
-    which is the engine's own ``apply_rope``; so RefDrop's recomputation of a block is the model's, bit for bit
+    which is ``dit/blocks.py``'s ``apply_rope``; so RefDrop's recomputation of a block is the model's, bit for bit
     (checked in 0.3.64: a Save's latents equal plain ones)."""
     from comfy.ldm.modules.attention import optimized_attention
 
