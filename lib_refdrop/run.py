@@ -362,8 +362,6 @@ def _dit_profile_problem(profile: str, name: str) -> str | None:
     return None
 
 
-def _key_mask(mask) -> KeyMask | None:
-    return None if mask is None else KeyMask(mask_tensor(mask))
 def _key_mask(mask, frame: tuple[int, int] | None) -> KeyMask | None:
     """A slot's mask (PIL "L") on the reference's token grids: cut to the aspect ratio of ``frame`` (the (width,
     height) of the picture the reference's tokens come from) exactly as an image is cut to a pass; a ``frame`` of
