@@ -1,18 +1,19 @@
 """Model families: a reference only fits models whose attention layers have the same addresses and widths.
 
-The host tells the family of its model (``webui/hosts/host.py`` ``family_of``; a Flux model is recognised by its
-blocks, ``patcher/dit_blocks.py``); these are their names and the check. A U-Net reference holds attn1 layers
-(``input4.1``), a Flux one the image tokens of its transformer blocks (``double3.0``, ``single12.0``): neither fits
-the other.
+The host tells the family of its model (``webui/hosts/host.py`` ``family_of``; a Flux or Chroma model is recognised
+by its blocks, ``patcher/dit_blocks.py``); these are their names and the check. A U-Net reference holds attn1 layers
+(``input4.1``), a Flux or Chroma one the image tokens of its transformer blocks (``double3.0``, ``single12.0``):
+neither fits the other, and Flux and Chroma, whose blocks have the same names and widths, are different models.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-LABELS = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux",
+LABELS = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "chroma": "Chroma",
           "unknown": "an unknown architecture"}
-DIT_FAMILIES = ("flux",)  # transformer (DiT) models: RefDrop works in their joint attention (lib_refdrop/dit)
+# transformer (DiT) models: RefDrop works in their joint attention (lib_refdrop/dit)
+DIT_FAMILIES = ("flux", "chroma")
 
 
 @dataclass(frozen=True)
@@ -26,17 +27,20 @@ class BlockKind:
     last: int
 
 
-# The one table of block kinds, in the order blocks are listed: U-Net input / middle / output, Flux double- and
-# single-stream. Layer ids, block names, groups and their checks are all made from it.
+# The one table of block kinds, in the order blocks are listed: U-Net input / middle / output, Flux's (and Chroma's)
+# double- and single-stream. Layer ids, block names, groups and their checks are all made from it.
 BLOCK_KINDS = (
     BlockKind("input", "IN", 11), BlockKind("middle", "M", 0), BlockKind("output", "OUT", 11),
     BlockKind("double", "D", 18), BlockKind("single", "S", 37),
 )
-# The blocks with attention in each family's models, by their names in block-weight tools.
+# The blocks with attention in each family's models, by their names in block-weight tools. Chroma keeps Flux's 19
+# double- and 38 single-stream blocks.
+_FLUX_BLOCKS = (*(f"D{i:02d}" for i in range(19)), *(f"S{i:02d}" for i in range(38)))
 FAMILY_BLOCKS = {
     "sd15": ("IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(3, 12))),
     "sdxl": ("IN04", "IN05", "IN07", "IN08", "M00", *(f"OUT{i:02d}" for i in range(6))),
-    "flux": (*(f"D{i:02d}" for i in range(19)), *(f"S{i:02d}" for i in range(38))),
+    "flux": _FLUX_BLOCKS,
+    "chroma": _FLUX_BLOCKS,
 }
 
 

@@ -16,12 +16,10 @@ from urllib.parse import quote
 
 from .errors import RefDropError, ReferenceExists, ReferenceNotFound
 from .reference import bundle
-from .reference.manifest import ReferenceInfo, reference_info
+from .reference.manifest import SUMMARY_FIELDS, ReferenceInfo, reference_info
 from .reference.names import validate_name
 from .reference.store import ReferenceStore
 from .reference.writer import pending_write
-
-SUMMARY_FIELDS = ("family", "width", "height", "steps", "sampler", "seed", "prompt", "bytes", "created", "profile")
 
 
 class NotFound(ReferenceNotFound):  # also "this reference has no preview"

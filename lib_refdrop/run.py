@@ -148,7 +148,7 @@ class RefDropRun:
     def _dit_pass(self, ctx: PassContext) -> PassPatches:
         """The same plan computed inside every block's joint attention, on the image tokens (dit/guide.py); the
         model function wrapper keeps each model call's options for the blocks."""
-        problem = dit_unsupported(self.settings, self.save_profile(ctx.family))
+        problem = dit_unsupported(self.settings, self.save_profile(ctx.family), ctx.family)
         if problem:
             raise RefDropError(problem)
         blocks = FluxRefDrop(None, ctx.attention, ctx.dit_ops, own_needed=not self.settings.saving)
@@ -156,7 +156,7 @@ class RefDropRun:
         if planned.attn1 is None:  # c = 0 (an image's pass comes with a patch, and DiT refuses images anyway)
             return PassPatches()
         if ctx.earlier_blocks:
-            message = (f"RefDrop: another extension already replaces blocks of this Flux model "
+            message = (f"RefDrop: another extension already replaces blocks of this {families.label(ctx.family)} model "
                        f"({', '.join(ctx.earlier_blocks[:3])}); RefDrop cannot run together with it")
             if self.writer is not None and not self.writer.ended:  # the Save this pass began never runs
                 self.writer.abort(message)
@@ -181,9 +181,9 @@ class RefDropRun:
             image = self._image_latent("image", self.settings.image, ctx)
             wrapper = reference_pass_wrapper([image])
             from_image = image.name
-        if profile.keep == "input":
+        if profile.kept.projected:
             input_patch = make_input_save_patch(self.recorder, from_image)
-        if profile.keep == "trajectory":
+        if profile.kept.evaluated_again:
             if from_image is not None:
                 raise RefDropError(f"RefDrop: profile '{profile.name}' keeps a generation's latents; an image is "
                                    "saved with a profile that stores the layers' rows")
@@ -198,7 +198,7 @@ class RefDropRun:
         if self.settings.profile:
             return self.settings.profile
         default = self.default_profile or DEFAULT_PROFILE
-        if get_profile(default).keep != "input":
+        if not get_profile(default).kept.projected:
             return default
         if family in families.DIT_FAMILIES:
             return DIT_DEFAULT_PROFILE
@@ -224,7 +224,7 @@ class RefDropRun:
                 if reader is None:
                     continue
                 layers = layers if layers is not None else list(reader.manifest["layers"])
-                if reader.profile.keep == "trajectory":  # evaluated again from its latents, like an image
+                if reader.profile.kept.evaluated_again:  # evaluated again from its latents, like an image
                     trajectory = TrajectoryInput(f"reference '{reader.name}' (slot {slot.index})", reader)
                     images.append(trajectory)
                     source = PassRows(trajectory.name)
@@ -319,7 +319,7 @@ class RefDropRun:
             return ""
         self.recorder.flush()
         if not self.recorder.recorded_anything:
-            self.writer.abort(_NOTHING_RECORDED.get(self.recorder.profile.keep, _NOTHING_RECORDED["kv"]))
+            self.writer.abort(self.recorder.profile.kept.nothing_recorded)
         else:
             if self.settings.save_from == "image":  # the reference is the image, not what was generated
                 generation = {**generation, "source": "image", "image_prompt": self.settings.image_prompt}
@@ -331,47 +331,37 @@ class RefDropRun:
         return f"{SAVING} '{self.save_name}' in the background"
 
 
-# Why a Save recorded nothing, by what its profile keeps: a caller must install the input patch (``attn1_patch``) or
-# the model function wrapper as well as the attn1 patch for those.
-_NOTHING_RECORDED = {
-    "kv": "no self-attention layer was called",
-    "input": "no layer input was recorded (the Save's input_patch must run as an attn1_patch)",
-    "trajectory": "no latent was recorded (the Save's model function wrapper must run around the model)",
-}
-
-
-def dit_unsupported(settings, profile: str = "") -> str | None:
-    """What a pass on a DiT model cannot do (yet), or None; ``profile``: the Save's storage profile
+def dit_unsupported(settings, profile: str = "", family: str = "flux") -> str | None:
+    """What a pass on a DiT model of ``family`` cannot do (yet), or None; ``profile``: the Save's storage profile
     (``RefDropRun.save_profile``)."""
+    name = families.label(family)
     if settings.saving:
-        problem = _dit_profile_problem(settings.profile or profile)
+        problem = _dit_profile_problem(settings.profile or profile, name)
         if problem:
             return problem
     if settings.saving and settings.save_from == "image":
-        return ("RefDrop: a Save from an image does not work with Flux models yet; save a reference from a "
+        return (f"RefDrop: a Save from an image does not work with {name} models yet; save a reference from a "
                 "generation instead")
     if settings.using and any(slot.source == "image" and slot.rfg != 0 for slot in settings.slots):
-        return ("RefDrop: an image as the reference does not work with Flux models yet; use a saved reference or "
-                "the first image of the batch")  # the pass would need Flux's own prompt conditioning
+        return (f"RefDrop: an image as the reference does not work with {name} models yet; use a saved reference "
+                "or the first image of the batch")  # the pass would need the model's own prompt conditioning
     return None
 
 
-def _dit_profile_problem(name: str) -> str | None:
-    """A profile that keeps each layer's input cannot work: a Flux block's K also depends on the conditioning
-    vector and the positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps
-    the distilled guidance Flux is evaluated with (without it the reference would be evaluated wrongly)."""
-    keep = getattr(get_profile(name), "keep", "kv")
-    if keep == "input":
-        return (f"RefDrop: the storage profile '{name}' keeps each layer's input, which does not work with Flux "
+def _dit_profile_problem(profile: str, name: str) -> str | None:
+    """A profile that keeps each layer's input cannot work: a DiT block's K also depends on its modulation and the
+    positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps the distilled
+    guidance the model is evaluated with (without it the reference would be evaluated wrongly)."""
+    kept = get_profile(profile).kept
+    if kept.projected:
+        return (f"RefDrop: the storage profile '{profile}' keeps each layer's input, which does not work with {name} "
                 "models; choose exact, balanced or compact")
-    if keep == "trajectory" and "guidance" not in CONDITIONING_KEYS:
-        return (f"RefDrop: the storage profile '{name}' does not keep Flux's guidance yet; choose exact, balanced "
-                "or compact")
+    if kept.evaluated_again and "guidance" not in CONDITIONING_KEYS:
+        return (f"RefDrop: the storage profile '{profile}' does not keep {name}'s guidance yet; choose exact, "
+                "balanced or compact")
     return None
 
 
-def _key_mask(mask) -> KeyMask | None:
-    return None if mask is None else KeyMask(mask_tensor(mask))
 def _key_mask(mask, frame: tuple[int, int] | None) -> KeyMask | None:
     """A slot's mask (PIL "L") on the reference's token grids: cut to the aspect ratio of ``frame`` (the (width,
     height) of the picture the reference's tokens come from) exactly as an image is cut to a pass; a ``frame`` of

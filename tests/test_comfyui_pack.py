@@ -426,11 +426,11 @@ def _unused(*_):
     return np
 
 
-# -- Flux ----------------------------------------------------------------------------------------------------------
+# -- Flux and Chroma -----------------------------------------------------------------------------------------------
 
 class _FluxPatcher:
-    """A tiny Flux (tests/support/tinyflux.py, ``patches_replace["dit"]`` as ComfyUI's Flux) behind ComfyUI's
-    patcher calls; ``sample`` does what ``CFGGuider.sample`` does around the sampler (a per-run copy of
+    """A tiny Flux or Chroma (tests/support/tinyflux.py, tinychroma.py: ``patches_replace["dit"]`` as ComfyUI's) behind
+    ComfyUI's patcher calls; ``sample`` does what ``CFGGuider.sample`` does around the sampler (a per-run copy of
     ``model_options``, the OUTER_SAMPLE wrappers with the guider as ``executor.class_obj``)."""
 
     def __init__(self, inner, wrappers=None):
@@ -498,6 +498,22 @@ def test_flux_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, flu
     with pytest.raises(RefDropError) as family:
         use(pack, patcher_for(trace("t2i_basic")), "flux", 0.3)
     assert "Flux" in one_line(family)
+
+
+def test_chroma_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, flux_kernels):
+    """ComfyUI 0.3.6x's Chroma (its own block classes: ``addcmul`` residuals; the dit hook's ``args`` carry
+    ``transformer_options``; the modulations come as ``vec``) through the pack, as a Flux model goes through it."""
+    from tests.support import tinychroma as tc
+
+    pack = v1_mappings(node_specs(lib, kernels=flux_kernels))[0]
+    model = _FluxPatcher(tc.make_patcher("comfyui"))
+    plain = flux_sample(model, 1, 1.0)
+    patched, _ = save(pack, model, "chroma", profile="exact")
+    assert torch.equal(flux_sample(patched, 1, 1.0), plain)
+    assert lib.store_of("chroma").manifest("chroma")["family"] == "chroma"
+    assert torch.equal(flux_sample(use(pack, model, "chroma", 1.0), 1, 1.0), plain)
+    assert torch.equal(flux_sample(use(pack, model, "chroma", 0.0), 2, 1.0), flux_sample(model, 2, 1.0))
+    assert not torch.equal(flux_sample(use(pack, model, "chroma", 0.5), 2, 1.0), flux_sample(model, 2, 1.0))
 
 
 def test_sdxl_save_is_plain_and_use_at_its_settings_is_save(pack, lib):

@@ -18,14 +18,14 @@ from ..patcher.unet_layers import attn1_layer_keys
 # ``model.model_config`` class (or a base class of it) -> RefDrop's family (families.LABELS). ComfyUI's SDXL refiner,
 # SD3 and the video models have other layers: they stay "unknown" (checked layer by layer), except DiT families.
 CONFIG_FAMILIES = {"SD15": "sd15", "SD20": "sd2", "SDXL": "sdxl", "SD3": "sd3", "Flux": "flux"}
-FLUX = "flux"
 
 
 def family_of(patcher) -> str:
-    """The family of the model ``patcher`` patches: Flux by its blocks, else from its ``model_config`` class and that
-    class's bases."""
-    if dit_blocks.is_flux(diffusion_model(patcher)):
-        return dit_blocks.FAMILY
+    """The family of the model ``patcher`` patches: Flux and Chroma by their blocks, else from its ``model_config``
+    class and that class's bases."""
+    dit = dit_blocks.dit_family(diffusion_model(patcher))
+    if dit:
+        return dit
     config = getattr(getattr(patcher, "model", None), "model_config", None)
     for cls in type(config).__mro__:
         if cls.__name__ in CONFIG_FAMILIES:
@@ -42,7 +42,7 @@ def unet_keys(patcher) -> list[tuple[str, int, int]]:
     keys = attn1_layer_keys(diffusion_model(patcher))
     if not keys:
         raise RefDropError(f"RefDrop: this model ({type(diffusion_model(patcher)).__name__}) has no U-Net "
-                           "self-attention layers and is not a Flux model; RefDrop cannot guide it")
+                           "self-attention layers and is not a Flux or Chroma model; RefDrop cannot guide it")
     return keys
 
 
@@ -76,7 +76,7 @@ ORIGINAL_OPTIONS = "refdrop_host_options"
 def flux_ops() -> FluxOps:
     """ComfyUI's own pieces of a Flux block (``comfy/ldm/flux/layers.py``, ``math.py``): its ``apply_mod`` and its
     attention kernel. Its ``attention`` ropes q and k as ``pe[..., 0] * x0 + pe[..., 1] * x1`` (``.type_as(v)``),
-    which is the engine's own ``apply_rope``; so RefDrop's recomputation of a block is the model's, bit for bit
+    which is ``dit/blocks.py``'s ``apply_rope``; so RefDrop's recomputation of a block is the model's, bit for bit
     (checked in 0.3.64: a Save's latents equal plain ones)."""
     from comfy.ldm.modules.attention import optimized_attention
 

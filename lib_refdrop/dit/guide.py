@@ -1,5 +1,5 @@
-"""Eq. 15: the image tokens of each Flux block's joint attention get the attn1-style patch (``attn/patches.py``) that
-RefDrop uses on a U-Net, the text tokens nothing.
+"""Eq. 15: the image tokens of each Flux or Chroma block's joint attention get the attn1-style patch
+(``attn/patches.py``) that RefDrop uses on a U-Net, the text tokens nothing.
 
     X'_img <- X'_img + (patch(Q_img, K_img, V_img) - Attn(Q_img, K_img, V_img))
 
@@ -10,8 +10,8 @@ so the difference is the paper's ``c * (Attn_ref - Attn_img)``; where the patch 
 a sigma or block the Use leaves out, a reference pass) the block is exactly the model's. Q and K are the roped ones:
 a reference's keys keep the positions they were computed at.
 
-The blocks do not receive the sampler's ``transformer_options`` (neither host passes them to a Flux block), so a
-model function wrapper (``model_function``) keeps the options of the model call in progress for them.
+The blocks do not receive the sampler's ``transformer_options`` (Forge and reForge do not pass them to a block), so
+a model function wrapper (``model_function``) keeps the options of the model call in progress for them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def to_patch_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 class FluxRefDrop:
-    """The run's patch on every block of one Flux model for one sampling pass.
+    """The run's patch on every block of one Flux or Chroma model for one sampling pass.
 
     ``attention``: ``(q, k, v, extra_options) -> out`` in the attn1 patch layout, the host's kernel (the same one for a
     block's own image attention and for the reference's, so a reference that equals the image gives a zero
@@ -73,7 +73,7 @@ class FluxRefDrop:
 
     def _options(self) -> dict:
         if not self._calls:
-            raise RefDropInternalError("RefDrop: a Flux block ran outside the sampler's model function")
+            raise RefDropInternalError("RefDrop: a DiT block ran outside the sampler's model function")
         return self._calls[-1]
 
     # -- the blocks ------------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class FluxRefDrop:
         options = self._options()
         text_tokens = self._text_tokens[-1]
         if text_tokens is None:
-            raise RefDropInternalError("RefDrop: a Flux single-stream block ran before the double-stream blocks")
+            raise RefDropInternalError("RefDrop: a DiT single-stream block ran before the double-stream blocks")
         guide = self._guide(SINGLE, index, block, options)
         return single_block(block, x, vec, pe, attn_mask, text_tokens, self.ops, guide)
 

@@ -1,7 +1,7 @@
-"""Names of Flux blocks as RefDrop addresses them: ``double3.0`` (double-stream block 3), ``single12.0``.
+"""Names of Flux and Chroma blocks as RefDrop addresses them: ``double3.0`` (double-stream block 3), ``single12.0``.
 
 RefDrop keys a layer by ``extra_options["block"]`` and ``block_index`` (``reference/address.py`` ``layer_id``); a
-Flux block has one joint attention, so its index is always 0.
+Flux or Chroma block has one joint attention, so its index is always 0.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ _BLOCK_ID = re.compile(rf"^({DOUBLE}|{SINGLE})(\d{{1,3}})\.0$")
 
 
 def layer_widths_of(model):
-    """Block id -> the width of that block's joint attention in the Flux ``model`` (its hidden size: heads × head
-    size), None where it has no such block: a Use checks a reference's layers against it before reading any slot."""
+    """Block id -> the width of that block's joint attention in the Flux or Chroma ``model`` (its hidden size:
+    heads × head size), None where it has no such block: a Use checks a reference's layers against it before reading
+    any slot."""
 
     def width(lid: str) -> int | None:
         match = _BLOCK_ID.match(lid)

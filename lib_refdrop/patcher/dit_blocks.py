@@ -6,7 +6,16 @@ the model lets another module reach its blocks.
 ``("single_block", i)``) and calls it as ``replace(args, {"original_block": ...})`` with ``args`` = ``{"img",
 "txt", "vec", "pe", "attn_mask"}`` (``{"img", "vec", "pe", "attn_mask"}`` for a single-stream block, whose ``img``
 is ``[txt; img]``); it returns ``{"img", "txt"}`` (``{"img"}``). ``set_model_patch_replace(patch, "dit",
-block_name, i)`` registers one on the clone's ``model_options`` only.
+block_name, i)`` registers one on the clone's ``model_options`` only. ComfyUI (0.3.6x) and Forge Neo add
+``"transformer_options"`` to ``args`` and pass it to their blocks; RefDrop reads the model call's options from its
+model function wrapper instead, so it needs neither.
+
+**Chroma** (ComfyUI ``comfy/ldm/chroma/model.py`` ``Chroma.forward_orig``, reForge ``ldm_patched/ldm/chroma/``,
+Forge Neo ``backend/nn/chroma.py`` ``IntegratedChromaTransformer2DModel``) has Flux's blocks and the same hook, keys
+and ``args``, but no conditioning vector: its approximator (``distilled_guidance_layer``) makes every block's
+modulations at once, and ``args["vec"]`` is that block's share of them, ``((img_mod1, img_mod2), (txt_mod1,
+txt_mod2))`` for a double block and one ``ModulationOut`` for a single one (``dit/blocks.py`` reads them as the
+blocks do).
 
 **Object patches** (Forge ``backend/nn/flux.py``): ``IntegratedFluxTransformer2DModel.inner_forward`` calls
 ``block(img=, txt=, vec=, pe=)`` for each double-stream block and ``block(img, vec=, pe=)`` for each single-stream
@@ -20,13 +29,22 @@ untouched, and the clone the host gave is unchanged.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import torch
+
+from ..dit.blocks import FluxOps
 from .kernels import takes_keyword
 
-FAMILY = "flux"
+FLUX, CHROMA = "flux", "chroma"  # families.DIT_FAMILIES
 # the class of the diffusion model: ComfyUI ``comfy.ldm.flux.model.Flux`` and reForge
 # ``ldm_patched.ldm.flux.model.Flux`` (dev, schnell, their fine-tunes, Kontext), Forge
 # ``backend.nn.flux.IntegratedFluxTransformer2DModel``
 FLUX_CLASSES = ("Flux", "IntegratedFluxTransformer2DModel")
+# ComfyUI ``comfy.ldm.chroma.model.Chroma`` and reForge ``ldm_patched.ldm.chroma.model.Chroma``, Forge Neo
+# ``backend.nn.chroma.IntegratedChromaTransformer2DModel``; not ``ChromaRadiance`` (pixel space, another input and
+# output): refused by ``unsupported``
+CHROMA_CLASSES = ("Chroma", "IntegratedChromaTransformer2DModel")
 OBJECT_PATCHED = ("IntegratedFluxTransformer2DModel",)  # looks up no block replacement: reached by object patches
 
 
@@ -35,14 +53,31 @@ def diffusion_model(unet):
     return getattr(getattr(unet, "model", None), "diffusion_model", None)
 
 
+def dit_family(model) -> str | None:
+    """The DiT family of ``model`` (a patcher's ``model.diffusion_model``): ``"flux"`` or ``"chroma"`` where it is
+    one with double- and single-stream blocks, None for a U-Net or any other model."""
+    if not (hasattr(model, "double_blocks") and hasattr(model, "single_blocks")):
+        return None
+    name = type(model).__name__
+    return FLUX if name in FLUX_CLASSES else CHROMA if name in CHROMA_CLASSES else None
+
+
 def is_flux(model) -> bool:
-    """Whether ``model`` (a patcher's ``model.diffusion_model``) is a Flux model (double- and single-stream blocks),
-    not a U-Net."""
-    return (type(model).__name__ in FLUX_CLASSES and hasattr(model, "double_blocks")
-            and hasattr(model, "single_blocks"))
+    """Whether ``model`` is a Flux model (double- and single-stream blocks), not a U-Net."""
+    return dit_family(model) == FLUX
 
 
-# What the transformer models RefDrop does not support hold their blocks in (Forge Neo and ComfyUI: Chroma's
+def block_ops(model, ops: FluxOps) -> FluxOps:
+    """``ops`` (the host's, ``patcher/kernels.py``) as the blocks of ``model`` compute: Chroma's own block classes
+    (ComfyUI 0.3.6x ``comfy/ldm/chroma/layers.py``, reForge ``ldm_patched/ldm/chroma/layers.py``: no ``modulation``
+    attribute at all) add each gated residual with one ``addcmul_``, which rounds differently from Flux's blocks'
+    ``x + y * gate`` (those Forge Neo and later ComfyUI build Chroma from, with ``modulation`` off)."""
+    if dit_family(model) == CHROMA and model.double_blocks and not hasattr(model.double_blocks[0], "modulation"):
+        return replace(ops, gated_add=torch.addcmul)
+    return ops
+
+
+# What the transformer models RefDrop does not support hold their blocks in (Forge Neo and ComfyUI: Chroma Radiance's
 # ``double_blocks`` under another class, Qwen-Image's ``transformer_blocks``, Wan's ``blocks``, Lumina's and
 # Z-Image's ``layers``, SD3's ``joint_blocks``): such a model has none of a U-Net's block lists.
 _TRANSFORMER_BLOCK_LISTS = ("double_blocks", "transformer_blocks", "blocks", "layers", "joint_blocks")
@@ -51,14 +86,14 @@ _UNET_BLOCK_LISTS = ("input_blocks", "middle_block", "output_blocks")
 
 def unsupported(model) -> str | None:
     """A message where ``model`` (a patcher's ``model.diffusion_model``) is a transformer RefDrop cannot work in yet,
-    which it would otherwise treat as a U-Net and leave unguided without a word; None for a U-Net, Flux, or a
+    which it would otherwise treat as a U-Net and leave unguided without a word; None for a U-Net, Flux, Chroma, or a
     stand-in that holds no blocks at all."""
-    if model is None or is_flux(model) or any(hasattr(model, name) for name in _UNET_BLOCK_LISTS):
+    if model is None or dit_family(model) or any(hasattr(model, name) for name in _UNET_BLOCK_LISTS):
         return None
     if not any(hasattr(model, name) for name in _TRANSFORMER_BLOCK_LISTS):
         return None
     return (f"RefDrop: this model ({type(model).__name__}) is not supported yet; RefDrop works with SD1.5, SDXL and "
-            "other U-Net models, and with Flux")
+            "other U-Net models, and with Flux and Chroma")
 
 
 def _object_patched(unet) -> bool:
@@ -73,8 +108,8 @@ def _object_patched(unet) -> bool:
 
 
 def earlier_block_patches(unet) -> list[str]:
-    """Block patches another extension already put on the Flux model of ``unet`` (RefDrop's own, on a clone Forge's
-    hires pass hands back before it resets ``forge_objects``, are replaced)."""
+    """Block patches another extension already put on the Flux or Chroma model of ``unet`` (RefDrop's own, on a
+    clone Forge's hires pass hands back before it resets ``forge_objects``, are replaced)."""
     if _object_patched(unet):
         return sorted(name for name, obj in getattr(unet, "object_patches", {}).items()
                       if name.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks."))

@@ -18,9 +18,11 @@ else. Generation itself goes through the host's own ``/sdapi/v1/txt2img`` (see d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import tempfile
+import typing
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -36,11 +38,11 @@ from starlette.convertors import Convertor, register_url_convertor
 from .. import library
 from ..errors import RefDropError
 from ..reference import bundle
+from ..reference.manifest import SUMMARY, ReferenceInfo
 from ..reference.names import MAX_NAME_BYTES, MAX_NAME_LENGTH
 from ..reference.store import ReferenceStore
 
 API_PREFIX = "/refdrop/v1"
-SUMMARY_FIELDS = library.SUMMARY_FIELDS
 
 
 # -- what the OpenAPI document declares ------------------------------------------------------------------------
@@ -99,19 +101,20 @@ def _or_null(default=None, **field):
     return Field(default, **field, **({"nullable": True} if PYDANTIC_VERSION.startswith("1.") else {}))
 
 
-class Summary(BaseModel):
-    """What a reference was generated with; null where it does not record a value of that type."""
+def _summary_model() -> type[BaseModel]:
+    """``Summary`` from ``ReferenceInfo``'s summary fields: each field is declared once, there."""
+    hints = typing.get_type_hints(ReferenceInfo)
+    shown = [f for f in dataclasses.fields(ReferenceInfo) if SUMMARY in f.metadata]
+    namespace = {
+        "__module__": __name__,
+        "__doc__": "What a reference was generated with; null where it does not record a value of that type.",
+        "__annotations__": {f.name: hints[f.name] | None for f in shown},
+        **{f.name: _or_null(**({"description": f.metadata[SUMMARY]} if f.metadata[SUMMARY] else {})) for f in shown},
+    }
+    return type("Summary", (BaseModel,), namespace)
 
-    family: str | None = _or_null(description="model family: sd15, sdxl...")
-    width: int | None = _or_null()
-    height: int | None = _or_null()
-    steps: int | None = _or_null()
-    sampler: str | None = _or_null()
-    seed: int | None = _or_null()
-    prompt: str | None = _or_null()
-    bytes: int | None = _or_null(description="size of the saved features in bytes")
-    created: str | None = _or_null(description="when it was saved, ISO 8601")
-    profile: str | None = _or_null(description="storage profile (exact, compact...)")
+
+Summary = _summary_model()
 
 
 class ListEntry(Summary):

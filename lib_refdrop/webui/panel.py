@@ -66,8 +66,8 @@ def _span(blocks: tuple[str, ...], prefix: str) -> str:
 
 BLOCKS_INFO = (
     f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}; "
-    f"Flux has {_span(FLUX_BLOCKS, 'D')} (double-stream) and {_span(FLUX_BLOCKS, 'S')} (single-stream). A block the "
-    "model lacks is ignored."
+    f"Flux and Chroma have {_span(FLUX_BLOCKS, 'D')} (double-stream) and {_span(FLUX_BLOCKS, 'S')} (single-stream). "
+    "A block the model lacks is ignored."
 )
 # What each offered storage profile trades (the panel's and Settings' choices, reference/profiles.py PROFILES).
 PROFILE_NOTES = {
@@ -96,7 +96,7 @@ ITEM_IDS = (
 
 BATCH_HINT = (f"**{SOURCE_LABELS['batch']}** acts only when this generation makes more than one image (batch size or "
               "batch count above 1): the first is generated plainly, the others follow it.")
-_FAMILIES = ", ".join(families.LABELS[f] for f in ("sd15", "sdxl", "flux"))
+_FAMILIES = ", ".join(families.LABELS[f] for f in ("sd15", "sdxl", *families.DIT_FAMILIES))
 _SLOT_TOOLTIPS = {
     "source_{k}": "Where reference {k} comes from (see Source above). Shown while reference {k} is on.",
     "rfg_{k}": "RFG coefficient of reference {k}; 0 = reference {k} is off.",
@@ -135,7 +135,8 @@ TOOLTIPS = {
     "status": "Result of the last Save (in Save mode), delete, rename or kept mask.",
     "advanced": "Where and when RefDrop acts, and how references are stored.",
     "disabled_groups": "Whole parts of the model that keep their own attention: on a U-Net input (down-sampling), "
-                       "middle, output (up-sampling); on Flux double (double-stream blocks), single (single-stream).",
+                       "middle, output (up-sampling); on Flux and Chroma double (double-stream blocks), single "
+                       "(single-stream).",
     "disabled_blocks": BLOCKS_INFO,
     "skip_first_up": "Leave the first up-sampling block with attention alone (the paper's ablation): the result "
                      "copies less of the reference's pose and background while keeping its subject.",

@@ -31,7 +31,7 @@ _FAMILY_FLAGS = (("is_sdxl", "sdxl"), ("is_sd3", "sd3"), ("is_sd2", "sd2"), ("is
 class Host:
     name: str                 # "forge" or "reforge"
     attention: Attention      # the host kernel as (q, k, v, extra_options) -> out, looked up once
-    flux_ops: Callable[[], FluxOps]  # the host's kernels inside a Flux block (patcher/kernels.py)
+    flux_ops: Callable[[], FluxOps]  # the host's kernels inside a Flux or Chroma block (patcher/kernels.py)
     schedule_attribute: str   # the attribute of ``unet.model`` that has ``percent_to_sigma``
     error_message_key: str    # where the host's API error body puts ``str(exc)``
     # the transformer_options keys the host derives from cond_or_uncond and sigmas, redone for a call RefDrop makes
@@ -43,9 +43,10 @@ class Host:
         return float(schedule.percent_to_sigma(float(percent)))
 
     def dit_ops(self, unet) -> FluxOps | None:
-        """The host's kernels inside the blocks of the model ``unet`` patches where it is a DiT model (Flux), where
-        RefDrop works in each block's joint attention (docs/flux.md); None for a U-Net."""
-        return self.flux_ops() if dit_blocks.is_flux(dit_blocks.diffusion_model(unet)) else None
+        """The host's kernels inside the blocks of the model ``unet`` patches where it is a DiT model (Flux,
+        Chroma), where RefDrop works in each block's joint attention (docs/flux.md); None for a U-Net."""
+        model = dit_blocks.diffusion_model(unet)
+        return dit_blocks.block_ops(model, self.flux_ops()) if dit_blocks.dit_family(model) else None
 
     def pass_context(self, p, dit_ops: FluxOps | None = None) -> PassContext:
         """What RefDrop needs to know about the sampling pass that is about to start on ``p``; a RefDropError for a
@@ -55,7 +56,8 @@ class Host:
         if problem:
             raise RefDropError(problem)
         return PassContext(
-            family=dit_blocks.FAMILY if dit_ops is not None else family_of(p.sd_model),
+            family=dit_blocks.dit_family(dit_blocks.diffusion_model(unet)) if dit_ops is not None
+            else family_of(p.sd_model),
             is_hr_pass=bool(getattr(p, "is_hr_pass", False)),
             percent_to_sigma=lambda percent: self.percent_to_sigma(unet, percent),
             attention=self.attention,
