@@ -10,6 +10,10 @@ so the difference is the paper's ``c * (Attn_ref - Attn_img)``; where the patch 
 a sigma or block the Use leaves out, a reference pass) the block is exactly the model's. Q and K are the roped ones:
 a reference's keys keep the positions they were computed at.
 
+A Save that keeps each block's input (``lean``) records through the run's input patch, as on a U-Net's attn1 layer,
+what the block's ``qkv`` / ``linear1`` project for the image tokens, and their RoPE rows, which a Use projects again
+(``blocks.double_image_kv``): the modulation is in that input already.
+
 The blocks do not receive the sampler's ``transformer_options`` (Forge and reForge do not pass them to a block), so
 a model function wrapper (``model_function``) keeps the options of the model call in progress for them.
 """
@@ -20,15 +24,10 @@ from collections.abc import Callable
 
 import torch
 
+from ..attn.patches import POSITIONS_OPTION, InputPatch
 from ..errors import RefDropInternalError
-from .blocks import FluxOps, double_block, single_block
+from .blocks import FluxOps, double_block, single_block, to_patch_layout
 from .layers import DOUBLE, SINGLE, block_options
-
-
-def to_patch_layout(x: torch.Tensor) -> torch.Tensor:
-    """``[B, H, L, D]`` -> ``[B, L, H * D]``, the layout of the q, k, v an attn1 patch receives."""
-    b, heads, length, dim = x.shape
-    return x.transpose(1, 2).reshape(b, length, heads * dim)
 
 
 class FluxRefDrop:
@@ -37,14 +36,18 @@ class FluxRefDrop:
     ``attention``: ``(q, k, v, extra_options) -> out`` in the attn1 patch layout, the host's kernel (the same one for a
     block's own image attention and for the reference's, so a reference that equals the image gives a zero
     difference, bit for bit). ``own_needed``: False for a Save, whose patch only records and returns what ``inner``
-    gave; ``inner`` then computes nothing.
+    gave; ``inner`` then computes nothing. ``input_patch``: a Save that keeps each block's input
+    (``make_input_save_patch``), called with the image tokens' attention input as ``(x, x, x, extra_options)``, their
+    RoPE rows in ``extra_options[POSITIONS_OPTION]``.
     """
 
-    def __init__(self, patch: Callable, attention: Callable, ops: FluxOps, own_needed: bool = True):
+    def __init__(self, patch: Callable, attention: Callable, ops: FluxOps, own_needed: bool = True,
+                 input_patch: InputPatch | None = None):
         self.patch = patch
         self.attention = attention
         self.ops = ops
         self.own_needed = own_needed
+        self.input_patch = input_patch
         self._calls: list[dict] = []     # transformer_options of the model calls in progress (innermost last)
         self._text_tokens: list[int | None] = []
         self._own: torch.Tensor | None = None
@@ -97,8 +100,11 @@ class FluxRefDrop:
         return self._own
 
     def _guide(self, kind: str, index: int, block, options: dict):
-        def guide(attn_img, q_img, k_img, v_img):
+        def guide(attn_img, q_img, k_img, v_img, x_img, pe_img):
             extra = block_options(options, kind, index, block.num_heads, q_img.shape[-1])
+            if self.input_patch is not None:  # the rows of a call share one pe: the first row's
+                positions = None if pe_img is None else pe_img[0, 0]
+                self.input_patch(x_img, x_img, x_img, {**extra, POSITIONS_OPTION: positions})
             q, k, v = to_patch_layout(q_img), to_patch_layout(k_img), to_patch_layout(v_img)
             self._own = None
             out = self.patch(q, k, v, extra)
