@@ -38,7 +38,7 @@ from .reference.address import CONDITIONING_KEYS
 from .reference.manifest import reference_info
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
-from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, EXACT, get_profile, profile_to_save
+from .reference.profiles import COMPACT, DEFAULT_PROFILE, EXACT, get_profile, profile_to_save
 from .reference.reader import ReferenceReader
 from .reference.recorder import Recorder
 from .reference.store import ReferenceStore
@@ -150,7 +150,7 @@ class RefDropRun:
     def _dit_pass(self, ctx: PassContext) -> PassPatches:
         """The same plan computed inside every block's joint attention, on the image tokens (dit/guide.py); the
         model function wrapper keeps each model call's options for the blocks."""
-        problem = dit_unsupported(self.settings, self.save_profile(ctx.family), ctx.family)
+        problem = dit_unsupported(self.settings, self.save_profile(ctx.projections is not None, ctx.family), ctx.family)
         if problem:
             raise RefDropError(problem)
         blocks = FluxRefDrop(None, ctx.attention, ctx.dit_ops, own_needed=not self.settings.saving)
@@ -163,14 +163,14 @@ class RefDropRun:
             if self.writer is not None and not self.writer.ended:  # the Save this pass began never runs
                 self.writer.abort(message)
             raise RefDropError(message)
-        blocks.patch = planned.attn1
+        blocks.patch, blocks.input_patch = planned.attn1, planned.attn1_input
         return PassPatches(model_wrapper=blocks.model_function(planned.model_wrapper), blocks=blocks)
 
     def _save_patches(self, ctx: PassContext) -> PassPatches:
         if ctx.is_hr_pass or self.writer is not None:
             return PassPatches()  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
-        profile = profile_to_save(self.save_profile(ctx.family, ctx.projections is not None))
+        profile = profile_to_save(self.save_profile(ctx.projections is not None, ctx.family))
         encoding, note = profile.file_encoding, ""
         if encoding == compression.ZSTD and not compression.available():  # zstd is lossless: the same reference
             encoding, note = "raw", f"its files are not compressed: pip install {compression.PACKAGE} to compress them"
@@ -192,19 +192,17 @@ class RefDropRun:
             wrapper = trajectory_save_wrapper(self.recorder)
         return PassPatches(make_save_patch(self.recorder, ctx.inner, from_image), wrapper, input_patch)
 
-    def save_profile(self, family: str, can_project: bool = True) -> str:
+    def save_profile(self, can_project: bool = True, family: str = "") -> str:
         """The storage profile of this run's Save: the one asked for, else the Settings default. A default that keeps
-        each layer's input cannot be used where that input cannot be projected again: on a DiT model (its K depends
-        on more than the input) it is ``DIT_DEFAULT_PROFILE``; for a caller that gives no projections
-        (``PassContext.projections``, e.g. a sampler that installs only the attn1 patch) it is ``exact``."""
+        each layer's input cannot be used where that input cannot be projected again (``PassContext.projections``
+        None): on a DiT model that has no input projection (Qwen-Image, Wan) it is ``compact``; for a caller that
+        gives no projections (e.g. a sampler that installs only the attn1 patch) it is ``exact``."""
         if self.settings.profile:
             return self.settings.profile
         default = self.default_profile or DEFAULT_PROFILE
-        if not get_profile(default).kept.projected:
+        if can_project or not get_profile(default).kept.projected:
             return default
-        if family in families.DIT_FAMILIES:
-            return DIT_DEFAULT_PROFILE
-        return default if can_project else EXACT.name
+        return COMPACT.name if family in families.DIT_FAMILIES else EXACT.name
 
     def _free_automatic_name(self, seed) -> str:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""
@@ -355,13 +353,9 @@ def dit_unsupported(settings, profile: str = "", family: str = "flux") -> str | 
 
 
 def _dit_profile_problem(profile: str, name: str) -> str | None:
-    """A profile that keeps each layer's input cannot work: a DiT block's K also depends on its modulation and the
-    positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps the distilled
-    guidance the model is evaluated with (without it the reference would be evaluated wrongly)."""
+    """A trajectory works on a DiT model once it keeps the distilled guidance the model is evaluated with (without it
+    the reference would be evaluated wrongly)."""
     kept = get_profile(profile).kept
-    if kept.projected:
-        return (f"RefDrop: the storage profile '{profile}' keeps each layer's input, which does not work with {name} "
-                "models; choose exact, balanced or compact")
     if kept.evaluated_again and "guidance" not in CONDITIONING_KEYS:
         return (f"RefDrop: the storage profile '{profile}' does not keep {name}'s guidance yet; choose exact, "
                 "balanced or compact")
@@ -372,14 +366,17 @@ def _dit_profile_problem(profile: str, name: str) -> str | None:
 # distilled guidance, all these models are conditioned on. Qwen-Image (Edit: its edit images) and Wan (image-to-video:
 # the image latents, CLIP-vision features) can be conditioned on more.
 _TRAJECTORY_FAMILIES = ("flux", "chroma")
+# DiT families whose blocks a stored input is projected again for (``dit/layers.projections_of``)
+_INPUT_FAMILIES = ("flux", "chroma")
 # DiT families whose references a subject mask cannot be laid on yet: the mask is resized to a 2-D grid of tokens,
 # and a Wan clip's are frames × rows × columns
 _WITHOUT_MASKS = ("wan",)
 
 
 def _trajectory_problem(profile: str, family: str) -> str | None:
-    if family in families.DIT_FAMILIES and family not in _TRAJECTORY_FAMILIES and get_profile(
-            profile).kept.evaluated_again:
+    kept = get_profile(profile).kept
+    if family in families.DIT_FAMILIES and (kept.evaluated_again and family not in _TRAJECTORY_FAMILIES
+                                            or kept.projected and family not in _INPUT_FAMILIES):
         return (f"RefDrop: the storage profile '{profile}' does not work with {families.label(family)} models yet; "
                 "choose exact, balanced or compact")
     return None

@@ -72,7 +72,7 @@ class RefDropScript(scripts.Script):
         host = hosts.detect()  # a U-Net or a DiT model (Flux, docs/flux.md): the run plans either
         host.install(p, host.pass_patches(p, run, patch))
         if run is not None:
-            profile = run.save_profile(run.family) if run.settings.saving else None
+            profile = run.recorder.profile.name if run.settings.saving and run.recorder is not None else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)
 
     def postprocess(self, p, processed, *args):

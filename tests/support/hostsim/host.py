@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
+from lib_refdrop.attn.sources import LinearKV
+
 from .unet import LayerInfo, layer_map
 
 __all__ = ["AttnHost", "RecordingPatch", "host_attention", "sdpa_attention", "tome_groups"]
@@ -172,14 +174,14 @@ class AttnHost:
             self._orig_processors[layer.name] = attn.processor
             attn.set_processor(_Attn1Processor(self, layer))
 
-    def projections(self, lid: str):
-        """``(to_k, to_v)`` of the attn1 layer ``lid`` (``"input1.0"``): what a host reaches through its diffusion
-        model by block and index, looked up once per layer as the hosts do (``webui/hosts/layers.projections_of``):
-        a Use asks for every stored row."""
+    def projections(self, lid: str) -> LinearKV:
+        """``LinearKV(to_k, to_v)`` of the attn1 layer ``lid`` (``"input1.0"``): what a host reaches through its
+        diffusion model by block and index, looked up once per layer as the hosts do
+        (``patcher/unet_layers.projections_of``): a Use asks for every stored row."""
         if self._projections is None:
             modules = dict(self.unet.named_modules())
             self._projections = {f"{layer.block[0]}{layer.block[1]}.{layer.block_index}":
-                                 (modules[layer.name].to_k, modules[layer.name].to_v) for layer in self.layers}
+                                 LinearKV(modules[layer.name].to_k, modules[layer.name].to_v) for layer in self.layers}
         try:
             return self._projections[lid]
         except KeyError:
