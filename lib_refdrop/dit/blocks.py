@@ -33,7 +33,7 @@ from ..errors import RefDropError
 Guide = Callable[..., torch.Tensor]
 
 
-def no_guide(attn_img, q_img, k_img, v_img, x_img, pe_img):
+def no_guide(attn_img, q_img, k_img, v_img, x_img=None, pe_img=None):
     return attn_img
 
 
