@@ -3,6 +3,8 @@ also on the --gpu code path (here on a CPU, with a tiny SDXL-architecture U-Net 
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from benchmarks import speed
@@ -44,6 +46,11 @@ def test_every_profile_runs_every_condition(tmp_path, capsys):
         for condition in ("Save", "first Use", "warm Use", "cold Use"):
             assert any(line.startswith(f"| `{profile}` | {condition} |") for line in _rows(out)), (profile, condition)
         assert (tmp_path / f"bench-{profile}").is_dir()
+    assert any(line.startswith("| `trajectory` | unbaked Use |") for line in _rows(out))
+    baked = dict(re.findall(r"^\| `(\w+)` \| [\d.]+ [MG]B \| [\d.]+, [\d.]+ \| (.+) \|$", out, re.MULTILINE))
+    assert baked.keys() == set(PROFILES)
+    assert baked["trajectory"].endswith("MB")  # its first Use baked its rows, which its later Uses read
+    assert baked["lean"] == "–"
 
 
 def test_the_gpu_code_path_runs_on_a_cpu(tmp_path, capsys):
