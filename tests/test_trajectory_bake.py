@@ -17,7 +17,8 @@ from lib_refdrop.reference.reader import RAM_CACHE, ReferenceReader
 from lib_refdrop.reference.store import BAKED, MANIFEST, ReferenceStore
 from lib_refdrop.reference.writer import pending_bake
 from tests.support.hostsim import AttnHost, make_unet
-from tests.support.refdrop_harness import context, sample_with, save, use
+from tests.support.refdrop_harness import context, sample_with, save
+from tests.support.refdrop_harness import use as use_with
 
 STEPS = 4
 BASE = {"steps": STEPS, "sampler": "euler", "seed": 1, "cfg": 7.0, "height": 16, "width": 16}
@@ -37,6 +38,11 @@ def _bake(store, name):
         assert writer.wait(60)
     folder = store.root / BAKED / seal
     return folder if folder.is_dir() else None
+
+
+def use(*args, bake_trajectories=True, **kwargs):
+    """A Use as a host makes it: baking on unless told."""
+    return use_with(*args, bake_trajectories=bake_trajectories, **kwargs)
 
 
 def _forwards(host, fn):
