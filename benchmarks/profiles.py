@@ -57,7 +57,7 @@ def reference_bytes(profile: Profile, arch: str, latent: int, steps: int = 20, c
     (fp16); for low rank at the profile's largest rank."""
     kept_steps = sum(profile.keeps_sigma(i) for i in range(steps))
     kept_chunks = sum(profile.keeps_chunk(c) for c in chunks)
-    if profile.keep == "trajectory":  # a 4-channel latent a step, and the prompt's conditioning once a chunk
+    if profile.kept.evaluated_again:  # a 4-channel latent a step, and the prompt's conditioning once a chunk
         return 2 * (4 * latent * latent * kept_steps + kept_chunks * sum(TRAJECTORY_CONDITIONING[arch]))
     per_step = sum(profile.row_bytes_bound((latent // 2**level) ** 2, width) for level, width in layer_shapes(arch))
     return per_step * len(profile.tensors) * kept_chunks * kept_steps

@@ -1,4 +1,4 @@
-"""The reference library as a host's HTTP API answers it: list, details, preview, rename, delete.
+"""The reference library as a host's HTTP API answers it: list, details, preview, rename, delete, export, import.
 
 Host-neutral: the WebUIs' FastAPI routes (``webui/api.py``) and ComfyUI's aiohttp routes (``comfyui/routes.py``)
 both call these and send what they return, so both answer ``/refdrop/v1`` with the same JSON and the same checks: a
@@ -10,15 +10,16 @@ exception to ``(status, kind, message)``; the body is then ``{"error": kind, "de
 from __future__ import annotations
 
 import base64
+import tempfile
 from contextlib import contextmanager
+from urllib.parse import quote
 
 from .errors import RefDropError, ReferenceExists, ReferenceNotFound
-from .reference.manifest import ReferenceInfo, reference_info
+from .reference import bundle
+from .reference.manifest import SUMMARY_FIELDS, ReferenceInfo, reference_info
 from .reference.names import validate_name
 from .reference.store import ReferenceStore
 from .reference.writer import pending_write
-
-SUMMARY_FIELDS = ("family", "width", "height", "steps", "sampler", "seed", "prompt", "bytes", "created", "profile")
 
 
 class NotFound(ReferenceNotFound):  # also "this reference has no preview"
@@ -39,7 +40,10 @@ def summary(info: ReferenceInfo) -> dict:
 
 
 def list_references(store: ReferenceStore, names: list[str] | None = None) -> dict:
-    """``{"references": [...]}``; ``names``: the references to list (default: the store's)."""
+    """``{"references": [...]}``; ``names``: the references to list (default: the store's, after importing the
+    reference files dropped into its folder: ``bundle.adopt_received``)."""
+    if names is None:
+        bundle.adopt_received(store)
     return {"references": [list_entry(store, name) for name in (store.names() if names is None else names)]}
 
 
@@ -128,6 +132,45 @@ def rename(store: ReferenceStore, name: str, payload) -> dict:
     not_being_written(store, new_name, "rename onto")
     with on_disk():  # the store says when new_name is taken (ReferenceExists: 409)
         return {"old_name": name, "name": store.rename(name, new_name)}
+
+
+def export(store: ReferenceStore, name: str) -> tuple[str, object, int]:
+    """``(file name, an open temporary file holding it, its size)``: reference ``name`` as one file
+    (``reference/bundle.py``), complete and checked before a byte of it is sent, so a corrupt reference is answered
+    409 instead of a truncated download. The caller closes the file (it has no name on disk: nothing is left)."""
+    name = existing(store, name)
+    out = tempfile.TemporaryFile(dir=store.root)  # beside the store: room for what the store holds
+    try:
+        with on_disk():
+            size = bundle.write_reference_file(store, name, out)
+        out.flush()
+    except BaseException:
+        out.close()
+        raise
+    return bundle.file_name(name), out, size
+
+
+def content_disposition(file: str) -> str:
+    """The ``Content-Disposition`` of a download of ``file``: its name as ASCII (what curl -J reads) and exactly, in
+    UTF-8 (RFC 6266, what browsers read)."""
+    ascii_name = file.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_").replace("\\", "_")
+    return f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(file, safe="")}'
+
+
+def import_file(store: ReferenceStore, received, name: str | None = None, overwrite: bool = False) -> dict:
+    """Import a received reference file (``received``: an open binary file) as ``name`` (default: the name it
+    carries); ``{"name": ..., "summary": ...}``. 400 for an invalid name, 409 ``conflict`` when the name is taken
+    (without ``overwrite``) or a Save is writing it, 409 ``unusable`` with the reason when the file is refused."""
+    if name is not None:
+        name = validate_name(name)
+        not_being_written(store, name, "import over")
+    try:
+        imported = bundle.import_reference(store, received, name, overwrite, label="the received file")
+    except ReferenceExists:
+        raise
+    except RefDropError as exc:
+        raise Unusable(str(exc)) from None
+    return {"name": imported, "summary": summary(reference_info(store.manifest(imported)))}
 
 
 def failure(exc: BaseException) -> tuple[int, str, str]:

@@ -30,6 +30,7 @@ from .bake import Bakes, recording_patches
 from .crop import centre_box, same_aspect
 from .dit.blocks import FluxOps
 from .dit.guide import FluxRefDrop
+from .dit.wan import WanOps
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
@@ -75,9 +76,10 @@ class PassContext:
     # Layer id -> the width (heads × head size) of that self-attention layer of this pass's model, None where it has
     # none: a reference is checked against it before its first slot is read. None where the caller cannot tell.
     layer_widths: Callable[[str], int | None] | None = None
-    # A DiT model (Flux): the host's kernels inside its blocks; RefDrop then works in each block's joint attention
-    # (dit/guide.py) instead of on attn1 layers. None for a U-Net.
-    dit_ops: FluxOps | None = None
+    # A DiT model (Flux, Chroma, Qwen-Image: FluxOps; Wan: WanOps): the host's kernels inside its blocks; RefDrop
+    # then works in each block's attention of the image tokens (dit/guide.py) instead of on attn1 layers. None for a
+    # U-Net.
+    dit_ops: FluxOps | WanOps | None = None
     # Block patches another extension already put on this DiT model (names for the message): RefDrop cannot run
     # together with them.
     earlier_blocks: tuple[str, ...] = ()
@@ -107,7 +109,7 @@ def failing_patch(exc: BaseException) -> Patch:
     return make_internal_error_patch(exc)
 
 
-def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | None = None) -> PassPatches:
+def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | WanOps | None = None) -> PassPatches:
     """``patch`` (a ``failing_patch``) where this pass's model calls attention: on every attn1 layer, or in every
     block of a DiT model (``dit_ops``, ``attention``: as in ``PassContext``)."""
     if dit_ops is None:
@@ -154,7 +156,7 @@ class RefDropRun:
     def _dit_pass(self, ctx: PassContext) -> PassPatches:
         """The same plan computed inside every block's joint attention, on the image tokens (dit/guide.py); the
         model function wrapper keeps each model call's options for the blocks."""
-        problem = dit_unsupported(self.settings, self.save_profile(ctx.family))
+        problem = dit_unsupported(self.settings, self.save_profile(ctx.family), ctx.family)
         if problem:
             raise RefDropError(problem)
         blocks = FluxRefDrop(None, ctx.attention, ctx.dit_ops, own_needed=not self.settings.saving)
@@ -162,7 +164,7 @@ class RefDropRun:
         if planned.attn1 is None:  # c = 0 (an image's pass comes with a patch, and DiT refuses images anyway)
             return PassPatches()
         if ctx.earlier_blocks:
-            message = (f"RefDrop: another extension already replaces blocks of this Flux model "
+            message = (f"RefDrop: another extension already replaces blocks of this {families.label(ctx.family)} model "
                        f"({', '.join(ctx.earlier_blocks[:3])}); RefDrop cannot run together with it")
             if self.writer is not None and not self.writer.ended:  # the Save this pass began never runs
                 self.writer.abort(message)
@@ -187,9 +189,9 @@ class RefDropRun:
             image = self._image_latent("image", self.settings.image, ctx)
             wrapper = reference_pass_wrapper([image])
             from_image = image.name
-        if profile.keep == "input":
+        if profile.kept.projected:
             input_patch = make_input_save_patch(self.recorder, from_image)
-        if profile.keep == "trajectory":
+        if profile.kept.evaluated_again:
             if from_image is not None:
                 raise RefDropError(f"RefDrop: profile '{profile.name}' keeps a generation's latents; an image is "
                                    "saved with a profile that stores the layers' rows")
@@ -204,7 +206,7 @@ class RefDropRun:
         if self.settings.profile:
             return self.settings.profile
         default = self.default_profile or DEFAULT_PROFILE
-        if get_profile(default).keep != "input":
+        if not get_profile(default).kept.projected:
             return default
         if family in families.DIT_FAMILIES:
             return DIT_DEFAULT_PROFILE
@@ -230,7 +232,7 @@ class RefDropRun:
                 if reader is None:
                     continue
                 layers = layers if layers is not None else list(reader.manifest["layers"])
-                if reader.profile.keep == "trajectory":  # evaluated again from its latents, like an image
+                if reader.profile.kept.evaluated_again:  # evaluated again from its latents, like an image
                     trajectory = TrajectoryInput(f"reference '{reader.name}' (slot {slot.index})", reader)
                     images.append(trajectory)
                     source = PassRows(trajectory.name)
@@ -250,6 +252,9 @@ class RefDropRun:
                 source = PassRows(image.name)
                 _check_mask_fits_image(mask, slot.image, slot.index)
                 key_mask = _key_mask(mask, image.size)
+            if key_mask is not None and ctx.family in _WITHOUT_MASKS:
+                raise RefDropError(f"RefDrop: a subject mask does not work with {families.label(ctx.family)} models "
+                                   f"yet (slot {slot.index}); a clip's tokens are frames × rows × columns")
             guides.append(Guide(source, slot.rfg, key_mask))
         if not guides:  # every coefficient is 0: a plain generation, exactly: no patch at all
             return PassPatches()
@@ -335,7 +340,7 @@ class RefDropRun:
             return ""
         self.recorder.flush()
         if not self.recorder.recorded_anything:
-            self.writer.abort(_NOTHING_RECORDED.get(self.recorder.profile.keep, _NOTHING_RECORDED["kv"]))
+            self.writer.abort(self.recorder.profile.kept.nothing_recorded)
         else:
             if self.settings.save_from == "image":  # the reference is the image, not what was generated
                 generation = {**generation, "source": "image", "image_prompt": self.settings.image_prompt}
@@ -347,47 +352,55 @@ class RefDropRun:
         return f"{SAVING} '{self.save_name}' in the background"
 
 
-# Why a Save recorded nothing, by what its profile keeps: a caller must install the input patch (``attn1_patch``) or
-# the model function wrapper as well as the attn1 patch for those.
-_NOTHING_RECORDED = {
-    "kv": "no self-attention layer was called",
-    "input": "no layer input was recorded (the Save's input_patch must run as an attn1_patch)",
-    "trajectory": "no latent was recorded (the Save's model function wrapper must run around the model)",
-}
-
-
-def dit_unsupported(settings, profile: str = "") -> str | None:
-    """What a pass on a DiT model cannot do (yet), or None; ``profile``: the Save's storage profile
+def dit_unsupported(settings, profile: str = "", family: str = "flux") -> str | None:
+    """What a pass on a DiT model of ``family`` cannot do (yet), or None; ``profile``: the Save's storage profile
     (``RefDropRun.save_profile``)."""
+    name = families.label(family)
     if settings.saving:
-        problem = _dit_profile_problem(settings.profile or profile)
+        problem = _dit_profile_problem(settings.profile or profile, name) or _trajectory_problem(
+            settings.profile or profile, family)
         if problem:
             return problem
     if settings.saving and settings.save_from == "image":
-        return ("RefDrop: a Save from an image does not work with Flux models yet; save a reference from a "
+        return (f"RefDrop: a Save from an image does not work with {name} models yet; save a reference from a "
                 "generation instead")
     if settings.using and any(slot.source == "image" and slot.rfg != 0 for slot in settings.slots):
-        return ("RefDrop: an image as the reference does not work with Flux models yet; use a saved reference or "
-                "the first image of the batch")  # the pass would need Flux's own prompt conditioning
+        return (f"RefDrop: an image as the reference does not work with {name} models yet; use a saved reference "
+                "or the first image of the batch")  # the pass would need the model's own prompt conditioning
     return None
 
 
-def _dit_profile_problem(name: str) -> str | None:
-    """A profile that keeps each layer's input cannot work: a Flux block's K also depends on the conditioning
-    vector and the positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps
-    the distilled guidance Flux is evaluated with (without it the reference would be evaluated wrongly)."""
-    keep = getattr(get_profile(name), "keep", "kv")
-    if keep == "input":
-        return (f"RefDrop: the storage profile '{name}' keeps each layer's input, which does not work with Flux "
+def _dit_profile_problem(profile: str, name: str) -> str | None:
+    """A profile that keeps each layer's input cannot work: a DiT block's K also depends on its modulation and the
+    positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps the distilled
+    guidance the model is evaluated with (without it the reference would be evaluated wrongly)."""
+    kept = get_profile(profile).kept
+    if kept.projected:
+        return (f"RefDrop: the storage profile '{profile}' keeps each layer's input, which does not work with {name} "
                 "models; choose exact, balanced or compact")
-    if keep == "trajectory" and "guidance" not in CONDITIONING_KEYS:
-        return (f"RefDrop: the storage profile '{name}' does not keep Flux's guidance yet; choose exact, balanced "
-                "or compact")
+    if kept.evaluated_again and "guidance" not in CONDITIONING_KEYS:
+        return (f"RefDrop: the storage profile '{profile}' does not keep {name}'s guidance yet; choose exact, "
+                "balanced or compact")
     return None
 
 
-def _key_mask(mask) -> KeyMask | None:
-    return None if mask is None else KeyMask(mask_tensor(mask))
+# DiT families a trajectory reference can be evaluated again for: it keeps the text rows, the pooled text and the
+# distilled guidance, all these models are conditioned on. Qwen-Image (Edit: its edit images) and Wan (image-to-video:
+# the image latents, CLIP-vision features) can be conditioned on more.
+_TRAJECTORY_FAMILIES = ("flux", "chroma")
+# DiT families whose references a subject mask cannot be laid on yet: the mask is resized to a 2-D grid of tokens,
+# and a Wan clip's are frames × rows × columns
+_WITHOUT_MASKS = ("wan",)
+
+
+def _trajectory_problem(profile: str, family: str) -> str | None:
+    if family in families.DIT_FAMILIES and family not in _TRAJECTORY_FAMILIES and get_profile(
+            profile).kept.evaluated_again:
+        return (f"RefDrop: the storage profile '{profile}' does not work with {families.label(family)} models yet; "
+                "choose exact, balanced or compact")
+    return None
+
+
 def _key_mask(mask, frame: tuple[int, int] | None) -> KeyMask | None:
     """A slot's mask (PIL "L") on the reference's token grids: cut to the aspect ratio of ``frame`` (the (width,
     height) of the picture the reference's tokens come from) exactly as an image is cut to a pass; a ``frame`` of

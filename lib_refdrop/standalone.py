@@ -33,6 +33,7 @@ from collections.abc import Callable
 from .attn.patches import Patch
 from .errors import RefDropError
 from .params import build
+from .reference.bundle import export_reference, import_reference
 from .reference.manifest import SEAL
 from .reference.names import validate_name
 from .reference.profiles import profile_to_save
@@ -43,8 +44,8 @@ from .run import PassContext, PassPatches, RefDropRun
 DEFAULT_SAVE_TIMEOUT_S = 300.0
 _SET_BY_USE_PATCH = ("enabled", "mode", "reference")
 
-__all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context", "identity", "save_session",
-           "start_save", "start_use", "use_patch"]
+__all__ = ["PassContext", "PassPatches", "SaveSession", "UseSession", "context", "export_reference", "identity",
+           "import_reference", "save_session", "start_save", "start_use", "use_patch"]
 
 
 def context(family: str, attention: Callable, percent_to_sigma: Callable[[float], float], seed: int | None = None,

@@ -373,7 +373,8 @@ def test_registering_again_replaces_the_routes(store):
     app = FastAPI()
     register_routes(app, lambda: store)
     register_routes(app, lambda: store, {"alice": "s3cret"})
-    assert sum(getattr(r, "path", "").startswith(API_PREFIX) for r in app.router.routes) == 6
+    # the list, an import and their 405; a reference's preview, export, rename, details, delete and their 405
+    assert sum(getattr(r, "path", "").startswith(API_PREFIX) for r in app.router.routes) == 9
     assert TestClient(app).get(REFS).status_code == 401
 
 

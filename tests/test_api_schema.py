@@ -151,11 +151,13 @@ def test_every_answer_is_declared_with_its_body():
     document = served_document()
     calls = operations(document)
     assert set(calls) == {f"{method} /refdrop/v1/references{path}" for method, path in [
-        ("GET", ""), ("GET", "/{name}"), ("DELETE", "/{name}"), ("GET", "/{name}/preview"),
-        ("POST", "/{name}/rename")]}
+        ("GET", ""), ("POST", ""), ("GET", "/{name}"), ("DELETE", "/{name}"), ("GET", "/{name}/preview"),
+        ("GET", "/{name}/export"), ("POST", "/{name}/rename")]}
     for label, call in calls.items():
         answers = call["responses"]
-        expected = {"200", "500"} if label.endswith("references") else {"200", "400", "404", "409", "500"}
+        expected = {"200", "400", "404", "409", "500"}
+        if label.endswith("references"):  # the list; an import (its name in the query, no 404)
+            expected = {"200", "400", "409", "500"} if label.startswith("POST") else {"200", "500"}
         assert set(answers) == expected, label  # no 422: the routes never send FastAPI's validation answer
         for status in expected - {"200"}:
             assert answers[status]["content"]["application/json"]["schema"] == ERROR_BODY, (label, status)
@@ -169,6 +171,11 @@ def test_every_answer_is_declared_with_its_body():
         "$ref": "#/components/schemas/ReferenceDetails"}
     assert ok["GET /refdrop/v1/references"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ReferenceList"}
+    assert ok["GET /refdrop/v1/references/{name}/export"] == {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    assert ok["POST /refdrop/v1/references"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Imported"}
+    assert set(calls["POST /refdrop/v1/references"]["requestBody"]["content"]) == {"application/octet-stream"}
 
 
 def test_under_auth_every_call_declares_basic_auth_and_401():

@@ -20,6 +20,7 @@ from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
 from tests.support import fakehost
 from tests.support import tinyflux as tf
+from tests.support.ditpass import blending_blocks, install_pass, model_call, run_pass, save, use
 
 FLAVOURS = ("reforge", "forge")
 
@@ -59,34 +60,6 @@ def store(tmp_path):
     return ReferenceStore(tmp_path / "store")
 
 
-def install_pass(host, p, run):
-    """What the script does for a pass: the run's patches, installed by the detected host on a clone."""
-    host.install(p, host.pass_patches(p, run))
-
-
-def run_pass(host, unet, values: dict, store, **sample_args):
-    """One generation: the run's patches installed on a clone of ``unet``, sampled; the run and p."""
-    run = RefDropRun(build({"enabled": True, **values}), store)
-    p = tf.make_p(unet)
-    install_pass(host, p, run)
-    out = tf.sample(p.sd_model.forge_objects.unet, **sample_args)
-    return out, run, p
-
-
-def save(host, unet, store, name="fox", **sample_args):
-    """A Save with the exact profile (the tests compare Use with it; a Flux Save with the default uses compact)."""
-    out, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": name, "profile": "exact"}, store, **sample_args)
-    run.finish_save({"seed": sample_args.get("seed", 1)}, None)
-    assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message
-    return out
-
-
-def use(host, unet, store, rfg, name="fox", **sample_args):
-    out, run, p = run_pass(host, unet, {"mode": "Use", "reference": name, "rfg": rfg}, store, **sample_args)
-    run.release()
-    return out, p
-
-
 # -- the block math -----------------------------------------------------------------------------------------------
 
 def _inputs(batch=2, img_tokens=16, txt_tokens=tf.TEXT_TOKENS, seed=3):
@@ -105,9 +78,10 @@ def _sdpa_ops(**kwargs) -> FluxOps:
                                                                         skip_reshape=True), **kwargs)
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", [*FLAVOURS, "neo"])
 def test_block_math_is_the_models_blocks_bit_for_bit(flavour):
-    """With each host's ops (reForge modulates with one ``addcmul``), the blocks computed by lib_refdrop/dit are the
+    """With each host's ops (reForge modulates with one ``addcmul``; Forge Neo with ComfyUI's ``apply_mod`` and ropes
+    with comfy_kitchen's RoPE, read from its ``backend.nn.flux``), the blocks computed by lib_refdrop/dit are the
     model's own, bit for bit."""
     with fakehost.activated(flavour):
         from lib_refdrop.webui import hosts
@@ -132,38 +106,12 @@ def test_text_tokens_of_a_double_block_are_untouched_by_the_guide():
     bit, while the image stream's changes."""
     model = tf.Flux(seed=2, convention="forge")  # the design's modulation, as _sdpa_ops computes it
     img, txt, vec, pe = _inputs()
-    ops = _sdpa_ops()
-    g = torch.Generator().manual_seed(9)
-    ref_k, ref_v = torch.randn(1, 20, tf.HIDDEN, generator=g), torch.randn(1, 20, tf.HIDDEN, generator=g)
-
-    def use_like(q, k, v, extra_options):  # what a Use patch does with one reference at c = 0.5
-        own = dit.inner(q, k, v, extra_options)
-        ref = dit.attention(q, ref_k.expand(q.shape[0], -1, -1), ref_v.expand(q.shape[0], -1, -1), extra_options)
-        return torch.lerp(own, ref, 0.5)
-
-    from tests.support.hostsim import sdpa_attention
-
-    dit = FluxRefDrop(use_like, lambda q, k, v, eo: sdpa_attention(q, k, v, eo["n_heads"]), ops)
-    with _call_open(dit, {"cond_or_uncond": [0, 0], "sigmas": torch.tensor([0.5, 0.5])}):
+    dit = blending_blocks(_sdpa_ops())
+    with model_call(dit, {"cond_or_uncond": [0, 0], "sigmas": torch.tensor([0.5, 0.5])}):
         guided = dit.double(model.double_blocks[0], 0, img, txt, vec, pe)
     plain = model.double_blocks[0](img=img, txt=txt, vec=vec, pe=pe)
     assert torch.equal(guided[1], plain[1])
     assert (guided[0] - plain[0]).abs().max() > 1e-3
-
-
-class _call_open:
-    """A model call in progress for ``dit`` (what its model function wrapper opens around ``apply_model``)."""
-
-    def __init__(self, dit, options):
-        self.dit, self.options = dit, options
-
-    def __enter__(self):
-        self.dit._calls.append(self.options)
-        self.dit._text_tokens.append(None)
-
-    def __exit__(self, *exc):
-        self.dit._calls.pop()
-        self.dit._text_tokens.pop()
 
 
 def test_a_block_outside_a_model_call_is_a_clear_internal_error():
@@ -357,15 +305,14 @@ def test_the_step_window_reads_flow_times(host, store):
 def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
     """A profile that keeps each layer's input (Use projects K and V again) cannot work on Flux: a block's K depends
     on the conditioning vector and RoPE too. A trajectory is refused until it keeps Flux's guidance."""
-    from types import SimpleNamespace
-
     from lib_refdrop import run as generation
+    from lib_refdrop.reference.profiles import LEAN, TRAJECTORY
 
     settings = build({"enabled": True, "mode": "Save", "save_name": "fox", "profile": "exact"})
     assert generation.dit_unsupported(settings, "exact") is None
-    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="input"))
+    monkeypatch.setattr(generation, "get_profile", lambda name: LEAN)
     assert "keeps each layer's input, which does not work with Flux" in generation.dit_unsupported(settings, "exact")
-    monkeypatch.setattr(generation, "get_profile", lambda name: SimpleNamespace(keep="trajectory"))
+    monkeypatch.setattr(generation, "get_profile", lambda name: TRAJECTORY)
     monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y"))
     assert "does not keep Flux's guidance yet" in generation.dit_unsupported(settings, "exact")
     monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y", "guidance"))
@@ -452,7 +399,7 @@ def test_forge_neo_flux_is_reached_through_its_dit_block_hook(tmp_path):
     """Forge Neo's Flux has Forge's class name but calls every block with ``transformer_options`` and looks up
     ``patches_replace["dit"]``: RefDrop's blocks go there (an object-patched forward would get an unexpected
     ``transformer_options``), and Save = plain, Use at the Save's settings = Save, c = 0 = plain, bit for bit."""
-    with fakehost.activated("forge"):  # Neo is Forge's backend
+    with fakehost.activated("neo"):  # Neo is Forge's backend, with ComfyUI's Flux arithmetic
         from lib_refdrop.webui import hosts
 
         host = hosts.detect()

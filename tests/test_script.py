@@ -446,7 +446,7 @@ def test_the_preview_is_the_first_image_after_a_grid():
 @pytest.mark.parametrize("model_class, blocks", [
     ("QwenImageTransformer2DModel", "transformer_blocks"),  # Forge Neo's Qwen-Image
     ("WanModel", "blocks"),                                  # Wan 2.x
-    ("Chroma", "double_blocks"),                             # Flux's blocks under another class and modulation
+    ("ChromaRadiance", "double_blocks"),                     # Chroma's blocks in pixel space (Chroma: test_chroma)
     ("NextDiT", "layers"),                                   # Lumina / Z-Image
 ])
 def test_a_transformer_refdrop_does_not_support_is_refused_by_name(host, model_class, blocks):

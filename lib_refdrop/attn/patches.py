@@ -78,14 +78,14 @@ def make_save_patch(recorder: Recorder, inner: Attention, from_image: str | None
     """Record every attn1 call of the generation, or (``from_image``) only those of that image's reference pass:
     the generation itself then stays plain."""
 
-    keep = recorder.profile.keep
+    kept = recorder.profile.kept
 
     def refdrop_save(q, k, v, extra_options):
         out = inner(q, k, v, extra_options)
         if extra_options.get(PASS_KEY) == from_image:
-            if keep == "kv":
+            if kept.recorded_by == "attn1":
                 recorder.record({"k": k, "v": v}, extra_options)
-            elif keep == "trajectory":
+            elif kept.evaluated_again:
                 recorder.note_layer(k, extra_options)  # what Use checks a model against; the rows are evaluated again
         return out
 
@@ -96,7 +96,7 @@ InputPatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], tuple]
 
 
 def make_input_save_patch(recorder: Recorder, from_image: str | None = None) -> InputPatch:
-    """For a profile that stores each layer's input (``keep="input"``): an ``attn1_patch``, which the hosts run on
+    """For a profile that stores each layer's input (``Kept.projected``): an ``attn1_patch``, which the hosts run on
     the normed hidden states just before ``to_q``/``to_k``/``to_v`` (docs/hosts.md), records what ``to_k`` and
     ``to_v`` are about to project, and changes nothing."""
 

@@ -67,7 +67,7 @@ class StoredRows:
     def __init__(self, reader: ReferenceReader):
         self.reader = reader
         self.name = reader.name
-        if reader.profile.keep == "input" and reader.projections is None:
+        if reader.profile.kept.projected and reader.projections is None:
             raise RefDropError(f"RefDrop: reference '{reader.name}' keeps each layer's input and needs the model's "
                                "own projections to use it, which this caller does not give")
 

@@ -1,13 +1,14 @@
-"""Which prompt each chunk of a ComfyUI model call holds, named for the engine by ``uuids``, not ``cond_or_uncond``.
+"""Which prompt each chunk of a ComfyUI model call holds, named for RefDrop's patches by ``uuids``, not
+``cond_or_uncond``.
 
 ComfyUI's ``cond_or_uncond`` is the index of the cond list in the call that evaluates the model, not "is negative":
 CFG evaluates ``[positive, negative]`` (0, 1), but SelfAttentionGuidance's extra pass evaluates ``[negative]`` alone
 and says ``[0]`` (shared/host-traces, ``t2i_sag``). ``uuids`` (one per chunk, the uuid of the cond that filled it)
-tell which prompt a chunk holds. The engine names chunks by ``cond_or_uncond`` (1 = uncond); RefDrop's own patches
-therefore get an ``extra_options`` whose ``cond_or_uncond`` says 1 for every chunk of a negative cond and 0 for every
-chunk of a positive one, so such a pass is recorded and guided as the negative prompt it is. What RefDrop calls
-underneath (ComfyUI's kernel, an earlier node's patch such as SAG's, which reads ``cond_or_uncond`` itself) gets the
-host's dict unchanged (``ORIGINAL_OPTIONS``).
+tell which prompt a chunk holds. ``reference.address.chunk_names`` names chunks by ``cond_or_uncond`` (1 = uncond);
+RefDrop's own patches therefore get an ``extra_options`` whose ``cond_or_uncond`` says 1 for every chunk of a negative
+cond and 0 for every chunk of a positive one, so such a pass is recorded and guided as the negative prompt it is. What
+RefDrop calls underneath (ComfyUI's kernel, an earlier node's patch such as SAG's, which reads ``cond_or_uncond``
+itself) gets the host's dict unchanged (``ORIGINAL_OPTIONS``).
 """
 
 from __future__ import annotations

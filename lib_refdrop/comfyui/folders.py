@@ -2,10 +2,11 @@
 
 The pack registers ``models/refdrop`` under the folder name ``refdrop`` (``folder_paths.add_model_folder_path``), so
 ``extra_model_paths.yaml`` can add more, e.g. a WebUI's ``models/RefDrop`` (the same format: a reference saved in
-Forge is used in ComfyUI and back). A reference's name is looked up in the folders in ComfyUI's order (the first
-that holds it wins); a Save writes into the first folder (``is_default: true`` in the yaml puts one first). Every
-call reads the folders again, so a new reference shows in the node's list when the front end refreshes its node
-definitions, without a restart.
+Forge is used in ComfyUI and back), and a shared reference file (``<name>.refdrop.safetensors``) dropped into one is
+imported when the list is read (``reference/bundle.py``). A reference's name is looked up in the folders in
+ComfyUI's order (the first that holds it wins); a Save writes into the first folder (``is_default: true`` in the
+yaml puts one first). Every call reads the folders again, so a new reference shows in the node's list when the
+front end refreshes its node definitions, without a restart.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from collections.abc import Callable
 
 from ..errors import RefDropError, ReferenceNotFound
+from ..reference import bundle
 from ..reference.manifest import SEAL
 from ..reference.names import validate_name
 from ..reference.store import ReferenceStore
@@ -44,6 +46,7 @@ class Library:
     def names(self) -> list[str]:
         seen: dict[str, None] = {}
         for store in self.stores():
+            bundle.adopt_received(store)  # reference files dropped into the folder
             for name in store.names():
                 seen.setdefault(name, None)
         return sorted(seen, key=str.lower)

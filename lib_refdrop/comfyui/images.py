@@ -5,8 +5,8 @@ model's keyword arguments for one row, as a KSampler run would have them.
 resize"), encodes it with the node's VAE (ComfyUI's SD VAEs encode the posterior's mode: the same latent every time)
 and applies the model's ``process_latent_in``, which ``CFGGuider.inner_sample`` applies to a KSampler's own latent.
 ``encode_prompt`` runs the node's conditioning through the model's ``extra_conds`` the way ``process_conds`` does for
-the run's own prompts (``c_crossattn``; SDXL also ``y`` from the pooled output and the size), so the engine's text
-argument is not used: ComfyUI gives its prompts as conditioning, not text.
+the run's own prompts (``c_crossattn``; SDXL also ``y`` from the pooled output and the size), so the image source's text
+argument (``RefDropSettings.image_prompt``) is not used: ComfyUI gives its prompts as conditioning, not text.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from .images import mask_to_pil, to_pil
 from .sampling import HostKernels, RunSpec, add_to
 
 NONE = "(none)"            # the Use node's reference list: only the chained references
-DEFAULT = "default"        # the Save node's profile list: the engine's default profile
+DEFAULT = "default"        # the Save node's profile list: ``profiles.DEFAULT_PROFILE``
 SOURCES = ("reference", "batch", "image")
 MAX_REFERENCES = len(SLOTS)
 

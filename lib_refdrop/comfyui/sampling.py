@@ -13,7 +13,7 @@ The wrapper:
 2. installs the ``PassPatches`` into the run's ``model_options`` only (``patcher/install.py`` on a view of them): the
    attn1 patch under every attn1 key, chained with what an earlier node registered there (``set_model_attn1_replace``
    alone would replace it: SAG then fails), the input patch appended to ``attn1_patch``, the model function wrapper
-   inside any earlier one, a Flux model's blocks under ``patches_replace["dit"]``;
+   inside any earlier one, a Flux or Chroma model's blocks under ``patches_replace["dit"]``;
 3. samples, then finishes: a Save waits until its reference is on disk (its failure is this run's error), a Use
    closes its references. Nothing outlives the run: the patcher, the node's MODEL and the process are unchanged.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import standalone
+from .. import families, standalone
 from ..attn.refpass import PASS_KEY
 from ..dit.layers import layer_widths_of as dit_layer_widths_of
 from ..patcher import dit_blocks
@@ -52,10 +52,11 @@ class HostKernels:
 
     attention: Callable
     flux_ops: Callable[[], object]
+    wan_ops: Callable[[], object] = host.wan_ops
 
     @staticmethod
     def of_comfyui() -> HostKernels:
-        return HostKernels(attention=host.host_attention(), flux_ops=host.flux_ops)
+        return HostKernels(attention=host.host_attention(), flux_ops=host.flux_ops, wan_ops=host.wan_ops)
 
 
 @dataclass
@@ -121,10 +122,11 @@ class SamplingRun:
         attention = self.kernels.attention
         earlier = chained_inner(chain(earlier_attn1_patches(_Options(patcher, options)), attention))
         extra, family = {}, host.family_of(patcher)
-        if family == dit_blocks.FAMILY:
+        if family in families.DIT_FAMILIES:
             host.check_flux_blocks(patcher)
             self.layers = None
-            extra = {"dit_ops": self.kernels.flux_ops(),
+            extra = {"dit_ops": dit_blocks.host_block_ops(dit_blocks.diffusion_model(patcher), self.kernels.flux_ops,
+                                                          self.kernels.wan_ops),
                      "earlier_blocks": tuple(dit_blocks.earlier_block_patches(_Options(patcher, options))),
                      "layer_widths": dit_layer_widths_of(dit_blocks.diffusion_model(patcher))}
         else:
@@ -145,7 +147,7 @@ class SamplingRun:
         names = ChunkNames(*run_uuids(getattr(self.guider, "conds", None) or {}))
         window = self.spec.save_window if self.spec.saving else None
         to_sigma = host.percent_to_sigma(self.patcher)
-        if patches.blocks is not None:  # Flux: RefDrop's patch runs inside every block's joint attention
+        if patches.blocks is not None:  # a DiT: RefDrop's patch runs inside every block's joint attention
             blocks = patches.blocks
             blocks.patch = names.attn1(_windowed(blocks.patch, window, to_sigma, blocks.inner))
         patches = dataclasses.replace(

@@ -1,12 +1,16 @@
-"""The two Flux transformer blocks computed from their own modules, with the joint attention's image rows handed to
-a guide (eq. 15); written from the public Flux design (black-forest-labs/flux, ``DoubleStreamBlock`` and
-``SingleStreamBlock``).
+"""The two transformer blocks of Flux and Chroma computed from their own modules, with the joint attention's image rows
+handed to a guide (eq. 15); written from the public Flux design (black-forest-labs/flux, ``DoubleStreamBlock`` and
+``SingleStreamBlock``) and Chroma's (lodestones' model: the same blocks without their modulation layers).
 
 A double-stream block keeps separate weights for text and image tokens and attends over both jointly; a
-single-stream block runs on the concatenation ``[txt; img]``. In both, each token stream is modulated by the
-conditioning vector (shift, scale, gate), q and k are RMS-normed per head, and RoPE gives every token its position.
-The hosts differ in small ways (how a modulation module returns its chunks, how ``(1 + scale) * x + shift`` is
-computed, their attention kernel), so those come in as ``FluxOps`` from the host's adapter; the rest is the same.
+single-stream block runs on the concatenation ``[txt; img]``. In both, each token stream is modulated (shift, scale,
+gate), q and k are RMS-normed per head, and RoPE gives every token its position. Where the modulation comes from is
+the model's: a Flux block computes it from the conditioning vector with its own ``Modulation`` layers; a Chroma block
+has none and is handed its modulations as ``vec`` itself (the slices of the approximator's output for that block:
+``((img_mod1, img_mod2), (txt_mod1, txt_mod2))`` for a double block, one ``(shift, scale, gate)`` for a single one),
+read here as the hosts' blocks read it. The hosts differ in small ways (how a modulation module returns its chunks,
+how ``(1 + scale) * x + shift`` and the gated residuals are computed, their RoPE and attention kernel), so those come
+in as ``FluxOps`` from the host's adapter; the rest is the same.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return (1 + scale) * x + shift
 
 
+def gated_add(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A block's gated residual ``x + gate * y`` (Chroma's own blocks use one ``addcmul`` instead, which rounds
+    differently: ``patcher/dit_blocks.py`` ``block_ops``)."""
+    return x + gate * y
+
+
 def modulation_triples(modulation, vec: torch.Tensor) -> list[tuple]:
     """``[(shift, scale, gate), ...]`` of a modulation module, whichever way it returns them: the reference design's
     ``(ModulationOut, ModulationOut | None)`` (reForge) or the six or three chunks themselves (Forge)."""
@@ -58,15 +68,39 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, pe: torch.Tensor | None):
 
 @dataclass(frozen=True)
 class FluxOps:
-    """What a host does its own way inside a Flux block."""
+    """What a host does its own way inside a Flux or Chroma block."""
 
     # (q, k, v, attn_mask) [B, H, L, D], already roped -> [B, L, H * D]: the host's joint attention kernel
     joint_attention: Callable
     # (modulation module, vec) -> [(shift, scale, gate), ...]: two triples for a double block, one for a single
     modulation: Callable = modulation_triples
     modulate: Callable = modulate              # (x, shift, scale) -> (1 + scale) * x + shift
+    gated_add: Callable = gated_add            # (x, gate, y) -> x + gate * y: the residual after attention and MLP
     rope: Callable = apply_rope                # (q, k, pe) -> (q, k) with RoPE applied
     fp16_fix: Callable = fp16_fix
+
+
+def _triple(modulation) -> tuple:
+    return modulation.shift, modulation.scale, modulation.gate
+
+
+def double_modulations(block, vec, ops: FluxOps) -> tuple[list[tuple], list[tuple]]:
+    """The image and text streams' ``[(shift, scale, gate)] * 2`` of a double block: from its ``img_mod`` and
+    ``txt_mod`` layers where it has them (Flux), else from ``vec`` itself (Chroma)."""
+    if getattr(block, "img_mod", None) is not None:
+        return ops.modulation(block.img_mod, vec), ops.modulation(block.txt_mod, vec)
+    img, txt = vec
+    return [_triple(m) for m in img], [_triple(m) for m in txt]
+
+
+def single_modulation(block, vec, ops: FluxOps) -> tuple:
+    """A single block's ``(shift, scale, gate)``: from its ``modulation`` layer where it has one (Flux), else ``vec``
+    itself (Chroma: Forge Neo's and later ComfyUI's blocks set ``modulation`` to None, the older ones have none)."""
+    layer = getattr(block, "modulation", None)
+    if isinstance(layer, torch.nn.Module):
+        ((shift, scale, gate),) = ops.modulation(layer, vec)
+        return shift, scale, gate
+    return _triple(vec)
 
 
 def _heads(qkv: torch.Tensor, n_heads: int):
@@ -76,10 +110,12 @@ def _heads(qkv: torch.Tensor, n_heads: int):
 
 
 def double_block(block, img, txt, vec, pe, attn_mask, ops: FluxOps, guide: Guide = no_guide):
-    """One double-stream block: ``(img, txt)`` out. ``guide`` sees the image rows of the joint attention and the
-    image tokens' roped q, k, v; the text rows are left as they are (eq. 15)."""
-    (img_shift1, img_scale1, img_gate1), (img_shift2, img_scale2, img_gate2) = ops.modulation(block.img_mod, vec)
-    (txt_shift1, txt_scale1, txt_gate1), (txt_shift2, txt_scale2, txt_gate2) = ops.modulation(block.txt_mod, vec)
+    """One double-stream block: ``(img, txt)`` out; ``vec``: the conditioning vector (Flux) or the block's
+    modulations (Chroma). ``guide`` sees the image rows of the joint attention and the image tokens' roped q, k, v;
+    the text rows are left as they are (eq. 15)."""
+    img_mods, txt_mods = double_modulations(block, vec, ops)
+    (img_shift1, img_scale1, img_gate1), (img_shift2, img_scale2, img_gate2) = img_mods
+    (txt_shift1, txt_scale1, txt_gate1), (txt_shift2, txt_scale2, txt_gate2) = txt_mods
     heads = block.num_heads
 
     img_q, img_k, img_v = _heads(block.img_attn.qkv(ops.modulate(block.img_norm1(img), img_shift1, img_scale1)), heads)
@@ -94,16 +130,17 @@ def double_block(block, img, txt, vec, pe, attn_mask, ops: FluxOps, guide: Guide
     txt_attn = attn[:, :text]
     img_attn = guide(attn[:, text:], q[:, :, text:], k[:, :, text:], v[:, :, text:])
 
-    img = img + img_gate1 * block.img_attn.proj(img_attn)
-    img = img + img_gate2 * block.img_mlp(ops.modulate(block.img_norm2(img), img_shift2, img_scale2))
-    txt = txt + txt_gate1 * block.txt_attn.proj(txt_attn)
-    txt = txt + txt_gate2 * block.txt_mlp(ops.modulate(block.txt_norm2(txt), txt_shift2, txt_scale2))
+    add = ops.gated_add
+    img = add(img, img_gate1, block.img_attn.proj(img_attn))
+    img = add(img, img_gate2, block.img_mlp(ops.modulate(block.img_norm2(img), img_shift2, img_scale2)))
+    txt = add(txt, txt_gate1, block.txt_attn.proj(txt_attn))
+    txt = add(txt, txt_gate2, block.txt_mlp(ops.modulate(block.txt_norm2(txt), txt_shift2, txt_scale2)))
     return img, ops.fp16_fix(txt)
 
 
 def single_block(block, x, vec, pe, attn_mask, text_tokens: int, ops: FluxOps, guide: Guide = no_guide):
     """One single-stream block on ``x = [txt; img]``; ``text_tokens``: how many rows of ``x`` are text."""
-    ((shift, scale, gate),) = ops.modulation(block.modulation, vec)
+    shift, scale, gate = single_modulation(block, vec, ops)
     qkv, mlp = torch.split(block.linear1(ops.modulate(block.pre_norm(x), shift, scale)),
                            [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
     q, k, v = _heads(qkv, block.num_heads)
@@ -115,4 +152,4 @@ def single_block(block, x, vec, pe, attn_mask, text_tokens: int, ops: FluxOps, g
     if img_attn is not plain:  # the text rows stay as they are
         attn = torch.cat((attn[:, :text_tokens], img_attn), dim=1)
     out = block.linear2(torch.cat((attn, block.mlp_act(mlp)), dim=2))
-    return ops.fp16_fix(x + gate * out)
+    return ops.fp16_fix(ops.gated_add(x, gate, out))

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from dataclasses import field as dataclass_field
 
 from ..errors import RefDropError
@@ -72,23 +72,34 @@ def build_manifest(name: str, family: str, generation: dict, recording: Recordin
     return check_manifest(seal_manifest(manifest), name)
 
 
+SUMMARY = "summary"  # the metadata key of a ReferenceInfo field that the list views show, with its description
+
+
+def _summary(description: str = "", **default):
+    return dataclass_field(**default, metadata={SUMMARY: description})
+
+
 @dataclass(frozen=True)
 class ReferenceInfo:
-    """What the panel and the REST API show of a reference. A hand-made manifest may hold values of other types:
+    """What the panel and the REST API show of a reference; the fields marked ``_summary`` are the list views'
+    summary (``SUMMARY_FIELDS``, the REST API's ``Summary``). A hand-made manifest may hold values of other types:
     those read as None."""
 
     name: str
-    family: str
-    profile: str
-    bytes: int | None
-    created: str | None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    sampler: str | None = None
+    family: str = _summary("model family: sd15, sdxl...")
+    profile: str = _summary("storage profile (exact, compact...)")
+    bytes: int | None = _summary("size of the saved features in bytes")
+    created: str | None = _summary("when it was saved, ISO 8601")
+    width: int | None = _summary(default=None)
+    height: int | None = _summary(default=None)
+    steps: int | None = _summary(default=None)
+    sampler: str | None = _summary(default=None)
     scheduler: str | None = None
-    seed: int | None = None
-    prompt: str | None = None
+    seed: int | None = _summary(default=None)
+    prompt: str | None = _summary(default=None)
+
+
+SUMMARY_FIELDS = tuple(f.name for f in fields(ReferenceInfo) if SUMMARY in f.metadata)
 
 
 def reference_info(manifest: dict) -> ReferenceInfo:

@@ -29,9 +29,38 @@ U, W = "u", "w"  # the suffixes of a low-rank row's factors: ``input1.0/cond0/k.
 RANK = -1        # in a shape from ``stored_forms``: the row's rank, 1 to ``Profile.max_rank`` (the same in u and w)
 STORAGES = ("native", *quantize.FORMATS)
 FILE_ENCODINGS = ("raw", "zstd")
-# Profile.keep -> the tensors of a stored row; a trajectory keeps no layer rows, only the reference's latent at each
-# sampled sigma and its conditioning (reference/trajectory.py), and Use evaluates the rows again
-KEPT_TENSORS = {"kv": ("k", "v"), "input": ("x",), "trajectory": ()}
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What a profile keeps of a generation (``Profile.keep``), and what that asks of a Save and of a Use; the
+    one place that tells the three apart."""
+
+    name: str
+    tensors: tuple[str, ...]  # the stored tensors of each layer and chunk; () keeps no layer rows
+    recorded_by: str          # the Save's hook: "attn1" (the replace patch), "attn1_patch" (before the projections)
+    #                           or "model_function" (the wrapper around the model)
+    nothing_recorded: str     # why a Save recorded nothing, when this hook did not run
+
+    @property
+    def projected(self) -> bool:
+        """The rows are a layer's input: Use projects them with the layer's own ``to_k``/``to_v``."""
+        return self.recorded_by == "attn1_patch"
+
+    @property
+    def evaluated_again(self) -> bool:
+        """Only the reference's latent at each sampled sigma and its conditioning are kept (``attn/trajectory.py``):
+        Use evaluates the rows again in a reference pass."""
+        return self.recorded_by == "model_function"
+
+
+KEPT = {kept.name: kept for kept in (
+    Kept("kv", ("k", "v"), "attn1", "no self-attention layer was called"),
+    Kept("input", ("x",), "attn1_patch",
+         "no layer input was recorded (the Save's input_patch must run as an attn1_patch)"),
+    Kept("trajectory", (), "model_function",
+         "no latent was recorded (the Save's model function wrapper must run around the model)"),
+)}
 
 
 def split_entry(key: str) -> tuple[str, str, str, str]:
@@ -56,11 +85,11 @@ class Profile:
     file_encoding: str = "raw"   # raw | zstd (lossless, on the writer thread)
     chunks: str = "all"          # all | cond (the uncond chunk is not stored)
     uncond_use: str = "cond"     # where uncond is not stored: "cond" (attend to cond0) | "plain" (no guidance)
-    keep: str = "kv"             # what a row is: K and V as computed ("kv") | the attn1 input ("input")
+    keep: str = "kv"             # what a Save keeps: a name in ``KEPT``
 
     def __post_init__(self):
         choices = {"storage": STORAGES, "file_encoding": FILE_ENCODINGS, "chunks": ("all", "cond"),
-                   "uncond_use": ("cond", "plain"), "keep": tuple(KEPT_TENSORS)}
+                   "uncond_use": ("cond", "plain"), "keep": tuple(KEPT)}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"profile {self.name}: {field} must be one of {allowed}")
@@ -68,9 +97,13 @@ class Profile:
             raise ValueError(f"profile {self.name}: rank_budget in [0, 1), rank_energy in (0, 1], sigma_stride >= 1")
 
     @property
+    def kept(self) -> Kept:
+        return KEPT[self.keep]
+
+    @property
     def tensors(self) -> tuple[str, ...]:
         """The stored tensors of each layer and chunk: ``("k", "v")``, or ``("x",)`` (the attn1 input)."""
-        return KEPT_TENSORS[self.keep]
+        return self.kept.tensors
 
     def keeps_sigma(self, ordinal: int) -> bool:
         """Whether the ``ordinal``-th distinct sigma of a Save is stored."""

@@ -75,7 +75,7 @@ class ReferenceReader:
         # A profile that keeps each layer's input, with the model's projections (layer id -> (to_k, to_v)): the
         # loader projects each saved slot as it brings it to the device, so Use reads K and V like any profile (the
         # projections are linear: interpolating projected slots = projecting the interpolated input).
-        self.projections = projections if self.profile.keep == "input" else None
+        self.projections = projections if self.profile.kept.projected else None
         self._row_tensors = ("k", "v") if self.projections is not None else self.profile.tensors
         self.sigma_map = SigmaMap(slots_of(self.manifest))
         # per chunk, the slots that hold its rows: where a host evaluated the cond chunk alone, uncond is

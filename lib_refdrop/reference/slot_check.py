@@ -68,7 +68,7 @@ def check_slot_tensors(name: str, file: str, tensors: dict[str, torch.Tensor], m
     stored dtype and shape (a rank from 1 to the profile's bound, the same in every part of a row), finite, and
     every row complete."""
     compute_dtype = _compute_dtype(name, file, manifest)
-    if profile.keep == "trajectory":
+    if profile.kept.evaluated_again:
         return check_trajectory_tensors(name, file, tensors, manifest, compute_dtype)
     rows: dict[tuple, dict[str, int]] = {}  # (layer, chunk, k|v) -> suffix -> rank (0: no rank in its shape)
     for key, value in tensors.items():

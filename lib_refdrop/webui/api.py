@@ -1,8 +1,10 @@
 """REST endpoints for the reference library, mounted on the host's FastAPI app under ``/refdrop/v1``.
 
     GET    /refdrop/v1/references                   list with a summary of each reference
+    POST   /refdrop/v1/references?name=&overwrite=  import a reference file (the body: <name>.refdrop.safetensors)
     GET    /refdrop/v1/references/{name}            full manifest + preview (base64 PNG or null)
     GET    /refdrop/v1/references/{name}/preview    the preview as image/png
+    GET    /refdrop/v1/references/{name}/export     the reference as one file, <name>.refdrop.safetensors
     DELETE /refdrop/v1/references/{name}
     POST   /refdrop/v1/references/{name}/rename     {"new_name": "..."}
 
@@ -16,14 +18,17 @@ else. Generation itself goes through the host's own ``/sdapi/v1/txt2img`` (see d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
+import tempfile
+import typing
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import VERSION as PYDANTIC_VERSION
 from pydantic import BaseModel, Field
@@ -32,11 +37,12 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from .. import library
 from ..errors import RefDropError
+from ..reference import bundle
+from ..reference.manifest import SUMMARY, ReferenceInfo
 from ..reference.names import MAX_NAME_BYTES, MAX_NAME_LENGTH
 from ..reference.store import ReferenceStore
 
 API_PREFIX = "/refdrop/v1"
-SUMMARY_FIELDS = library.SUMMARY_FIELDS
 
 
 # -- what the OpenAPI document declares ------------------------------------------------------------------------
@@ -95,19 +101,20 @@ def _or_null(default=None, **field):
     return Field(default, **field, **({"nullable": True} if PYDANTIC_VERSION.startswith("1.") else {}))
 
 
-class Summary(BaseModel):
-    """What a reference was generated with; null where it does not record a value of that type."""
+def _summary_model() -> type[BaseModel]:
+    """``Summary`` from ``ReferenceInfo``'s summary fields: each field is declared once, there."""
+    hints = typing.get_type_hints(ReferenceInfo)
+    shown = [f for f in dataclasses.fields(ReferenceInfo) if SUMMARY in f.metadata]
+    namespace = {
+        "__module__": __name__,
+        "__doc__": "What a reference was generated with; null where it does not record a value of that type.",
+        "__annotations__": {f.name: hints[f.name] | None for f in shown},
+        **{f.name: _or_null(**({"description": f.metadata[SUMMARY]} if f.metadata[SUMMARY] else {})) for f in shown},
+    }
+    return type("Summary", (BaseModel,), namespace)
 
-    family: str | None = _or_null(description="model family: sd15, sdxl...")
-    width: int | None = _or_null()
-    height: int | None = _or_null()
-    steps: int | None = _or_null()
-    sampler: str | None = _or_null()
-    seed: int | None = _or_null()
-    prompt: str | None = _or_null()
-    bytes: int | None = _or_null(description="size of the saved features in bytes")
-    created: str | None = _or_null(description="when it was saved, ISO 8601")
-    profile: str | None = _or_null(description="storage profile (exact, compact...)")
+
+Summary = _summary_model()
 
 
 class ListEntry(Summary):
@@ -140,6 +147,11 @@ class Renamed(BaseModel):
     name: str
 
 
+class Imported(BaseModel):
+    name: str = Field(description="the name the reference is stored under")
+    summary: Summary
+
+
 def _answer(model: type[BaseModel], description: str) -> dict:
     return {"model": model, "description": description}
 
@@ -152,10 +164,24 @@ _CONFLICT = {409: _answer(ApiError, "error 'conflict': a Save is writing the ref
                                     "manifest, a preview that is a link or a special file...), the message says why")}
 _UNAUTHORIZED = {401: _answer(AuthError, "--api-auth is on and the credentials are missing or wrong")}
 _PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+_FILE = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+         "headers": {"Content-Disposition": {"description": "attachment; filename=\"<name>.refdrop.safetensors\"",
+                                             "schema": {"type": "string"}}}}
+_IMPORT_CONFLICT = {409: _answer(ApiError, "error 'conflict': the name is taken (send overwrite=true to replace "
+                                           "it) or a Save is writing it; error 'unusable': the file is refused "
+                                           "(the message names what is wrong in it)")}
 # Declared by hand, not as FastAPI parameters: FastAPI would then answer a malformed body itself (422, or a bare 400
 # {"detail"}) and declare a 422 that the routes never send; here every failure has RefDrop's body and status.
 _NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "description": NAME_DESCRIPTION,
                    "schema": {"type": "string", "title": "Name", **name_schema()}}
+_IMPORT_PARAMETERS = [
+    {"name": "name", "in": "query", "required": False, "description": "the name to store the reference under "
+     "(default: the name in the file). " + NAME_DESCRIPTION, "schema": {"type": "string", **name_schema()}},
+    {"name": "overwrite", "in": "query", "required": False, "description": "replace a reference of that name",
+     "schema": {"type": "boolean", "default": False}},
+]
+_IMPORT_BODY = {"required": True, "description": "a <name>.refdrop.safetensors file, as exported",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 _RENAME_BODY = {"required": True, "content": {"application/json": {"schema": {
     "title": "Rename", "type": "object", "properties": {"new_name": {"type": "string", **name_schema()}},
     "required": ["new_name"], "additionalProperties": False}}}}
@@ -230,6 +256,23 @@ def register_routes(app: FastAPI, get_store: Callable[[], ReferenceStore],
         name = request.path_params["name"]
         return await run_in_threadpool(_guarded, lambda: _rename(get_store(), name, _json(body)))
 
+    def export_reference(request: Request):
+        return _guarded(lambda: _export_response(get_store(), request.path_params["name"]))
+
+    async def import_reference(request: Request):
+        try:  # the query first: a bad one is answered before the body is read
+            store, name = get_store(), request.query_params.get("name")
+            overwrite = _flag(request.query_params.get("overwrite"), "overwrite")
+            received = tempfile.TemporaryFile(dir=store.root)  # nameless, beside the store: room for a reference
+        except Exception as exc:  # noqa: BLE001 - answered like every failure
+            return _error(*library.failure(exc))
+        try:
+            async for chunk in request.stream():  # to disk as it arrives: a reference may be large
+                await run_in_threadpool(received.write, chunk)
+            return await run_in_threadpool(_guarded, lambda: library.import_file(store, received, name, overwrite))
+        finally:
+            received.close()
+
     def get_reference(request: Request):
         return _guarded(lambda: _details(get_store(), _reference_name(request)))
 
@@ -238,6 +281,9 @@ def register_routes(app: FastAPI, get_store: Callable[[], ReferenceStore],
 
     def unsupported_method(request: Request):
         return _method_not_allowed(request.method, request.path_params["name"])
+
+    def unsupported_list_method(request: Request):
+        return _not_allowed(request.method, _LIST_METHODS)
 
     def route(path: str, call: Callable, method: str, ok: dict, errors: dict, **options) -> None:
         app.add_api_route(path, call, methods=[method], dependencies=dependencies, response_model=None,
@@ -251,8 +297,13 @@ def register_routes(app: FastAPI, get_store: Callable[[], ReferenceStore],
     one = base + "/{name:refdrop_any}"
     # Order matters: ".../{name}/preview" must be tried before ".../{name}", which would also match it.
     route(base, list_references, "GET", _answer(ReferenceList, "Every reference"), {})
+    route(base, import_reference, "POST", _answer(Imported, "Imported"),
+          {**_BAD_REQUEST, **_IMPORT_CONFLICT},
+          openapi_extra={"parameters": _IMPORT_PARAMETERS, "requestBody": _IMPORT_BODY})
     on_a_reference(one + "/preview", reference_preview, "GET", {"description": "The preview PNG", **_PNG},
                    {404: _answer(ApiError, "No reference of that name, or it has no preview")},
+                   response_class=Response)
+    on_a_reference(one + "/export", export_reference, "GET", {"description": "The reference file", **_FILE}, {},
                    response_class=Response)
     on_a_reference(one + "/rename", rename_reference, "POST", _answer(Renamed, "Renamed"), {},
                    openapi_extra={"requestBody": _RENAME_BODY})
@@ -261,6 +312,8 @@ def register_routes(app: FastAPI, get_store: Callable[[], ReferenceStore],
     # Any other method on a reference's paths is a 405 naming the right ones (Starlette's own 405 would list only
     # the methods of the first route whose path matches, e.g. GET without DELETE).
     app.add_api_route(one, unsupported_method, methods=_OTHER_METHODS, dependencies=dependencies,
+                      include_in_schema=False)
+    app.add_api_route(base, unsupported_list_method, methods=_OTHER_LIST_METHODS, dependencies=dependencies,
                       include_in_schema=False)
 
 
@@ -278,8 +331,10 @@ def _basic_auth(credentials: dict[str, str]):
     return check
 
 
-_SUB_RESOURCES = {"/preview": "GET", "/rename": "POST"}  # path suffix -> the one method it has
+_SUB_RESOURCES = {"/preview": "GET", "/rename": "POST", "/export": "GET"}  # path suffix -> the one method it has
 _OTHER_METHODS = ["POST", "PUT", "PATCH", "OPTIONS", "HEAD", "TRACE"]  # what no ".../{name}" route answers
+_LIST_METHODS = "GET, POST"  # the list and an import
+_OTHER_LIST_METHODS = ["PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE"]
 
 
 def _reference_name(request: Request) -> str:
@@ -298,6 +353,15 @@ def _json(body: bytes):
         raise RefDropError('RefDrop: send the new name as JSON: {"new_name": "..."}') from None
 
 
+def _flag(value: str | None, field: str) -> bool:
+    """A boolean query parameter: true or false (absent: false)."""
+    if value is None or value.lower() in ("false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise RefDropError(f"RefDrop: {field} must be true or false, got {value!r}")
+
+
 def _sub_resource(path_name: str) -> str | None:
     """The suffix when ``{name:refdrop_any}`` caught ".../<name>/preview" or ".../<name>/rename" (a name has no '/')."""
     return next((suffix for suffix in _SUB_RESOURCES if path_name.endswith(suffix)), None)
@@ -305,7 +369,10 @@ def _sub_resource(path_name: str) -> str | None:
 
 def _method_not_allowed(method: str, path_name: str) -> JSONResponse:
     suffix = _sub_resource(path_name)
-    allowed = _SUB_RESOURCES[suffix] if suffix else "GET, DELETE"
+    return _not_allowed(method, _SUB_RESOURCES[suffix] if suffix else "GET, DELETE")
+
+
+def _not_allowed(method: str, allowed: str) -> JSONResponse:
     answer = _error(405, "method_not_allowed", f"RefDrop: {method} is not supported here; use {allowed}")
     answer.headers["Allow"] = allowed
     return answer
@@ -320,6 +387,21 @@ _details, _delete, _rename = library.details, library.delete, library.rename
 
 def _preview_response(store: ReferenceStore, name: str) -> Response:
     return Response(content=library.preview(store, name), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def _export_response(store: ReferenceStore, name: str) -> StreamingResponse:
+    file, received, size = library.export(store, name)
+
+    def chunks():
+        try:
+            yield from bundle.chunks_of(received, size)
+        finally:
+            received.close()
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream",
+                             headers={"Content-Disposition": library.content_disposition(file),
+                                      "Content-Length": str(size),
+                                      "Cache-Control": "no-store"})
 
 
 # -- errors ------------------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@ with a shim that accepts gradio-3 code).
 
 ``build`` only creates components and wires their events: no registration, no globals, so the host can call it
 once per tab and the API once more to read the defaults. The reference-library callbacks are plain functions of
-a ``ReferenceStore`` (``refresh``, ``describe``, ``delete``, ``rename``, ``poll``) so they are tested on a temporary
-store. Tooltips are ``TOOLTIPS``, keyed by the item ids below, built from the same tables as the controls' choices
-and carried by the page as JSON (``tooltips_html``); ``javascript/refdrop.js`` sets them as the elements' titles, and
-clicks the hidden poll button while a Save is written in the background (the host gives scripts no event after a
-generation).
+a ``ReferenceStore`` (``refresh``, ``describe``, ``delete``, ``rename``, ``poll``, ``export_file``, ``import_file``)
+so they are tested on a temporary store. Tooltips are ``TOOLTIPS``, keyed by the item ids below, built from the
+same tables as the controls' choices and carried by the page as JSON (``tooltips_html``); ``javascript/refdrop.js``
+sets them as the elements' titles, and clicks the hidden poll button while a Save is written in the background (the
+host gives scripts no event after a generation).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import datetime
 import html
 import io
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +44,7 @@ from ..params import (
     as_number,
     block_sort_key,
 )
+from ..reference import bundle
 from ..reference.manifest import ReferenceInfo, reference_info
 from ..reference.profiles import PROFILES
 from ..reference.writer import format_bytes
@@ -62,8 +66,9 @@ def _span(blocks: tuple[str, ...], prefix: str) -> str:
 
 BLOCKS_INFO = (
     f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}; "
-    f"Flux has {_span(FLUX_BLOCKS, 'D')} (double-stream) and {_span(FLUX_BLOCKS, 'S')} (single-stream). A block the "
-    "model lacks is ignored."
+    f"Flux and Chroma have {_span(FLUX_BLOCKS, 'D')} (double-stream) and {_span(FLUX_BLOCKS, 'S')} (single-stream); "
+    f"Qwen-Image {_span(FAMILY_BLOCKS['qwen_image'], 'D')}; Wan {_span(FAMILY_BLOCKS['wan'], 'S')} (S00-S29 in its "
+    "1.3B and 2.2 5B). A block the model lacks is ignored."
 )
 # What each offered storage profile trades (the panel's and Settings' choices, reference/profiles.py PROFILES).
 PROFILE_NOTES = {
@@ -85,14 +90,14 @@ ITEM_IDS = (
     "delete_cancel", "rename_to", "rename", "save_name", "status", "advanced", "disabled_groups",
     "disabled_blocks", "skip_first_up", "step_start", "step_end", "apply_hires", "overwrite", "profile",
     "source", "save_from", "image", "image_prompt", "mask_box", "mask", "mask_paint", "mask_keep", "mask_forget",
-    "more", "batch_hint",
+    "more", "batch_hint", "share", "export", "export_file", "import_file",
     *(f"{item}_{k}" for k in MORE_SLOTS for item in ("source", "rfg", "reference", "refresh", "image", "mask_box",
                                                     "mask", "mask_paint")),
 )
 
 BATCH_HINT = (f"**{SOURCE_LABELS['batch']}** acts only when this generation makes more than one image (batch size or "
               "batch count above 1): the first is generated plainly, the others follow it.")
-_FAMILIES = ", ".join(families.LABELS[f] for f in ("sd15", "sdxl", "flux"))
+_FAMILIES = ", ".join(families.LABELS[f] for f in ("sd15", "sdxl", *families.DIT_FAMILIES))
 _SLOT_TOOLTIPS = {
     "source_{k}": "Where reference {k} comes from (see Source above). Shown while reference {k} is on.",
     "rfg_{k}": "RFG coefficient of reference {k}; 0 = reference {k} is off.",
@@ -120,11 +125,19 @@ TOOLTIPS = {
     "delete_cancel": "Keep the reference.",
     "rename_to": "New name for the selected reference: letters, digits, spaces and _ - . ( ) +.",
     "rename": "Rename the selected reference.",
+    "share": "The selected reference as one file to share, and a shared file to add to the library.",
+    "export": "Write the selected reference as one file, <name>.refdrop.safetensors, to download below: its "
+              "features, manifest, preview and kept mask. A trajectory reference is a few MB.",
+    "export_file": "The exported reference file: download it and share it. It needs a model of the same family.",
+    "import_file": "Add a shared .refdrop.safetensors file to the library under its file name (a name that is "
+                   "taken is refused). Every part of it is checked first. Dropping the file into the store folder "
+                   "does the same when the list is next read.",
     "save_name": "Name of the new reference. Empty: ref-<seed>-<time>.",
     "status": "Result of the last Save (in Save mode), delete, rename or kept mask.",
     "advanced": "Where and when RefDrop acts, and how references are stored.",
     "disabled_groups": "Whole parts of the model that keep their own attention: on a U-Net input (down-sampling), "
-                       "middle, output (up-sampling); on Flux double (double-stream blocks), single (single-stream).",
+                       "middle, output (up-sampling); on Flux and Chroma double (double-stream blocks), single "
+                       "(single-stream).",
     "disabled_blocks": BLOCKS_INFO,
     "skip_first_up": "Leave the first up-sampling block with attention alone (the paper's ablation): the result "
                      "copies less of the reference's pose and background while keeping its subject.",
@@ -182,6 +195,7 @@ class Controls:
 # -- the reference library, as plain functions of a store -------------------------------------------------
 
 def reference_choices(store) -> list[str]:
+    bundle.adopt_received(store)  # reference files dropped into the store's folder
     return list(store.names())
 
 
@@ -308,6 +322,41 @@ def rename(store, old: str | None, new: str | None) -> tuple[str, list[str], str
     except RefDropError as exc:
         return str(exc), reference_choices(store), old
     return f"Renamed **{old}** to **{name}**.", reference_choices(store), name
+
+
+_exports: list[str] = []  # this process's export folders: each is removed when the next one is made
+
+
+def export_file(store, name: str | None) -> tuple[str | None, str]:
+    """(the path of reference ``name`` written as one file, for gradio to serve, or None; a message). The file is
+    written to a fresh temporary folder, which gradio copies it out of; the previous export's folder goes."""
+    if not name:
+        return None, "Select a reference to export."
+    while _exports:
+        shutil.rmtree(_exports.pop(), ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix="refdrop-export-")
+    _exports.append(folder)
+    try:
+        path = bundle.export_reference(store, name, folder)
+    except RefDropError as exc:
+        return None, str(exc)
+    return str(path), (f"Reference **{name}** is one file of {format_bytes(path.stat().st_size)}: download "
+                       f"**{path.name}** below. It works with models of the same family.")
+
+
+def import_file(store, upload) -> tuple[str, list[str], str | None]:
+    """(message, new choices, the imported name or None) for a file uploaded to the panel (gradio 3 gives a
+    temporary file object, gradio 4 a path; both keep the uploaded file's name). It is stored under its file name
+    (``cat.refdrop.safetensors`` -> ``cat``), else the name it carries; a name that is taken is refused."""
+    path = getattr(upload, "name", upload)
+    if not path:
+        return "Choose a .refdrop.safetensors file to import.", reference_choices(store), None
+    file = os.path.basename(path)
+    try:
+        name = bundle.import_reference(store, path, bundle.name_of_file(file), label=file)
+    except RefDropError as exc:
+        return str(exc), reference_choices(store), None
+    return f"Imported **{file}** as reference **{name}**.", reference_choices(store), name
 
 
 def poll(store, status: str, shown: dict) -> tuple[list[str] | None, str | None, dict]:
@@ -477,6 +526,13 @@ def _library(c: Controls, elem_id: Callable[[str], str], choices: list[str]) -> 
                                                 elem_id=elem_id("delete_confirm"), scale=0, size="sm")
                 x["delete_cancel"] = gr.Button("Cancel", visible=False, elem_id=elem_id("delete_cancel"),
                                                scale=0, size="sm")
+    with gr.Accordion("Share", open=False, elem_id=elem_id("share")) as x["share"]:
+        with gr.Row():
+            with gr.Column():
+                x["export"] = gr.Button("Export as one file", elem_id=elem_id("export"), size="sm")
+                x["export_file"] = gr.File(label="Reference file", interactive=False, elem_id=elem_id("export_file"))
+            x["import_file"] = gr.File(label="Import a .refdrop.safetensors file", file_types=[".safetensors"],
+                                       elem_id=elem_id("import_file"))
 
 
 def _more_slot(c: Controls, elem_id: Callable[[str], str], choices: list[str], k: int, shown: dict) -> None:
@@ -620,6 +676,16 @@ def _wire(c: Controls, get_store, get_status) -> None:
     def on_poll(shown):
         return poll_updates(get_store, get_status, shown)
 
+    def on_export(name):
+        path, message = export_file(get_store(), name)
+        return gr.update(value=path), message
+
+    def on_import(upload, shown):
+        message, choices, name = import_file(get_store(), upload)
+        value = gr.update(choices=_NONE_FIRST + choices, value=name) if name else gr.update(
+            choices=_NONE_FIRST + choices)
+        return value, message, {**shown, "choices": choices}, gr.update(value=None)
+
     def ask_confirmation(name):
         if not name:
             return gr.update(visible=False), gr.update(visible=False), "Select a reference to delete."
@@ -640,6 +706,9 @@ def _wire(c: Controls, get_store, get_status) -> None:
                       show_progress=False)
     x["poll"].click(on_poll, inputs=[shown], outputs=[i["reference"], x["status"], x["poll"], shown],
                     show_progress=False)
+    x["export"].click(on_export, inputs=[i["reference"]], outputs=[x["export_file"], x["status"]])
+    x["import_file"].upload(on_import, inputs=[x["import_file"], shown],
+                            outputs=[i["reference"], x["status"], shown, x["import_file"]])
     _wire_slots(c, get_store)  # after slot 1's: tests/test_save_status_poll.py reads each button's first callback
 
 
@@ -667,6 +736,7 @@ def _wire_slots(c: Controls, get_store) -> None:
                                 show_progress=False)
     for button in ("refresh", "delete_confirm", "rename"):
         x[button].click(on_library_change, inputs=others, outputs=others, show_progress=False)
+    x["import_file"].upload(on_library_change, inputs=others, outputs=others, show_progress=False)
     def on_keep(name, mask):
         return keep_mask(get_store(), name, mask), describe(get_store(), name)[1]
 

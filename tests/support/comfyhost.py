@@ -3,7 +3,7 @@
 
 It reaches RefDrop through ``lib_refdrop.standalone`` (the session) and ``lib_refdrop.patcher`` (the install) only:
 no ``lib_refdrop.webui``, no ``p``. ComfyUI's patcher has no ``set_model_replace_all``, so the attn1 patch goes on
-each layer key; its kernels are ``comfy.ldm.modules.attention``; a Flux model's blocks are reached through
+each layer key; its kernels are ``comfy.ldm.modules.attention``; a Flux or Chroma model's blocks are reached through
 ``patches_replace["dit"]``.
 """
 
@@ -20,11 +20,12 @@ KERNELS = "comfy.ldm.modules.attention"
 def pass_context(model, family: str, seed: int):
     """The sampling run ``model`` is about to make, described for RefDrop (a U-Net or a DiT model)."""
     attention = kernels.optimized_attention(KERNELS)
-    dit = dit_blocks.is_flux(dit_blocks.diffusion_model(model))
+    diffusion_model = dit_blocks.diffusion_model(model)
+    dit = dit_blocks.dit_family(diffusion_model)
     return standalone.context(
-        dit_blocks.FAMILY if dit else family, attention, model.model.model_sampling.percent_to_sigma, seed,
+        dit or family, attention, model.model.model_sampling.percent_to_sigma, seed,
         earlier=chain(earlier_attn1_patches(model), attention),
-        dit_ops=kernels.optimized_flux_ops(KERNELS) if dit else None,
+        dit_ops=dit_blocks.block_ops(diffusion_model, kernels.optimized_flux_ops(KERNELS)) if dit else None,
         earlier_blocks=tuple(dit_blocks.earlier_block_patches(model)) if dit else ())
 
 

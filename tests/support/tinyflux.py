@@ -6,12 +6,14 @@ pooled text (``vec``) that modulates every block (shift, scale, gate), double-st
 text and image, one joint attention), single-stream blocks on ``[txt; img]``, RMS-normed q and k, 3-axis RoPE.
 Attention runs on the hosts' stand-in kernel (``hostsim.sdpa_attention``, skip_reshape as both hosts call it).
 
-Each convention computes the modulation the way that host does (reForge: one ``addcmul``). ``Flux(convention=
-"reforge")`` looks block replacements up in ``transformer_options["patches_replace"]["dit"]``
-like reForge's ``Flux.forward_orig``; ``convention="forge"`` calls each block directly like Forge's
-``IntegratedFluxTransformer2DModel.inner_forward`` (``block(img=, txt=, vec=, pe=)``), where the patcher's object
-patches reach it. ``FluxPatcher`` adds Forge's object patches (applied on load, put back on unload) to the fake
-patcher; ``sample`` drives the model through the patcher's model function wrapper as both hosts' samplers do.
+Each convention computes the modulation and RoPE the way that host does (reForge: one ``addcmul``; Forge Neo:
+ComfyUI's ``apply_mod`` and comfy_kitchen's RoPE, which the fake Neo host's ``backend.nn.flux`` exports as Neo's
+module does). ``Flux(convention="reforge")`` looks block replacements up in
+``transformer_options["patches_replace"]["dit"]`` like reForge's ``Flux.forward_orig``; ``convention="forge"`` calls
+each block directly like Forge's ``IntegratedFluxTransformer2DModel.inner_forward`` (``block(img=, txt=, vec=,
+pe=)``), where the patcher's object patches reach it. ``FluxPatcher`` adds Forge's object patches (applied on load,
+put back on unload) to the fake patcher; ``sample`` drives the model through the patcher's model function wrapper as
+both hosts' samplers do.
 """
 
 from __future__ import annotations
@@ -50,8 +52,21 @@ def apply_rope(xq, xk, freqs):
     return xq_out.reshape(*xq.shape).type_as(xq), xk_out.reshape(*xk.shape).type_as(xk)
 
 
-def attention(q, k, v, pe, mask=None):
-    q, k = apply_rope(q, k, pe)
+def neo_apply_rope(xq, xk, freqs):
+    """Forge Neo's (and later ComfyUI's) ``apply_rope``: comfy_kitchen's, as its eager (CPU) backend computes it (a
+    product, then ``addcmul_``: rounded differently from ``apply_rope``)."""
+
+    def rotate(x):
+        pairs = x.to(freqs.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+        out = freqs[..., 0] * pairs[..., 0]
+        out.addcmul_(freqs[..., 1], pairs[..., 1])
+        return out.reshape(*x.shape).type_as(x)
+
+    return rotate(xq), rotate(xk)
+
+
+def attention(q, k, v, pe, mask=None, rope=apply_rope):
+    q, k = rope(q, k, pe)
     return sdpa_attention(q, k, v, q.shape[1], mask=mask, skip_reshape=True)
 
 
@@ -138,7 +153,17 @@ def modulate_addcmul(x, shift, scale):
     return torch.addcmul(shift, x, 1 + scale)
 
 
-MODULATE = {"forge": modulate, "neo": modulate, "reforge": modulate_addcmul}
+def neo_apply_mod(tensor, m_mult, m_add=None):
+    """Forge Neo's (ComfyUI's) ``apply_mod`` without modulation dims: ``addcmul(m_add, tensor, m_mult)``."""
+    return tensor * m_mult if m_add is None else torch.addcmul(m_add, tensor, m_mult)
+
+
+def modulate_neo(x, shift, scale):
+    return neo_apply_mod(x, 1 + scale, shift)
+
+
+MODULATE = {"forge": modulate, "neo": modulate_neo, "reforge": modulate_addcmul}
+ROPE = {"forge": apply_rope, "neo": neo_apply_rope, "reforge": apply_rope}
 
 
 def _mlp(hidden, ratio):
@@ -152,9 +177,9 @@ def _split_heads(qkv, heads):
 
 
 class DoubleStreamBlock(nn.Module):
-    def __init__(self, hidden, heads, mlp_ratio, modulate=modulate):
+    def __init__(self, hidden, heads, mlp_ratio, modulate=modulate, rope=apply_rope):
         super().__init__()
-        self.modulate = modulate
+        self.modulate, self.rope = modulate, rope
         self.num_heads, self.hidden_size = heads, hidden
         self.img_mod, self.txt_mod = Modulation(hidden, True), Modulation(hidden, True)
         self.img_norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
@@ -175,7 +200,7 @@ class DoubleStreamBlock(nn.Module):
             self.txt_attn.qkv(mod(self.txt_norm1(txt), txt_mod1.shift, txt_mod1.scale)), self.num_heads)
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
         attn = attention(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2),
-                         torch.cat((txt_v, img_v), dim=2), pe, attn_mask)
+                         torch.cat((txt_v, img_v), dim=2), pe, attn_mask, self.rope)
         txt_attn, img_attn = attn[:, :txt.shape[1]], attn[:, txt.shape[1]:]
         img = img + img_mod1.gate * self.img_attn.proj(img_attn)
         img = img + img_mod2.gate * self.img_mlp(mod(self.img_norm2(img), img_mod2.shift, img_mod2.scale))
@@ -185,9 +210,9 @@ class DoubleStreamBlock(nn.Module):
 
 
 class SingleStreamBlock(nn.Module):
-    def __init__(self, hidden, heads, mlp_ratio, modulate=modulate):
+    def __init__(self, hidden, heads, mlp_ratio, modulate=modulate, rope=apply_rope):
         super().__init__()
-        self.modulate = modulate
+        self.modulate, self.rope = modulate, rope
         self.num_heads, self.hidden_size = heads, hidden
         self.mlp_hidden_dim = int(hidden * mlp_ratio)
         self.linear1 = nn.Linear(hidden, hidden * 3 + self.mlp_hidden_dim)
@@ -203,7 +228,7 @@ class SingleStreamBlock(nn.Module):
                                [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         q, k, v = _split_heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
-        attn = attention(q, k, v, pe, attn_mask)
+        attn = attention(q, k, v, pe, attn_mask, self.rope)
         return x + mod.gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), 2))
 
 
@@ -231,8 +256,39 @@ class LastLayer(nn.Module):
         return self.linear((1 + scale[:, None, :]) * self.norm_final(x) + shift[:, None, :])
 
 
+def patchify(x: torch.Tensor, context: torch.Tensor):
+    """Latents ``[B, C, H, W]`` -> image tokens ``[B, H/2 * W/2, 4C]`` (2x2 patches), their ids (row and column on
+    axes 1 and 2) and the text tokens' ids (all 0)."""
+    b, c, h, w = x.shape
+    img = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+    img_ids = torch.zeros(h // 2, w // 2, 3)
+    img_ids[..., 1] += torch.arange(h // 2, dtype=torch.float32)[:, None]
+    img_ids[..., 2] += torch.arange(w // 2, dtype=torch.float32)[None, :]
+    return img, img_ids.reshape(1, -1, 3).expand(b, -1, -1), torch.zeros(b, context.shape[1], 3)
+
+
+def unpatchify(out: torch.Tensor, shape) -> torch.Tensor:
+    b, c, h, w = shape
+    return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def randomize(model: nn.Module) -> None:
+    """Random weights of a size that keeps every block's contribution visible; ``model`` for inference."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("scale"):
+                parameter.normal_(1.0, 0.1)
+            elif parameter.ndim == 2:
+                parameter.normal_(0.0, 1.0 / math.sqrt(parameter.shape[1]))
+            else:
+                parameter.normal_(0.0, 0.02)
+    model.eval().requires_grad_(False)
+
+
 class Flux(nn.Module):
     """The tiny model; the class name is the one reForge's Flux model has (how RefDrop recognises the family)."""
+
+    pooled_text = True  # conditioned on the pooled text ``y`` too (Chroma: tinychroma.py, is not)
 
     def __init__(self, seed: int = 0, convention: str = "reforge", double_blocks: int = DOUBLE_BLOCKS,
                  single_blocks: int = SINGLE_BLOCKS, mlp_ratio: float = 2.0):
@@ -247,31 +303,16 @@ class Flux(nn.Module):
         self.txt_in = nn.Linear(CONTEXT_DIM, HIDDEN)
         double, single = ((NeoDoubleStreamBlock, NeoSingleStreamBlock) if convention == "neo"
                           else (DoubleStreamBlock, SingleStreamBlock))
-        self.double_blocks = nn.ModuleList(double(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
-                                           for _ in range(double_blocks))
-        self.single_blocks = nn.ModuleList(single(HIDDEN, HEADS, mlp_ratio, MODULATE[convention])
-                                           for _ in range(single_blocks))
+        arithmetic = MODULATE[convention], ROPE[convention]
+        self.double_blocks = nn.ModuleList(double(HIDDEN, HEADS, mlp_ratio, *arithmetic) for _ in range(double_blocks))
+        self.single_blocks = nn.ModuleList(single(HIDDEN, HEADS, mlp_ratio, *arithmetic) for _ in range(single_blocks))
         self.final_layer = LastLayer(HIDDEN, self.patch_channels)
-        with torch.no_grad():  # random weights of a size that keeps every block's contribution visible
-            for name, parameter in self.named_parameters():
-                if name.endswith("scale"):
-                    parameter.normal_(1.0, 0.1)
-                elif parameter.ndim == 2:
-                    parameter.normal_(0.0, 1.0 / math.sqrt(parameter.shape[1]))
-                else:
-                    parameter.normal_(0.0, 0.02)
-        self.eval().requires_grad_(False)
+        randomize(self)
 
     def forward(self, x, timestep, context, y, guidance=None, transformer_options=None, **kwargs):
-        b, c, h, w = x.shape
-        img = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-        img_ids = torch.zeros(h // 2, w // 2, 3)
-        img_ids[..., 1] += torch.arange(h // 2, dtype=torch.float32)[:, None]
-        img_ids[..., 2] += torch.arange(w // 2, dtype=torch.float32)[None, :]
-        img_ids = img_ids.reshape(1, -1, 3).expand(b, -1, -1)
-        txt_ids = torch.zeros(b, context.shape[1], 3)
+        img, img_ids, txt_ids = patchify(x, context)
         out = self.forward_orig(img, img_ids, context, txt_ids, timestep, y, guidance, transformer_options or {})
-        return out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return unpatchify(out, x.shape)
 
     def forward_orig(self, img, img_ids, txt, txt_ids, timesteps, y, guidance, transformer_options):
         img = self.img_in(img)
@@ -285,27 +326,40 @@ class Flux(nn.Module):
         replace = transformer_options.get("patches_replace", {}).get("dit", {}) if looks_up else {}
         # Forge Neo passes transformer_options to every block, and in a replacement's args
         extra = {"transformer_options": transformer_options} if self.convention == "neo" else {}
-        for i, block in enumerate(self.double_blocks):
-            if ("double_block", i) in replace:
-                def original(args, block=block):
-                    out = block(img=args["img"], txt=args["txt"], vec=args["vec"], pe=args["pe"], **extra)
-                    return {"img": out[0], "txt": out[1]}
-                out = replace[("double_block", i)](
-                    {"img": img, "txt": txt, "vec": vec, "pe": pe, "attn_mask": None, **extra},
-                    {"original_block": original})
-                img, txt = out["img"], out["txt"]
-            else:
-                img, txt = block(img=img, txt=txt, vec=vec, pe=pe, **extra)
-        img = torch.cat((txt, img), 1)
-        for i, block in enumerate(self.single_blocks):
-            if ("single_block", i) in replace:
-                def original(args, block=block):
-                    return {"img": block(args["img"], vec=args["vec"], pe=args["pe"], **extra)}
-                img = replace[("single_block", i)]({"img": img, "vec": vec, "pe": pe, "attn_mask": None, **extra},
-                                                   {"original_block": original})["img"]
-            else:
-                img = block(img, vec=vec, pe=pe, **extra)
-        return self.final_layer(img[:, txt.shape[1]:, ...], vec)
+        img = run_blocks(self, img, txt, pe, lambda kind, i: vec, replace, extra, with_mask=False)
+        return self.final_layer(img, vec)
+
+
+def run_blocks(model, img, txt, pe, vec_of, replace: dict, extra: dict, with_mask: bool = True):
+    """The double-, then the single-stream blocks of ``model`` as the hosts' ``forward_orig`` runs them; the image
+    tokens out. A block with a replacement in ``replace`` (``patches_replace["dit"]``) is called through it, with
+    ``args`` ``{"img", "txt", "vec", "pe", "attn_mask"}`` and the block as ``original_block``; ``vec_of(kind,
+    i)``: the block's ``vec``; ``extra``: what the host also passes to the blocks and in ``args``
+    (``transformer_options``); ``with_mask``: whether the host calls a block with ``attn_mask`` (Forge main's Flux
+    does not)."""
+    mask = {"attn_mask": None} if with_mask else {}
+    for i, block in enumerate(model.double_blocks):
+        vec = vec_of("double", i)
+        if ("double_block", i) in replace:
+            def original(args, block=block):
+                out = block(img=args["img"], txt=args["txt"], vec=args["vec"], pe=args["pe"], **mask, **extra)
+                return {"img": out[0], "txt": out[1]}
+            args = {"img": img, "txt": txt, "vec": vec, "pe": pe, "attn_mask": None, **extra}
+            out = replace[("double_block", i)](args, {"original_block": original})
+            img, txt = out["img"], out["txt"]
+        else:
+            img, txt = block(img=img, txt=txt, vec=vec, pe=pe, **mask, **extra)
+    x = torch.cat((txt, img), 1)
+    for i, block in enumerate(model.single_blocks):
+        vec = vec_of("single", i)
+        if ("single_block", i) in replace:
+            def original(args, block=block):
+                return {"img": block(args["img"], vec=args["vec"], pe=args["pe"], **mask, **extra)}
+            x = replace[("single_block", i)]({"img": x, "vec": vec, "pe": pe, "attn_mask": None, **extra},
+                                             {"original_block": original})["img"]
+        else:
+            x = block(x, vec=vec, pe=pe, **mask, **extra)
+    return x[:, txt.shape[1]:, ...]
 
 
 # -- the host side: schedule, patcher, p, sampler ----------------------------------------------------------------
@@ -412,25 +466,35 @@ def make_p(unet: FluxPatcher, seed: int = 1234, **fields):
     return p
 
 
+CLIP_TOKENS, CLIP_DIM = 5, 24  # CLIP-vision features (``clip_fea``) of an image-to-video model (tinywan.py)
+
+
 def prompt(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"c_crossattn": torch.randn(1, TEXT_TOKENS, CONTEXT_DIM, generator=g),
-            "y": torch.randn(1, VEC_DIM, generator=g)}
+            "y": torch.randn(1, VEC_DIM, generator=g),
+            "clip_fea": torch.randn(1, CLIP_TOKENS, CLIP_DIM, generator=g)}
 
 
 def sample(unet: FluxPatcher, seed: int = 1, steps: int = 3, size: int = 64, batch: int = 1, cfg: float = 1.0,
-           split: bool = False, guidance: float = 3.5, cond_seed: int = 7, uncond_seed: int = 8) -> torch.Tensor:
+           split: bool = False, guidance: float = 3.5, cond_seed: int = 7, uncond_seed: int = 8,
+           frames: int = 0) -> torch.Tensor:
     """Euler on the flow ODE, through the patcher's model function wrapper (``{"input", "timestep", "c",
     "cond_or_uncond"}``); ``cfg`` 1: one cond chunk (distilled guidance), else real CFG with uncond and cond rows in
-    one call (``[1, 0]``) or, ``split``, in two calls."""
+    one call (``[1, 0]``) or, ``split``, in two calls. A model whose ``pooled_text`` is False (Chroma) gets no ``y``;
+    one with ``conditioning`` gets those keys. ``frames``: a video latent of that many frames (else a picture's)."""
     model = unet.model.diffusion_model
     conds = {0: prompt(cond_seed), 1: prompt(uncond_seed)}
-    x = torch.randn(batch, LATENT_CHANNELS, size // 8, size // 8, generator=torch.Generator().manual_seed(seed))
+    keys = getattr(model, "conditioning", None) or (
+        ("c_crossattn", "y") if getattr(model, "pooled_text", True) else ("c_crossattn",))
+    shape = (batch, LATENT_CHANNELS, *((frames,) if frames else ()), size // 8, size // 8)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
     layouts = [[0]] if cfg == 1.0 else ([[1], [0]] if split else [[1, 0]])
     wrapper = unet.model_options.get("model_function_wrapper")
 
-    def apply_model(x_in, t, c_crossattn, y, guidance=None, transformer_options=None, **extra):
-        return model(x_in, t, context=c_crossattn, y=y, guidance=guidance, transformer_options=transformer_options)
+    def apply_model(x_in, t, c_crossattn, guidance=None, transformer_options=None, **conditioning):
+        return model(x_in, t, context=c_crossattn, guidance=guidance, transformer_options=transformer_options,
+                     **conditioning)
 
     sigmas = FlowSchedule().sigmas(steps)
     with unet.loaded(), torch.no_grad():
@@ -440,9 +504,9 @@ def sample(unet: FluxPatcher, seed: int = 1, steps: int = 3, size: int = 64, bat
                 rows = batch * len(chunks)
                 t = torch.full((rows,), sigma)
                 options = {**unet.model_options["transformer_options"], "cond_or_uncond": list(chunks), "sigmas": t}
-                c = {"c_crossattn": torch.cat([conds[ch]["c_crossattn"].expand(batch, -1, -1) for ch in chunks]),
-                     "y": torch.cat([conds[ch]["y"].expand(batch, -1) for ch in chunks]),
-                     "guidance": torch.full((rows,), guidance), "transformer_options": options}
+                c = {key: torch.cat([conds[ch][key].expand(batch, *conds[ch][key].shape[1:]) for ch in chunks])
+                     for key in keys}
+                c.update(guidance=torch.full((rows,), guidance), transformer_options=options)
                 x_in = torch.cat([x] * len(chunks))
                 if wrapper is not None:
                     out = wrapper(apply_model, {"input": x_in, "timestep": t, "c": c, "cond_or_uncond": list(chunks)})

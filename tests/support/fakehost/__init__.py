@@ -2,9 +2,10 @@
 
 ``host/modules``: the parts of A1111's ``modules`` package RefDrop touches (scripts, script_callbacks, shared, paths,
 ui_components, processing), reduced to what both hosts share. ``forge/backend`` and ``reforge/ldm_patched``: the
-attention function of each host family. ``objects``: a fake ``UnetPatcher`` (``clone`` deep-copies
-``model_options`` like the real ones) and a fake ``p``. :func:`activated` puts a flavour on ``sys.path`` for one
-test and removes every trace afterwards, so tests that check "imports without a host" are not affected.
+attention function of each host family (``neo/backend``: Forge Neo's, with its Flux and Wan arithmetic).
+``objects``: a fake ``UnetPatcher`` (``clone`` deep-copies ``model_options`` like the real ones) and a fake ``p``.
+:func:`activated` puts a flavour on ``sys.path`` for one test and removes every trace afterwards, so tests that check
+"imports without a host" are not affected.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 HOST_PACKAGES = ("modules", "backend", "ldm_patched", "launch")
-FLAVOUR_DIRS = {"forge": HERE / "forge", "reforge": HERE / "reforge", "none": None}
+# neo: Forge Neo, Forge's backend with ComfyUI's Flux code (``backend.nn.flux``: its modulation and RoPE arithmetic)
+FLAVOUR_DIRS = {"forge": HERE / "forge", "neo": HERE / "neo", "reforge": HERE / "reforge", "none": None}
 
 
 def _forget_host_modules() -> None:
