@@ -26,6 +26,7 @@ from .attn.patches import (
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
 from .attn.trajectory import TrajectoryInput, trajectory_save_wrapper
+from .bake import Bakes, recording_patches
 from .crop import centre_box, same_aspect
 from .dit.blocks import FluxOps
 from .dit.guide import FluxRefDrop
@@ -118,10 +119,15 @@ def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | WanOps | 
 
 
 class RefDropRun:
-    def __init__(self, settings: RefDropSettings, store: ReferenceStore, default_profile: str = ""):
+    def __init__(self, settings: RefDropSettings, store: ReferenceStore, default_profile: str = "",
+                 bake_trajectories: bool = True):
+        """``default_profile``: the storage profile of a Save that asks for none, and what a trajectory reference's
+        first Use bakes its rows into; ``bake_trajectories``: False, a trajectory reference is evaluated again at
+        every Use (exactly) and nothing is baked (bake.py)."""
         self.settings = settings
         self.store = store
         self.default_profile = default_profile
+        self._bakes = Bakes(store, default_profile, bake_trajectories)
         self.recorder: Recorder | None = None
         self.writer: ReferenceWriter | None = None
         self.save_name: str | None = None
@@ -216,7 +222,7 @@ class RefDropRun:
     def _use_patches(self, ctx: PassContext) -> PassPatches:
         if ctx.is_hr_pass and not self.settings.apply_hires:
             return PassPatches()
-        guides, images, layers = [], [], None
+        guides, images, layers, bakes = [], [], None, []
         for slot in self.settings.slots:
             mask = slot.mask
             if slot.source == "reference":
@@ -228,6 +234,7 @@ class RefDropRun:
                     trajectory = TrajectoryInput(f"reference '{reader.name}' (slot {slot.index})", reader)
                     images.append(trajectory)
                     source = PassRows(trajectory.name)
+                    bakes.append(self._bakes.plan(reader, trajectory.name, ctx, self.settings))
                 else:
                     source = StoredRows(reader)
                 mask = mask if mask is not None else self._stored_mask(slot.reference)
@@ -255,7 +262,8 @@ class RefDropRun:
         if images:
             wrapper = reference_pass_wrapper(images, lambda sigma: window[1] <= sigma <= window[0])
         patch = make_use_patch(guides, plan_use(self.settings, window, layers), ctx.attention, ctx.inner, passes)
-        return PassPatches(attn1=patch, model_wrapper=wrapper)
+        patch, input_patch = recording_patches([bake for bake in bakes if bake is not None], patch)
+        return PassPatches(attn1=patch, model_wrapper=wrapper, attn1_input=input_patch)
 
     def _open_reference(self, slot, ctx: PassContext) -> ReferenceReader | None:
         """The reader of a slot's saved reference; None when its coefficient is 0 (checked all the same)."""
@@ -273,6 +281,11 @@ class RefDropRun:
             if problem:
                 raise RefDropError(problem)
             return None
+        baked = self._bakes.reader(opened, ctx)
+        if baked is not None:  # its rows, as its first Use computed them: no reference pass
+            opened.close()
+            self._readers.append(baked)
+            return baked
         reader = ReferenceReader(opened, projections=ctx.projections, layer_widths=ctx.layer_widths)
         self._readers.append(reader)
         return reader
@@ -307,8 +320,11 @@ class RefDropRun:
         seed = ctx.seed if ctx.seed is not None else 0
         return ImageLatent(name, latent, fixed_noise(latent, seed), ctx.encode_prompt(self.settings.image_prompt))
 
-    def release(self) -> None:
-        """The generation is over: close the references Use opened (their files stay open until then)."""
+    def release(self, generation_finished: bool = True) -> None:
+        """The generation is over: close the references Use opened (their files stay open until then), and commit
+        the rows a trajectory reference's first Use baked (in the background), unless the generation did not
+        finish."""
+        self._bakes.finish(generation_finished)
         for reader in self._readers:
             reader.close()
         self._readers.clear()

@@ -224,7 +224,8 @@ def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **
 
 class UseSession:
     """One generation's Use: ``for_pass`` before every sampling pass (every batch, the hires pass), ``close`` at the
-    end, which closes the references' files."""
+    end, which closes the references' files. Install every part of ``PassPatches``: its ``attn1_input`` records the
+    rows a trajectory reference's first Use bakes (lib_refdrop/bake.py)."""
 
     def __init__(self, run: RefDropRun):
         self._run = run
@@ -232,20 +233,26 @@ class UseSession:
     def for_pass(self, ctx: PassContext) -> PassPatches:
         return self._run.for_pass(ctx)
 
-    def close(self) -> None:
-        self._run.release()
+    def close(self, generation_finished: bool = True) -> None:
+        """The generation is over; ``generation_finished``: False where it failed or was interrupted (nothing it
+        began baking is kept)."""
+        self._run.release(generation_finished)
 
     def __enter__(self) -> UseSession:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(generation_finished=exc_type is None)
 
 
-def start_use(store: ReferenceStore, **settings) -> UseSession:
+def start_use(store: ReferenceStore, *, bake_trajectories: bool = True, default_profile: str = "",
+              **settings) -> UseSession:
     """A Use with the arguments of lib_refdrop/params.py by name: ``reference``, ``rfg``, ``source``, ``image``,
-    ``mask``, ``reference_2``, ``rfg_2``, ... RefDropError for bad settings."""
+    ``mask``, ``reference_2``, ``rfg_2``, ... RefDropError for bad settings. A trajectory reference's first Use bakes
+    the rows its reference pass computes into ``default_profile`` ("": ``lean``) and later Uses read them instead
+    (lib_refdrop/bake.py); ``bake_trajectories=False`` evaluates it again at every Use, exactly, and bakes nothing."""
     fixed = sorted(set(settings) & {"enabled", "mode"})
     if fixed:
         raise RefDropError(f"RefDrop: start_use sets {', '.join(fixed)} itself")
-    return UseSession(RefDropRun(build({**settings, "enabled": True, "mode": "Use"}), store))
+    settings = build({**settings, "enabled": True, "mode": "Use"})
+    return UseSession(RefDropRun(settings, store, default_profile, bake_trajectories=bake_trajectories))

@@ -108,7 +108,7 @@ class SamplingRun:
             if self.spec.saving:
                 session.abort(f"the sampling failed ({type(exc).__name__})")
             else:
-                session.close()
+                session.close(generation_finished=False)  # keeps nothing a trajectory's first Use began baking
             raise
         if first_save and not patches.empty:
             session.finish(self.generation())  # waits until the reference is on disk; RefDropError if it is not

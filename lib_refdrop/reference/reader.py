@@ -101,6 +101,13 @@ class ReferenceReader:
         first = self.sigma_map.lookup(math.inf)
         self._early[first.index] = self._loader.submit(self._read_stored, first.index)
 
+    def verify(self) -> None:
+        """Read and check every slot now, on the loader thread (checksums, tensors against the manifest; kept in the
+        RAM cache as a Use's reads are): RefDropError names what is broken before a Use relies on these rows."""
+        futures = [self._loader.submit(self._read_stored, index) for index in sorted(self._entries)]
+        for future in futures:
+            future.result(timeout=READ_TIMEOUT_S)
+
     def close(self) -> None:
         """Stop loading and close the reference's files (the end of the generation): where open files cannot be
         moved (Windows), the reference can then be renamed, deleted or overwritten again. A reader that is simply
@@ -386,16 +393,20 @@ class WriteThrough:
         self._slots.setdefault(index, {})[part] = {k: t.clone() for k, t in tensors.items()} if copy else tensors
         self._bytes += nbytes
 
-    def hand_over(self, store, name: str, manifest: dict) -> int:
-        """Put the kept slots into the cache as slots of ``name``, just committed with ``manifest``; returns the bytes
-        cached. Never raises: the reference is saved either way, and a Use reads what is not cached from disk."""
+    def hand_over(self, open_written, manifest: dict) -> int:
+        """Put the kept slots into the cache as slots of what was just committed with ``manifest``, which
+        ``open_written()`` opens (a reference by name: ``store.open``; baked rows: ``store.open_bake``); returns the
+        bytes cached. Never raises: the reference is saved either way, and a Use reads what is not cached from
+        disk."""
         slots, self._slots = self._slots, {}
         if not slots:
             return 0
         cached = 0
         try:
-            opened = store.open(name)
+            opened = open_written()
         except Exception:  # noqa: BLE001 - deleted or replaced already: nothing to cache
+            return 0
+        if opened is None:
             return 0
         try:
             if opened.identity != manifest.get(SEAL):

@@ -151,5 +151,10 @@ class Recorder:
                          slot_chunks={index: list(chunks) for index, chunks in self._slot_chunks.items()})
 
     @property
+    def sigmas_seen(self) -> list[float]:
+        """Every distinct sigma recorded at, in order, kept or not (a profile may keep every n-th)."""
+        return list(self._sigma_ordinals)
+
+    @property
     def recorded_anything(self) -> bool:
         return bool(self._slots)
