@@ -29,6 +29,7 @@ from .attn.trajectory import TrajectoryInput, trajectory_save_wrapper
 from .crop import centre_box, same_aspect
 from .dit.blocks import FluxOps
 from .dit.guide import FluxRefDrop
+from .dit.wan import WanOps
 from .errors import RefDropError
 from .images import mask_from_file
 from .params import RefDropSettings
@@ -74,9 +75,10 @@ class PassContext:
     # Layer id -> the width (heads × head size) of that self-attention layer of this pass's model, None where it has
     # none: a reference is checked against it before its first slot is read. None where the caller cannot tell.
     layer_widths: Callable[[str], int | None] | None = None
-    # A DiT model (Flux): the host's kernels inside its blocks; RefDrop then works in each block's joint attention
-    # (dit/guide.py) instead of on attn1 layers. None for a U-Net.
-    dit_ops: FluxOps | None = None
+    # A DiT model (Flux, Chroma, Qwen-Image: FluxOps; Wan: WanOps): the host's kernels inside its blocks; RefDrop
+    # then works in each block's attention of the image tokens (dit/guide.py) instead of on attn1 layers. None for a
+    # U-Net.
+    dit_ops: FluxOps | WanOps | None = None
     # Block patches another extension already put on this DiT model (names for the message): RefDrop cannot run
     # together with them.
     earlier_blocks: tuple[str, ...] = ()
@@ -106,11 +108,11 @@ def failing_patch(exc: BaseException) -> Patch:
     return make_internal_error_patch(exc)
 
 
-def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | None = None) -> PassPatches:
+def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | WanOps | None = None) -> PassPatches:
     """``patch`` (a ``failing_patch``) where this pass's model calls attention: on every attn1 layer, or in every
     block of a DiT model (``dit_ops``, ``attention``: as in ``PassContext``). Without ``dit_ops`` it is raised at
-    the first model call too: a transformer RefDrop refuses by name (Forge Neo's Qwen-Image, Wan, Lumina) calls no
-    attn1 layer, and would otherwise generate plainly without a word."""
+    the first model call too: a transformer RefDrop refuses by name (Lumina, Z-Image, Flux.2, Chroma Radiance, Wan
+    VACE in Forge Neo or ComfyUI) calls no attn1 layer, and would otherwise generate plainly without a word."""
     if dit_ops is None:
         return PassPatches(attn1=patch, model_wrapper=_raised_at_model_call(patch))
     blocks = FluxRefDrop(patch, attention, dit_ops, own_needed=False)
@@ -256,6 +258,9 @@ class RefDropRun:
                 source = PassRows(image.name)
                 _check_mask_fits_image(mask, slot.image, slot.index)
                 key_mask = _key_mask(mask, image.size)
+            if key_mask is not None and ctx.family in _WITHOUT_MASKS:
+                raise RefDropError(f"RefDrop: a subject mask does not work with {families.label(ctx.family)} models "
+                                   f"yet (slot {slot.index}); a clip's tokens are frames × rows × columns")
             guides.append(Guide(source, slot.rfg, key_mask))
         if not guides:  # every coefficient is 0: a plain generation, exactly: no patch at all
             return PassPatches()
@@ -349,7 +354,8 @@ def dit_unsupported(settings, profile: str = "", family: str = "flux") -> str | 
     (``RefDropRun.save_profile``)."""
     name = families.label(family)
     if settings.saving:
-        problem = _dit_profile_problem(settings.profile or profile, name)
+        problem = _dit_profile_problem(settings.profile or profile, name) or _trajectory_problem(
+            settings.profile or profile, family)
         if problem:
             return problem
     if settings.saving and settings.save_from == "image":
@@ -372,6 +378,23 @@ def _dit_profile_problem(profile: str, name: str) -> str | None:
     if kept.evaluated_again and "guidance" not in CONDITIONING_KEYS:
         return (f"RefDrop: the storage profile '{profile}' does not keep {name}'s guidance yet; choose exact, "
                 "balanced or compact")
+    return None
+
+
+# DiT families a trajectory reference can be evaluated again for: it keeps the text rows, the pooled text and the
+# distilled guidance, all these models are conditioned on. Qwen-Image (Edit: its edit images) and Wan (image-to-video:
+# the image latents, CLIP-vision features) can be conditioned on more.
+_TRAJECTORY_FAMILIES = ("flux", "chroma")
+# DiT families whose references a subject mask cannot be laid on yet: the mask is resized to a 2-D grid of tokens,
+# and a Wan clip's are frames × rows × columns
+_WITHOUT_MASKS = ("wan",)
+
+
+def _trajectory_problem(profile: str, family: str) -> str | None:
+    if family in families.DIT_FAMILIES and family not in _TRAJECTORY_FAMILIES and get_profile(
+            profile).kept.evaluated_again:
+        return (f"RefDrop: the storage profile '{profile}' does not work with {families.label(family)} models yet; "
+                "choose exact, balanced or compact")
     return None
 
 

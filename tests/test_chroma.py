@@ -62,8 +62,9 @@ def _inputs(model, batch=2, img_tokens=16, seed=3):
 
 def test_chroma_is_a_dit_family_and_the_other_dits_stay_refused_by_name():
     """Chroma (ComfyUI's and reForge's ``Chroma``, Neo's ``IntegratedChromaTransformer2DModel``) is its own DiT family
-    with Flux's block names; Chroma Radiance, Qwen-Image, Wan and Lumina are still refused with a message, never
-    treated as a U-Net."""
+    with Flux's block names; Chroma Radiance, Lumina and the Qwen-Image and Wan relatives with other blocks (Nunchaku's
+    Qwen-Image, Wan VACE; test_qwen_image.py, test_wan.py) are still refused with a message, never treated as a
+    U-Net."""
     from types import SimpleNamespace
 
     from lib_refdrop import families
@@ -75,8 +76,8 @@ def test_chroma_is_a_dit_family_and_the_other_dits_stay_refused_by_name():
     assert dit_blocks.dit_family(tf.make_patcher("reforge").model.diffusion_model) == "flux"
     assert families.FAMILY_BLOCKS["chroma"] == families.FAMILY_BLOCKS["flux"] and "chroma" in families.DIT_FAMILIES
     blocks = SimpleNamespace(double_blocks=[], single_blocks=[])
-    for name, lists in [("ChromaRadiance", blocks), ("QwenImageTransformer2DModel", {"transformer_blocks": []}),
-                        ("WanModel", {"blocks": []}), ("NextDiT", {"layers": []})]:
+    for name, lists in [("ChromaRadiance", blocks), ("NunchakuQwenImageTransformer2DModel", {"transformer_blocks": []}),
+                        ("VaceWanModel", {"blocks": []}), ("NextDiT", {"layers": []})]:
         other = type(name, (), dict(vars(blocks)) if name == "ChromaRadiance" else lists)()
         assert dit_blocks.dit_family(other) is None
         assert f"this model ({name}) is not supported yet" in dit_blocks.unsupported(other)

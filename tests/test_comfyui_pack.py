@@ -449,7 +449,7 @@ class _FluxPatcher:
         return getattr(self.model, name)
 
 
-def flux_sample(model, seed, cfg):
+def flux_sample(model, seed, cfg, frames=0):
     from tests.support import tinyflux as tf
     from tests.support.comfyfake import Guider, _Executor, copy_nested_dicts
 
@@ -458,7 +458,7 @@ def flux_sample(model, seed, cfg):
     def inner(*args):
         run = model.inner.clone()
         run.model_options = guider.model_options
-        return tf.sample(run, seed=seed, cfg=cfg)
+        return tf.sample(run, seed=seed, cfg=cfg, frames=frames)
 
     wrappers = [w for ws in model.wrappers.get("outer_sample", {}).values() for w in ws]
     sigmas = torch.tensor(tf.FlowSchedule().sigmas(3))
@@ -514,6 +514,29 @@ def test_chroma_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, f
     assert torch.equal(flux_sample(use(pack, model, "chroma", 1.0), 1, 1.0), plain)
     assert torch.equal(flux_sample(use(pack, model, "chroma", 0.0), 2, 1.0), flux_sample(model, 2, 1.0))
     assert not torch.equal(flux_sample(use(pack, model, "chroma", 0.5), 2, 1.0), flux_sample(model, 2, 1.0))
+
+
+@pytest.mark.parametrize("family", ["qwen_image", "wan"])
+def test_qwen_image_and_wan_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, flux_kernels, family,
+                                                                                     monkeypatch):
+    """ComfyUI 0.3.6x's Qwen-Image and Wan (image-to-video, a 3-frame clip, at real CFG; the pack's own ``wan_ops``
+    with ComfyUI's ``apply_rope1``) through the pack: the blocks through ``patches_replace["dit"]``."""
+    from tests.support import tinyqwen as tq
+    from tests.support import tinywan as tw
+
+    for name, module in tw.comfy_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    pack = v1_mappings(node_specs(lib, kernels=flux_kernels))[0]
+    inner = tq.make_patcher("comfyui") if family == "qwen_image" else tw.make_patcher("comfyui", image_to_video=True)
+    model, frames = _FluxPatcher(inner), 3 if family == "wan" else 0
+    plain = flux_sample(model, 1, 3.0, frames)
+    patched, _ = save(pack, model, family, profile="exact")
+    assert torch.equal(flux_sample(patched, 1, 3.0, frames), plain)
+    assert lib.store_of(family).manifest(family)["family"] == family
+    assert torch.equal(flux_sample(use(pack, model, family, 1.0), 1, 3.0, frames), plain)
+    assert torch.equal(flux_sample(use(pack, model, family, 0.0), 2, 3.0, frames), flux_sample(model, 2, 3.0, frames))
+    assert not torch.equal(flux_sample(use(pack, model, family, 0.5), 2, 3.0, frames),
+                           flux_sample(model, 2, 3.0, frames))
 
 
 def test_sdxl_save_is_plain_and_use_at_its_settings_is_save(pack, lib):

@@ -83,9 +83,10 @@ def test_a_bad_argument_stops_the_generation_at_the_first_block(host):
 
 
 def test_a_transformer_refused_by_name_stops_the_generation_though_it_calls_no_attn1_layer(host):
-    """Forge Neo's Qwen-Image, Wan and Lumina look up no attn1 replacement (only their own ``dit`` hook, which RefDrop
-    leaves alone for them): a refusal on the attn1 layers alone would let a Use run plain without a word. Every host
-    calls every model through the model function wrapper, so the refusal is raised there."""
+    """A transformer RefDrop has no family for (Forge Neo's Lumina, Z-Image, Flux.2, Chroma Radiance) looks up no
+    attn1 replacement: a refusal on the attn1 layers alone would let a Use run plain without a word (seen with Neo's
+    own Qwen-Image class before it had a family). Every host calls every model through the model function wrapper,
+    so the refusal is raised there."""
     refused = type("ChromaRadiance", (tf.Flux,), {})(seed=0, convention="neo")  # Flux's blocks, a family not served
     model = SimpleNamespace(diffusion_model=refused, predictor=tf.FlowSchedule(), model_sampling=tf.FlowSchedule())
     script = host.script_module.RefDropScript()

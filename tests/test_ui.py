@@ -99,9 +99,11 @@ def test_block_choices_are_the_models_blocks_and_visibility(store):
     flux = {f"D{i:02d}" for i in range(19)} | {f"S{i:02d}" for i in range(38)}  # Flux.1: 19 double, 38 single
     assert set(ui.SD15_BLOCKS) == _model_blocks("sd15") and set(ui.SDXL_BLOCKS) == _model_blocks("sdxl")
     assert set(ui.FLUX_BLOCKS) == flux
+    qwen_image, wan = {f"D{i:02d}" for i in range(60)}, {f"S{i:02d}" for i in range(40)}  # 60 double, 40 single
     assert set(blocks.choices if isinstance(blocks.choices[0], str) else [c[1] for c in blocks.choices]) == (
-        _model_blocks("sd15") | _model_blocks("sdxl") | flux)
+        _model_blocks("sd15") | _model_blocks("sdxl") | flux | qwen_image | wan)
     assert "SD1.5" in blocks.info and "SDXL" in blocks.info and "D00-D18" in blocks.info
+    assert "Qwen-Image D00-D59" in blocks.info and "Wan S00-S39" in blocks.info
     assert controls.inputs["save_name"].placeholder == "automatic: ref-<seed>-<time>"
     assert ui.mode_visibility("Save") == (False, True)
     assert ui.mode_visibility("Use") == (True, False)

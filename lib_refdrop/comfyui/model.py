@@ -1,7 +1,8 @@
 """What RefDrop reads off a ComfyUI ``ModelPatcher``: the model family, the attn1 layer keys, the schedule, the kernels.
 
 Read in ComfyUI 0.3.64 (``comfy/model_patcher.py``, ``comfy/supported_models.py``, ``comfy/ldm/modules/attention.py``,
-``comfy/ldm/flux``). ComfyUI modules are imported inside the functions that need them, never at import time.
+``comfy/ldm/flux``, ``comfy/ldm/wan``). ComfyUI modules are imported inside the functions that need them, never at
+import time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from ..dit.blocks import FluxOps
+from ..dit.wan import WanOps
 from ..errors import RefDropError
 from ..patcher import dit_blocks
 from ..patcher.unet_layers import attn1_layer_keys
@@ -21,8 +23,8 @@ CONFIG_FAMILIES = {"SD15": "sd15", "SD20": "sd2", "SDXL": "sdxl", "SD3": "sd3", 
 
 
 def family_of(patcher) -> str:
-    """The family of the model ``patcher`` patches: Flux and Chroma by their blocks, else from its ``model_config``
-    class and that class's bases."""
+    """The family of the model ``patcher`` patches: a DiT (Flux, Chroma, Qwen-Image, Wan) by its blocks, else from its
+    ``model_config`` class and that class's bases."""
     dit = dit_blocks.dit_family(diffusion_model(patcher))
     if dit:
         return dit
@@ -42,7 +44,8 @@ def unet_keys(patcher) -> list[tuple[str, int, int]]:
     keys = attn1_layer_keys(diffusion_model(patcher))
     if not keys:
         raise RefDropError(f"RefDrop: this model ({type(diffusion_model(patcher)).__name__}) has no U-Net "
-                           "self-attention layers and is not a Flux or Chroma model; RefDrop cannot guide it")
+                           "self-attention layers and is not a Flux, Chroma, Qwen-Image or Wan model; RefDrop "
+                           "cannot guide it")
     return keys
 
 
@@ -89,10 +92,27 @@ def flux_ops() -> FluxOps:
     return FluxOps(joint_attention=joint_attention, modulate=modulate)
 
 
+def wan_ops() -> WanOps:
+    """ComfyUI's pieces of a Wan block (``comfy/ldm/wan/model.py``, since 2025-08-23): ``addcmul`` to modulate and for
+    the gated residuals, its ``apply_rope1`` on q and k, and ``transformer_options`` handed to the cross-attention."""
+    from comfy.ldm.wan import model as wan
+
+    def rope(q, k, freqs):
+        return wan.apply_rope1(q, freqs), wan.apply_rope1(k, freqs)
+
+    def modulate(x, shift, scale):
+        return torch.addcmul(shift, x, 1 + scale)
+
+    def gated_add(x, gate, y):
+        return torch.addcmul(x, y, gate)
+
+    return WanOps(modulate=modulate, gated_add=gated_add, rope=rope, cross_options=True)
+
+
 def check_flux_blocks(patcher) -> None:
     """RefDrop recomputes each block in the order of the reference design; a model whose double blocks attend
     image-then-text (``flipped_img_txt``) is refused by name."""
     model = diffusion_model(patcher)
-    if any(getattr(block, "flipped_img_txt", False) for block in model.double_blocks):
+    if any(getattr(block, "flipped_img_txt", False) for block in getattr(model, "double_blocks", ())):
         raise RefDropError("RefDrop: this Flux-type model attends image tokens before text tokens "
                            "(flipped_img_txt); RefDrop supports Flux dev/schnell-style blocks only")

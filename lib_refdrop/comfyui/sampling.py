@@ -52,10 +52,11 @@ class HostKernels:
 
     attention: Callable
     flux_ops: Callable[[], object]
+    wan_ops: Callable[[], object] = host.wan_ops
 
     @staticmethod
     def of_comfyui() -> HostKernels:
-        return HostKernels(attention=host.host_attention(), flux_ops=host.flux_ops)
+        return HostKernels(attention=host.host_attention(), flux_ops=host.flux_ops, wan_ops=host.wan_ops)
 
 
 @dataclass
@@ -124,7 +125,8 @@ class SamplingRun:
         if family in families.DIT_FAMILIES:
             host.check_flux_blocks(patcher)
             self.layers = None
-            extra = {"dit_ops": dit_blocks.block_ops(dit_blocks.diffusion_model(patcher), self.kernels.flux_ops()),
+            extra = {"dit_ops": dit_blocks.host_block_ops(dit_blocks.diffusion_model(patcher), self.kernels.flux_ops,
+                                                          self.kernels.wan_ops),
                      "earlier_blocks": tuple(dit_blocks.earlier_block_patches(_Options(patcher, options))),
                      "layer_widths": dit_layer_widths_of(dit_blocks.diffusion_model(patcher))}
         else:

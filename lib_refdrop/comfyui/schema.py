@@ -116,8 +116,8 @@ def node_specs(library: Library, kernels=None) -> list[NodeSpec]:
              *window,
              Inp("disabled_groups", "STRING", "Block groups without RefDrop: input, middle, output (Flux, Chroma: "
                  "double, single), comma-separated", default=""),
-             Inp("disabled_blocks", "STRING", "Blocks without RefDrop: IN00-IN11, M00, OUT00-OUT11, D00-D18, "
-                 "S00-S37, comma-separated", default=""),
+             Inp("disabled_blocks", "STRING", "Blocks without RefDrop: IN00-IN11, M00, OUT00-OUT11, D00-D59, "
+                 "S00-S39, comma-separated", default=""),
              Inp("skip_first_up", "BOOLEAN", "Skip the first up-sampling block (less pose and background copied)",
                  default=False),
              Inp("mask", "MASK", "Subject mask of this node's reference", optional=True),

@@ -1,7 +1,8 @@
-"""Names of Flux and Chroma blocks as RefDrop addresses them: ``double3.0`` (double-stream block 3), ``single12.0``.
+"""Names of DiT blocks as RefDrop addresses them: ``double3.0`` (double-stream block 3), ``single12.0``.
 
 RefDrop keys a layer by ``extra_options["block"]`` and ``block_index`` (``reference/address.py`` ``layer_id``); a
-Flux or Chroma block has one joint attention, so its index is always 0.
+DiT block has one attention of its image tokens, so its index is always 0. Flux and Chroma have both kinds;
+Qwen-Image's blocks are double-stream, Wan's single-stream.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ SINGLE = "single"
 _BLOCK_ID = re.compile(rf"^({DOUBLE}|{SINGLE})(\d{{1,3}})\.0$")
 
 
+# where each kind of block is in each DiT model: Flux's and Chroma's two lists, Qwen-Image's (double-stream) and
+# Wan's (single-stream) one
+_BLOCK_LISTS = {DOUBLE: ("double_blocks", "transformer_blocks"), SINGLE: ("single_blocks", "blocks")}
+
+
 def layer_widths_of(model):
-    """Block id -> the width of that block's joint attention in the Flux or Chroma ``model`` (its hidden size:
-    heads × head size), None where it has no such block: a Use checks a reference's layers against it before reading
-    any slot."""
+    """Block id -> the width of that block's image-token attention in the DiT ``model`` (its hidden size: heads ×
+    head size), None where it has no such block: a Use checks a reference's layers against it before reading any
+    slot."""
 
     def width(lid: str) -> int | None:
         match = _BLOCK_ID.match(lid)
-        blocks = getattr(model, f"{match[1]}_blocks", None) if match else None
+        if not match:
+            return None
+        blocks = next((getattr(model, name) for name in _BLOCK_LISTS[match[1]] if hasattr(model, name)), None)
         if blocks is None or int(match[2]) >= len(blocks):
             return None
-        return int(blocks[int(match[2])].hidden_size)
+        block = blocks[int(match[2])]
+        return int(getattr(block, "hidden_size", None) or block.dim)  # Flux's and Chroma's, or Qwen-Image's and Wan's
 
     return width
 

@@ -17,6 +17,16 @@ modulations at once, and ``args["vec"]`` is that block's share of them, ``((img_
 txt_mod2))`` for a double block and one ``ModulationOut`` for a single one (``dit/blocks.py`` reads them as the
 blocks do).
 
+**Qwen-Image** (ComfyUI ``comfy/ldm/qwen_image/model.py`` ``QwenImageTransformer2DModel._forward``, Forge Neo
+``backend/nn/qwen.py``) looks up ``("double_block", i)`` for each of its ``transformer_blocks`` with ``args`` =
+``{"img", "txt", "vec", "pe"}`` (``vec``: the timestep embedding; ComfyUI adds ``"transformer_options"``) and takes
+``{"img", "txt"}`` back. **Wan** (ComfyUI ``comfy/ldm/wan/model.py`` ``WanModel.forward_orig``, Forge Neo
+``backend/nn/wan.py``, reForge ``ldm_patched/ldm/wan/model.py``) looks up ``("double_block", i)`` for each of its
+``blocks``, single-stream as they are, with ``args`` = ``{"img", "txt", "vec", "pe"}`` (``img``: the video's tokens,
+``txt``: the text context, ``vec``: the timestep projection ``e0``, ``pe``: the RoPE frequencies; ComfyUI and Neo add
+``"transformer_options"``) and takes ``{"img"}`` back. The count of CLIP-vision tokens at the head of the context
+(Wan 2.1 image-to-video) is not in ``args``; ``FluxRefDrop`` reads it from the model call.
+
 **Object patches** (Forge ``backend/nn/flux.py``): ``IntegratedFluxTransformer2DModel.inner_forward`` calls
 ``block(img=, txt=, vec=, pe=)`` for each double-stream block and ``block(img, vec=, pe=)`` for each single-stream
 one, with no ``transformer_options`` patch point. ``ModelPatcher.add_object_patch(name, obj)``
@@ -29,14 +39,16 @@ untouched, and the clone the host gave is unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 from ..dit.blocks import FluxOps
+from ..dit.wan import WanOps
 from .kernels import takes_keyword
 
-FLUX, CHROMA = "flux", "chroma"  # families.DIT_FAMILIES
+FLUX, CHROMA, QWEN_IMAGE, WAN = "flux", "chroma", "qwen_image", "wan"  # families.DIT_FAMILIES
 # the class of the diffusion model: ComfyUI ``comfy.ldm.flux.model.Flux`` and reForge
 # ``ldm_patched.ldm.flux.model.Flux`` (dev, schnell, their fine-tunes, Kontext), Forge
 # ``backend.nn.flux.IntegratedFluxTransformer2DModel``
@@ -45,6 +57,13 @@ FLUX_CLASSES = ("Flux", "IntegratedFluxTransformer2DModel")
 # ``backend.nn.chroma.IntegratedChromaTransformer2DModel``; not ``ChromaRadiance`` (pixel space, another input and
 # output): refused by ``unsupported``
 CHROMA_CLASSES = ("Chroma", "IntegratedChromaTransformer2DModel")
+# ComfyUI ``comfy.ldm.qwen_image.model`` and Forge Neo ``backend.nn.qwen`` (Qwen-Image and Qwen-Image-Edit); not
+# another class built on it (Nunchaku's)
+QWEN_IMAGE_CLASSES = ("QwenImageTransformer2DModel",)
+# ComfyUI ``comfy.ldm.wan.model``, Forge Neo ``backend.nn.wan`` and reForge ``ldm_patched.ldm.wan.model``: Wan 2.1 and
+# 2.2 text- and image-to-video; not the models with other blocks or more around them (VACE, camera, S2V, HuMo,
+# Animate: ``VaceWanModel`` and the like), refused by ``unsupported``
+WAN_CLASSES = ("WanModel",)
 OBJECT_PATCHED = ("IntegratedFluxTransformer2DModel",)  # looks up no block replacement: reached by object patches
 
 
@@ -55,13 +74,18 @@ def diffusion_model(unet):
 
 def dit_family(model) -> str | None:
     """The DiT family of ``model`` (a patcher's ``model.diffusion_model``): ``"flux"`` or ``"chroma"`` where it is
-    one with double- and single-stream blocks, None for a U-Net or any other model."""
-    if not (hasattr(model, "double_blocks") and hasattr(model, "single_blocks")):
-        return None
+    one with double- and single-stream blocks, ``"qwen_image"`` or ``"wan"`` where it is one of those with its
+    blocks; None for a U-Net or any other model."""
     name = type(model).__name__
-    if name in FLUX_CLASSES:
-        return None if is_flux2(model) else FLUX
-    return CHROMA if name in CHROMA_CLASSES else None
+    if hasattr(model, "double_blocks") and hasattr(model, "single_blocks"):
+        if name in FLUX_CLASSES:
+            return None if is_flux2(model) else FLUX
+        return CHROMA if name in CHROMA_CLASSES else None
+    if name in QWEN_IMAGE_CLASSES and hasattr(model, "transformer_blocks"):
+        return QWEN_IMAGE
+    if name in WAN_CLASSES and hasattr(model, "blocks"):
+        return WAN
+    return None
 
 
 def is_flux2(model) -> bool:
@@ -89,24 +113,35 @@ def block_ops(model, ops: FluxOps) -> FluxOps:
     return ops
 
 
+def host_block_ops(model, flux_ops: Callable[[], FluxOps], wan_ops: Callable[[], WanOps]) -> FluxOps | WanOps | None:
+    """The host's arithmetic inside the blocks of the DiT ``model`` (``flux_ops``, ``wan_ops``: the host's, from its
+    adapter), None where it is no DiT RefDrop supports. Qwen-Image's blocks compute alike in every host that has them
+    and attend with the engine's kernel: they take the Flux ops and use none."""
+    family = dit_family(model)
+    if family is None:
+        return None
+    return wan_ops() if family == WAN else block_ops(model, flux_ops())
+
+
 # What the transformer models RefDrop does not support hold their blocks in (Forge Neo and ComfyUI: Flux.2's and
-# Chroma Radiance's ``double_blocks``, Qwen-Image's ``transformer_blocks``, Wan's ``blocks``, Lumina's and Z-Image's
-# ``layers``, SD3's ``joint_blocks``): such a model has none of a U-Net's block lists.
+# Chroma Radiance's ``double_blocks``, other classes' ``transformer_blocks`` (Nunchaku's Qwen-Image) and
+# ``blocks`` (Wan VACE, S2V, HuMo, Animate), Lumina's and Z-Image's ``layers``, SD3's ``joint_blocks``): such a model
+# has none of a U-Net's block lists.
 _TRANSFORMER_BLOCK_LISTS = ("double_blocks", "transformer_blocks", "blocks", "layers", "joint_blocks")
 _UNET_BLOCK_LISTS = ("input_blocks", "middle_block", "output_blocks")
 
 
 def unsupported(model) -> str | None:
     """A message where ``model`` (a patcher's ``model.diffusion_model``) is a transformer RefDrop cannot work in yet,
-    which it would otherwise treat as a U-Net and leave unguided without a word; None for a U-Net, Flux, Chroma, or a
-    stand-in that holds no blocks at all."""
+    which it would otherwise treat as a U-Net and leave unguided without a word; None for a U-Net, a DiT family
+    RefDrop supports (``dit_family``), or a stand-in that holds no blocks at all."""
     if model is None or dit_family(model) or any(hasattr(model, name) for name in _UNET_BLOCK_LISTS):
         return None
     if not any(hasattr(model, name) for name in _TRANSFORMER_BLOCK_LISTS):
         return None
     name = "Flux.2" if type(model).__name__ in FLUX_CLASSES else type(model).__name__  # Flux's class: is_flux2
     return (f"RefDrop: this model ({name}) is not supported yet; RefDrop works with SD1.5, SDXL and "
-            "other U-Net models, and with Flux and Chroma")
+            "other U-Net models, and with Flux, Chroma, Qwen-Image and Wan")
 
 
 def _object_patched(unet) -> bool:
@@ -121,7 +156,7 @@ def _object_patched(unet) -> bool:
 
 
 def earlier_block_patches(unet) -> list[str]:
-    """Block patches another extension already put on the Flux or Chroma model of ``unet`` (RefDrop's own, on a
+    """Block patches another extension already put on the DiT model of ``unet`` (RefDrop's own, on a
     clone Forge's hires pass hands back before it resets ``forge_objects``, are replaced)."""
     if _object_patched(unet):
         return sorted(name for name, obj in getattr(unet, "object_patches", {}).items()
@@ -136,6 +171,12 @@ def earlier_block_patches(unet) -> list[str]:
 def install_blocks(unet, dit) -> None:
     """Every block of the clone ``unet`` computed by ``dit`` (``dit/guide.py`` ``FluxRefDrop``)."""
     model = unet.model.diffusion_model
+    family = dit_family(model)
+    if family in (QWEN_IMAGE, WAN):  # one list of blocks, each looked up as a "double_block"
+        replacement = _qwen if family == QWEN_IMAGE else _wan
+        for index, block in enumerate(model.transformer_blocks if family == QWEN_IMAGE else model.blocks):
+            unet.set_model_patch_replace(replacement(dit, block, index), "dit", "double_block", index)
+        return
     if _object_patched(unet):
         for index, block in enumerate(model.double_blocks):
             unet.add_object_patch(object_name("double", index), _double_object(dit, block, index))
@@ -165,6 +206,22 @@ def _single(dit, block, index):
         return {"img": dit.single(block, index, args["img"], args["vec"], args["pe"], args.get("attn_mask"))}
 
     return refdrop_single_block
+
+
+def _qwen(dit, block, index):
+    def refdrop_qwen_block(args, extra):
+        img, txt = dit.qwen(block, index, args["img"], args["txt"], args["vec"], args["pe"])
+        return {"img": img, "txt": txt}
+
+    return refdrop_qwen_block
+
+
+def _wan(dit, block, index):
+    def refdrop_wan_block(args, extra):
+        return {"img": dit.wan(block, index, args["img"], args["txt"], args["vec"], args["pe"],
+                               args.get("transformer_options"))}
+
+    return refdrop_wan_block
 
 
 def _double_object(dit, block, index):

@@ -1,5 +1,6 @@
 """The attention kernels of the ModelPatcher hosts, as RefDrop calls them: ``(q, k, v, extra_options) -> out`` on
-attn1 layers, and the ``FluxOps`` a Flux or Chroma block is computed with (``dit/blocks.py``).
+attn1 layers, the ``FluxOps`` a Flux or Chroma block is computed with (``dit/blocks.py``) and the ``WanOps`` of a Wan
+block (``dit/wan.py``; reForge's are the design's, ``WanOps()``).
 
 ComfyUI and reForge share one kernel module (``comfy.ldm.modules.attention`` and its copy
 ``ldm_patched.ldm.modules.attention``: ``optimized_attention``); Forge has its own (``backend.attention``:
@@ -15,6 +16,7 @@ import torch
 
 from ..attn.patches import Attention
 from ..dit.blocks import FluxOps
+from ..dit.wan import WanOps
 
 LDM_PATCHED = "ldm_patched.ldm.modules.attention"  # reForge; ComfyUI: "comfy.ldm.modules.attention"
 
@@ -90,6 +92,21 @@ def backend_flux_ops() -> FluxOps:
         return (q, k) if pe is None else apply_rope(q, k, pe)
 
     return FluxOps(joint_attention=joint_attention, modulate=modulate, rope=rope)
+
+
+def backend_wan_ops() -> WanOps:
+    """Forge Neo's pieces of a Wan block (``backend/nn/wan.py``): the design's ``*`` and ``+``, and ``apply_rope1``
+    (comfy_kitchen's, whose kernel depends on the device) on q and k, as read from that module. Forge main has no
+    Wan."""
+    blocks = _imported("backend.nn.wan")
+    if blocks is None:
+        return WanOps()
+    apply_rope1 = blocks.apply_rope1
+
+    def rope(q, k, freqs):
+        return apply_rope1(q, freqs), apply_rope1(k, freqs)
+
+    return WanOps(rope=rope)
 
 
 def _imported(module: str):

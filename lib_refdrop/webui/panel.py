@@ -66,8 +66,9 @@ def _span(blocks: tuple[str, ...], prefix: str) -> str:
 
 BLOCKS_INFO = (
     f"Blocks that keep their own attention. SD1.5 has {_listed(SD15_BLOCKS)}; SDXL has {_listed(SDXL_BLOCKS)}; "
-    f"Flux and Chroma have {_span(FLUX_BLOCKS, 'D')} (double-stream) and {_span(FLUX_BLOCKS, 'S')} (single-stream). "
-    "A block the model lacks is ignored."
+    f"Flux and Chroma have {_span(FLUX_BLOCKS, 'D')} (double-stream) and {_span(FLUX_BLOCKS, 'S')} (single-stream); "
+    f"Qwen-Image {_span(FAMILY_BLOCKS['qwen_image'], 'D')}; Wan {_span(FAMILY_BLOCKS['wan'], 'S')} (S00-S29 in its "
+    "1.3B and 2.2 5B). A block the model lacks is ignored."
 )
 # What each offered storage profile trades (the panel's and Settings' choices, reference/profiles.py PROFILES).
 PROFILE_NOTES = {

@@ -1,6 +1,6 @@
-"""One WebUI generation on a tiny DiT model (``tinyflux``, ``tinychroma``) through the detected fake host: RefDrop's
-patches for the pass installed on a clone of the model's patcher as the script installs them, then sampled; and a
-model call opened around its blocks, for calling them one by one."""
+"""One WebUI generation on a tiny DiT model (``tinyflux``, ``tinychroma``, ``tinyqwen``, ``tinywan``) through the
+detected fake host: RefDrop's patches for the pass installed on a clone of the model's patcher as the script installs
+them, then sampled; and a model call opened around its blocks, for calling them one by one."""
 
 from __future__ import annotations
 
@@ -44,18 +44,20 @@ def use(host, unet, store, rfg, name="fox", **sample_args):
 class model_call:
     """A model call in progress for ``dit`` (a ``FluxRefDrop``: what its model function wrapper opens around
     ``apply_model``), for calling its blocks directly; ``text_tokens``: what the double blocks of the call would have
-    noted for the single ones."""
+    noted for the single ones; ``clip_tokens``: the CLIP-vision tokens of the call's ``clip_fea`` (Wan)."""
 
-    def __init__(self, dit, options: dict, text_tokens: int | None = None):
-        self.dit, self.options, self.text_tokens = dit, options, text_tokens
+    def __init__(self, dit, options: dict, text_tokens: int | None = None, clip_tokens: int | None = None):
+        self.dit, self.options, self.text_tokens, self.clip_tokens = dit, options, text_tokens, clip_tokens
 
     def __enter__(self):
         self.dit._calls.append(self.options)
         self.dit._text_tokens.append(self.text_tokens)
+        self.dit._clip_tokens.append(self.clip_tokens)
 
     def __exit__(self, *exc):
         self.dit._calls.pop()
         self.dit._text_tokens.pop()
+        self.dit._clip_tokens.pop()
 
 
 def blending_blocks(ops, rfg: float = 0.5, seed: int = 9):

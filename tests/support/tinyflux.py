@@ -466,21 +466,29 @@ def make_p(unet: FluxPatcher, seed: int = 1234, **fields):
     return p
 
 
+CLIP_TOKENS, CLIP_DIM = 5, 24  # CLIP-vision features (``clip_fea``) of an image-to-video model (tinywan.py)
+
+
 def prompt(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"c_crossattn": torch.randn(1, TEXT_TOKENS, CONTEXT_DIM, generator=g),
-            "y": torch.randn(1, VEC_DIM, generator=g)}
+            "y": torch.randn(1, VEC_DIM, generator=g),
+            "clip_fea": torch.randn(1, CLIP_TOKENS, CLIP_DIM, generator=g)}
 
 
 def sample(unet: FluxPatcher, seed: int = 1, steps: int = 3, size: int = 64, batch: int = 1, cfg: float = 1.0,
-           split: bool = False, guidance: float = 3.5, cond_seed: int = 7, uncond_seed: int = 8) -> torch.Tensor:
+           split: bool = False, guidance: float = 3.5, cond_seed: int = 7, uncond_seed: int = 8,
+           frames: int = 0) -> torch.Tensor:
     """Euler on the flow ODE, through the patcher's model function wrapper (``{"input", "timestep", "c",
     "cond_or_uncond"}``); ``cfg`` 1: one cond chunk (distilled guidance), else real CFG with uncond and cond rows in
-    one call (``[1, 0]``) or, ``split``, in two calls. A model whose ``pooled_text`` is False (Chroma) gets no ``y``."""
+    one call (``[1, 0]``) or, ``split``, in two calls. A model whose ``pooled_text`` is False (Chroma) gets no ``y``;
+    one with ``conditioning`` gets those keys. ``frames``: a video latent of that many frames (else a picture's)."""
     model = unet.model.diffusion_model
     conds = {0: prompt(cond_seed), 1: prompt(uncond_seed)}
-    keys = ("c_crossattn", "y") if getattr(model, "pooled_text", True) else ("c_crossattn",)
-    x = torch.randn(batch, LATENT_CHANNELS, size // 8, size // 8, generator=torch.Generator().manual_seed(seed))
+    keys = getattr(model, "conditioning", None) or (
+        ("c_crossattn", "y") if getattr(model, "pooled_text", True) else ("c_crossattn",))
+    shape = (batch, LATENT_CHANNELS, *((frames,) if frames else ()), size // 8, size // 8)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
     layouts = [[0]] if cfg == 1.0 else ([[1], [0]] if split else [[1, 0]])
     wrapper = unet.model_options.get("model_function_wrapper")
 

@@ -16,7 +16,8 @@ def available() -> bool:
 def host() -> Host:
     # KModel keeps the schedule on ``predictor``; webui.py _handle_exception puts str(exc) under "message"
     return Host(name="forge", attention=kernels.backend_attention(), flux_ops=kernels.backend_flux_ops,
-                schedule_attribute="predictor", error_message_key="message", complete_extra_call=with_cond_marks)
+                schedule_attribute="predictor", error_message_key="message", complete_extra_call=with_cond_marks,
+                wan_ops=kernels.backend_wan_ops)
 
 
 def with_cond_marks(options: dict) -> dict:

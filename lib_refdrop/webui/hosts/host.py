@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ...attn.patches import Attention, Patch
 from ...dit.blocks import FluxOps
 from ...dit.layers import layer_widths_of as dit_layer_widths_of
+from ...dit.wan import WanOps
 from ...errors import RefDropError
 from ...patcher import dit_blocks
 from ...patcher.chain import CompleteExtraCall, chain, earlier_attn1_patches, no_completion
@@ -36,19 +37,20 @@ class Host:
     error_message_key: str    # where the host's API error body puts ``str(exc)``
     # the transformer_options keys the host derives from cond_or_uncond and sigmas, redone for a call RefDrop makes
     complete_extra_call: CompleteExtraCall = no_completion
+    wan_ops: Callable[[], WanOps] = WanOps  # the host's arithmetic in a Wan block (default: the design's, reForge's)
 
     def percent_to_sigma(self, unet, percent: float) -> float:
         """The sigma at ``percent`` (0..1) of the schedule of the model ``unet`` patches."""
         schedule = getattr(unet.model, self.schedule_attribute)
         return float(schedule.percent_to_sigma(float(percent)))
 
-    def dit_ops(self, unet) -> FluxOps | None:
-        """The host's kernels inside the blocks of the model ``unet`` patches where it is a DiT model (Flux,
-        Chroma), where RefDrop works in each block's joint attention (docs/flux.md); None for a U-Net."""
-        model = dit_blocks.diffusion_model(unet)
-        return dit_blocks.block_ops(model, self.flux_ops()) if dit_blocks.dit_family(model) else None
+    def dit_ops(self, unet) -> FluxOps | WanOps | None:
+        """The host's kernels inside the blocks of the model ``unet`` patches where it is a DiT model (Flux, Chroma,
+        Qwen-Image, Wan), where RefDrop works in each block's attention of the image tokens (docs/flux.md,
+        docs/dit.md); None for a U-Net."""
+        return dit_blocks.host_block_ops(dit_blocks.diffusion_model(unet), self.flux_ops, self.wan_ops)
 
-    def pass_context(self, p, dit_ops: FluxOps | None = None) -> PassContext:
+    def pass_context(self, p, dit_ops: FluxOps | WanOps | None = None) -> PassContext:
         """What RefDrop needs to know about the sampling pass that is about to start on ``p``; a RefDropError for a
         model RefDrop cannot work in."""
         unet = p.sd_model.forge_objects.unet

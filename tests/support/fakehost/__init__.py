@@ -2,10 +2,10 @@
 
 ``host/modules``: the parts of A1111's ``modules`` package RefDrop touches (scripts, script_callbacks, shared, paths,
 ui_components, processing), reduced to what both hosts share. ``forge/backend`` and ``reforge/ldm_patched``: the
-attention function of each host family (``neo/backend``: Forge Neo's, with its Flux arithmetic). ``objects``: a fake
-``UnetPatcher`` (``clone`` deep-copies ``model_options`` like the real ones) and a fake ``p``. :func:`activated`
-puts a flavour on ``sys.path`` for one test and removes every trace afterwards, so tests that check "imports
-without a host" are not affected.
+attention function of each host family (``neo/backend``: Forge Neo's, with its Flux and Wan arithmetic).
+``objects``: a fake ``UnetPatcher`` (``clone`` deep-copies ``model_options`` like the real ones) and a fake ``p``.
+:func:`activated` puts a flavour on ``sys.path`` for one test and removes every trace afterwards, so tests that check
+"imports without a host" are not affected.
 """
 
 from __future__ import annotations
