@@ -111,11 +111,24 @@ def failing_patch(exc: BaseException) -> Patch:
 
 def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | WanOps | None = None) -> PassPatches:
     """``patch`` (a ``failing_patch``) where this pass's model calls attention: on every attn1 layer, or in every
-    block of a DiT model (``dit_ops``, ``attention``: as in ``PassContext``)."""
+    block of a DiT model (``dit_ops``, ``attention``: as in ``PassContext``). Without ``dit_ops`` it is raised at
+    the first model call too: a transformer RefDrop refuses by name (Lumina, Z-Image, Flux.2, Chroma Radiance, Wan
+    VACE in Forge Neo or ComfyUI) calls no attn1 layer, and would otherwise generate plainly without a word."""
     if dit_ops is None:
-        return PassPatches(attn1=patch)
+        return PassPatches(attn1=patch, model_wrapper=_raised_at_model_call(patch))
     blocks = FluxRefDrop(patch, attention, dit_ops, own_needed=False)
     return PassPatches(model_wrapper=blocks.model_function(), blocks=blocks)
+
+
+def _raised_at_model_call(patch: Patch) -> Wrapper:
+    """A model function wrapper that raises the error of ``patch`` (a failing patch raises whatever it is called
+    with) before the model runs: every host calls every model through it."""
+
+    def refdrop_error_at_model_call(apply_model, args):
+        x = args["input"]
+        return patch(x, x, x, args["c"].get("transformer_options", {}))
+
+    return refdrop_error_at_model_call
 
 
 class RefDropRun:

@@ -444,6 +444,8 @@ def test_the_preview_is_the_first_image_after_a_grid():
 
 
 @pytest.mark.parametrize("model_class, blocks", [
+    ("NunchakuQwenImageTransformer2DModel", "transformer_blocks"),  # another class on Qwen-Image's blocks
+    ("VaceWanModel", "blocks"),                                      # Wan VACE (Wan 2.x itself: test_wan)
     ("ChromaRadiance", "double_blocks"),                     # Chroma's blocks in pixel space (Chroma: test_chroma)
     ("NextDiT", "layers"),                                   # Lumina / Z-Image
 ])
