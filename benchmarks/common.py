@@ -83,12 +83,15 @@ def run_save(host, store, name, family, profile, sample_args):
     return latent, seconds, time.perf_counter() - start
 
 
-def run_use(host, store, name, family, rfg, sample_args, settings=None):
+def run_use(host, store, name, family, rfg, sample_args, settings=None, bake_trajectories=False):
     """Sample with Use; returns (latent, seconds), the seconds counting the planning too (opening the reference,
-    which starts reading its first slot), as a host's generation does."""
+    which starts reading its first slot), as a host's generation does. ``bake_trajectories``: a trajectory
+    reference's first Use bakes its rows and later Uses read them (lib_refdrop/bake.py), as in a host; off here by
+    default, so that each Use measures a profile as it stores a reference."""
 
     def use():
-        with standalone.start_use(store, reference=name, rfg=rfg, **(settings or {})) as session:
+        with standalone.start_use(store, reference=name, rfg=rfg, bake_trajectories=bake_trajectories,
+                                  **(settings or {})) as session:
             patches = session.for_pass(host.context(family, SCHEDULE.percent_to_sigma, seed=1))
             return sample_with(host, patches, **sample_args)
 

@@ -11,7 +11,10 @@ Conditions, for every profile of lib_refdrop.reference.profiles.PROFILES (or tho
 - Save: sampling with Save on (when the background write completes is printed apart);
 - first Use: the first Use right after that Save completed, as a user makes it;
 - warm Use: the reference in the RAM cache; cold Use: the RAM cache cleared and the files' pages dropped from the
-  OS cache, so every slot comes from the disk.
+  OS cache, so every slot comes from the disk;
+- a `trajectory` reference's first Use bakes the rows its reference pass computes (lib_refdrop/bake.py), so its
+  warm and cold Uses are the later Uses, which read them; "unbaked Use" is a Use with baking off, which evaluates
+  the reference again (as every Use of it did before baking).
 Use timings include the planning (opening the reference). CPU time is counted per thread: the sampler (this
 thread) and the others (a Use's loader, a Save's writer, any thread they start), so that work moved off the sampling
 thread, or threads spinning beside it, show apart. A round runs, per profile, plain, limit, Save, first,
@@ -36,12 +39,18 @@ import torch
 from devmodel.unets import make_unet
 from lib_refdrop.reference.profiles import PROFILES
 from lib_refdrop.reference.reader import RAM_CACHE
-from lib_refdrop.reference.store import ReferenceStore
+from lib_refdrop.reference.store import BAKED, ReferenceStore
+from lib_refdrop.standalone import identity
 
 from .common import DeviceHost, Peaks, drop_page_cache, folder_bytes, gb, run_limit, run_plain, run_save, run_use
 
 CONDITIONS = ("plain", "limit", "Save", "first Use", "warm Use", "cold Use")
+UNBAKED = "unbaked Use"  # a trajectory reference with baking off
 RFG = 0.3
+
+
+def conditions(profile: str) -> tuple[str, ...]:
+    return CONDITIONS + ((UNBAKED,) if PROFILES[profile].keep == "trajectory" else ())
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -109,7 +118,9 @@ class Bench:
 
     def _condition(self, profile: str, condition: str):
         name, args = self.name(profile), (self.host, self.store)
-        use = lambda: run_use(*args, name, self.arch, RFG, self.sample_args)[1]  # noqa: E731
+        use = lambda: run_use(*args, name, self.arch, RFG, self.sample_args, bake_trajectories=True)[1]  # noqa: E731
+        if condition == UNBAKED:
+            return lambda: run_use(*args, name, self.arch, RFG, self.sample_args, bake_trajectories=False)[1]
         if condition == "plain":
             return lambda: run_plain(self.host, self.sample_args)[1]
         if condition == "limit":
@@ -119,6 +130,7 @@ class Bench:
         if condition == "cold Use":
             RAM_CACHE.clear()
             drop_page_cache(Path(self.store.path(name)))
+            drop_page_cache(self.store.root / BAKED / identity(self.store, name))  # a trajectory's baked rows
         return use
 
     def _save(self, profile: str) -> float:
@@ -128,9 +140,16 @@ class Bench:
         self.bytes[profile] = folder_bytes(Path(self.store.path(self.name(profile))))
         return seconds
 
+    def baked_bytes(self, profile: str) -> int | None:
+        """The bytes of the rows the first Use of ``profile``'s reference baked, None where none are baked."""
+        folder = self.store.root / BAKED / identity(self.store, self.name(profile))
+        return folder_bytes(folder) if folder.is_dir() else None
+
     def block(self, profile: str, reverse: bool) -> None:
         """Every condition once for ``profile``; ratios to this block's plain and limit."""
-        order = list(CONDITIONS) if not reverse else ["Save", "first Use", "warm Use", "cold Use", "limit", "plain"]
+        order = list(conditions(profile))
+        if reverse:  # the Save still before its first Use
+            order = [c for c in order if c not in ("plain", "limit")] + ["limit", "plain"]
         runs = {condition: self.measure(profile, condition) for condition in order}
         for run in runs.values():
             run["x plain"] = run["s"] / runs["plain"]["s"]
@@ -161,7 +180,7 @@ def report(bench: Bench, profiles: list[str]) -> None:
               f"{_spread([r['sampler / limit'] for r in runs], '.3f')} | {_spread([r['others'] for r in runs], '.2f')} "
               f"| {gb(max(r['host'] for r in runs))} | {gb(max(r['gpu'] for r in runs))} |")
     for profile in profiles:
-        for condition in CONDITIONS[2:]:
+        for condition in conditions(profile)[2:]:
             runs = bench.runs[(profile, condition)]
             use = condition != "Save"
             ratios = [_spread([r[key] for r in runs], ".3f") if use else "–"
@@ -170,11 +189,12 @@ def report(bench: Bench, profiles: list[str]) -> None:
                   f"{_spread([r['x plain'] for r in runs], '.3f')} | {' | '.join(ratios)} | "
                   f"{_spread([r['others'] for r in runs], '.2f')} | "
                   f"{gb(max(r['host'] for r in runs))} | {gb(max(r['gpu'] for r in runs))} |")
-    print("\n| profile | on disk | write complete after sampling, s (median, worst) |")
-    print("|---|---|---|")
+    print("\n| profile | on disk | write complete after sampling, s (median, worst) | baked by its first Use |")
+    print("|---|---|---|---|")
     for profile in profiles:
-        done = bench.complete_s[profile]
-        print(f"| `{profile}` | {gb(bench.bytes[profile])} | {statistics.median(done):.2f}, {max(done):.2f} |")
+        done, baked = bench.complete_s[profile], bench.baked_bytes(profile)
+        print(f"| `{profile}` | {gb(bench.bytes[profile])} | {statistics.median(done):.2f}, {max(done):.2f} | "
+              f"{'–' if baked is None else gb(baked)} |")
 
 
 def main(argv=None):
@@ -188,7 +208,9 @@ def main(argv=None):
           f"{', '.join(profiles)}; load average before {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for profile in profiles:  # warm-up, untimed: kernels, allocator, each profile's code paths
         bench._save(profile)
-        run_use(bench.host, bench.store, bench.name(profile), bench.arch, RFG, bench.sample_args)
+        for bake in (True, False) if UNBAKED in conditions(profile) else (True,):
+            run_use(bench.host, bench.store, bench.name(profile), bench.arch, RFG, bench.sample_args,
+                    bake_trajectories=bake)
     bench.runs.clear()
     bench.complete_s.clear()
     print(f"limit = plain bit for bit: {'yes' if plain_equals_limit(bench) else 'NO'}")

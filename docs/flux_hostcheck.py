@@ -107,7 +107,9 @@ def generate(host, unet, values, store, seed, loaded=None):
 
 def main():
     model, host = host_model()
-    tiny = tf.Flux(seed=0, convention=FLAVOUR)
+    # the tests' model under the host's class name: RefDrop reaches Forge's blocks by object patches, reForge's
+    # through the dit hook, and tells which from the class (a Forge-convention model named Flux would be left plain)
+    tiny = tf.make_patcher(FLAVOUR).model.diffusion_model
     missing, unexpected = model.load_state_dict(tiny.state_dict(), strict=False)
     print("state dict: missing", missing, "unexpected", unexpected)
     model.eval().requires_grad_(False)

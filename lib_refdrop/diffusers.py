@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .attn.patches import Patch
+from .attn.sources import LinearKV
 from .run import PassPatches
 from .standalone import PassContext, context
 
@@ -214,7 +215,7 @@ class RefDropHook:
         self.layers: list[LayerInfo] = []
         self._originals: dict[str, object] = {}  # attn1 module path -> its processor before
         self._handles: list = []
-        self._projections: dict[str, tuple] | None = None
+        self._projections: dict[str, LinearKV] | None = None
 
     # -- install / remove --------------------------------------------------------------------------------------
     def install(self, unet) -> RefDropHook:
@@ -332,12 +333,12 @@ class RefDropHook:
         return out
 
     # -- what a pass's context needs of the model --------------------------------------------------------------
-    def projections(self, lid: str):
-        """``(to_k, to_v)`` of the attn1 layer ``lid`` (``"input1.0"``), for a profile that keeps each layer's
-        input; looked up once per layer, as the hosts do (a Use asks for every stored row)."""
+    def projections(self, lid: str) -> LinearKV:
+        """``LinearKV(to_k, to_v)`` of the attn1 layer ``lid`` (``"input1.0"``), for a profile that keeps each
+        layer's input; looked up once per layer, as the hosts do (a Use asks for every stored row)."""
         if self._projections is None:
             modules = dict(self.unet.named_modules())
-            self._projections = {layer.layer_id: (modules[layer.name].to_k, modules[layer.name].to_v)
+            self._projections = {layer.layer_id: LinearKV(modules[layer.name].to_k, modules[layer.name].to_v)
                                  for layer in self.layers}
         try:
             return self._projections[lid]

@@ -26,6 +26,7 @@ from .attn.patches import (
 from .attn.refpass import ImageLatent, Wrapper, fixed_noise, reference_pass_wrapper
 from .attn.sources import BatchRows, KeptRows, PassRows, Projections, StoredRows
 from .attn.trajectory import TrajectoryInput, trajectory_save_wrapper
+from .bake import Bakes, recording_patches
 from .crop import centre_box, same_aspect
 from .dit.blocks import FluxOps
 from .dit.guide import FluxRefDrop
@@ -38,7 +39,7 @@ from .reference.address import CONDITIONING_KEYS
 from .reference.manifest import reference_info
 from .reference.names import automatic_name
 from .reference.pinned import ToHost
-from .reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, EXACT, get_profile, profile_to_save
+from .reference.profiles import COMPACT, DEFAULT_PROFILE, EXACT, get_profile, profile_to_save
 from .reference.reader import ReferenceReader
 from .reference.recorder import Recorder
 from .reference.store import ReferenceStore
@@ -110,18 +111,36 @@ def failing_patch(exc: BaseException) -> Patch:
 
 def failing_pass(patch: Patch, attention: Callable, dit_ops: FluxOps | WanOps | None = None) -> PassPatches:
     """``patch`` (a ``failing_patch``) where this pass's model calls attention: on every attn1 layer, or in every
-    block of a DiT model (``dit_ops``, ``attention``: as in ``PassContext``)."""
+    block of a DiT model (``dit_ops``, ``attention``: as in ``PassContext``). Without ``dit_ops`` it is raised at
+    the first model call too: a transformer RefDrop refuses by name (Lumina, Z-Image, Flux.2, Chroma Radiance, Wan
+    VACE in Forge Neo or ComfyUI) calls no attn1 layer, and would otherwise generate plainly without a word."""
     if dit_ops is None:
-        return PassPatches(attn1=patch)
+        return PassPatches(attn1=patch, model_wrapper=_raised_at_model_call(patch))
     blocks = FluxRefDrop(patch, attention, dit_ops, own_needed=False)
     return PassPatches(model_wrapper=blocks.model_function(), blocks=blocks)
 
 
+def _raised_at_model_call(patch: Patch) -> Wrapper:
+    """A model function wrapper that raises the error of ``patch`` (a failing patch raises whatever it is called
+    with) before the model runs: every host calls every model through it."""
+
+    def refdrop_error_at_model_call(apply_model, args):
+        x = args["input"]
+        return patch(x, x, x, args["c"].get("transformer_options", {}))
+
+    return refdrop_error_at_model_call
+
+
 class RefDropRun:
-    def __init__(self, settings: RefDropSettings, store: ReferenceStore, default_profile: str = ""):
+    def __init__(self, settings: RefDropSettings, store: ReferenceStore, default_profile: str = "",
+                 bake_trajectories: bool = True):
+        """``default_profile``: the storage profile of a Save that asks for none, and what a trajectory reference's
+        first Use bakes its rows into; ``bake_trajectories``: False, a trajectory reference is evaluated again at
+        every Use (exactly) and nothing is baked (bake.py)."""
         self.settings = settings
         self.store = store
         self.default_profile = default_profile
+        self._bakes = Bakes(store, default_profile, bake_trajectories)
         self.recorder: Recorder | None = None
         self.writer: ReferenceWriter | None = None
         self.save_name: str | None = None
@@ -150,7 +169,7 @@ class RefDropRun:
     def _dit_pass(self, ctx: PassContext) -> PassPatches:
         """The same plan computed inside every block's joint attention, on the image tokens (dit/guide.py); the
         model function wrapper keeps each model call's options for the blocks."""
-        problem = dit_unsupported(self.settings, self.save_profile(ctx.family), ctx.family)
+        problem = dit_unsupported(self.settings, self.save_profile(ctx.projections is not None, ctx.family), ctx.family)
         if problem:
             raise RefDropError(problem)
         blocks = FluxRefDrop(None, ctx.attention, ctx.dit_ops, own_needed=not self.settings.saving)
@@ -163,14 +182,14 @@ class RefDropRun:
             if self.writer is not None and not self.writer.ended:  # the Save this pass began never runs
                 self.writer.abort(message)
             raise RefDropError(message)
-        blocks.patch = planned.attn1
+        blocks.patch, blocks.input_patch = planned.attn1, planned.attn1_input
         return PassPatches(model_wrapper=blocks.model_function(planned.model_wrapper), blocks=blocks)
 
     def _save_patches(self, ctx: PassContext) -> PassPatches:
         if ctx.is_hr_pass or self.writer is not None:
             return PassPatches()  # the reference is the first pass of the first batch
         self.save_name = self.settings.save_name or self._free_automatic_name(ctx.seed)
-        profile = profile_to_save(self.save_profile(ctx.family, ctx.projections is not None))
+        profile = profile_to_save(self.save_profile(ctx.projections is not None, ctx.family))
         encoding, note = profile.file_encoding, ""
         if encoding == compression.ZSTD and not compression.available():  # zstd is lossless: the same reference
             encoding, note = "raw", f"its files are not compressed: pip install {compression.PACKAGE} to compress them"
@@ -192,19 +211,17 @@ class RefDropRun:
             wrapper = trajectory_save_wrapper(self.recorder)
         return PassPatches(make_save_patch(self.recorder, ctx.inner, from_image), wrapper, input_patch)
 
-    def save_profile(self, family: str, can_project: bool = True) -> str:
+    def save_profile(self, can_project: bool = True, family: str = "") -> str:
         """The storage profile of this run's Save: the one asked for, else the Settings default. A default that keeps
-        each layer's input cannot be used where that input cannot be projected again: on a DiT model (its K depends
-        on more than the input) it is ``DIT_DEFAULT_PROFILE``; for a caller that gives no projections
-        (``PassContext.projections``, e.g. a sampler that installs only the attn1 patch) it is ``exact``."""
+        each layer's input cannot be used where that input cannot be projected again (``PassContext.projections``
+        None): on a DiT model that has no input projection (Qwen-Image, Wan) it is ``compact``; for a caller that
+        gives no projections (e.g. a sampler that installs only the attn1 patch) it is ``exact``."""
         if self.settings.profile:
             return self.settings.profile
         default = self.default_profile or DEFAULT_PROFILE
-        if not get_profile(default).kept.projected:
+        if can_project or not get_profile(default).kept.projected:
             return default
-        if family in families.DIT_FAMILIES:
-            return DIT_DEFAULT_PROFILE
-        return default if can_project else EXACT.name
+        return COMPACT.name if family in families.DIT_FAMILIES else EXACT.name
 
     def _free_automatic_name(self, seed) -> str:
         """``ref-<seed>-<time>``, with a counter when that is taken (X/Y/Z Save cells within one second)."""
@@ -218,7 +235,7 @@ class RefDropRun:
     def _use_patches(self, ctx: PassContext) -> PassPatches:
         if ctx.is_hr_pass and not self.settings.apply_hires:
             return PassPatches()
-        guides, images, layers = [], [], None
+        guides, images, layers, bakes = [], [], None, []
         for slot in self.settings.slots:
             mask = slot.mask
             if slot.source == "reference":
@@ -230,6 +247,7 @@ class RefDropRun:
                     trajectory = TrajectoryInput(f"reference '{reader.name}' (slot {slot.index})", reader)
                     images.append(trajectory)
                     source = PassRows(trajectory.name)
+                    bakes.append(self._bakes.plan(reader, trajectory.name, ctx, self.settings))
                 else:
                     source = StoredRows(reader)
                 mask = mask if mask is not None else self._stored_mask(slot.reference)
@@ -257,7 +275,8 @@ class RefDropRun:
         if images:
             wrapper = reference_pass_wrapper(images, lambda sigma: window[1] <= sigma <= window[0])
         patch = make_use_patch(guides, plan_use(self.settings, window, layers), ctx.attention, ctx.inner, passes)
-        return PassPatches(attn1=patch, model_wrapper=wrapper)
+        patch, input_patch = recording_patches([bake for bake in bakes if bake is not None], patch)
+        return PassPatches(attn1=patch, model_wrapper=wrapper, attn1_input=input_patch)
 
     def _open_reference(self, slot, ctx: PassContext) -> ReferenceReader | None:
         """The reader of a slot's saved reference; None when its coefficient is 0 (checked all the same)."""
@@ -275,6 +294,11 @@ class RefDropRun:
             if problem:
                 raise RefDropError(problem)
             return None
+        baked = self._bakes.reader(opened, ctx)
+        if baked is not None:  # its rows, as its first Use computed them: no reference pass
+            opened.close()
+            self._readers.append(baked)
+            return baked
         reader = ReferenceReader(opened, projections=ctx.projections, layer_widths=ctx.layer_widths)
         self._readers.append(reader)
         return reader
@@ -309,8 +333,11 @@ class RefDropRun:
         seed = ctx.seed if ctx.seed is not None else 0
         return ImageLatent(name, latent, fixed_noise(latent, seed), ctx.encode_prompt(self.settings.image_prompt))
 
-    def release(self) -> None:
-        """The generation is over: close the references Use opened (their files stay open until then)."""
+    def release(self, generation_finished: bool = True) -> None:
+        """The generation is over: close the references Use opened (their files stay open until then), and commit
+        the rows a trajectory reference's first Use baked (in the background), unless the generation did not
+        finish."""
+        self._bakes.finish(generation_finished)
         for reader in self._readers:
             reader.close()
         self._readers.clear()
@@ -355,13 +382,9 @@ def dit_unsupported(settings, profile: str = "", family: str = "flux") -> str | 
 
 
 def _dit_profile_problem(profile: str, name: str) -> str | None:
-    """A profile that keeps each layer's input cannot work: a DiT block's K also depends on its modulation and the
-    positions, so it cannot be projected again from the input alone. A trajectory can, once it keeps the distilled
-    guidance the model is evaluated with (without it the reference would be evaluated wrongly)."""
+    """A trajectory works on a DiT model once it keeps the distilled guidance the model is evaluated with (without it
+    the reference would be evaluated wrongly)."""
     kept = get_profile(profile).kept
-    if kept.projected:
-        return (f"RefDrop: the storage profile '{profile}' keeps each layer's input, which does not work with {name} "
-                "models; choose exact, balanced or compact")
     if kept.evaluated_again and "guidance" not in CONDITIONING_KEYS:
         return (f"RefDrop: the storage profile '{profile}' does not keep {name}'s guidance yet; choose exact, "
                 "balanced or compact")
@@ -372,14 +395,17 @@ def _dit_profile_problem(profile: str, name: str) -> str | None:
 # distilled guidance, all these models are conditioned on. Qwen-Image (Edit: its edit images) and Wan (image-to-video:
 # the image latents, CLIP-vision features) can be conditioned on more.
 _TRAJECTORY_FAMILIES = ("flux", "chroma")
+# DiT families whose blocks a stored input is projected again for (``dit/layers.projections_of``)
+_INPUT_FAMILIES = ("flux", "chroma")
 # DiT families whose references a subject mask cannot be laid on yet: the mask is resized to a 2-D grid of tokens,
 # and a Wan clip's are frames × rows × columns
 _WITHOUT_MASKS = ("wan",)
 
 
 def _trajectory_problem(profile: str, family: str) -> str | None:
-    if family in families.DIT_FAMILIES and family not in _TRAJECTORY_FAMILIES and get_profile(
-            profile).kept.evaluated_again:
+    kept = get_profile(profile).kept
+    if family in families.DIT_FAMILIES and (kept.evaluated_again and family not in _TRAJECTORY_FAMILIES
+                                            or kept.projected and family not in _INPUT_FAMILIES):
         return (f"RefDrop: the storage profile '{profile}' does not work with {families.label(family)} models yet; "
                 "choose exact, balanced or compact")
     return None

@@ -61,8 +61,10 @@ def context(family: str, attention: Callable, percent_to_sigma: Callable[[float]
     Save made without a name, and seeds an image reference's noise; ``encode_image`` (image -> latent
     ``[1, C, h, w]``) and ``encode_prompt`` (text -> the model's conditioning keyword arguments for one row): for
     image references; ``batch_index`` / ``batch_count``: for the batch's first image as the reference;
-    ``projections`` (layer id -> that attn1 layer's ``(to_k, to_v)``): for a reference whose profile keeps each
-    layer's input; ``layer_widths`` (layer id -> that self-attention layer's width, None where the model has none):
+    ``projections`` (layer id -> ``project(x, positions) -> (k, v)``, that layer's K and V of a stored input: a
+    U-Net's ``attn.sources.LinearKV(to_k, to_v)``, a DiT's ``dit.layers.projections_of(model, dit_ops)``): for a
+    reference whose profile keeps each layer's input (a Save left on the default uses ``exact`` without them);
+    ``layer_widths`` (layer id -> that self-attention layer's width, None where the model has none):
     a Use then checks a reference's layers before it reads any of its files, and bounds what they may hold by them.
     ``earlier``: an attn1 patch that was there before RefDrop (another node's or extension's), kept
     running underneath RefDrop's (default: ``attention``; ``patcher/chain.py`` ``chain`` makes one of a patcher's
@@ -172,7 +174,7 @@ def save_session(store: ReferenceStore, name: str = "", profile: str = "", overw
     with ``SaveSession.for_pass`` once the seed, the schedule and the model are known.
 
     ``profile``: the storage profile ("" = the default: ``lean``, or ``exact`` for a caller that gives no
-    ``projections``, a DiT model's own default for a DiT model); ``overwrite``: replace a reference of that name;
+    ``projections``); ``overwrite``: replace a reference of that name;
     ``image``: bake this image (PIL) instead, evaluated with ``image_prompt`` at every sigma of the generation (the
     generation itself stays plain; install ``model_wrapper`` too). RefDropError here, at once, for a bad name or
     profile or a name that is taken.
@@ -222,7 +224,8 @@ def use_patch(store: ReferenceStore, name: str, rfg: float, ctx: PassContext, **
 
 class UseSession:
     """One generation's Use: ``for_pass`` before every sampling pass (every batch, the hires pass), ``close`` at the
-    end, which closes the references' files."""
+    end, which closes the references' files. Install every part of ``PassPatches``: its ``attn1_input`` records the
+    rows a trajectory reference's first Use bakes (lib_refdrop/bake.py)."""
 
     def __init__(self, run: RefDropRun):
         self._run = run
@@ -230,20 +233,26 @@ class UseSession:
     def for_pass(self, ctx: PassContext) -> PassPatches:
         return self._run.for_pass(ctx)
 
-    def close(self) -> None:
-        self._run.release()
+    def close(self, generation_finished: bool = True) -> None:
+        """The generation is over; ``generation_finished``: False where it failed or was interrupted (nothing it
+        began baking is kept)."""
+        self._run.release(generation_finished)
 
     def __enter__(self) -> UseSession:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(generation_finished=exc_type is None)
 
 
-def start_use(store: ReferenceStore, **settings) -> UseSession:
+def start_use(store: ReferenceStore, *, bake_trajectories: bool = True, default_profile: str = "",
+              **settings) -> UseSession:
     """A Use with the arguments of lib_refdrop/params.py by name: ``reference``, ``rfg``, ``source``, ``image``,
-    ``mask``, ``reference_2``, ``rfg_2``, ... RefDropError for bad settings."""
+    ``mask``, ``reference_2``, ``rfg_2``, ... RefDropError for bad settings. A trajectory reference's first Use bakes
+    the rows its reference pass computes into ``default_profile`` ("": ``lean``) and later Uses read them instead
+    (lib_refdrop/bake.py); ``bake_trajectories=False`` evaluates it again at every Use, exactly, and bakes nothing."""
     fixed = sorted(set(settings) & {"enabled", "mode"})
     if fixed:
         raise RefDropError(f"RefDrop: start_use sets {', '.join(fixed)} itself")
-    return UseSession(RefDropRun(build({**settings, "enabled": True, "mode": "Use"}), store))
+    settings = build({**settings, "enabled": True, "mode": "Use"})
+    return UseSession(RefDropRun(settings, store, default_profile, bake_trajectories=bake_trajectories))

@@ -61,7 +61,8 @@ class RefDropScript(scripts.Script):
             p.refdrop_failing_patch = failing_patch(exc)
             return
         if settings.enabled:
-            p.refdrop_run = RefDropRun(settings, opts.get_store(), default_profile=opts.default_profile())
+            p.refdrop_run = RefDropRun(settings, opts.get_store(), default_profile=opts.default_profile(),
+                                       bake_trajectories=opts.bake_trajectories())
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         """Once per pass (Forge: twice for the hires pass, the first result discarded), so idempotent."""
@@ -72,17 +73,18 @@ class RefDropScript(scripts.Script):
         host = hosts.detect()  # a U-Net or a DiT model (Flux, docs/flux.md): the run plans either
         host.install(p, host.pass_patches(p, run, patch))
         if run is not None:
-            profile = run.save_profile(run.family) if run.settings.saving else None
+            profile = run.recorder.profile.name if run.settings.saving and run.recorder is not None else None
             infotext.write(p.extra_generation_params, run.settings, saved_as=run.save_name, profile=profile)
 
     def postprocess(self, p, processed, *args):
         run = getattr(p, "refdrop_run", None)
         if run is None:
             return
-        run.release()
+        interrupted = hosts.detect().interrupted()
+        run.release(generation_finished=not interrupted)  # an interrupted Use keeps nothing it began baking
         if run.writer is None:
             return
-        if hosts.detect().interrupted():
+        if interrupted:
             abandon_unfinished_saves()
             text = f"RefDrop: reference '{run.save_name}' was not saved: the generation was interrupted"
         else:

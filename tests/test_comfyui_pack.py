@@ -500,6 +500,27 @@ def test_flux_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, flu
     assert "Flux" in one_line(family)
 
 
+@pytest.mark.parametrize("make", ["tinyflux", "tinychroma"])
+def test_a_dit_save_that_keeps_each_blocks_input_gives_the_exact_references_use(lib, flux_kernels, make):
+    """Through the pack's DiT path at real CFG (ComfyUI's chunk labels on the blocks' input calls too): a Save that
+    keeps each block's input (native) is plain, and a Use of it projected with the model's blocks is the exact
+    reference's Use, bit for bit."""
+    from benchmarks.candidates import offering
+    from lib_refdrop.reference.profiles import READ_ONLY
+    from tests.support import tinychroma, tinyflux
+
+    pack = v1_mappings(node_specs(lib, kernels=flux_kernels))[0]
+    model = _FluxPatcher({"tinyflux": tinyflux, "tinychroma": tinychroma}[make].make_patcher(
+        "reforge" if make == "tinyflux" else "comfyui"))
+    with offering([READ_ONLY["input"]]):
+        patched, _ = save(pack, model, "input", profile="input")
+        assert torch.equal(flux_sample(patched, 1, 3.0), flux_sample(model, 1, 3.0))
+    assert lib.store_of("input").manifest("input")["chunks"] == ["uncond0", "cond0"]
+    flux_sample(save(pack, model, "exact", profile="exact")[0], 1, 3.0)
+    assert torch.equal(flux_sample(use(pack, model, "input", 0.5), 2, 3.0),
+                       flux_sample(use(pack, model, "exact", 0.5), 2, 3.0))
+
+
 def test_chroma_save_is_plain_use_at_its_settings_is_save_and_c0_is_plain(lib, flux_kernels):
     """ComfyUI 0.3.6x's Chroma (its own block classes: ``addcmul`` residuals; the dit hook's ``args`` carry
     ``transformer_options``; the modulations come as ``vec``) through the pack, as a Flux model goes through it."""

@@ -15,7 +15,7 @@ from lib_refdrop.dit.guide import FluxRefDrop
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import build
 from lib_refdrop.reference.address import LAYER_ID_RE, block_label
-from lib_refdrop.reference.profiles import DIT_DEFAULT_PROFILE, get_profile
+from lib_refdrop.reference.profiles import DEFAULT_PROFILE, get_profile
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
 from tests.support import fakehost
@@ -302,16 +302,14 @@ def test_the_step_window_reads_flow_times(host, store):
     assert not torch.equal(late, plain) and not torch.equal(early, plain) and not torch.equal(late, early)
 
 
-def test_an_input_keeping_profile_is_refused_on_flux(monkeypatch):
-    """A profile that keeps each layer's input (Use projects K and V again) cannot work on Flux: a block's K depends
-    on the conditioning vector and RoPE too. A trajectory is refused until it keeps Flux's guidance."""
+def test_a_trajectory_is_refused_on_flux_unless_it_keeps_the_guidance(monkeypatch):
+    """A trajectory evaluates the reference again: without Flux's guidance among the conditioning it keeps, it would
+    evaluate it wrongly, so it is refused then."""
     from lib_refdrop import run as generation
-    from lib_refdrop.reference.profiles import LEAN, TRAJECTORY
+    from lib_refdrop.reference.profiles import TRAJECTORY
 
     settings = build({"enabled": True, "mode": "Save", "save_name": "fox", "profile": "exact"})
     assert generation.dit_unsupported(settings, "exact") is None
-    monkeypatch.setattr(generation, "get_profile", lambda name: LEAN)
-    assert "keeps each layer's input, which does not work with Flux" in generation.dit_unsupported(settings, "exact")
     monkeypatch.setattr(generation, "get_profile", lambda name: TRAJECTORY)
     monkeypatch.setattr(generation, "CONDITIONING_KEYS", ("c_crossattn", "y"))
     assert "does not keep Flux's guidance yet" in generation.dit_unsupported(settings, "exact")
@@ -384,14 +382,14 @@ def test_installing_twice_on_one_pass_is_refdrops_own_patch_not_another_extensio
     run.release()
 
 
-def test_a_flux_save_with_the_default_profile_uses_compact(host, store):
-    """The default keeps each layer's input, which a Flux block cannot project again: a Flux Save left on the
-    default stores compact (RefDropRun.save_profile), and its Use at the Save's settings works."""
+def test_a_flux_save_with_the_default_profile_keeps_each_blocks_input(host, store):
+    """The default (``lean``) works on Flux too: a Save left on the default stores each block's input
+    (tests/test_flux_input.py), and its Use at the Save's settings works."""
     unet = tf.make_patcher(host.name)
     _, run, _ = run_pass(host, unet, {"mode": "Save", "save_name": "default"}, store)
     run.finish_save({}, None)
     assert run.writer.wait(60) and run.writer.status.state == "saved", run.writer.status.message
-    assert get_profile("").keep == "input" and store.manifest("default")["profile"] == DIT_DEFAULT_PROFILE
+    assert store.manifest("default")["profile"] == DEFAULT_PROFILE and get_profile("").keep == "input"
     assert use(host, unet, store, 0.5, name="default")[0].isfinite().all()
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.params import build, to_args
+from lib_refdrop.patcher import dit_blocks
 from lib_refdrop.webui import opts as options
 from tests.support import fakehost
 from tests.support import tinyflux as tf
@@ -79,6 +80,39 @@ def test_a_bad_argument_stops_the_generation_at_the_first_block(host):
     assert p.sd_model.forge_objects.unet is not unet
     with pytest.raises(RefDropError, match="step window is empty"):
         tf.sample(p.sd_model.forge_objects.unet)
+
+
+def test_a_transformer_refused_by_name_stops_the_generation_though_it_calls_no_attn1_layer(host):
+    """A transformer RefDrop has no family for (Forge Neo's Lumina, Z-Image, Flux.2, Chroma Radiance) looks up no
+    attn1 replacement: a refusal on the attn1 layers alone would let a Use run plain without a word (seen with Neo's
+    own Qwen-Image class before it had a family). Every host calls every model through the model function wrapper,
+    so the refusal is raised there."""
+    refused = type("ChromaRadiance", (tf.Flux,), {})(seed=0, convention="neo")  # Flux's blocks, a family not served
+    model = SimpleNamespace(diffusion_model=refused, predictor=tf.FlowSchedule(), model_sampling=tf.FlowSchedule())
+    script = host.script_module.RefDropScript()
+    for values in ({"mode": "Use", "reference": "anything", "rfg": 0.4}, {"mode": "Save", "save_name": "radiance"}):
+        p = tf.make_p(tf.FluxPatcher(model))
+        run_hooks(script, p, to_args(build({"enabled": True, **values})))
+        with pytest.raises(RefDropError, match=r"this model \(ChromaRadiance\) is not supported yet"):
+            tf.sample(p.sd_model.forge_objects.unet)
+
+
+def test_flux2_in_fluxs_own_class_is_refused_by_name(host):
+    """Forge Neo builds Flux.2 (Klein) from Flux's own class with ``global_modulation`` (ComfyUI: in ``params``): its
+    blocks are not Flux.1's (a gated SiLU MLP, one modulation for all blocks), so it is refused by name before a
+    Save or Use, not treated as Flux.1 (which stopped a Save with a tensor-shape error inside a block)."""
+    neo_flux2 = tf.make_patcher("neo")
+    neo_flux2.model.diffusion_model.global_modulation = True
+    comfy_flux2 = tf.make_patcher("reforge")
+    comfy_flux2.model.diffusion_model.params = SimpleNamespace(global_modulation=True)
+    script = host.script_module.RefDropScript()
+    for unet in (neo_flux2, comfy_flux2):
+        assert dit_blocks.dit_family(unet.model.diffusion_model) is None
+        p = tf.make_p(unet)
+        run_hooks(script, p, to_args(build({"enabled": True, "mode": "Save", "save_name": "klein"})))
+        with pytest.raises(RefDropError, match=r"this model \(Flux\.2\) is not supported yet"):
+            tf.sample(p.sd_model.forge_objects.unet)
+    assert dit_blocks.dit_family(tf.make_patcher("neo").model.diffusion_model) == "flux"
 
 
 def test_a_missing_reference_stops_the_generation_with_its_message(host):

@@ -1,9 +1,9 @@
-"""The package's layers and their one-way arrows: run -> attn -> reference (the on-disk format, which imports no
-other layer); webui, comfyui -> everything below them; nothing below webui imports the host (``modules``), gradio or
-fastapi, only patcher/ the patcher hosts' kernel packages, only comfyui/ ComfyUI's, and comfyui/ never imports webui/;
-no import cycle among the package's modules or its layers. Imports only made for type checkers (``if TYPE_CHECKING``)
-count like any other: they are arrows a reader follows too. The WebUI's entry script (``scripts/``) stands above the
-webui layer."""
+"""The package's layers and their one-way arrows: run -> (bake ->) attn -> reference (the on-disk format, which
+imports no other layer); webui, comfyui -> everything below them; nothing below webui imports the host
+(``modules``), gradio or fastapi, only patcher/ the patcher hosts' kernel packages, only comfyui/ ComfyUI's, and
+comfyui/ never imports webui/; no import cycle among the package's modules or its layers. Imports only made for type
+checkers (``if TYPE_CHECKING``) count like any other: they are arrows a reader follows too. The WebUI's entry script
+(``scripts/``) stands above the webui layer."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ ALLOWED = {
     "crop": set(),  # the box an image and its mask are cut to a pass by
     "params": {"images"},
     "dit": {"attn"},  # Flux blocks and eq. 15 around the engine's patch
-    "run": {"attn", "reference", "params", "images", "crop", "dit"},
+    "bake": {"attn", "reference"},  # a trajectory reference's rows, baked by its first Use
+    "run": {"attn", "reference", "params", "images", "crop", "dit", "bake"},
     "standalone": {"attn", "reference", "params", "run"},
     "diffusers": {"attn", "run", "standalone"},  # the library's diffusers host: installs what run planned
     "patcher": {"attn", "dit", "reference", "run"},  # host-neutral ModelPatcher glue: installs what run planned

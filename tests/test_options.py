@@ -39,6 +39,7 @@ RAM = "refdrop_ram_budget_mb"
 RFG = "refdrop_default_rfg"
 PROFILE = "refdrop_default_profile"
 OVERWRITE = "refdrop_overwrite_default"
+BAKE = "refdrop_bake_trajectories"
 FOLDER = "refdrop_store_folder"
 
 REFUSED = [
@@ -51,11 +52,12 @@ REFUSED = [
     (PROFILE, "nope", DEFAULT_PROFILE), (PROFILE, math.nan, DEFAULT_PROFILE),
     (OVERWRITE, "abc", False), (OVERWRITE, [True], False), (OVERWRITE, None, False), (OVERWRITE, 10**5000, False),
     (OVERWRITE, math.inf, False),
+    (BAKE, "abc", True), (BAKE, [False], True), (BAKE, None, True), (BAKE, math.nan, True),
     (FOLDER, 5, None), (FOLDER, ["/tmp/x"], None), (FOLDER, {"a": 1}, None), (FOLDER, 10**5000, None),
     (FOLDER, "/tmp/refs\x00evil", None), (FOLDER, "/tmp/refs\ud800", None),
 ]
 READERS = {RAM: options.ram_budget_mb, RFG: options.default_rfg, PROFILE: options.default_profile,
-           OVERWRITE: options.overwrite_default, FOLDER: options.store_folder}
+           OVERWRITE: options.overwrite_default, FOLDER: options.store_folder, BAKE: options.bake_trajectories}
 
 
 # pytest's own ids would str() 10**5000, which Python refuses
@@ -79,6 +81,7 @@ def test_a_hostile_value_is_replaced_and_reported_once(config, tmp_path, capsys,
     (RFG, -1, -1.0), (RFG, "0.45", 0.45), (RFG, 0.3, 0.3),
     (PROFILE, "balanced", "balanced"), (PROFILE, "", DEFAULT_PROFILE), (PROFILE, None, DEFAULT_PROFILE),
     (OVERWRITE, True, True), (OVERWRITE, "true", True), (OVERWRITE, False, False),
+    (BAKE, False, False), (BAKE, "false", False), (BAKE, True, True),
     (FOLDER, "", None), (FOLDER, "   ", None), (FOLDER, None, None),
 ])
 def test_good_and_empty_values_are_used_silently(config, tmp_path, capsys, key, value, used):

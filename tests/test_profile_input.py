@@ -16,6 +16,7 @@ import safetensors.torch
 import torch
 
 from lib_refdrop import standalone
+from lib_refdrop.attn.sources import LinearKV
 from lib_refdrop.errors import RefDropError
 from lib_refdrop.reference.manifest import seal_manifest, sha256_bytes
 from lib_refdrop.reference.profiles import EXACT, PROFILES
@@ -180,7 +181,7 @@ def test_the_loader_thread_projects_the_stored_input_not_the_sampler(tmp_path):
             threads.append(threading.current_thread().name)
             return to_k(x)
 
-        return watched_k, to_v
+        return LinearKV(watched_k, to_v)
 
     ctx = standalone.context("sd15", host_attention, SCHEDULE.percent_to_sigma, seed=3, projections=projections)
     with standalone.start_use(store, reference="x", rfg=0.5) as session:

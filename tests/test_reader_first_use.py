@@ -207,6 +207,6 @@ def test_a_hand_over_for_a_reference_replaced_meanwhile_caches_nothing(tmp_path)
     store = ReferenceStore(tmp_path, cache=RamCache(1 << 30))
     manifest = faultkit.make_reference(store, "r")
     store.cache.clear()
-    assert _keeper_of_slot_0(store).hand_over(store, "r", {**manifest, SEAL: "0" * 64}) == 0
+    assert _keeper_of_slot_0(store).hand_over(lambda: store.open("r"), {**manifest, SEAL: "0" * 64}) == 0
     assert store.cache.used == 0
-    assert _keeper_of_slot_0(store).hand_over(store, "r", manifest) == store.cache.used > 0
+    assert _keeper_of_slot_0(store).hand_over(lambda: store.open("r"), manifest) == store.cache.used > 0

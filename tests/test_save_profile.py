@@ -1,6 +1,6 @@
 """Which storage profile a Save uses: the one asked for, else the Settings default; a default that keeps each
-layer's input gives way where the input cannot be projected again: to DIT_DEFAULT_PROFILE on a DiT model, to exact
-for a caller without projections."""
+layer's input gives way to exact for a caller without projections. On a DiT model too: a Flux or Chroma block's input
+is projected again with its own modules (tests/test_flux_input.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from lib_refdrop import run as generation
 from lib_refdrop.params import build
-from lib_refdrop.reference.profiles import DEFAULT_PROFILE, DIT_DEFAULT_PROFILE, get_profile
+from lib_refdrop.reference.profiles import DEFAULT_PROFILE
 from lib_refdrop.reference.store import ReferenceStore
 from lib_refdrop.run import RefDropRun
 
@@ -18,30 +18,22 @@ def _run(tmp_path, profile="", default=""):
     return RefDropRun(build({"enabled": True, "mode": "Save", "profile": profile}), ReferenceStore(tmp_path), default)
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "unknown"])
-def test_a_unet_save_uses_the_settings_default(tmp_path, family):
-    assert _run(tmp_path, default="input-int8").save_profile(family) == "input-int8"
-    assert _run(tmp_path).save_profile(family) == DEFAULT_PROFILE
+def test_a_save_uses_the_settings_default(tmp_path):
+    assert _run(tmp_path, default="input-int8").save_profile() == "input-int8"
+    assert _run(tmp_path).save_profile() == DEFAULT_PROFILE
 
 
-def test_a_flux_save_replaces_an_input_keeping_default_and_keeps_any_other(tmp_path):
-    assert get_profile(DIT_DEFAULT_PROFILE).keep == "kv"
-    assert _run(tmp_path, default="input-int8").save_profile("flux") == DIT_DEFAULT_PROFILE
-    assert _run(tmp_path, default="balanced").save_profile("flux") == "balanced"
-    run = _run(tmp_path, default="input-int8")
-    assert generation.dit_unsupported(run.settings, run.save_profile("flux")) is None
-
-
-def test_an_input_keeping_profile_asked_for_on_flux_is_refused_by_name(tmp_path):
-    run = _run(tmp_path, profile="input-int8")
-    assert run.save_profile("flux") == "input-int8"
-    assert "keeps each layer's input" in generation.dit_unsupported(run.settings, run.save_profile("flux"))
+@pytest.mark.parametrize("family", ["flux", "chroma"])
+def test_an_input_keeping_profile_is_no_problem_on_a_dit_model(tmp_path, family):
+    for run in (_run(tmp_path, default="input-int8"), _run(tmp_path, profile="lean")):
+        assert generation.dit_unsupported(run.settings, run.save_profile(), family) is None
 
 
 def test_a_caller_without_projections_saves_the_default_without_the_input(tmp_path):
     run = _run(tmp_path, default="input-int8")
-    assert run.save_profile("sd15", can_project=False) == "exact"
-    assert _run(tmp_path, profile="input-int8").save_profile("sd15", can_project=False) == "input-int8"
+    assert run.save_profile(can_project=False) == "exact"
+    assert _run(tmp_path, default="balanced").save_profile(can_project=False) == "balanced"
+    assert _run(tmp_path, profile="input-int8").save_profile(can_project=False) == "input-int8"
 
 
 def test_a_save_writes_only_offered_profiles_and_a_read_only_format_stays_readable(tmp_path):

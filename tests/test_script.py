@@ -444,13 +444,14 @@ def test_the_preview_is_the_first_image_after_a_grid():
 
 
 @pytest.mark.parametrize("model_class, blocks", [
-    ("QwenImageTransformer2DModel", "transformer_blocks"),  # Forge Neo's Qwen-Image
-    ("WanModel", "blocks"),                                  # Wan 2.x
+    ("NunchakuQwenImageTransformer2DModel", "transformer_blocks"),  # another class on Qwen-Image's blocks
+    ("VaceWanModel", "blocks"),                                      # Wan VACE (Wan 2.x itself: test_wan)
     ("ChromaRadiance", "double_blocks"),                     # Chroma's blocks in pixel space (Chroma: test_chroma)
     ("NextDiT", "layers"),                                   # Lumina / Z-Image
 ])
 def test_a_transformer_refdrop_does_not_support_is_refused_by_name(host, model_class, blocks):
-    """Not treated as a U-Net whose layers happen never to be called: a Use there would silently do nothing."""
+    """Not treated as a U-Net whose layers happen never to be called: a Use there would silently do nothing.
+    (Qwen-Image and Wan are supported: test_qwen_image.py, test_wan.py.)"""
     model = type(model_class, (torch.nn.Module,), {})()
     setattr(model, blocks, torch.nn.ModuleList())
     script = host.script_module.RefDropScript()

@@ -1,11 +1,14 @@
 """benchmarks/speed.py: the limit is a plain image that pays a second attention; every profile's conditions run,
-also on the --gpu code path (here on a CPU, with a tiny SDXL-architecture U-Net in fp16)."""
+also on the --gpu code path (here on a CPU, with a tiny SDXL-architecture U-Net in fp16); a trajectory's first Use
+bakes its rows. benchmarks/bake.py runs."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-from benchmarks import speed
+from benchmarks import bake, speed
 from benchmarks.common import limit_patch
 from lib_refdrop.reference.profiles import PROFILES
 from tests.support.hostsim import host_attention
@@ -44,6 +47,11 @@ def test_every_profile_runs_every_condition(tmp_path, capsys):
         for condition in ("Save", "first Use", "warm Use", "cold Use"):
             assert any(line.startswith(f"| `{profile}` | {condition} |") for line in _rows(out)), (profile, condition)
         assert (tmp_path / f"bench-{profile}").is_dir()
+    assert any(line.startswith("| `trajectory` | unbaked Use |") for line in _rows(out))
+    baked = dict(re.findall(r"^\| `(\w+)` \| [\d.]+ [MG]B \| [\d.]+, [\d.]+ \| (.+) \|$", out, re.MULTILINE))
+    assert baked.keys() == set(PROFILES)
+    assert baked["trajectory"].endswith("MB")  # its first Use baked its rows, which its later Uses read
+    assert baked["lean"] == "–"
 
 
 def test_the_gpu_code_path_runs_on_a_cpu(tmp_path, capsys):
@@ -55,3 +63,13 @@ def test_the_gpu_code_path_runs_on_a_cpu(tmp_path, capsys):
     for profile in ("exact", "compact"):
         for condition in ("Save", "first Use", "warm Use", "cold Use"):
             assert any(line.startswith(f"| `{profile}` | {condition} |") for line in _rows(out)), (profile, condition)
+
+
+def test_the_bake_benchmark_compares_baked_rows_with_the_trajectory(capsys):
+    """benchmarks/bake.py: its later Uses read the baked rows (it stops where one runs the reference pass)."""
+    bake.main(["--size", "8", "--steps", "2", "--first", "2", "--later", "2", "--seeds", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 1
+    kept = [float(cell.split()[0]) for cell in rows[0].strip("| ").split(" | ")[1:]]
+    assert kept[0] == kept[1]  # baked at the Save's steps: the lean Save's rows
+    assert 0 < kept[0] < 1

@@ -93,19 +93,23 @@ def make_save_patch(recorder: Recorder, inner: Attention, from_image: str | None
 
 
 InputPatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], tuple]
+# In the extra_options of a DiT block's input call (dit/guide.py): the RoPE rotations of its image tokens, which its
+# keys are turned by after the projection (a U-Net's attn1 has none)
+POSITIONS_OPTION = "refdrop_positions"
 
 
 def make_input_save_patch(recorder: Recorder, from_image: str | None = None) -> InputPatch:
     """For a profile that stores each layer's input (``Kept.projected``): an ``attn1_patch``, which the hosts run on
     the normed hidden states just before ``to_q``/``to_k``/``to_v`` (docs/hosts.md), records what ``to_k`` and
-    ``to_v`` are about to project, and changes nothing."""
+    ``to_v`` are about to project, and changes nothing. A DiT block calls it with its image tokens' attention input
+    and their RoPE rotations (``POSITIONS_OPTION``), which are recorded with it."""
 
     def refdrop_save_input(n, context, value, extra_options):
         if extra_options.get(PASS_KEY) == from_image:
             if value is not context and not torch.equal(value, context):
                 raise RefDropError("RefDrop: another extension gives this layer's K and V different inputs; save "
                                    "with a profile that stores K and V (exact)")
-            recorder.record({"x": context}, extra_options)
+            recorder.record({"x": context}, extra_options, extra_options.get(POSITIONS_OPTION))
         return n, context, value
 
     return refdrop_save_input

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 
@@ -55,7 +55,20 @@ class _GuidesEveryChunk:
         return True
 
 
-Projections = Callable[[str], tuple[Callable, Callable]]  # layer id -> that layer's (to_k, to_v) of this model
+class LinearKV(NamedTuple):
+    """A U-Net attn1 layer's K and V projections of its input: its own ``to_k`` and ``to_v`` modules."""
+
+    to_k: Callable
+    to_v: Callable
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor | None = None):
+        return self.to_k(x), self.to_v(x)
+
+
+# Layer id -> that layer's K and V of a stored input row in this model: ``project(x, positions) -> (k, v)``, ``x``
+# [tokens, C], ``positions`` the slot's RoPE rotations of those tokens where the layer ropes its keys (a DiT block:
+# dit/layers.py ``projections_of``), else None (a U-Net's attn1: ``LinearKV``)
+Projections = Callable[[str], Callable]
 
 
 class StoredRows:

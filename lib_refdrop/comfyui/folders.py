@@ -79,7 +79,7 @@ class Library:
 class Folders:
     """The ``refdrop`` folders as one store for a Use: each reference is read from the folder that holds it, so one
     Use can combine references of a WebUI's folder and ComfyUI's (what a Use asks a store: ``open``, ``read_mask``,
-    ``manifest``, ``exists``)."""
+    ``manifest``, ``exists``, and ``store_of``: where a trajectory reference's first Use bakes its rows)."""
 
     def __init__(self, library: Library):
         self.library = library
@@ -92,6 +92,9 @@ class Folders:
 
     def open(self, name: str):
         return self.library.store_of(name).open(name)
+
+    def store_of(self, name: str):
+        return self.library.store_of(name)
 
     def read_mask(self, name: str):
         return self.library.store_of(name).read_mask(name)

@@ -30,6 +30,7 @@ import torch
 from .. import families, standalone
 from ..attn.refpass import PASS_KEY
 from ..dit.layers import layer_widths_of as dit_layer_widths_of
+from ..dit.layers import projections_of as dit_projections_of
 from ..patcher import dit_blocks
 from ..patcher.chain import chain, earlier_attn1_patches
 from ..patcher.install import install
@@ -107,7 +108,7 @@ class SamplingRun:
             if self.spec.saving:
                 session.abort(f"the sampling failed ({type(exc).__name__})")
             else:
-                session.close()
+                session.close(generation_finished=False)  # keeps nothing a trajectory's first Use began baking
             raise
         if first_save and not patches.empty:
             session.finish(self.generation())  # waits until the reference is on disk; RefDropError if it is not
@@ -125,10 +126,11 @@ class SamplingRun:
         if family in families.DIT_FAMILIES:
             host.check_flux_blocks(patcher)
             self.layers = None
-            extra = {"dit_ops": dit_blocks.host_block_ops(dit_blocks.diffusion_model(patcher), self.kernels.flux_ops,
-                                                          self.kernels.wan_ops),
+            model = dit_blocks.diffusion_model(patcher)
+            ops = dit_blocks.host_block_ops(model, self.kernels.flux_ops, self.kernels.wan_ops)
+            extra = {"dit_ops": ops, "projections": dit_projections_of(model, ops),
                      "earlier_blocks": tuple(dit_blocks.earlier_block_patches(_Options(patcher, options))),
-                     "layer_widths": dit_layer_widths_of(dit_blocks.diffusion_model(patcher))}
+                     "layer_widths": dit_layer_widths_of(model)}
         else:
             self.layers = host.unet_keys(patcher)
             extra = {"projections": projections_of(patcher), "layer_widths": layer_widths_of(patcher)}
@@ -150,6 +152,8 @@ class SamplingRun:
         if patches.blocks is not None:  # a DiT: RefDrop's patch runs inside every block's joint attention
             blocks = patches.blocks
             blocks.patch = names.attn1(_windowed(blocks.patch, window, to_sigma, blocks.inner))
+            if blocks.input_patch is not None:  # a Save that keeps each block's input
+                blocks.input_patch = names.attn1_input(_windowed_input(blocks.input_patch, window, to_sigma))
         patches = dataclasses.replace(
             patches,
             attn1=patches.attn1 and names.attn1(_windowed(patches.attn1, window, to_sigma, inner)),

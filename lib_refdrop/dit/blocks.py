@@ -11,6 +11,10 @@ has none and is handed its modulations as ``vec`` itself (the slices of the appr
 read here as the hosts' blocks read it. The hosts differ in small ways (how a modulation module returns its chunks,
 how ``(1 + scale) * x + shift`` and the gated residuals are computed, their RoPE and attention kernel), so those come
 in as ``FluxOps`` from the host's adapter; the rest is the same.
+
+A reference that keeps each block's input stores the image tokens' attention input (after the norm and the
+modulation, which hold everything the conditioning gives them) and their RoPE rotations; ``double_image_kv`` and
+``single_image_kv`` turn them into the keys and values the block computed, with its own modules.
 """
 
 from __future__ import annotations
@@ -20,10 +24,16 @@ from dataclasses import dataclass
 
 import torch
 
-Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from ..errors import RefDropError
+
+# (attn_img, q_img, k_img, v_img, x_img, pe_img) -> the image rows of the joint attention: the model's own
+# ``attn_img`` [B, N, H * D] and the image tokens' roped q, k and v [B, H, N, D], their attention input ``x_img``
+# [B, N, hidden] (what ``qkv`` / ``linear1`` project, after the norm and the modulation) and their rows of ``pe``
+# (None without RoPE)
+Guide = Callable[..., torch.Tensor]
 
 
-def no_guide(attn_img, q_img, k_img, v_img):
+def no_guide(attn_img, q_img, k_img, v_img, x_img=None, pe_img=None):
     return attn_img
 
 
@@ -109,6 +119,16 @@ def _heads(qkv: torch.Tensor, n_heads: int):
     return qkv.view(b, length, 3, n_heads, -1).permute(2, 0, 3, 1, 4)
 
 
+def to_patch_layout(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, L, D]`` -> ``[B, L, H * D]``, the layout of the q, k, v an attn1 patch receives."""
+    b, heads, length, dim = x.shape
+    return x.transpose(1, 2).reshape(b, length, heads * dim)
+
+
+def _image_rows(pe: torch.Tensor | None, text_tokens: int) -> torch.Tensor | None:
+    return None if pe is None else pe[:, :, text_tokens:]
+
+
 def double_block(block, img, txt, vec, pe, attn_mask, ops: FluxOps, guide: Guide = no_guide):
     """One double-stream block: ``(img, txt)`` out; ``vec``: the conditioning vector (Flux) or the block's
     modulations (Chroma). ``guide`` sees the image rows of the joint attention and the image tokens' roped q, k, v;
@@ -118,7 +138,8 @@ def double_block(block, img, txt, vec, pe, attn_mask, ops: FluxOps, guide: Guide
     (txt_shift1, txt_scale1, txt_gate1), (txt_shift2, txt_scale2, txt_gate2) = txt_mods
     heads = block.num_heads
 
-    img_q, img_k, img_v = _heads(block.img_attn.qkv(ops.modulate(block.img_norm1(img), img_shift1, img_scale1)), heads)
+    img_in = ops.modulate(block.img_norm1(img), img_shift1, img_scale1)
+    img_q, img_k, img_v = _heads(block.img_attn.qkv(img_in), heads)
     img_q, img_k = block.img_attn.norm(img_q, img_k, img_v)
     txt_q, txt_k, txt_v = _heads(block.txt_attn.qkv(ops.modulate(block.txt_norm1(txt), txt_shift1, txt_scale1)), heads)
     txt_q, txt_k = block.txt_attn.norm(txt_q, txt_k, txt_v)
@@ -128,7 +149,7 @@ def double_block(block, img, txt, vec, pe, attn_mask, ops: FluxOps, guide: Guide
     attn = ops.joint_attention(q, k, v, attn_mask)
     text = txt.shape[1]
     txt_attn = attn[:, :text]
-    img_attn = guide(attn[:, text:], q[:, :, text:], k[:, :, text:], v[:, :, text:])
+    img_attn = guide(attn[:, text:], q[:, :, text:], k[:, :, text:], v[:, :, text:], img_in, _image_rows(pe, text))
 
     add = ops.gated_add
     img = add(img, img_gate1, block.img_attn.proj(img_attn))
@@ -141,15 +162,45 @@ def double_block(block, img, txt, vec, pe, attn_mask, ops: FluxOps, guide: Guide
 def single_block(block, x, vec, pe, attn_mask, text_tokens: int, ops: FluxOps, guide: Guide = no_guide):
     """One single-stream block on ``x = [txt; img]``; ``text_tokens``: how many rows of ``x`` are text."""
     shift, scale, gate = single_modulation(block, vec, ops)
-    qkv, mlp = torch.split(block.linear1(ops.modulate(block.pre_norm(x), shift, scale)),
-                           [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
+    x_in = ops.modulate(block.pre_norm(x), shift, scale)
+    qkv, mlp = torch.split(block.linear1(x_in), [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
     q, k, v = _heads(qkv, block.num_heads)
     q, k = block.norm(q, k, v)
     q, k = ops.rope(q, k, pe)
     attn = ops.joint_attention(q, k, v, attn_mask)
     plain = attn[:, text_tokens:]
-    img_attn = guide(plain, q[:, :, text_tokens:], k[:, :, text_tokens:], v[:, :, text_tokens:])
+    img_attn = guide(plain, q[:, :, text_tokens:], k[:, :, text_tokens:], v[:, :, text_tokens:],
+                     x_in[:, text_tokens:], _image_rows(pe, text_tokens))
     if img_attn is not plain:  # the text rows stay as they are
         attn = torch.cat((attn[:, :text_tokens], img_attn), dim=1)
     out = block.linear2(torch.cat((attn, block.mlp_act(mlp)), dim=2))
     return ops.fp16_fix(ops.gated_add(x, gate, out))
+
+
+# -- a stored attention input projected again (a reference that keeps each block's input) -------------------------
+
+def double_image_kv(block, x: torch.Tensor, positions: torch.Tensor | None, ops: FluxOps):
+    """K and V ``[N, H * D]`` of the image tokens whose attention input (``double_block``'s ``img_in``) is ``x``
+    ``[N, hidden]``, with their RoPE ``positions`` ``[N, D / 2, 2, 2]``: what the double block computes for them,
+    with its own ``qkv``, QK-norm and the host's RoPE."""
+    q, k, v = _heads(block.img_attn.qkv(x[None]), block.num_heads)
+    q, k = block.img_attn.norm(q, k, v)
+    return _roped_kv(q, k, v, positions, ops)
+
+
+def single_image_kv(block, x: torch.Tensor, positions: torch.Tensor | None, ops: FluxOps):
+    """The same for a single-stream block: its own ``linear1`` (called whole, as the block calls it, so that a LoRA
+    or a cast in its forward applies; its MLP columns are dropped), QK-norm and RoPE."""
+    qkv, _ = torch.split(block.linear1(x[None]), [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
+    q, k, v = _heads(qkv, block.num_heads)
+    q, k = block.norm(q, k, v)
+    return _roped_kv(q, k, v, positions, ops)
+
+
+def _roped_kv(q, k, v, positions, ops: FluxOps):
+    if positions is not None and 2 * positions.shape[-3] != k.shape[-1]:
+        raise RefDropError(f"RefDrop: the reference's token positions are for attention heads of "
+                           f"{2 * positions.shape[-3]} channels, the current model's are {k.shape[-1]}: it was saved "
+                           "with a model of another architecture")
+    _, k = ops.rope(q, k, None if positions is None else positions[None, None])
+    return to_patch_layout(k)[0], to_patch_layout(v)[0]

@@ -11,6 +11,10 @@ so the difference is the paper's ``c * (Attn_ref - Attn_img)``; where the patch 
 a sigma or block the Use leaves out, a reference pass) the block is exactly the model's. Q and K are the roped ones:
 a reference's keys keep the positions they were computed at.
 
+A Save that keeps each block's input (``lean``) records through the run's input patch, as on a U-Net's attn1 layer,
+what the block's ``qkv`` / ``linear1`` project for the image tokens, and their RoPE rows, which a Use projects again
+(``blocks.double_image_kv``): the modulation is in that input already.
+
 The blocks do not receive the sampler's ``transformer_options`` (Forge and reForge do not pass them to a block), so
 a model function wrapper (``model_function``) keeps the options of the model call in progress for them.
 """
@@ -21,17 +25,12 @@ from collections.abc import Callable
 
 import torch
 
+from ..attn.patches import POSITIONS_OPTION, InputPatch
 from ..errors import RefDropInternalError
-from .blocks import FluxOps, double_block, single_block
+from .blocks import FluxOps, double_block, single_block, to_patch_layout
 from .layers import DOUBLE, SINGLE, block_options
 from .qwen import qwen_block
 from .wan import WanOps, wan_block
-
-
-def to_patch_layout(x: torch.Tensor) -> torch.Tensor:
-    """``[B, H, L, D]`` -> ``[B, L, H * D]``, the layout of the q, k, v an attn1 patch receives."""
-    b, heads, length, dim = x.shape
-    return x.transpose(1, 2).reshape(b, length, heads * dim)
 
 
 class FluxRefDrop:
@@ -42,13 +41,18 @@ class FluxRefDrop:
     difference, bit for bit; Qwen-Image's and Wan's blocks call it as their own attention too). ``ops``: the host's
     arithmetic inside the blocks (``FluxOps``; ``WanOps`` for Wan; Qwen-Image's needs none). ``own_needed``: False for
     a Save, whose patch only records and returns what ``inner`` gave; ``inner`` then computes nothing.
+    ``input_patch``: a Save that keeps each block's input (``make_input_save_patch``; Flux and Chroma), called with
+    the image tokens' attention input as ``(x, x, x, extra_options)``, their RoPE rows in
+    ``extra_options[POSITIONS_OPTION]``.
     """
 
-    def __init__(self, patch: Callable, attention: Callable, ops: FluxOps | WanOps | None, own_needed: bool = True):
+    def __init__(self, patch: Callable, attention: Callable, ops: FluxOps | WanOps | None, own_needed: bool = True,
+                 input_patch: InputPatch | None = None):
         self.patch = patch
         self.attention = attention
         self.ops = ops
         self.own_needed = own_needed
+        self.input_patch = input_patch
         self._calls: list[dict] = []     # transformer_options of the model calls in progress (innermost last)
         self._text_tokens: list[int | None] = []
         # of each call: how many CLIP-vision tokens head a Wan model's context (its ``clip_fea``), None where none
@@ -136,8 +140,11 @@ class FluxRefDrop:
         return attend
 
     def _guide(self, kind: str, index: int, heads: int, options: dict):
-        def guide(attn_img, q_img, k_img, v_img):
+        def guide(attn_img, q_img, k_img, v_img, x_img=None, pe_img=None):
             extra = block_options(options, kind, index, heads, q_img.shape[-1])
+            if self.input_patch is not None:  # the rows of a call share one pe: the first row's
+                positions = None if pe_img is None else pe_img[0, 0]
+                self.input_patch(x_img, x_img, x_img, {**extra, POSITIONS_OPTION: positions})
             q, k, v = to_patch_layout(q_img), to_patch_layout(k_img), to_patch_layout(v_img)
             self._own = None
             out = self.patch(q, k, v, extra)

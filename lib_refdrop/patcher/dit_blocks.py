@@ -78,12 +78,24 @@ def dit_family(model) -> str | None:
     blocks; None for a U-Net or any other model."""
     name = type(model).__name__
     if hasattr(model, "double_blocks") and hasattr(model, "single_blocks"):
-        return FLUX if name in FLUX_CLASSES else CHROMA if name in CHROMA_CLASSES else None
+        if name in FLUX_CLASSES:
+            return None if is_flux2(model) else FLUX
+        return CHROMA if name in CHROMA_CLASSES else None
     if name in QWEN_IMAGE_CLASSES and hasattr(model, "transformer_blocks"):
         return QWEN_IMAGE
     if name in WAN_CLASSES and hasattr(model, "blocks"):
         return WAN
     return None
+
+
+def is_flux2(model) -> bool:
+    """Whether ``model`` is Flux.2 (Klein) in Flux's own class: Forge Neo builds it from
+    ``IntegratedFluxTransformer2DModel`` with ``global_modulation`` (one modulation for every block, a gated SiLU MLP
+    in the single-stream blocks), later ComfyUI keeps that flag in ``params``. Its blocks are not Flux.1's."""
+    flag = getattr(model, "global_modulation", None)
+    if flag is None:
+        flag = getattr(getattr(model, "params", None), "global_modulation", False)
+    return bool(flag)
 
 
 def is_flux(model) -> bool:
@@ -111,8 +123,8 @@ def host_block_ops(model, flux_ops: Callable[[], FluxOps], wan_ops: Callable[[],
     return wan_ops() if family == WAN else block_ops(model, flux_ops())
 
 
-# What the transformer models RefDrop does not support hold their blocks in (Forge Neo and ComfyUI: Chroma Radiance's
-# ``double_blocks`` under another class, other classes' ``transformer_blocks`` (Nunchaku's Qwen-Image) and
+# What the transformer models RefDrop does not support hold their blocks in (Forge Neo and ComfyUI: Flux.2's and
+# Chroma Radiance's ``double_blocks``, other classes' ``transformer_blocks`` (Nunchaku's Qwen-Image) and
 # ``blocks`` (Wan VACE, S2V, HuMo, Animate), Lumina's and Z-Image's ``layers``, SD3's ``joint_blocks``): such a model
 # has none of a U-Net's block lists.
 _TRANSFORMER_BLOCK_LISTS = ("double_blocks", "transformer_blocks", "blocks", "layers", "joint_blocks")
@@ -127,7 +139,8 @@ def unsupported(model) -> str | None:
         return None
     if not any(hasattr(model, name) for name in _TRANSFORMER_BLOCK_LISTS):
         return None
-    return (f"RefDrop: this model ({type(model).__name__}) is not supported yet; RefDrop works with SD1.5, SDXL and "
+    name = "Flux.2" if type(model).__name__ in FLUX_CLASSES else type(model).__name__  # Flux's class: is_flux2
+    return (f"RefDrop: this model ({name}) is not supported yet; RefDrop works with SD1.5, SDXL and "
             "other U-Net models, and with Flux, Chroma, Qwen-Image and Wan")
 
 

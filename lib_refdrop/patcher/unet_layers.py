@@ -12,6 +12,7 @@ reference's rows too.
 
 from __future__ import annotations
 
+from ..attn.sources import LinearKV
 from ..errors import RefDropError
 from ..reference.address import split_layer_id
 
@@ -58,13 +59,14 @@ def layer_widths_of(unet):
 
 
 def projections_of(unet):
-    """Layer id -> ``(to_k, to_v)`` of the model ``unet`` (a patcher) patches, looked up once per layer."""
-    found: dict[str, tuple] = {}
+    """Layer id -> the ``LinearKV`` (``to_k``, ``to_v``) of the model ``unet`` (a patcher) patches, looked up once per
+    layer."""
+    found: dict[str, LinearKV] = {}
 
-    def projections(lid: str):
+    def projections(lid: str) -> LinearKV:
         if lid not in found:
             attn1 = attn1_module(unet.model.diffusion_model, lid)
-            found[lid] = (attn1.to_k, attn1.to_v)
+            found[lid] = LinearKV(attn1.to_k, attn1.to_v)
         return found[lid]
 
     return projections

@@ -104,6 +104,12 @@ CONDITIONING = "conditioning"      # ``conditioning/<chunk>/<key>``: one row of 
 CONDITIONING_KEYS = ("c_crossattn", "y", "guidance")
 
 
+# A DiT reference that keeps each block's input: every slot file holding block inputs also holds the rotations RoPE
+# turns its image tokens' keys by (the blocks' ``pe`` at those tokens, ``[tokens, dim_head / 2, 2, 2]`` float32), which
+# Use projects the inputs with (dit/blocks.py ``image_kv``).
+POSITIONS = "positions"
+
+
 def conditioning_key(chunk: str, key: str) -> str:
     return f"{CONDITIONING}/{chunk}/{key}"
 

@@ -38,13 +38,14 @@ class Kept:
 
     name: str
     tensors: tuple[str, ...]  # the stored tensors of each layer and chunk; () keeps no layer rows
-    recorded_by: str          # the Save's hook: "attn1" (the replace patch), "attn1_patch" (before the projections)
-    #                           or "model_function" (the wrapper around the model)
+    recorded_by: str          # the Save's hook: "attn1" (the replace patch), "attn1_patch" (before the projections;
+    #                           a DiT block calls it itself) or "model_function" (the wrapper around the model)
     nothing_recorded: str     # why a Save recorded nothing, when this hook did not run
 
     @property
     def projected(self) -> bool:
-        """The rows are a layer's input: Use projects them with the layer's own ``to_k``/``to_v``."""
+        """The rows are a layer's input: Use projects them with the layer's own ``to_k``/``to_v`` (a DiT block's
+        ``qkv`` or ``linear1``, QK-norm and RoPE)."""
         return self.recorded_by == "attn1_patch"
 
     @property
@@ -56,6 +57,7 @@ class Kept:
 
 KEPT = {kept.name: kept for kept in (
     Kept("kv", ("k", "v"), "attn1", "no self-attention layer was called"),
+    # on a DiT the image tokens' attention input, and in each slot file their positions (address.POSITIONS)
     Kept("input", ("x",), "attn1_patch",
          "no layer input was recorded (the Save's input_patch must run as an attn1_patch)"),
     Kept("trajectory", (), "model_function",
@@ -223,19 +225,16 @@ READ_ONLY: dict[str, Profile] = {p.name: p for p in (
     Profile("input-fp8-stride2-zstd", keep="input", storage="fp8", sigma_stride=2, file_encoding="zstd"),
 )}
 
-# The default: each layer's attn1 input instead of K and V (1/2), int8 per channel (1/2), every 2nd sampled sigma
-# (1/2), zstd files: 1/10 of raw fp16 K/V; chosen from the table in docs/profiles.md.
+# The default: each layer's attn1 input (a DiT block's: its image tokens' attention input, with their positions)
+# instead of K and V (1/2), int8 per channel (1/2), every 2nd sampled sigma (1/2), zstd files: 1/10 of raw fp16 K/V;
+# chosen from the tables in docs/profiles.md and docs/flux.md.
 LEAN = Profile("lean", keep="input", storage="int8", sigma_stride=2, file_encoding="zstd")
 # The smallest: the reference's latent at each sigma and its conditioning (a few MB); a Use evaluates the rows again,
 # one more U-Net call a step.
 TRAJECTORY = Profile("trajectory", keep="trajectory")
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (LEAN, EXACT, BALANCED, COMPACT, TRAJECTORY)}  # panel, Settings
-DEFAULT_PROFILE = "lean"
-# A DiT block's K depends on the conditioning vector and the positions too, so a profile that keeps each layer's
-# input cannot serve a Flux model: a default that does is replaced there by this one (1/10 of raw fp16 K/V;
-# RefDropRun.save_profile).
-DIT_DEFAULT_PROFILE = "compact"
+DEFAULT_PROFILE = "lean"  # on every family: on Flux and Chroma too (docs/flux.md, "Profiles")
 
 
 def get_profile(name: str) -> Profile:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import RefDropError
 from . import compression
-from .address import LATENT, entry_name
+from .address import LATENT, POSITIONS, entry_name
 from .manifest import SEAL, slot_chunks
 from .pinned import PinnedSlabPool, ToDevice
 from .profiles import get_profile, split_entry
@@ -72,9 +72,10 @@ class ReferenceReader:
         if layer_widths is not None:
             self._check_model_layers(layer_widths)
         self.profile = get_profile(self.manifest["profile"])
-        # A profile that keeps each layer's input, with the model's projections (layer id -> (to_k, to_v)): the
-        # loader projects each saved slot as it brings it to the device, so Use reads K and V like any profile (the
-        # projections are linear: interpolating projected slots = projecting the interpolated input).
+        # A profile that keeps each layer's input, with the model's projections (layer id -> ``project(x, positions)
+        # -> (k, v)``, attn/sources.py): the loader projects each saved slot as it brings it to the device, so Use
+        # reads K and V like any profile, interpolated between saved slots as K and V are (on a U-Net the projections
+        # are linear, so that is projecting the interpolated input; a DiT block's QK-norm is not).
         self.projections = projections if self.profile.kept.projected else None
         self._row_tensors = ("k", "v") if self.projections is not None else self.profile.tensors
         self.sigma_map = SigmaMap(slots_of(self.manifest))
@@ -99,6 +100,13 @@ class ReferenceReader:
         already: then this costs a lookup)."""
         first = self.sigma_map.lookup(math.inf)
         self._early[first.index] = self._loader.submit(self._read_stored, first.index)
+
+    def verify(self) -> None:
+        """Read and check every slot now, on the loader thread (checksums, tensors against the manifest; kept in the
+        RAM cache as a Use's reads are): RefDropError names what is broken before a Use relies on these rows."""
+        futures = [self._loader.submit(self._read_stored, index) for index in sorted(self._entries)]
+        for future in futures:
+            future.result(timeout=READ_TIMEOUT_S)
 
     def close(self) -> None:
         """Stop loading and close the reference's files (the end of the generation): where open files cannot be
@@ -317,19 +325,21 @@ class ReferenceReader:
     def decoded_rows(self, stored: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """One slot's rows as the U-Net uses them, on the device ``stored`` is on: decoded by the profile (int8
         codes times their scales, low-rank factors multiplied out), in ``dtype``, and each stored layer input
-        ``lid/chunk/x`` projected to ``lid/chunk/k`` and ``lid/chunk/v`` by that layer's own projections."""
+        ``lid/chunk/x`` projected to ``lid/chunk/k`` and ``lid/chunk/v`` by that layer's own projections (a DiT
+        block's with the slot's token positions, kept in float32 as the model's RoPE computes)."""
+        positions = stored.get(POSITIONS)
         try:
-            rows = self.profile.decode_slot(stored)
+            rows = self.profile.decode_slot({key: value for key, value in stored.items() if key != POSITIONS})
         except KeyError as exc:  # part of a row (scales, a factor) is missing
             raise RefDropError(f"RefDrop: reference '{self.name}' is corrupt: {exc.args[0]} is missing") from None
-        return self._projected({key: row.to(dtype) for key, row in rows.items()})
+        return self._projected({key: row.to(dtype) for key, row in rows.items()}, positions)
 
     def _checked_rows(self, index: int, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """On the loader thread: the rows exactly as the U-Net will see them, checked (``check_decoded``)."""
         check_decoded(self.name, [entry["file"] for entry in self._entries[index]], rows)
         return rows
 
-    def _projected(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _projected(self, tensors: dict[str, torch.Tensor], positions: torch.Tensor | None) -> dict[str, torch.Tensor]:
         if self.projections is None:
             return tensors
         out = {}
@@ -339,8 +349,7 @@ class ReferenceReader:
                 if tensor != "x":
                     out[key] = x
                     continue
-                to_k, to_v = self.projections(lid)
-                out[entry_name(lid, chunk, "k")], out[entry_name(lid, chunk, "v")] = to_k(x), to_v(x)
+                out[entry_name(lid, chunk, "k")], out[entry_name(lid, chunk, "v")] = self.projections(lid)(x, positions)
         return out
 
 
@@ -384,16 +393,20 @@ class WriteThrough:
         self._slots.setdefault(index, {})[part] = {k: t.clone() for k, t in tensors.items()} if copy else tensors
         self._bytes += nbytes
 
-    def hand_over(self, store, name: str, manifest: dict) -> int:
-        """Put the kept slots into the cache as slots of ``name``, just committed with ``manifest``; returns the bytes
-        cached. Never raises: the reference is saved either way, and a Use reads what is not cached from disk."""
+    def hand_over(self, open_written, manifest: dict) -> int:
+        """Put the kept slots into the cache as slots of what was just committed with ``manifest``, which
+        ``open_written()`` opens (a reference by name: ``store.open``; baked rows: ``store.open_bake``); returns the
+        bytes cached. Never raises: the reference is saved either way, and a Use reads what is not cached from
+        disk."""
         slots, self._slots = self._slots, {}
         if not slots:
             return 0
         cached = 0
         try:
-            opened = store.open(name)
+            opened = open_written()
         except Exception:  # noqa: BLE001 - deleted or replaced already: nothing to cache
+            return 0
+        if opened is None:
             return 0
         try:
             if opened.identity != manifest.get(SEAL):

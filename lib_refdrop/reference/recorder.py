@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from .address import LATENT, TRAJECTORY_LAYER, OccurrenceCounter, chunk_names, current_sigma, layer_id, rows_per_chunk
+from .address import (
+    LATENT,
+    POSITIONS,
+    TRAJECTORY_LAYER,
+    OccurrenceCounter,
+    chunk_names,
+    current_sigma,
+    layer_id,
+    rows_per_chunk,
+)
 from .manifest import Recording
 from .pinned import ToHost
 from .profiles import Profile
@@ -40,9 +49,11 @@ class Recorder:
         self._to_host: ToHost | None = None
         self._latent_slot: _OpenSlot | None = None  # a trajectory's slot of the current sigma
 
-    def record(self, tensors: dict[str, torch.Tensor], extra_options: dict) -> None:
+    def record(self, tensors: dict[str, torch.Tensor], extra_options: dict,
+               positions: torch.Tensor | None = None) -> None:
         """Keep the first image's rows of one attn1 call: ``tensors`` are the profile's (``Profile.tensors``: K and V,
-        or the layer's input x), each ``[rows, tokens, C]``."""
+        or the layer's input x), each ``[rows, tokens, C]``. ``positions``: a DiT block's RoPE rotations of those
+        tokens, kept once in each slot file that holds such rows (``address.POSITIONS``)."""
         first = next(iter(tensors.values()))
         lid = self.note_layer(first, extra_options)
         sigma = current_sigma(extra_options)
@@ -61,6 +72,8 @@ class Recorder:
             for tensor_name, tensor in tensors.items():
                 for key, stored in self.profile.encode_row(lid, chunk, tensor_name, tensor[i * rows]).items():
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
+            if positions is not None and POSITIONS not in open_slot.tensors:
+                open_slot.tensors[POSITIONS] = self._to_host.copy(positions.float().contiguous(), open_slot.arena)
 
     def note_layer(self, k: torch.Tensor, extra_options: dict) -> str:
         """Remember one attn1 layer's shape and the call's chunks (what Use checks a model against); its id."""
@@ -136,6 +149,11 @@ class Recorder:
         return Recording(layers=self.layers, chunks=list(self.chunks), dtype=self.dtype, profile=self.profile.name,
                          slots=sorted(self._slots.values(), key=lambda s: s.index),
                          slot_chunks={index: list(chunks) for index, chunks in self._slot_chunks.items()})
+
+    @property
+    def sigmas_seen(self) -> list[float]:
+        """Every distinct sigma recorded at, in order, kept or not (a profile may keep every n-th)."""
+        return list(self._sigma_ordinals)
 
     @property
     def recorded_anything(self) -> bool:

@@ -2,16 +2,21 @@
 
 A slot file passes its checksum whenever the manifest was re-sealed along with it, so a hand-made or planted
 reference can still hold tensors of other shapes, integer or boolean tensors, NaNs, names no layer has, low-rank
-factors of a rank above the profile's bound or of two ranks that do not fit together, or half of a row.
+factors of a rank above the profile's bound or of two ranks that do not fit together, half of a row, or a DiT's block
+inputs without the token positions they are projected with (or positions that are no rotations).
 Each of these would reach the attention kernel (NaN: a black image; a wrong shape: a torch error deep in the
 U-Net); here they are refused with a message that names the reference and the file.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import RefDropError
+from ..families import DIT_FAMILIES
+from .address import POSITIONS
 from .finite import DECODED_LIMIT, all_finite, beyond_limit
 from .profiles import RANK, Profile, split_entry
 from .trajectory_check import check_trajectory_tensors
@@ -36,9 +41,30 @@ def _layer_forms(lid: str, manifest: dict, profile: Profile, compute_dtype: torc
     return profile.stored_forms(width, tokens, compute_dtype), profile.max_rank(tokens, width)
 
 
+def keeps_positions(manifest: dict, profile: Profile) -> bool:
+    """Whether the reference is a DiT's that keeps each block's input: its slot files of block inputs hold the
+    tokens' positions too (``address.POSITIONS``)."""
+    return profile.kept.projected and manifest["family"] in DIT_FAMILIES
+
+
+def positions_form(manifest: dict, profile: Profile) -> tuple | None:
+    """(dtype, shape) of the token positions of a reference that ``keeps_positions``: float32 ``[tokens, dim_head /
+    2, 2, 2]``, one set for all its blocks, which have the same tokens and head size. None where no positions belong
+    in a slot (or where the manifest's blocks differ, which no DiT's do)."""
+    if not keeps_positions(manifest, profile):
+        return None
+    shapes = {(layer["tokens"], layer["dim_head"]) for layer in manifest["layers"].values()}
+    if len(shapes) != 1:
+        return None
+    (tokens, dim_head), = shapes
+    return torch.float32, (tokens, dim_head // 2, 2, 2)
+
+
 def expected_form(key: str, manifest: dict, profile: Profile, compute_dtype: torch.dtype):
     """(dtype, shape) a stored tensor named ``key`` must have (``RANK`` for the row's rank), or None if no such
     tensor belongs in a slot."""
+    if key == POSITIONS:
+        return positions_form(manifest, profile)
     lid, chunk, tensor, suffix = split_entry(key)
     if lid not in manifest["layers"] or chunk not in manifest["chunks"] or tensor not in profile.tensors:
         return None
@@ -70,6 +96,9 @@ def check_slot_tensors(name: str, file: str, tensors: dict[str, torch.Tensor], m
     compute_dtype = _compute_dtype(name, file, manifest)
     if profile.kept.evaluated_again:
         return check_trajectory_tensors(name, file, tensors, manifest, compute_dtype)
+    positions = keeps_positions(manifest, profile)
+    if positions and positions_form(manifest, profile) is None:
+        raise _corrupt(name, file, "belongs to a manifest whose blocks differ in tokens or head size, as no DiT's do")
     rows: dict[tuple, dict[str, int]] = {}  # (layer, chunk, k|v) -> suffix -> rank (0: no rank in its shape)
     for key, value in tensors.items():
         form = expected_form(key, manifest, profile, compute_dtype)
@@ -83,6 +112,9 @@ def check_slot_tensors(name: str, file: str, tensors: dict[str, torch.Tensor], m
                 f"holds {key} as {_shape_text(value.dtype, tuple(value.shape))}; the manifest's layer needs "
                 f"{_shape_text(dtype, shape)}",
             )
+        if key == POSITIONS:
+            _check_rotations(name, file, value)
+            continue
         lid, chunk, tensor, suffix = split_entry(key)
         _, max_rank = _layer_forms(lid, manifest, profile, compute_dtype)
         if RANK in shape and not 1 <= rank <= max_rank:
@@ -92,6 +124,14 @@ def check_slot_tensors(name: str, file: str, tensors: dict[str, torch.Tensor], m
         rows.setdefault((lid, chunk, tensor), {})[suffix] = rank
     for row, parts in rows.items():
         _check_row_parts(name, file, "/".join(row), parts, manifest, profile, compute_dtype)
+    if rows and positions and POSITIONS not in tensors:
+        raise _corrupt(name, file, "holds block inputs without the token positions they are projected with")
+
+
+def _check_rotations(name: str, file: str, value: torch.Tensor) -> None:
+    """Token positions are rotations, cosines and sines: a value that is not finite or beyond ±1 is none."""
+    if not all_finite(value) or (value.numel() and value.abs().max().item() > 1.0 + 1e-6):
+        raise _corrupt(name, file, f"holds {POSITIONS} that are no rotations (not finite, or beyond ±1)")
 
 
 def _check_row_parts(name: str, file: str, row: str, parts: dict[str, int], manifest: dict, profile: Profile,
@@ -124,4 +164,7 @@ def max_file_bytes(manifest: dict, profile: Profile) -> int:
         forms = profile.stored_forms(width, tokens, torch.float32)
         per_row = profile.row_bytes_bound(tokens, width, itemsize=8) + HEADER_ALLOWANCE * len(forms)
         total += per_row * len(profile.tensors) * len(manifest["chunks"])
+    positions = positions_form(manifest, profile)
+    if positions is not None:
+        total += 4 * math.prod(positions[1]) + HEADER_ALLOWANCE
     return total + HEADER_ALLOWANCE

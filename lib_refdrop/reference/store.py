@@ -9,15 +9,21 @@
     <root>/.incoming/.<file>.<hex>.tmp a lock, manifest or mask being written (``temp_name``), locked meanwhile
     <root>/.trash/deleted-<id>         a deleted reference on its way out
     <root>/.trash/replaced-<id>/<name> the reference an overwriting Save <id> displaced, until the new one is in
+    <root>/.baked/<seal>/              the rows a trajectory reference's first Use computed, in the local default
+                                       profile, keyed by that reference's manifest seal (``open_bake``); never listed
 
 A reference becomes visible only through the final rename, so a crash never leaves a half reference in the
 list. When a store opens, staging folders whose lock is free (their writer died) are removed, and a reference
 displaced by an overwrite that never completed is put back. The manifest carries the size and SHA-256 of
 every file and a checksum of itself, so a truncated or bit-flipped reference is reported by name before use.
 
-A store may come from someone else, so nothing in it is trusted: ``.incoming`` and ``.trash`` are used only when
-they are real folders (anything else is moved aside, never followed), clean-up removes only entries named the
-way this module names them, and files are opened only when they are plain files (``safe_files``).
+Baked rows are derived data: they are dropped with the reference they belong to (delete, rename and overwrite give
+it a new seal), when the store opens and no reference has their seal (one removed by hand), and when they cannot be
+read; the next Use then bakes them again.
+
+A store may come from someone else, so nothing in it is trusted: ``.incoming``, ``.trash`` and ``.baked`` are used
+only when they are real folders (anything else is moved aside, never followed), clean-up removes only entries named
+the way this module names them, and files are opened only when they are plain files (``safe_files``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ PREVIEW = "preview.png"
 MASK = "mask.png"
 INCOMING = ".incoming"
 TRASH = ".trash"
+BAKED = ".baked"
 LOCK_SUFFIX = ".lock"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any real manifest; a planted huge file is not read
 MAX_PREVIEW_BYTES = 64 * 1024 * 1024   # an RGB PNG of 4096² is at most ~50 MB; a planted sparse 8 GB one is refused
@@ -68,6 +75,7 @@ _NAME_TAKEN = (errno.ENOTEMPTY, errno.EEXIST)  # a folder renamed onto a referen
 _OWN_INCOMING = re.compile(r"^([0-9a-f]{32})(\.lock)?$")
 _OWN_TEMP = re.compile(r"^\.(.+)\.[0-9a-f]{32}\.tmp$")  # ``temp_name``: the only temporary names this module makes
 _OWN_TRASH = re.compile(r"^(deleted|replaced)-([0-9a-f]{32})$")
+_OWN_BAKE = re.compile(r"^[0-9a-f]{64}$")  # a bake's folder: the seal of the reference whose rows it holds
 
 _lock = threading.RLock()  # list/delete/rename/commit are atomic with respect to each other in this process
 
@@ -311,6 +319,11 @@ class ReferenceStore:
     def exists(self, name: str) -> bool:
         return (self.path(name) / MANIFEST).is_file()
 
+    def store_of(self, name: str) -> ReferenceStore:
+        """The store that holds reference ``name``, where its rows are baked: this one (a Use may read a view of
+        several stores that answers otherwise: ``comfyui/folders.Folders``)."""
+        return self
+
     def missing_message(self, name: str) -> str:
         known = ", ".join(self.names()) or "none"
         return f"RefDrop: reference '{name}' not found in {self.root} (saved references: {known})"
@@ -362,22 +375,7 @@ class ReferenceStore:
         return RefDropError(f"RefDrop: reference '{name}' is incomplete: {entry['file']} is missing")
 
     def _read_manifest(self, name: str) -> dict:
-        path = self._readable_folder(name) / MANIFEST
-        try:
-            raw = read_regular(path, MAX_MANIFEST_BYTES)
-        except FileNotFoundError:
-            raise ReferenceNotFound(self.missing_message(name)) from None
-        except FileTooLarge:
-            raise broken(name, "manifest.json is implausibly large") from None
-        except NotRegularFile as exc:
-            raise _unusable(name, exc) from None
-        except OSError as exc:
-            raise RefDropError(f"RefDrop: reference '{name}' cannot be read: {exc}") from None
-        try:
-            manifest = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise RefDropError(f"RefDrop: reference '{name}' has a corrupt manifest (not valid JSON)") from None
-        return check_manifest(manifest, name)
+        return _read_manifest_file(self._readable_folder(name) / MANIFEST, name, self.missing_message)
 
     def _identity_on_disk(self, name: str) -> str | None:
         try:
@@ -402,24 +400,12 @@ class ReferenceStore:
 
     def _open_files(self, name: str, manifest: dict) -> dict[str, int] | None:
         """Descriptors of every tensor file, or None when one vanished because the reference changed."""
-        folder = self._readable_folder(name)
-        fds: dict[str, int] = {}
         try:
-            for entry in file_entries(manifest):  # each file once: ``check_manifest`` refuses a name listed twice
-                fd = fds[entry["file"]] = open_regular(folder / entry["file"])
-                self._check_bytes(name, entry, size_of(fd))
-        except FileNotFoundError:
-            _close_all(list(fds.values()))
+            return _open_tensor_files(self._readable_folder(name), name, manifest)
+        except _FileVanished as gone:
             if self._identity_on_disk(name) != manifest[SEAL]:
                 return None
-            raise self._missing_file(name, entry) from None
-        except NotRegularFile as exc:
-            _close_all(list(fds.values()))
-            raise _unusable(name, exc) from None
-        except BaseException:
-            _close_all(list(fds.values()))
-            raise
-        return fds
+            raise self._missing_file(name, gone.entry) from None
 
     def verify(self, name: str) -> dict:
         """Read every tensor file of a reference and check its checksum (slow: the whole reference)."""
@@ -540,6 +526,9 @@ class ReferenceStore:
             raise ReferenceExists(
                 f"RefDrop: a reference named '{name}' already exists; choose another name or allow overwriting"
             )
+        return self._new_staging()
+
+    def _new_staging(self) -> Staging:
         paths = StagingPaths(self._private_dir(INCOMING), uuid.uuid4().hex)
         # The lock file appears under its final name already locked (made under a temporary name first), so a
         # cleaner in another process can never mistake a starting write for a dead one.
@@ -579,6 +568,7 @@ class ReferenceStore:
                     os.replace(displaced_dir / existing.name, existing)  # put the old one back
                     raise
                 self.cache.forget(old_identity)
+                self.drop_bake(old_identity)
             else:
                 self._move_in(staging.folder, target, name)
             _fsync_dir(self.root)
@@ -616,6 +606,7 @@ class ReferenceStore:
             except OSError as exc:
                 raise RefDropError(f"RefDrop: reference '{name}' could not be deleted: {exc}") from None
             self.cache.forget(identity)
+            self.drop_bake(identity)
         _remove_tree(doomed)
 
     def rename(self, old: str, new: str) -> str:
@@ -638,7 +629,84 @@ class ReferenceStore:
             except OSError as exc:
                 raise RefDropError(f"RefDrop: reference '{old}' could not be renamed: {exc}") from None
             self.cache.forget(identity)
+            self.drop_bake(identity)  # its seal changed: the rows are baked again for the new one
         return new
+
+    # -- baked rows of trajectory references ----------------------------------------------------------------
+
+    def begin_bake(self) -> Staging:
+        """A staging folder for the baked rows of a trajectory reference (``commit_bake`` makes them visible)."""
+        return self._new_staging()
+
+    def commit_bake(self, staging: Staging, seal: str, name: str) -> bool:
+        """Make staged baked rows of reference ``name`` sealed ``seal`` visible with one rename. False, and the
+        staging folder removed, where they are no use: the reference has another seal by now (overwritten, renamed,
+        deleted) or another Use baked it first."""
+        committed = False
+        with _lock:
+            if _OWN_BAKE.match(seal) and self._identity_on_disk(name) == seal:
+                try:
+                    os.replace(staging.folder, self._private_dir(BAKED) / seal)  # fails onto a bake that is there
+                    committed = True
+                except OSError as exc:
+                    if exc.errno not in (*_NAME_TAKEN, errno.ENOTDIR):
+                        raise
+        if committed:
+            staging.release()
+        else:
+            self.discard(staging)
+        return committed
+
+    def open_bake(self, seal: str, name: str) -> OpenReference | None:
+        """The baked rows of reference ``name`` sealed ``seal``, opened like a reference (manifest, its checksum,
+        every file there at its size; ``ReferenceReader.verify`` checks the rest), or None: there are none, or they
+        cannot be read, and then they are dropped (the next Use bakes them again)."""
+        baked = self._private_dir(BAKED, create=False)
+        if baked is None or not _OWN_BAKE.match(seal) or not _exists(baked / seal):
+            return None
+        label = f"{name} (baked rows)"
+        try:
+            if not is_real_dir(baked / seal):
+                raise RefDropError(f"RefDrop: {baked / seal} is not a folder")
+            manifest = _read_manifest_file(baked / seal / MANIFEST, label, lambda _: "no manifest")
+            generation = manifest.get("generation")
+            if not isinstance(generation, dict) or generation.get("baked_from") != seal:
+                raise RefDropError(f"RefDrop: {baked / seal} holds the rows of another reference")
+            return OpenReference(label, manifest, _open_tensor_files(baked / seal, label, manifest))
+        except (RefDropError, _FileVanished, OSError):
+            self.drop_bake(seal)
+            return None
+
+    def drop_bake(self, seal: str | None) -> None:
+        """Remove the baked rows of the reference sealed ``seal``, if any (files a Use has open stay readable)."""
+        baked = self._private_dir(BAKED, create=False)
+        if seal is None or baked is None or not _OWN_BAKE.match(seal) or not _exists(baked / seal):
+            return
+        with _lock:
+            try:
+                self.cache.forget(_read_manifest_file(baked / seal / MANIFEST, seal, str)[SEAL])
+            except RefDropError:
+                pass
+            try:
+                doomed = self._trash_path("deleted")
+                os.replace(baked / seal, doomed)
+            except OSError:
+                return
+        _remove_tree(doomed)
+
+    def _clean_baked(self, baked: Path) -> None:
+        """Drop baked rows whose reference is gone (removed or replaced outside RefDrop, or while this process
+        was not running)."""
+        for entry in baked.iterdir():
+            if not _OWN_BAKE.match(entry.name):
+                continue
+            try:
+                name = _read_manifest_file(entry / MANIFEST, entry.name, str)["name"]
+                alive = isinstance(name, str) and self._identity_on_disk(name) == entry.name
+            except (RefDropError, OSError):
+                alive = False
+            if not alive:
+                self.drop_bake(entry.name)
 
     def clean_leftovers(self) -> None:
         """Undo what writes that never finished left behind (a crash, a kill) and finish deletions.
@@ -653,6 +721,9 @@ class ReferenceStore:
                 self._clean_trash(trash, incoming or self.root / INCOMING)
             if incoming is not None:
                 self._clean_incoming(incoming)
+            baked = self._private_dir(BAKED, create=False)
+            if baked is not None:
+                self._clean_baked(baked)
 
     def _clean_trash(self, trash: Path, incoming: Path) -> None:
         for entry in trash.iterdir():
@@ -697,8 +768,54 @@ class ReferenceStore:
                     pass
 
 
+class _FileVanished(Exception):
+    def __init__(self, entry: dict):
+        super().__init__(entry["file"])
+        self.entry = entry
+
+
+def _open_tensor_files(folder: Path, name: str, manifest: dict) -> dict[str, int]:
+    """Descriptors of every tensor file of the manifest in ``folder``, each a plain file of its recorded size;
+    ``_FileVanished`` names one that is not there."""
+    fds: dict[str, int] = {}
+    try:
+        for entry in file_entries(manifest):  # each file once: ``check_manifest`` refuses a name listed twice
+            try:
+                fd = fds[entry["file"]] = open_regular(folder / entry["file"])
+            except FileNotFoundError:
+                raise _FileVanished(entry) from None
+            ReferenceStore._check_bytes(name, entry, size_of(fd))
+    except NotRegularFile as exc:
+        _close_all(list(fds.values()))
+        raise _unusable(name, exc) from None
+    except BaseException:
+        _close_all(list(fds.values()))
+        raise
+    return fds
+
+
 def _no_constant(value: str):
     raise ValueError(f"{value} is not allowed in a manifest")
+
+
+def _read_manifest_file(path: Path, name: str, missing_message) -> dict:
+    """The validated manifest at ``path`` of reference ``name`` (``missing_message(name)``: what to say when there is
+    none)."""
+    try:
+        raw = read_regular(path, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise ReferenceNotFound(missing_message(name)) from None
+    except FileTooLarge:
+        raise broken(name, "manifest.json is implausibly large") from None
+    except NotRegularFile as exc:
+        raise _unusable(name, exc) from None
+    except OSError as exc:
+        raise RefDropError(f"RefDrop: reference '{name}' cannot be read: {exc}") from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RefDropError(f"RefDrop: reference '{name}' has a corrupt manifest (not valid JSON)") from None
+    return check_manifest(manifest, name)
 
 
 def write_json_atomic(path: Path, data: dict, tmp_dir: Path | None = None) -> None:

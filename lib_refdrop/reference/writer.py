@@ -4,7 +4,8 @@ The sampling thread hands over one completed model evaluation ("slot") at a time
 its device->host copies, serialises it to safetensors, checksums it and writes it into a staging folder.
 ``finish`` adds the preview and the manifest and renames the folder into the store: the reference appears
 complete or not at all. A failure (disk full, permissions) is kept in ``status`` and the staging folder is
-removed; sampling is never interrupted by it.
+removed; sampling is never interrupted by it. The rows a trajectory reference's first Use bakes are written the
+same way, into the store's hidden area for them (``bake_of``: that reference's seal; ``store.commit_bake``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .manifest import Recording, build_manifest, sha256_bytes
 from .names import validate_name
 from .reader import WriteThrough
 from .sigmas import Slot
-from .store import MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
+from .store import BAKED, MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
 
 # The one registry of Saves in flight in this process: (store folder, name) -> writers still working on it (two
 # clients may race); a Save in one store says nothing about the same name in another.
@@ -37,6 +38,17 @@ def pending_write(store: ReferenceStore, name: str) -> ReferenceWriter | None:
     with _active_lock:
         writers = _active.get((store.root, name))
         return writers[-1] if writers else None
+
+
+def pending_bake(store: ReferenceStore, seal: str) -> ReferenceWriter | None:
+    """The writer still baking the rows of the reference sealed ``seal`` in ``store``, if any."""
+    with _active_lock:
+        writers = _active.get((store.root, _bake_key(seal)))
+        return writers[-1] if writers else None
+
+
+def _bake_key(seal: str) -> str:
+    return f"{BAKED}/{seal}"  # never a reference's name (a name has no "/")
 
 
 def abandon_unfinished() -> None:
@@ -69,9 +81,10 @@ def failure_reason(exc: BaseException) -> str:
 
 class ReferenceWriter:
     def __init__(self, store: ReferenceStore, name: str, overwrite: bool, file_encoding: str = "raw",
-                 note: str = ""):
+                 note: str = "", bake_of: str = ""):
         self.store = store
         self.overwrite = overwrite
+        self.bake_of = bake_of  # the seal of the trajectory reference ``name`` whose rows this bakes ("": a Save)
         self.file_encoding = file_encoding  # how each slot file is written (Profile.file_encoding)
         self.note = note  # said after "saved reference ..." (how the Save differs from what its profile asks)
         self.status = SaveStatus(name=validate_name(name))
@@ -82,7 +95,8 @@ class ReferenceWriter:
         self._write_through = WriteThrough(store.cache)  # the slots, for the RAM cache once saved
         self.staging: Staging | None = None
         try:
-            self.staging = store.begin(self.name, overwrite)  # RefDropError (name taken) goes to the caller
+            # RefDropError (name taken) goes to the caller
+            self.staging = store.begin_bake() if bake_of else store.begin(self.name, overwrite)
         except OSError as exc:  # the store cannot be written: the generation goes on, the status says why
             self._fail(exc)
             self._done.set()
@@ -98,7 +112,7 @@ class ReferenceWriter:
 
     @property
     def _key(self) -> tuple[Path, str]:
-        return self.store.root, self.name
+        return self.store.root, _bake_key(self.bake_of) if self.bake_of else self.name
 
     # -- called from the sampling thread ------------------------------------------------------------------
 
@@ -153,7 +167,9 @@ class ReferenceWriter:
             self._done.set()
 
     def _fail(self, exc: BaseException) -> None:
-        self.status.message = f"RefDrop: reference '{self.name}' was not saved: {failure_reason(exc)}"
+        what = f"the rows of reference '{self.name}' were not baked" if self.bake_of else \
+            f"reference '{self.name}' was not saved"
+        self.status.message = f"RefDrop: {what}: {failure_reason(exc)}"
         self.status.state = "failed"
 
     def _drain(self) -> None:
@@ -192,11 +208,20 @@ class ReferenceWriter:
             self.status.bytes += len(png)
         manifest = build_manifest(self.name, family, generation, recording, self._slot_files, self.status.bytes)
         write_json_atomic(self.staging.folder / MANIFEST, manifest)
-        self.store.commit(self.staging, self.name, self.overwrite)
         self.status.state = "saved"
-        self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})" + (
-            f"; {self.note}" if self.note else "")
-        self._write_through.hand_over(self.store, self.name, manifest)  # before ``wait`` returns: a Use reads no file
+        if self.bake_of:
+            if not self.store.commit_bake(self.staging, self.bake_of, self.name):
+                self.status.message = f"RefDrop: the rows of reference '{self.name}' were not baked: it changed"
+                return
+            self.status.message = (f"RefDrop: baked the rows of reference '{self.name}' "
+                                   f"({format_bytes(self.status.bytes)})")
+            opened = lambda: self.store.open_bake(self.bake_of, self.name)  # noqa: E731
+        else:
+            self.store.commit(self.staging, self.name, self.overwrite)
+            self.status.message = f"RefDrop: saved reference '{self.name}' ({format_bytes(self.status.bytes)})" + (
+                f"; {self.note}" if self.note else "")
+            opened = lambda: self.store.open(self.name)  # noqa: E731
+        self._write_through.hand_over(opened, manifest)  # before ``wait`` returns: a Use reads no file
 
 
 def _write_file(path: Path, data: bytes) -> None:

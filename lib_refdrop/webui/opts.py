@@ -29,6 +29,9 @@ OPTIONS = {
     "refdrop_default_rfg": (DEFAULT_RFG, "Default RFG coefficient of the RefDrop panel (after a UI reload)"),
     "refdrop_default_profile": (DEFAULT_PROFILE, "Storage profile of new references when the panel leaves it empty"),
     "refdrop_overwrite_default": (False, "Save may overwrite a reference of the same name by default"),
+    "refdrop_bake_trajectories": (True, "Make a trajectory reference fast after its first Use: keep the rows that "
+                                        "Use computes, in the storage profile above (off: every Use evaluates the "
+                                        "reference again, exactly)"),
 }
 
 
@@ -45,6 +48,7 @@ def register(shared, gr) -> None:
     add("refdrop_default_rfg", gr.Slider, {"minimum": -1.0, "maximum": 1.0, "step": 0.01})
     add("refdrop_default_profile", gr.Dropdown, {"choices": list(PROFILES)})
     add("refdrop_overwrite_default", gr.Checkbox)
+    add("refdrop_bake_trajectories", gr.Checkbox)
 
 
 def _get(key):
@@ -144,6 +148,10 @@ def default_profile() -> str:
 
 def overwrite_default() -> bool:
     return _validated("refdrop_overwrite_default", parse_bool, "is not true or false", False)
+
+
+def bake_trajectories() -> bool:
+    return _validated("refdrop_bake_trajectories", parse_bool, "is not true or false", True)
 
 
 def apply_ram_budget() -> None:

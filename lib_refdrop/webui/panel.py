@@ -72,7 +72,7 @@ BLOCKS_INFO = (
 )
 # What each offered storage profile trades (the panel's and Settings' choices, reference/profiles.py PROFILES).
 PROFILE_NOTES = {
-    "lean": "each layer's input in int8 at every 2nd step, zstd: 1/10 of exact's bytes",
+    "lean": "each layer's input in int8 at every 2nd step, zstd: 1/10 of exact's bytes (Flux: 1/8)",
     "exact": "K and V as computed: Use at the Save's settings reproduces the Save bit for bit",
     "balanced": "int8: 1/2 of exact's bytes",
     "compact": "int8 at every 5th step: 1/10 of exact's bytes",

@@ -35,12 +35,16 @@ def save(host, store, name: str, family: str = "sd15", profile: str = "exact", *
     return latent
 
 
-def use(host, store, name: str, rfg: float, family: str = "sd15", settings: dict | None = None, **sample_args):
-    """Generate with Use on (a trajectory reference's model function wrapper too)."""
+def use(host, store, name: str, rfg: float, family: str = "sd15", settings: dict | None = None,
+        bake_trajectories: bool = False, **sample_args):
+    """Generate with Use on (a trajectory reference's model function wrapper too). ``bake_trajectories``: a
+    trajectory reference's first Use bakes its rows and later Uses read them (lib_refdrop/bake.py), as in a host; off
+    here by default, so that a test measures a profile as it stores a reference."""
     ctx = context(family, seed=sample_args.get("seed", 1), host=host)
-    with standalone.start_use(store, reference=name, rfg=rfg, **(settings or {})) as session:
+    with standalone.start_use(store, reference=name, rfg=rfg, bake_trajectories=bake_trajectories,
+                              **(settings or {})) as session:
         patches = session.for_pass(ctx)
-        return sample_with(host, patches.attn1, wrapper=patches.model_wrapper, **sample_args)
+        return sample_with(host, patches.attn1, patches.attn1_input, patches.model_wrapper, **sample_args)
 
 
 def plain(host, **sample_args):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ...attn.patches import Attention, Patch
 from ...dit.blocks import FluxOps
 from ...dit.layers import layer_widths_of as dit_layer_widths_of
+from ...dit.layers import projections_of as dit_projections_of
 from ...dit.wan import WanOps
 from ...errors import RefDropError
 from ...patcher import dit_blocks
@@ -54,20 +55,19 @@ class Host:
         """What RefDrop needs to know about the sampling pass that is about to start on ``p``; a RefDropError for a
         model RefDrop cannot work in."""
         unet = p.sd_model.forge_objects.unet
-        problem = dit_blocks.unsupported(dit_blocks.diffusion_model(unet))
+        model = dit_blocks.diffusion_model(unet)
+        problem = dit_blocks.unsupported(model)
         if problem:
             raise RefDropError(problem)
         return PassContext(
-            family=dit_blocks.dit_family(dit_blocks.diffusion_model(unet)) if dit_ops is not None
-            else family_of(p.sd_model),
+            family=dit_blocks.dit_family(model) if dit_ops is not None else family_of(p.sd_model),
             is_hr_pass=bool(getattr(p, "is_hr_pass", False)),
             percent_to_sigma=lambda percent: self.percent_to_sigma(unet, percent),
             attention=self.attention,
             inner=chain(earlier_attn1_patches(unet), self.attention),
             seed=(getattr(p, "all_seeds", None) or [None])[0] or getattr(p, "seed", None),
-            projections=projections_of(unet),
-            layer_widths=(dit_layer_widths_of(dit_blocks.diffusion_model(unet)) if dit_ops is not None
-                          else layer_widths_of(unet)),
+            projections=dit_projections_of(model, dit_ops) if dit_ops is not None else projections_of(unet),
+            layer_widths=dit_layer_widths_of(model) if dit_ops is not None else layer_widths_of(unet),
             dit_ops=dit_ops,
             earlier_blocks=tuple(dit_blocks.earlier_block_patches(unet)) if dit_ops is not None else (),
             **host_extras(p),

@@ -10,8 +10,9 @@ import safetensors.torch
 import torch
 
 from lib_refdrop import standalone
+from lib_refdrop.reference import compression
 from lib_refdrop.reference.address import entry_name
-from lib_refdrop.reference.manifest import Recording
+from lib_refdrop.reference.manifest import Recording, seal_manifest
 from lib_refdrop.reference.sigmas import Slot
 from lib_refdrop.reference.store import INCOMING, MANIFEST, TRASH, ReferenceStore
 from lib_refdrop.reference.writer import ReferenceWriter
@@ -72,6 +73,29 @@ def good_and_bad(root) -> ReferenceStore:
     make_reference(store, "good", seed=1)
     make_reference(store, "bad", seed=2)
     return store
+
+
+def forge_first_slot(store: ReferenceStore, name: str, change=None, change_manifest=None) -> str:
+    """As a forger would: the first slot file of reference ``name`` rewritten with ``change(tensors)``'s tensors and
+    the manifest changed by ``change_manifest(manifest)`` (each optional), then sizes and checksums re-sealed so that
+    only the tensor checks can tell. Returns the slot file's name."""
+    folder = store.path(name)
+    manifest = load_json(folder / MANIFEST)
+    entry = manifest["slots"][0]["files"][0]
+    if change is not None:
+        data = (folder / entry["file"]).read_bytes()
+        zstd = entry.get("encoding") == compression.ZSTD
+        if zstd:
+            data = compression.decompress_bounded(data, entry["raw_bytes"], "a test")
+        data = safetensors.torch.save(change(safetensors.torch.load(data)))
+        if zstd:
+            entry["raw_bytes"], data = len(data), compression.compress(data)
+        (folder / entry["file"]).write_bytes(data)
+        entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if change_manifest is not None:
+        change_manifest(manifest)
+    (folder / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))
+    return entry["file"]
 
 
 def content_hash(path: Path) -> str:
