@@ -26,7 +26,12 @@ from .sampling import SAMPLERS, SCHEDULE, model_call
 
 @dataclass
 class Pipeline:
-    """A trained dev model inside the library's diffusers host, with generation settings shared by every image."""
+    """A trained dev model inside the library's diffusers host, with generation settings shared by every image.
+
+    ``bake_trajectories``: off, a trajectory reference is evaluated again at every Use, so that each Use measures a
+    profile as it stores a reference (as the tests' harness does); on, its first Use bakes its rows and later Uses
+    read them, as in a host (lib_refdrop/bake.py).
+    """
 
     model: DevModel
     hook: RefDropHook
@@ -34,6 +39,7 @@ class Pipeline:
     steps: int
     cfg: float = 3.0
     sampler: str = "euler"
+    bake_trajectories: bool = False
 
     @classmethod
     def load(cls, model: DevModel, weights: Path | None = None, **kwargs) -> Pipeline:
@@ -117,7 +123,7 @@ class Pipeline:
     def use_patches(self, store: ReferenceStore, name: str, rfg: float, seed: int, **settings):
         """RefDrop Use's ``PassPatches`` at strength ``rfg`` (other settings by their names in lib_refdrop.params) for
         one generation, and the function that ends the Use (closes the reference)."""
-        use = start_use(store, **settings, reference=name, rfg=rfg)
+        use = start_use(store, bake_trajectories=self.bake_trajectories, **settings, reference=name, rfg=rfg)
         return use.for_pass(self.pass_context(seed)), use.close
 
     def use_reference(self, store: ReferenceStore, name: str, rfg: float, labels: list[str], seeds: list[int],
@@ -142,7 +148,7 @@ class Pipeline:
         """One generation of several batches (batch count) with a Use of ``settings`` (lib_refdrop.params names:
         ``source="batch"``, ``source="image", image=...``, ``reference_2`` ...)."""
         out = []
-        with start_use(store, **settings) as use:
+        with start_use(store, bake_trajectories=self.bake_trajectories, **settings) as use:
             for index, (labels, seeds) in enumerate(batches):
                 patches = use.for_pass(self.pass_context(seeds[0], index, len(batches)))
                 out.append(self.generate(labels, seeds, patches))

@@ -81,10 +81,11 @@ def unet_arch(unet: UNet2DConditionModel) -> str:
 class SDHost(RefDropHook):
     """The library's diffusers host on an SD1.5 or SDXL U-Net, installed at once; an SDXL U-Net's
     ``added_cond_kwargs`` are made up per call (pooled text = the first context token, repeated; time ids = the image
-    size), so that a sampler passes the prompt only."""
+    size), so that a sampler passes the prompt only. ``n_forwards`` counts the U-Net calls."""
 
     def __init__(self, unet: UNet2DConditionModel):
         super().__init__()
+        self.n_forwards = 0
         self.install(unet)
 
     def forward(self, x: torch.Tensor, timestep, context: torch.Tensor, *, cond_or_uncond: list[int],
@@ -93,8 +94,13 @@ class SDHost(RefDropHook):
         """One U-Net call (``RefDropHook.forward``); ``pooled``: SDXL's pooled text (default: made up)."""
         if self.unet.config.addition_embed_type == "text_time":
             unet_kwargs["added_cond_kwargs"] = self._sdxl_added_cond(x, context, pooled)
-        return super().forward(x, timestep, context, cond_or_uncond=cond_or_uncond, sigmas=sigmas,
-                               transformer_options=transformer_options, **unet_kwargs)
+        out = super().forward(x, timestep, context, cond_or_uncond=cond_or_uncond, sigmas=sigmas,
+                              transformer_options=transformer_options, **unet_kwargs)
+        self.n_forwards += 1
+        return out
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self.forward(*args, **kwargs)
 
     def _sdxl_added_cond(self, x, context, pooled):
         cfg = self.unet.config

@@ -3,7 +3,7 @@
 :class:`AttnHost` is the library's diffusers host (lib_refdrop/diffusers.py: a processor on every attn1 module that
 calls the patch like the hosts' ``BasicTransformerBlock``; devmodel/unets.py ``SDHost``) plus what only the tests
 need of a host: each host's own ``extra_options`` keys, per-layer patches looked up like the hosts'
-``patches_replace``, other extensions' attn1_patches, token merging, and a count of the U-Net calls.
+``patches_replace``, other extensions' attn1_patches and token merging.
 """
 
 from __future__ import annotations
@@ -104,7 +104,6 @@ class AttnHost(SDHost):
         self.attn1_patches: list = []  # set_model_attn1_patch: (n, context, value, extra_options) -> the same
         self.tome_ratio = tome_ratio
         self.host_flavour = host_flavour
-        self.n_forwards = 0
         self._activations_shape: list[int] | None = None
         self.tome_level = min(layer.level for layer in self.layers)
 
@@ -134,19 +133,6 @@ class AttnHost(SDHost):
 
     def __exit__(self, *exc):
         self.close()
-
-    # -- forward ---------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor, *,
-                cond_or_uncond: list[int], sigmas: torch.Tensor, pooled: torch.Tensor | None = None,
-                transformer_options: dict | None = None) -> torch.Tensor:
-        """One U-Net call (``SDHost.forward``): ``x`` ``[rows, C, H, W]`` (already scaled by c_in), ``context``
-        ``[rows, T, D]``, ``rows = len(cond_or_uncond) * len(sigmas)``; counted in ``n_forwards``. Returns eps."""
-        out = super().forward(x, timestep, context, cond_or_uncond=cond_or_uncond, sigmas=sigmas, pooled=pooled,
-                              transformer_options=transformer_options)
-        self.n_forwards += 1
-        return out
-
-    __call__ = forward
 
     def _transformer_entered(self, module, args, kwargs):
         super()._transformer_entered(module, args, kwargs)
