@@ -21,19 +21,10 @@ from lib_refdrop.reference.store import ReferenceStore
 from tests.support import fakehost
 from tests.support import tinychroma as tc
 from tests.support import tinyflux as tf
-from tests.support.ditpass import blending_blocks, model_call, run_pass, save, use
+from tests.support.ditpass import blending_blocks, dit_host, model_call, run_pass, save, use
 
 # fake host flavour -> the convention of that host's Chroma
-HOSTS = {"reforge": "reforge", "neo": "neo"}
-
-
-@pytest.fixture(params=sorted(HOSTS))
-def host(request):
-    """(the detected fake host, the convention of its Chroma)."""
-    with fakehost.activated(request.param):
-        from lib_refdrop.webui import hosts
-
-        yield hosts.detect(), HOSTS[request.param]
+host = dit_host({"reforge": "reforge", "neo": "neo"})
 
 
 @pytest.fixture

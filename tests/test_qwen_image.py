@@ -20,20 +20,11 @@ from lib_refdrop.reference.store import ReferenceStore
 from tests.support import fakehost
 from tests.support import tinyflux as tf
 from tests.support import tinyqwen as tq
-from tests.support.ditpass import blending_blocks, model_call, run_pass, save, use
+from tests.support.ditpass import blending_blocks, dit_host, model_call, run_pass, save, use
 from tests.support.hostsim import sdpa_attention
 
 # fake host flavour -> the convention of the Qwen-Image it runs (ComfyUI's kernel is reForge's stand-in's)
-HOSTS = {"reforge": "comfyui", "neo": "neo"}
-
-
-@pytest.fixture(params=sorted(HOSTS))
-def host(request):
-    """(the detected fake host, the convention of its Qwen-Image)."""
-    with fakehost.activated(request.param):
-        from lib_refdrop.webui import hosts
-
-        yield hosts.detect(), HOSTS[request.param]
+host = dit_host({"reforge": "comfyui", "neo": "neo"})
 
 
 @pytest.fixture

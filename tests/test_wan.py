@@ -24,20 +24,11 @@ from lib_refdrop.reference.store import ReferenceStore
 from tests.support import fakehost
 from tests.support import tinyflux as tf
 from tests.support import tinywan as tw
-from tests.support.ditpass import model_call, run_pass, save, use
+from tests.support.ditpass import dit_host, model_call, run_pass, save, use
 from tests.support.hostsim import sdpa_attention
 
 # fake host flavour -> the convention of the Wan it runs
-HOSTS = {"reforge": "reforge", "neo": "neo"}
-
-
-@pytest.fixture(params=sorted(HOSTS))
-def host(request):
-    """(the detected fake host, the convention of its Wan)."""
-    with fakehost.activated(request.param):
-        from lib_refdrop.webui import hosts
-
-        yield hosts.detect(), HOSTS[request.param]
+host = dit_host({"reforge": "reforge", "neo": "neo"})
 
 
 @pytest.fixture

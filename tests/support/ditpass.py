@@ -4,11 +4,13 @@ them, then sampled; and a model call opened around its blocks, for calling them 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lib_refdrop.dit.guide import FluxRefDrop
 from lib_refdrop.params import build
 from lib_refdrop.run import RefDropRun
+from tests.support import fakehost
 from tests.support import tinyflux as tf
 from tests.support.hostsim import sdpa_attention
 
@@ -73,3 +75,17 @@ def blending_blocks(ops, rfg: float = 0.5, seed: int = 9):
 
     dit = FluxRefDrop(use_like, lambda q, k, v, eo: sdpa_attention(q, k, v, eo["n_heads"]), ops)
     return dit
+
+
+def dit_host(conventions: dict[str, str]):
+    """A ``host`` fixture, once per fake host flavour of ``conventions`` (flavour -> the convention of the model it
+    runs): (the detected fake host, that convention)."""
+
+    @pytest.fixture(params=sorted(conventions))
+    def host(request):
+        with fakehost.activated(request.param):
+            from lib_refdrop.webui import hosts
+
+            yield hosts.detect(), conventions[request.param]
+
+    return host
