@@ -4,7 +4,6 @@ Use on a U-Net and on a Flux model; Save = plain, Use at the Save's settings = S
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -18,30 +17,16 @@ from lib_refdrop.patcher.unet_layers import attn1_layer_keys
 from lib_refdrop.reference.store import ReferenceStore
 from tests.support import comfyhost
 from tests.support import tinyflux as tf
-from tests.support.fakehost.objects import FakeUnetPatcher, make_model, sample_patched
+from tests.support.fakehost.objects import PerLayerPatcher, make_model, reforge_kernels_as, sample_patched
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = {"steps": 2, "height": 8, "width": 8, "seed": 3}
 
 
-class ComfyPatcher(FakeUnetPatcher):
-    """ComfyUI's ModelPatcher as far as RefDrop uses it: per-layer attn1 replacements only."""
-
-    set_model_replace_all = None
-
-    def clone(self):
-        plain = super().clone()
-        return ComfyPatcher(plain.model, plain.model_options, plain.load_device)
-
-
 @pytest.fixture(autouse=True)
 def comfy_kernels(monkeypatch):
     """``comfy.ldm.modules.attention`` as the fake hosts have it (the reForge stand-in: the same kernel)."""
-    path = REPO / "tests/support/fakehost/reforge/ldm_patched/ldm/modules/attention.py"
-    spec = importlib.util.spec_from_file_location(comfyhost.KERNELS, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, comfyhost.KERNELS, module)
+    reforge_kernels_as(monkeypatch, comfyhost.KERNELS)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +34,7 @@ def unet():
     from tests.support.hostsim import layer_map, make_unet
 
     diffusion_model = make_unet("sd15", "tiny")
-    return ComfyPatcher(make_model("reforge", diffusion_model)), [layer.key for layer in layer_map(diffusion_model)]
+    return PerLayerPatcher(make_model("reforge", diffusion_model)), [layer.key for layer in layer_map(diffusion_model)]
 
 
 def test_save_and_use_on_a_unet_through_the_patcher_alone(tmp_path, unet):

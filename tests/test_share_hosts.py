@@ -5,8 +5,6 @@ the images are equal bit for bit; in real hosts they differ where the kernels do
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,14 @@ from lib_refdrop.reference import bundle
 from lib_refdrop.webui import opts as options
 from lib_refdrop.webui import panel
 from tests.support import comfyhost, fakehost
-from tests.support.fakehost.objects import FakeUnetPatcher, make_model, make_p, sample_patched
+from tests.support.fakehost.objects import (
+    FakeUnetPatcher,
+    PerLayerPatcher,
+    make_model,
+    make_p,
+    reforge_kernels_as,
+    sample_patched,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAVE_SEED, USE_SEED, RFG = 1234, 99, 0.6
@@ -54,24 +59,10 @@ def finish(script, p, args):
     script.postprocess(p, Processed(p, [Image.new("RGB", (8, 8), "blue")]), *args)
 
 
-class ComfyPatcher(FakeUnetPatcher):
-    """ComfyUI's ModelPatcher as far as RefDrop uses it: per-layer attn1 replacements only."""
-
-    set_model_replace_all = None
-
-    def clone(self):
-        plain = super().clone()
-        return ComfyPatcher(plain.model, plain.model_options, plain.load_device)
-
-
 @pytest.fixture
 def comfy_kernels(monkeypatch):
-    """``comfy.ldm.modules.attention`` as the fake hosts have it (the reForge stand-in)."""
-    path = REPO / "tests/support/fakehost/reforge/ldm_patched/ldm/modules/attention.py"
-    spec = importlib.util.spec_from_file_location(comfyhost.KERNELS, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, comfyhost.KERNELS, module)
+    """``comfy.ldm.modules.attention`` as the fake hosts have it (the reForge stand-in: the same kernel)."""
+    reforge_kernels_as(monkeypatch, comfyhost.KERNELS)
 
 
 def test_a_file_exported_in_forge_gives_the_same_image_in_reforge_and_comfyui(tmp_path, diffusion_model,
@@ -103,7 +94,7 @@ def test_a_file_exported_in_forge_gives_the_same_image_in_reforge_and_comfyui(tm
     (comfy_folder / shared.name).write_bytes(shared.read_bytes())  # dropped into ComfyUI's models/refdrop
     library = Library(lambda: [str(comfy_folder)])
     assert library.names() == ["hero"]
-    model = ComfyPatcher(make_model("reforge", diffusion_model))
+    model = PerLayerPatcher(make_model("reforge", diffusion_model))
     layers = [layer.key for layer in layer_map(diffusion_model)]
     used, session = comfyhost.use_node(model, library.save_store(), "hero", RFG, "sd15", seed=USE_SEED,
                                        layers=layers)

@@ -4,6 +4,9 @@ hostsim U-Net through whatever attn1 replace patches and model function wrapper 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 
@@ -90,3 +93,22 @@ def sample_patched(unet: FakeUnetPatcher, host_flavour=None, **kwargs):
         host.attn1_patches = unet.attn1_input_patches()
         host.model_wrapper = unet.model_options.get("model_function_wrapper")
         return sample(host, **kwargs)
+
+
+class PerLayerPatcher(FakeUnetPatcher):
+    """ComfyUI's ModelPatcher as far as RefDrop uses it: per-layer attn1 replacements only."""
+
+    set_model_replace_all = None
+
+    def clone(self):
+        plain = super().clone()
+        return PerLayerPatcher(plain.model, plain.model_options, plain.load_device)
+
+
+def reforge_kernels_as(monkeypatch, module_name: str) -> None:
+    """The reForge stand-in's attention module (the fake hosts' kernel) imported as ``module_name`` for the test."""
+    path = Path(__file__).resolve().parent / "reforge/ldm_patched/ldm/modules/attention.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, module_name, module)
