@@ -24,6 +24,7 @@ from .manifest import SEAL, slot_chunks
 from .pinned import PinnedSlabPool, ToDevice
 from .profiles import get_profile, split_entry
 from .ramcache import DEFAULT_RAM_BUDGET, RAM_CACHE, RamCache
+from .side_threads import side_thread_pool
 from .sigmas import SigmaMap, Slot
 from .slot_check import check_decoded, check_slot_tensors, max_file_bytes
 from .store import OpenReference
@@ -45,17 +46,8 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 
 def loader_thread(name: str) -> ThreadPoolExecutor:
-    """The one thread that reads and prepares the slots of reference ``name``, computing with the process's torch
-    CPU thread count (``torch.set_num_threads``) like the sampling thread."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"refdrop-loader-{name}",
-                              initializer=_take_torch_thread_count)
-
-
-def _take_torch_thread_count() -> None:
-    """Torch gives a new thread the process's thread count only when one of its parallel ops first runs there (or on
-    ``get_num_threads``); a matrix product that runs first (a warm Use's projections) instead takes OpenMP's default,
-    every core, and its second thread spins against the sampling thread's work."""
-    torch.get_num_threads()
+    """The one thread that reads and prepares the slots of reference ``name`` (its torch ops on one thread)."""
+    return side_thread_pool(f"refdrop-loader-{name}")
 
 
 class ReferenceReader:

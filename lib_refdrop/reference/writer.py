@@ -23,6 +23,7 @@ from . import compression
 from .manifest import Recording, build_manifest, sha256_bytes
 from .names import validate_name
 from .reader import WriteThrough
+from .side_threads import start_side_thread
 from .sigmas import Slot
 from .store import BAKED, MANIFEST, PREVIEW, ReferenceStore, Staging, write_json_atomic
 
@@ -103,8 +104,7 @@ class ReferenceWriter:
             return
         with _active_lock:
             _active.setdefault(self._key, []).append(self)
-        self._thread = threading.Thread(target=self._run, name=f"refdrop-writer-{name}", daemon=True)
-        self._thread.start()
+        self._thread = start_side_thread(self._run, f"refdrop-writer-{name}")
 
     @property
     def name(self) -> str:
