@@ -516,11 +516,10 @@ def _library(c: Controls, elem_id: Callable[[str], str], choices: list[str]) -> 
                                 elem_id=elem_id("preview"))
         with gr.Column():
             x["info"] = gr.Markdown(describe(None, "")[1], elem_id=elem_id("info"))
-            with gr.Row():
-                x["rename_to"] = gr.Textbox(label="New name", placeholder="new name for this reference",
-                                            elem_id=elem_id("rename_to"))
+            x["rename_to"] = gr.Textbox(label="New name", placeholder="new name for this reference",
+                                        elem_id=elem_id("rename_to"))
+            with gr.Row():  # small buttons in a row of their own: beside the textbox they took its height
                 x["rename"] = gr.Button("Rename", elem_id=elem_id("rename"), scale=0, size="sm")
-            with gr.Row():
                 x["delete"] = gr.Button("Delete", elem_id=elem_id("delete"), scale=0, size="sm")
                 x["delete_confirm"] = gr.Button("Confirm delete", variant="stop", visible=False,
                                                 elem_id=elem_id("delete_confirm"), scale=0, size="sm")
