@@ -118,3 +118,20 @@ def test_a_chunk_missing_at_a_sigma_comes_from_the_slots_that_hold_it(store):
         assert not torch.equal(cond_k, stored)
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_stride_that_keeps_only_cond_alone_sigmas_saves_a_cond_only_reference(store, host):
+    """Forge Classic evaluates its first step cond alone; ``compact`` keeps every 5th sigma, so at 4 steps it keeps
+    that step only. The Save must still be written (the reference holds cond0 alone, like one saved at CFG 1), and
+    a full-CFG Use guides every call from it."""
+    trace = without_uncond(load_trace(host, "t2i_split"), (0,))
+    name = f"{host}-compact-cond-alone"
+    save_from(store, name, trace, "compact")
+    manifest = store.manifest(name)
+    assert manifest["chunks"] == ["cond0"]
+    assert [slot["chunks"] for slot in manifest["slots"]] == [["cond0"]]
+    full = load_trace(host, "t2i_split")
+    plain = replay(None, full, seed=1)
+    used = replay(use_passes(store, name, 0.5), full, seed=1)
+    assert all(not torch.equal(a, b) for a, b in zip(used, plain, strict=True))

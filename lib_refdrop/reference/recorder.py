@@ -69,6 +69,8 @@ class Recorder:
             held = self._slot_chunks.setdefault(slot.index, [])
             if chunk not in held:  # a host may evaluate cond alone at some sigmas and cond + uncond at others
                 held.append(chunk)
+            if chunk not in self.chunks:  # a chunk seen only at sigmas the profile does not keep is not saved
+                self.chunks.append(chunk)
             for tensor_name, tensor in tensors.items():
                 for key, stored in self.profile.encode_row(lid, chunk, tensor_name, tensor[i * rows]).items():
                     open_slot.tensors[key] = self._to_host.copy(stored, open_slot.arena)
@@ -76,7 +78,8 @@ class Recorder:
                 open_slot.tensors[POSITIONS] = self._to_host.copy(positions.float().contiguous(), open_slot.arena)
 
     def note_layer(self, k: torch.Tensor, extra_options: dict) -> str:
-        """Remember one attn1 layer's shape and the call's chunks (what Use checks a model against); its id."""
+        """Remember one attn1 layer's shape (what Use checks a model against); its id. The reference's chunks are
+        those a kept slot holds (``record``, ``record_conditioning``)."""
         lid = layer_id(extra_options)
         if self._to_host is None:
             self._to_host = ToHost(k.device)
@@ -87,9 +90,6 @@ class Recorder:
             "dim_head": int(extra_options["dim_head"]),
             "tokens": int(k.shape[1]),
         })
-        for chunk in chunk_names(extra_options["cond_or_uncond"]):
-            if self.profile.keeps_chunk(chunk) and chunk not in self.chunks:
-                self.chunks.append(chunk)
         return lid
 
     def record_latent(self, sigma: float, latent: torch.Tensor) -> None:
