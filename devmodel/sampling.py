@@ -61,7 +61,8 @@ def installed(host: RefDropHook, patches: PassPatches | RefDropConfig | None) ->
 class _CFGDenoiser:
     """``denoised = model(x, sigma)`` with CFG, calling the host with the hosts' row layout."""
 
-    def __init__(self, host: RefDropHook, conds, uncond, cfg: float, layout: str, seen: list[float]):
+    def __init__(self, host: RefDropHook, conds, uncond, cfg: float, layout: str, seen: list[float],
+                 cond_alone_at: frozenset = frozenset()):
         if layout not in ("batched", "split"):
             raise ValueError(f"unknown layout {layout!r}")
         cond_chunks = [(0, c) for c in reversed(conds)]
@@ -71,11 +72,16 @@ class _CFGDenoiser:
         else:
             self.calls = [cond_chunks] + ([uncond_chunks] if uncond_chunks else [])
         self.host, self.cfg, self.seen = host, cfg, seen
+        self.cond_alone_at = cond_alone_at  # sigmas evaluated with the cond chunks alone (Forge Classic's first step)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         cond_eps, uncond_eps = [], None
-        for call in self.calls:
+        calls = self.calls
+        if float(sigma) in self.cond_alone_at:
+            calls = [[(f, c) for f, c in call if not f] for call in calls]
+            calls = [call for call in calls if call]
+        for call in calls:
             ctx = torch.cat([c.expand(b, -1, -1) for _, c in call])
             eps = model_call(self.host, torch.cat([x] * len(call)), sigma, ctx, [f for f, _ in call])
             self.seen.append(float(sigma))
@@ -154,12 +160,13 @@ SAMPLERS: dict[str, Callable] = {"euler": _euler, "euler_a": _euler_a, "heun": _
 def sample(host: RefDropHook, *, steps: int = 4, sampler: str = "euler", scheduler: str = "normal", seed: int = 1,
            batch_size: int = 1, cfg: float = 7.0, layout: str = "batched", n_conds: int = 1, height: int = 16,
            width: int = 16, denoise: float = 1.0, init_latent: torch.Tensor | None = None, prompt_seed: int = 0,
-           return_sigmas: bool = False, callback: Callable[[dict], None] | None = None):
+           return_sigmas: bool = False, callback: Callable[[dict], None] | None = None, cond_alone_steps: int = 0):
     """Run one generation (``batch_size`` images) and return the final latent ``[B, 4, height, width]`` (fp32).
 
     With ``return_sigmas=True`` returns ``(latent, sigmas)``: the sigma of every U-Net call in order (a "split"
     evaluation contributes two entries).  ``callback`` gets k-diffusion's ``{"x", "i", "sigma", "denoised"}`` after
-    each step.  ``height``/``width`` are latent sizes.
+    each step.  ``height``/``width`` are latent sizes. The first ``cond_alone_steps`` steps evaluate the cond chunks
+    alone, as Forge Classic does its first step and Forge's "Ignore negative prompt during early steps" does.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; one of {sorted(SAMPLERS)}")
@@ -181,7 +188,8 @@ def sample(host: RefDropHook, *, steps: int = 4, sampler: str = "euler", schedul
 
     conds, uncond = make_conds(host.unet.config.cross_attention_dim, prompt_seed, n_conds)
     seen: list[float] = []
-    model = _CFGDenoiser(host, conds, uncond, cfg, layout, seen)
+    model = _CFGDenoiser(host, conds, uncond, cfg, layout, seen,
+                         frozenset(float(s) for s in sigmas[:cond_alone_steps]))
 
     def step_callback(i, sigma, x_now, denoised):
         if callback is not None:

@@ -61,6 +61,21 @@ def test_use_at_the_saves_settings_reproduces_the_save_image(host, tmp_path, rfg
     assert (out - saved).abs().max().item() <= 1e-4 * saved.abs().max().item()
 
 
+@pytest.mark.parametrize("layout", ["batched", "split"])
+def test_a_save_whose_first_step_is_cond_alone_reproduces_at_its_settings(tmp_path, layout):
+    """Forge Classic evaluates its first step with the cond chunk alone: the uncond conditioning first comes at the
+    second step, and is kept from there (kept only at the first sigma, a Use's uncond rows attended the cond pass)."""
+    host = AttnHost(make_unet("sd15", "tiny", seed=0))
+    store = ReferenceStore(tmp_path)
+    args = dict(BASE, layout=layout, cond_alone_steps=1)
+    saved = save(host, store, "t", profile=TRAJECTORY.name, **args)
+    assert sorted(store.manifest("t")["chunks"]) == ["cond0", "uncond0"]
+    first, second = _slots(store, "t")[:2]
+    assert "conditioning/uncond0/c_crossattn" not in first and "conditioning/uncond0/c_crossattn" in second
+    out = use(host, store, "t", 1.0, **args)
+    assert (out - saved).abs().max().item() <= 1e-4 * saved.abs().max().item()
+
+
 @pytest.mark.parametrize("sample_args", [{"sampler": "heun"}, {"layout": "split"}], ids=["heun", "split"])
 def test_use_at_another_seed_attends_to_what_the_stored_rows_hold(tmp_path, sample_args):
     """At another seed the rows a trajectory gives are those the exact profile stored, up to float rounding (the pass

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import RefDropError
 from . import compression
-from .address import LATENT, POSITIONS, entry_name
+from .address import LATENT, POSITIONS, entry_name, stored_chunks
 from .manifest import SEAL, slot_chunks
 from .pinned import PinnedSlabPool, ToDevice
 from .profiles import get_profile, split_entry
@@ -182,11 +182,19 @@ class ReferenceReader:
 
     def conditioning(self, like: torch.Tensor, model_kwargs: dict) -> dict[str, torch.Tensor]:
         """A trajectory reference: its conditioning rows by ``attn/trajectory.conditioning_key``, checked against
-        each other and the model's keyword arguments of this generation (``model_kwargs``)."""
-        first = min(slots_of(self.manifest), key=lambda slot: slot.index)
-        tensors = self.tensors(first, like.device, like.dtype)
-        stored = {key: tensor for key, tensor in tensors.items() if key != LATENT}
-        check_conditioning(self.name, self._files_of(first.index), stored, self.manifest["chunks"], model_kwargs)
+        each other and the model's keyword arguments of this generation (``model_kwargs``). Each chunk's are in the
+        slot of the first call that brought it (the first slot, unless the Save's first step was cond alone)."""
+        stored: dict[str, torch.Tensor] = {}
+        files = []
+        for slot in sorted(slots_of(self.manifest), key=lambda slot: slot.index):
+            found = {key: tensor for key, tensor in self.tensors(slot, like.device, like.dtype).items()
+                     if key != LATENT and key not in stored}
+            if found:
+                stored.update(found)
+                files.append(self._files_of(slot.index))
+            if set(stored_chunks(self.manifest["chunks"], stored)) == set(self.manifest["chunks"]):
+                break
+        check_conditioning(self.name, ", ".join(files), stored, self.manifest["chunks"], model_kwargs)
         return stored
 
     def _files_of(self, index: int) -> str:

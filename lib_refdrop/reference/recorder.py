@@ -48,6 +48,7 @@ class Recorder:
         self._parts: dict[int, int] = {}
         self._to_host: ToHost | None = None
         self._latent_slot: _OpenSlot | None = None  # a trajectory's slot of the current sigma
+        self._conditioning_kept: set[str] = set()  # a trajectory's conditioning keys, each kept in one slot
 
     def record(self, tensors: dict[str, torch.Tensor], extra_options: dict,
                positions: torch.Tensor | None = None) -> None:
@@ -106,17 +107,20 @@ class Recorder:
         self._latent_slot = open_slot
 
     def record_conditioning(self, conditioning: dict[str, torch.Tensor]) -> None:
-        """A trajectory profile: conditioning rows (``attn/trajectory.conditioning_key``) kept with the first slot;
-        the first call of each chunk at the first sigma brings its own."""
+        """A trajectory profile: each chunk's conditioning rows (``attn/trajectory.conditioning_key``), kept once, with
+        the kept slot of the first call that brings that chunk (Forge Classic evaluates its first step with the cond
+        chunk alone: uncond's come with the second)."""
         open_slot = self._latent_slot
-        if open_slot is None or open_slot.slot.index != 0:
+        if open_slot is None:
             return
         for key, tensor in conditioning.items():
             chunk = key.split("/")[1]
-            if key not in open_slot.tensors and self.profile.keeps_chunk(chunk):
-                open_slot.tensors[key] = self._to_host.copy(tensor.contiguous(), open_slot.arena)
-                if chunk not in self.chunks:
-                    self.chunks.append(chunk)
+            if key in self._conditioning_kept or not self.profile.keeps_chunk(chunk):
+                continue
+            self._conditioning_kept.add(key)
+            open_slot.tensors[key] = self._to_host.copy(tensor.contiguous(), open_slot.arena)
+            if chunk not in self.chunks:
+                self.chunks.append(chunk)
 
     def _keeps(self, sigma: float) -> bool:
         if sigma not in self._sigma_ordinals:
