@@ -1,14 +1,16 @@
 """Plain, the limit, Save and Use (`exact`, `lean`) inside an installed ComfyUI, in one run of interleaved rounds.
 
-    python -m benchmarks.comfyui_speed --comfyui /path/to/ComfyUI --checkpoint sd15.safetensors [--cpu]
+    PYTHONPATH=/path/to/ComfyUI python -m benchmarks.comfyui_speed --checkpoint sd15.safetensors [--cpu]
         [--size 128] [--steps 4] [--rounds 8]
 
-Run it with ComfyUI's own Python (its packages), from this repository's root. Each condition is one KSampler run
-through ComfyUI's ``comfy.sample.sample`` (euler, normal, CFG 7) of the checkpoint (a name in ComfyUI's checkpoints
-folder, or a path) on the pack's nodes (``lib_refdrop/comfyui/nodes.py``) with a temporary ``refdrop`` folder; the
-limit is plain with every attn1 computing ComfyUI's attention a second time (``set_model_attn1_replace``), the one
-extra attention a Use cannot avoid. Every round runs every condition once; the ratio to that round's limit is taken
-per round and its median printed, with each condition's median seconds and process CPU time (docs/speed.md).
+Run it with ComfyUI's own Python (its packages), from this repository's root, with the ComfyUI folder on
+``PYTHONPATH`` (its ``comfy`` and ``folder_paths`` are imported as ComfyUI's ``main.py`` finds them). Each condition
+is one KSampler run through ComfyUI's ``comfy.sample.sample`` (euler, normal, CFG 7) of the checkpoint (a name in
+ComfyUI's checkpoints folder, or a path) on the pack's nodes (``lib_refdrop/comfyui/nodes.py``) with a temporary
+``refdrop`` folder; the limit is plain with every attn1 computing ComfyUI's attention a second time
+(``set_model_attn1_replace``), the one extra attention a Use cannot avoid. Every round runs every condition once; the
+ratio to that round's limit is taken per round and its median printed, with each condition's median seconds and
+process CPU time (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--comfyui", required=True, help="the ComfyUI folder (holds main.py and comfy/)")
     parser.add_argument("--checkpoint", required=True, help="a name in ComfyUI's checkpoints folder, or a path")
     parser.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (its --cpu)")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
@@ -34,7 +34,6 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse(argv)
-    sys.path.insert(0, os.path.abspath(args.comfyui))
     import comfy.cli_args
     comfy.cli_args.args.cpu = args.cpu
     import comfy.sample
@@ -92,7 +91,8 @@ def main(argv=None) -> None:
             sample(patched, 2 + round_)
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    print(f"ComfyUI {args.comfyui}, {os.path.basename(path)}, {args.size}², {args.steps} steps, {args.rounds} "
+    comfyui = os.path.dirname(os.path.abspath(folder_paths.__file__))
+    print(f"ComfyUI {comfyui}, {os.path.basename(path)}, {args.size}², {args.steps} steps, {args.rounds} "
           f"interleaved rounds, torch threads {torch.get_num_threads()}")
     header = ("condition", "seconds, median (range)", "/ limit, per round", "CPU time / limit's")
     print(f"{header[0]:11s} {header[1]:>24s} {header[2]:>19s} {header[3]:>19s}")
