@@ -3,7 +3,7 @@ there on one thread.
 
 A side thread that ran torch's ops with the process's thread count would start an OpenMP team of its own; with more
 OpenMP threads than cores, GNU OpenMP stops spinning in every team and the sampling thread's ops sleep and wake at
-each barrier: a Use was 1.10 x the limit in a real ComfyUI on 2 cores (docs/speed.md). The side threads' work is
+each barrier: a Use was 1.07–1.10 x the limit in a real ComfyUI on 2 cores (docs/speed.md). The side threads' work is
 small beside sampling, so one thread is enough."""
 from __future__ import annotations
 
