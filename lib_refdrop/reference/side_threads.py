@@ -19,7 +19,9 @@ def _one_torch_thread() -> None:
 
 
 def _give_back(count: int) -> None:
-    """``torch.set_num_threads`` also sets the count any later thread takes when torch first runs there."""
+    """``torch.set_num_threads`` also sets the count any later thread takes when torch first runs there. (A thread
+    that first ran torch between the two calls would take 1; the hosts run one generation at a time, and this runs
+    while one is planned.)"""
     torch.set_num_threads(count)
 
 
