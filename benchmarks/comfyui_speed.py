@@ -8,9 +8,9 @@ Run it with ComfyUI's own Python (its packages), from this repository's root, wi
 is one KSampler run through ComfyUI's ``comfy.sample.sample`` (euler, normal, CFG 7) of the checkpoint (a name in
 ComfyUI's checkpoints folder, or a path) on the pack's nodes (``lib_refdrop/comfyui/nodes.py``) with a temporary
 ``refdrop`` folder; the limit is plain with every attn1 computing ComfyUI's attention a second time
-(``set_model_attn1_replace``), the one extra attention a Use cannot avoid. Every round runs every condition once; the
-ratio to that round's limit is taken per round and its median printed, with each condition's median seconds and
-process CPU time (docs/speed.md).
+(``limit.limit_patch``, set with ``set_model_attn1_replace``), the one extra attention a Use cannot avoid. Every
+round runs every condition once; the ratio to that round's limit is taken per round and its median printed, with
+each condition's median seconds and process CPU time (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main(argv=None) -> None:
     import torch
     from comfy.ldm.modules import attention
 
+    from benchmarks.limit import limit_patch
     from lib_refdrop.comfyui import nodes
     from lib_refdrop.comfyui.folders import Library
     from lib_refdrop.patcher.unet_layers import attn1_layer_keys
@@ -58,15 +59,15 @@ def main(argv=None) -> None:
         return comfy.sample.sample(patched, noise, args.steps, 7.0, "euler", "normal", positive, negative, latent,
                                    seed=seed, disable_pbar=True)
 
-    def twice(q, k, v, extra_options):
-        kwargs = {"attn_precision": extra_options.get("attn_precision"), "transformer_options": extra_options}
-        attention.optimized_attention(q, k, v, extra_options["n_heads"], **kwargs)
-        return attention.optimized_attention(q, k, v, extra_options["n_heads"], **kwargs)
+    def comfy_attention(q, k, v, extra_options):
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                             attn_precision=extra_options.get("attn_precision"),
+                                             transformer_options=extra_options)
 
     def limit():
         patched = model.clone()
         for key in attn1_layer_keys(patched.model.diffusion_model):
-            patched.set_model_attn1_replace(twice, *key)
+            patched.set_model_attn1_replace(limit_patch(comfy_attention), *key)
         return patched
 
     folder = tempfile.mkdtemp(prefix="refdrop-bench-")

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from benchmarks.limit import limit_patch
 from devmodel.sampling import SCHEDULE, installed, sample
 from devmodel.unets import SDHost
 from lib_refdrop import standalone
@@ -102,21 +103,8 @@ def run_plain(host, sample_args):
     return timed(lambda: sample_with(host, None, **sample_args))
 
 
-def limit_patch(attention=attention):
-    """A plain generation's attn1 that computes its attention a second time, the one extra attention per layer a
-    Use cannot avoid (Attn(Q, K_ref, V_ref) with a reference as long as the image). The second result is added
-    with weight 0, so it must be computed (0 * NaN is NaN) while the image stays plain: every value is the plain
-    one (a -0.0 may become +0.0)."""
-
-    def limit(q, k, v, extra_options):
-        own = attention(q, k, v, extra_options)
-        return own.add(attention(q, k, v, extra_options), alpha=0.0)
-
-    return limit
-
-
 def run_limit(host, sample_args):
-    return timed(lambda: sample_with(host, standalone.PassPatches(attn1=limit_patch()), **sample_args))
+    return timed(lambda: sample_with(host, standalone.PassPatches(attn1=limit_patch(attention)), **sample_args))
 
 
 class DeviceHost(SDHost):

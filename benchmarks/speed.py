@@ -5,7 +5,7 @@
     python -m benchmarks.speed --gpu --device cpu --width tiny --size 16 --steps 3 --rounds 1   # that path on a CPU
 
 Conditions, for every profile of lib_refdrop.reference.profiles.PROFILES (or those ``--profiles`` names):
-- plain: no RefDrop; limit: plain with every attn1 computing its attention a second time (``common.limit_patch``),
+- plain: no RefDrop; limit: plain with every attn1 computing its attention a second time (``limit.limit_patch``),
   the one extra attention a Use cannot avoid, so that Use / limit is what reading, checking, decoding and
   interpolating the reference cost;
 - Save: sampling with Save on (when the background write completes is printed apart);

@@ -26,11 +26,12 @@ PROCESS_COUNT = 3  # unlike 1 and unlike OpenMP's default on a 2-core machine
 
 
 def _openmp_max_threads():
-    """``omp_get_max_threads`` of the calling thread, read without running a torch op (which would set it)."""
+    """``omp_get_max_threads`` of the calling thread, read without running a torch op (which would set it); where
+    torch is not built with GNU OpenMP, torch's own count (the tests still check that one)."""
     with open("/proc/self/maps") as maps:
         paths = {line.split()[-1] for line in maps if "libgomp" in line and line.rstrip().endswith(".so.1")}
     if not paths:
-        pytest.skip("torch is not built with GNU OpenMP here")
+        return torch.get_num_threads()
     return ctypes.CDLL(sorted(paths)[0]).omp_get_max_threads()
 
 

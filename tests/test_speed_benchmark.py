@@ -9,7 +9,7 @@ import re
 import torch
 
 from benchmarks import bake, speed
-from benchmarks.common import limit_patch
+from benchmarks.limit import limit_patch
 from lib_refdrop.reference.profiles import PROFILES
 from tests.support.hostsim import host_attention
 
